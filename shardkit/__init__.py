@@ -1,0 +1,118 @@
+"""shardkit: region-aware shards for stateful inference proxies on serverless infrastructure.
+
+The public API is listed in ``__all__``. Names are imported on first use (PEP 562), so the
+data-plane path (``shardkit.sharding.codec`` and friends) never pays for pydantic or boto3.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Group",
+    "KeyStoreError",
+    "MapDecodeError",
+    "MapDiff",
+    "MapError",
+    "MapExpiredError",
+    "MapRollbackError",
+    "MapSignatureError",
+    "NoEligibleShardError",
+    "PlanningError",
+    "Project",
+    "ProjectConfig",
+    "ResidencyError",
+    "RoutingError",
+    "Shard",
+    "ShardMap",
+    "ShardkitError",
+    "SigningKey",
+    "SlotMove",
+    "__version__",
+    "build_map",
+    "create_key",
+    "decode_map",
+    "diff_maps",
+    "encode_map",
+    "hash_key",
+    "load_config",
+    "load_project",
+    "load_signing_key",
+    "load_trusted_keys",
+    "stateless_shard",
+]
+
+_WHERE = {
+    "ConfigError": "errors",
+    "KeyStoreError": "errors",
+    "MapDecodeError": "errors",
+    "MapError": "errors",
+    "MapExpiredError": "errors",
+    "MapRollbackError": "errors",
+    "MapSignatureError": "errors",
+    "NoEligibleShardError": "errors",
+    "PlanningError": "errors",
+    "ResidencyError": "errors",
+    "RoutingError": "errors",
+    "ShardkitError": "errors",
+    "Group": "sharding.shardmap",
+    "Shard": "sharding.shardmap",
+    "ShardMap": "sharding.shardmap",
+    "MapDiff": "sharding.diff",
+    "SlotMove": "sharding.diff",
+    "diff_maps": "sharding.diff",
+    "build_map": "sharding.build",
+    "decode_map": "sharding.codec",
+    "encode_map": "sharding.codec",
+    "hash_key": "sharding.hashing",
+    "stateless_shard": "sharding.hashing",
+    "Project": "config",
+    "ProjectConfig": "config",
+    "load_config": "config",
+    "load_project": "config",
+    "SigningKey": "keys",
+    "create_key": "keys",
+    "load_signing_key": "keys",
+    "load_trusted_keys": "keys",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from .config import Project, ProjectConfig, load_config, load_project
+    from .errors import (
+        ConfigError,
+        KeyStoreError,
+        MapDecodeError,
+        MapError,
+        MapExpiredError,
+        MapRollbackError,
+        MapSignatureError,
+        NoEligibleShardError,
+        PlanningError,
+        ResidencyError,
+        RoutingError,
+        ShardkitError,
+    )
+    from .keys import SigningKey, create_key, load_signing_key, load_trusted_keys
+    from .sharding.build import build_map
+    from .sharding.codec import decode_map, encode_map
+    from .sharding.diff import MapDiff, SlotMove, diff_maps
+    from .sharding.hashing import hash_key, stateless_shard
+    from .sharding.shardmap import Group, Shard, ShardMap

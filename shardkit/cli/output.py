@@ -1,0 +1,76 @@
+"""Shared CLI plumbing: JSON or rich output, atomic file writes, map loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..config import load_project
+from ..errors import KeyStoreError, MapDecodeError
+from ..keys import load_trusted_keys
+from ..sharding.codec import decode_map
+from ..sharding.shardmap import ShardMap
+
+json_option = click.option("--json", "json_", is_flag=True, help="Print JSON instead of tables.")
+keys_option = click.option(
+    "--keys", type=click.Path(path_type=Path), default=None,
+    help="Directory of trusted <key_id>.pub files [default: the project's keys_dir, "
+    "$SHARDKIT_KEYS_DIR, or ./.shardkit/keys].",
+)
+
+console = Console(highlight=False)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def resolve_map(target: Path, keys: Path | None) -> tuple[Path, Path]:
+    """(map file, key directory) for a map FILE or a PROJECT_DIR."""
+    if target.is_dir():
+        project = load_project(target)
+        return project.map_path, keys or project.keys_dir
+    env = os.environ.get("SHARDKIT_KEYS_DIR")
+    return target, keys or (Path(env) if env else Path(".shardkit/keys"))
+
+
+def open_map(target: Path, keys: Path | None, *, allow_expired: bool = False) -> ShardMap:
+    """Read, verify and decode a map file (or a project's current map)."""
+    path, key_dir = resolve_map(target, keys)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MapDecodeError(
+            f"no map at {path}", hint="build one with `shardkit map build PROJECT_DIR`"
+        ) from None
+    try:
+        trusted = load_trusted_keys(key_dir)
+    except KeyStoreError as exc:
+        raise KeyStoreError(f"cannot verify {path}: {exc.message}", hint=exc.hint) from None
+    return decode_map(data, trusted, now=float("-inf") if allow_expired else None)
