@@ -9,9 +9,20 @@
     │   ├── MapSignatureError     the signature is wrong or the signing key is not trusted
     │   ├── MapRollbackError      the map is older than the one already held
     │   └── MapExpiredError       the map is past its expiry (a freeze attack or a stale cache)
-    └── RoutingError              a key cannot be routed
-        ├── ResidencyError        the key's jurisdiction is unknown, ambiguous or has no shards
-        └── NoEligibleShardError  every shard allowed for the key is unhealthy
+    ├── RoutingError              a key cannot be routed
+    │   ├── ResidencyError        the key's jurisdiction is unknown, ambiguous or has no shards
+    │   └── NoEligibleShardError  every shard allowed for the key is unhealthy
+    ├── DeployError               a plan cannot be made or applied
+    │   ├── PlanFileError         a plan file is unreadable, edited by hand, or for another project
+    │   ├── PlanStaleError        the deployed state changed since the plan was made
+    │   └── ApplyFailedError      a step failed; the journal records what was done
+    ├── LocalCloudError           the local cloud is missing, stopped or failed to start
+    └── AwsError                  an AWS call failed (operation, region and resource in the text)
+        ├── AwsThrottledError     still throttled after retries
+        ├── AwsAccessDeniedError  credentials missing, expired or not allowed
+        ├── AwsConflictError      a concurrent change or a name already taken
+        ├── AwsNotFoundError      the resource does not exist
+        └── AwsUnreachableError   the endpoint does not answer
 
 Each error carries a ``hint``: one sentence that says what to do about it. The CLI prints
 ``error: <message>`` and the hint on one line each and exits with code 2.
@@ -22,14 +33,25 @@ This module is on the data-plane import path: it imports nothing but the stdlib.
 from __future__ import annotations
 
 __all__ = [
+    "ApplyFailedError",
+    "AwsAccessDeniedError",
+    "AwsConflictError",
+    "AwsError",
+    "AwsNotFoundError",
+    "AwsThrottledError",
+    "AwsUnreachableError",
     "ConfigError",
+    "DeployError",
     "KeyStoreError",
+    "LocalCloudError",
     "MapDecodeError",
     "MapError",
     "MapExpiredError",
     "MapRollbackError",
     "MapSignatureError",
     "NoEligibleShardError",
+    "PlanFileError",
+    "PlanStaleError",
     "PlanningError",
     "ResidencyError",
     "RoutingError",
@@ -113,3 +135,73 @@ class NoEligibleShardError(RoutingError):
     """Every shard allowed for the key (its jurisdiction's) is unhealthy; residency fails closed."""
 
     hint = "wait for a shard of the key's jurisdiction to recover; keys never leave it"
+
+
+class DeployError(ShardkitError):
+    """A plan cannot be made or applied."""
+
+
+class PlanFileError(DeployError):
+    """A plan file is unreadable, was edited by hand, or belongs to another project."""
+
+    hint = "make a fresh plan with `shardkit plan PROJECT_DIR --out plan.json`"
+
+
+class PlanStaleError(DeployError):
+    """The deployed state changed after the plan was made; applying it could undo that change."""
+
+    hint = "make a fresh plan with `shardkit plan PROJECT_DIR --out plan.json` and review it"
+
+
+class ApplyFailedError(DeployError):
+    """A step of an apply failed. Completed steps are recorded; nothing is half-recorded."""
+
+    hint = ("fix the cause, then run the same `shardkit apply` (or `shardkit deploy`) again to "
+            "resume, or `shardkit rollback` to return to the last good deployment")
+
+
+class LocalCloudError(ShardkitError):
+    """The local cloud is missing, stopped, or failed to start."""
+
+    hint = "start it with `shardkit local up PROJECT_DIR`"
+
+
+class AwsError(ShardkitError):
+    """An AWS call failed. The message names the operation, region and resource."""
+
+    def __init__(self, message: str, *, hint: str | None = None, code: str = "",
+                 operation: str = "", region: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.operation = operation
+        self.region = region
+
+
+class AwsThrottledError(AwsError):
+    """AWS kept throttling after the retry budget was spent."""
+
+    hint = "AWS is throttling this account; wait a minute and run the command again (it resumes)"
+
+
+class AwsAccessDeniedError(AwsError):
+    """Credentials are missing, expired, or lack a permission."""
+
+    hint = "check the AWS credentials and that they allow the operation named above"
+
+
+class AwsConflictError(AwsError):
+    """A concurrent change is in progress, or a name is already taken."""
+
+    hint = "another change may be in progress; wait and run the command again"
+
+
+class AwsNotFoundError(AwsError):
+    """The resource does not exist."""
+
+    hint = "run `shardkit status` to compare what is recorded with what exists"
+
+
+class AwsUnreachableError(AwsError):
+    """The endpoint did not answer."""
+
+    hint = "check the network or, for the local cloud, run `shardkit local up PROJECT_DIR`"

@@ -17,13 +17,21 @@ from .codec import encode_map
 from .planner import ShardSpec, plan_group
 from .shardmap import Group, Shard, ShardMap
 
-__all__ = ["build_map", "build_signed", "signing_key_for"]
+__all__ = ["build_map", "build_signed", "rebase_map", "same_routing", "signing_key_for"]
 
 
 def build_map(
-    config: ProjectConfig, previous: ShardMap | None = None, *, now: float | None = None
+    config: ProjectConfig,
+    previous: ShardMap | None = None,
+    *,
+    now: float | None = None,
+    min_version: int = 1,
 ) -> ShardMap:
-    """Plan a new map for ``config``; with ``previous``, move as few slots as possible."""
+    """Plan a new map for ``config``; with ``previous``, move as few slots as possible.
+
+    The version is one above ``previous`` (or 1), and at least ``min_version``: a caller that
+    knows of a newer map elsewhere (a local build, say) passes its version + 1.
+    """
     _check_previous(config, previous)
     created = int(time.time() if now is None else now)
     regions = {name: r.jurisdiction for name, r in config.regions.items()}
@@ -33,7 +41,7 @@ def build_map(
         g_shards, g = _build_group(name, group, regions, config.hashing.slot_bits, previous)
         shards.extend(g_shards)
         groups.append(g)
-    version = previous.version + 1 if previous else 1
+    version = max(previous.version + 1 if previous else 1, min_version)
     _set_epochs(shards, groups, previous, version)
     return ShardMap(
         project=config.project.name,
@@ -104,6 +112,38 @@ def _build_group(
         tuple([shards[sid] for sid in column] for column in plan.replicas),
     )
     return list(shards.values()), group_obj
+
+
+def rebase_map(content: ShardMap, current: ShardMap, *, ttl_s: int,
+               now: float | None = None) -> ShardMap:
+    """``content``'s routing as a new version after ``current``: how a rollback is published.
+
+    Maps only move forward (DESIGN.md §4.5), so returning to old routing means publishing the old
+    tables under a higher version, with epochs bumped for every shard whose slots change back.
+    """
+    created = int(time.time() if now is None else now)
+    shards = {s.id: Shard(s.id, s.group, s.region, s.jurisdiction, s.weight, s.domain, 0)
+              for s in content.shards}
+    groups = [Group(g.name, g.jurisdiction, g.positions, [shards[s.id] for s in g.primary],
+                    tuple([shards[s.id] for s in column] for column in g.replicas))
+              for g in content.groups.values()]
+    version = current.version + 1
+    _set_epochs(list(shards.values()), groups, current, version)
+    return ShardMap(
+        project=content.project, version=version, created_at=created, expires_at=created + ttl_s,
+        hash=content.hash, slot_bits=content.slot_bits, regions=content.regions,
+        residency_rules=content.residency_rules,
+        default_jurisdiction=content.default_jurisdiction, shards=list(shards.values()),
+        groups=groups,
+    )
+
+
+def same_routing(a: ShardMap, b: ShardMap) -> bool:
+    """True when two maps route every key identically (versions and times aside)."""
+    skip = ("version", "created_at", "expires_at")
+    da = {k: v for k, v in a.to_dict(tables=True).items() if k not in skip}
+    db = {k: v for k, v in b.to_dict(tables=True).items() if k not in skip}
+    return da == db
 
 
 def _slot_sets(groups: list[Group] | dict[str, Group]) -> dict[str, set[tuple[str, int]]]:

@@ -1,0 +1,191 @@
+"""Load a blueprint definition and expand it for one project, map and account.
+
+A definition (``shardkit/blueprints/<name>.toml``) lists resources per region and per shard with
+``{placeholder}`` strings; :func:`expand` fills them in for every region that has shards and every
+shard of the map. A string that is exactly one placeholder takes the placeholder's type, so
+``memory_mb = "{memory_mb}"`` becomes an integer.
+
+Expansion checks residency statically (DESIGN.md §4.3): a shard's resources are placed only in the
+shard's own region, and that region must belong to the shard's jurisdiction.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config.models import ProjectConfig
+from ..errors import ConfigError, PlanningError
+from ..sharding.shardmap import Shard, ShardMap
+from .model import KINDS, Blueprint, Resource
+
+__all__ = ["CodeArtifact", "available", "expand", "load_definition"]
+
+DEFAULT_BLUEPRINT = "stateful-inference-proxy"
+_PLACEHOLDER = re.compile(r"\{([a-z_0-9]+)\}")
+_LIMITS = {"lambda_function": 64, "iam_role": 64, "s3_bucket": 63, "dynamodb_table": 255,
+           "alarm": 255, "log_group": 512}
+
+
+@dataclass(frozen=True)
+class CodeArtifact:
+    """The proxy code package: its object key in each region's artifact bucket, and hash."""
+
+    key: str
+    sha256: str
+
+
+def available() -> list[str]:
+    """Names of the blueprint definitions shipped with shardkit."""
+    root = importlib.resources.files("shardkit.blueprints")
+    return sorted(p.name.removesuffix(".toml") for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_definition(name_or_path: str) -> dict[str, Any]:
+    """A shipped definition by name, or a definition file by path."""
+    if name_or_path.endswith(".toml"):
+        source, text = name_or_path, _read(Path(name_or_path))
+    else:
+        resource = importlib.resources.files("shardkit.blueprints") / f"{name_or_path}.toml"
+        if not resource.is_file():
+            raise ConfigError(name_or_path, ["no such blueprint"],
+                              hint=f"shipped blueprints: {', '.join(available())}")
+        source, text = f"blueprint {name_or_path}", resource.read_text("utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"invalid TOML: {exc}"]) from None
+    _check_definition(source, data)
+    return data
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot be read: {exc.strerror}"]) from None
+
+
+def _check_definition(source: str, data: dict[str, Any]) -> None:
+    problems = []
+    for field in ("name", "names"):
+        if field not in data:
+            problems.append(f"{field}: required field is missing")
+    for scope in ("region", "shard"):
+        for i, item in enumerate(data.get(scope, [])):
+            if item.get("kind") not in KINDS:
+                problems.append(f"{scope}[{i}].kind = {item.get('kind')!r}: allowed: "
+                                f"{', '.join(KINDS)}")
+            if not isinstance(item.get("name"), str):
+                problems.append(f"{scope}[{i}].name: required string is missing")
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def expand(
+    definition: Mapping[str, Any],
+    *,
+    config: ProjectConfig,
+    shard_map: ShardMap,
+    account: str,
+    code: CodeArtifact,
+    partition: str = "aws",
+) -> Blueprint:
+    """Every resource of the definition for this project, map and account."""
+    resources: list[Resource] = []
+    regions = sorted({s.region for s in shard_map.shards})
+    for region in regions:
+        values = _region_values(definition, config, region, account, partition)
+        resources += [_resource(item, values, region, None) for item in definition.get("region", [])]
+    for shard in shard_map.shards:
+        _check_residency(shard, shard_map)
+        values = _shard_values(definition, config, shard, account, partition, code)
+        resources += [_resource(item, values, shard.region, shard.id)
+                      for item in definition.get("shard", [])]
+    return Blueprint(config.project.name, definition["name"], account,
+                     tuple(_with_revisions(resources)))
+
+
+def _region_values(definition: Mapping[str, Any], config: ProjectConfig, region: str,
+                   account: str, partition: str) -> dict[str, Any]:
+    values: dict[str, Any] = {"project": config.project.name, "account": account,
+                              "region": region, "partition": partition}
+    for name in ("bucket", "table"):
+        values[name] = _fill(definition["names"][name], values, name)
+    return values
+
+
+def _shard_values(definition: Mapping[str, Any], config: ProjectConfig, shard: Shard,
+                  account: str, partition: str, code: CodeArtifact) -> dict[str, Any]:
+    values = _region_values(definition, config, shard.region, account, partition)
+    group = config.groups[shard.group]
+    values.update(shard=shard.id, epoch=shard.epoch, jurisdiction=shard.jurisdiction,
+                  memory_mb=group.memory_mb, timeout_s=group.timeout_s,
+                  code_key=code.key, code_sha256=code.sha256)
+    for name in ("function", "role", "log_group"):
+        values[name] = _fill(definition["names"][name], values, name)
+    return values
+
+
+def _check_residency(shard: Shard, shard_map: ShardMap) -> None:
+    if shard_map.regions.get(shard.region) != shard.jurisdiction:
+        raise PlanningError(
+            f"shard {shard.id!r} of jurisdiction {shard.jurisdiction!r} would be deployed into "
+            f"region {shard.region!r} ({shard_map.regions.get(shard.region)!r})",
+            hint="a shard may only live in a region of its own jurisdiction",
+        )
+
+
+def _resource(item: Mapping[str, Any], values: dict[str, Any], region: str,
+              shard: str | None) -> Resource:
+    name = _fill(item["name"], values, "name")
+    limit = _LIMITS.get(item["kind"])
+    if limit and len(name) > limit:
+        raise PlanningError(
+            f"{item['kind']} name {name!r} is {len(name)} characters; AWS allows {limit}",
+            hint="shorten project.name or the shard ids",
+        )
+    return Resource(item["kind"], name, region, _fill(item.get("props", {}), values, name), shard)
+
+
+def _fill(template: Any, values: Mapping[str, Any], where: str) -> Any:
+    if isinstance(template, dict):
+        return {_fill(k, values, where): _fill(v, values, where) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, values, where) for v in template]
+    if not isinstance(template, str):
+        return template
+    whole = _PLACEHOLDER.fullmatch(template)
+    if whole:
+        return _value(whole.group(1), values, where)
+    return _PLACEHOLDER.sub(lambda m: str(_value(m.group(1), values, where)), template)
+
+
+def _value(name: str, values: Mapping[str, Any], where: str) -> Any:
+    try:
+        return values[name]
+    except KeyError:
+        raise ConfigError(
+            f"blueprint ({where})",
+            [f"unknown placeholder {{{name}}}; known here: {', '.join(sorted(values))}"],
+        ) from None
+
+
+def _with_revisions(resources: list[Resource]) -> list[Resource]:
+    """An alias follows its function: it carries the function's fingerprint, so any change to
+    the function publishes a new version and moves the alias to it."""
+    functions = {(r.region, r.name): r.fingerprint for r in resources
+                 if r.kind == "lambda_function"}
+    out = []
+    for r in resources:
+        if r.kind == "lambda_alias":
+            revision = functions[(r.region, r.props["function"])]
+            r = Resource(r.kind, r.name, r.region, {**r.props, "function_revision": revision},
+                         r.shard)
+        out.append(r)
+    return out

@@ -1,0 +1,273 @@
+"""Deploy, status, destroy and rollback: the stages put together.
+
+``config -> map (signed) -> code package -> blueprint -> plan (pure) -> executor``. Each command is
+a different desired state planned against the same deployed manifest: deploy wants the project as
+configured, destroy wants nothing, rollback wants the previous deployment, and a local-cloud
+restore wants the current deployment on a fresh, empty server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..aws.facade import Aws
+from ..blueprint.definition import DEFAULT_BLUEPRINT, CodeArtifact, expand, load_definition
+from ..blueprint.model import Blueprint
+from ..config.loader import Project
+from ..errors import DeployError, MapError, PlanFileError
+from ..keys import load_trusted_keys
+from ..sharding.build import build_map, rebase_map, same_routing, signing_key_for
+from ..sharding.codec import decode_map, encode_map
+from ..sharding.shardmap import ShardMap
+from .executor import ApplyResult, Executor, Progress
+from .package import build_package
+from .plan import Plan, make_plan
+from .state import Manifest, StateStore, write_bytes_atomic
+
+__all__ = ["Deployer", "Target"]
+
+# Republish an unchanged map once less than this share of its lifetime is left.
+_REFRESH_FRACTION = 0.5
+
+
+@dataclass
+class Target:
+    """Where a project deploys: real AWS or the local cloud; only endpoint and creds differ."""
+
+    name: str  # "aws" | "local"
+    aws: Aws
+    account: str
+    partition: str = "aws"
+    instance: str = ""  # the local cloud's instance id (a restart changes it)
+    endpoint: str | None = None
+
+
+class Deployer:
+    """The deploy commands for one project and target."""
+
+    def __init__(self, project: Project, target: Target, *, progress: Progress | None = None):
+        self.project = project
+        self.target = target
+        self.store = StateStore(project.state_dir, target.name)
+        self.progress = progress
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def manifest(self) -> Manifest:
+        return self.store.load_manifest(self.project.config.project.name)
+
+    def deployed_map(self) -> ShardMap | None:
+        data = self.store.load_map_bytes()
+        if data is None:
+            return None
+        trusted = load_trusted_keys(self.project.keys_dir)
+        try:
+            return decode_map(data, trusted, now=float("-inf"))
+        except MapError as exc:
+            raise DeployError(f"the deployed map {self.store.map_path} cannot be read: "
+                              f"{exc.message}", hint=exc.hint) from None
+
+    def needs_restore(self) -> bool:
+        """The local cloud restarted since the last apply: what is recorded is not there."""
+        m = self.manifest()
+        return (self.target.name == "local" and bool(m.resources)
+                and m.local_instance != self.target.instance)
+
+    # -- planning --------------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        """Plan the project as configured."""
+        deployed = self.deployed_map()
+        shard_map, envelope = self._next_map(deployed)
+        package = build_package(self.project)
+        self._cache_artifact(package.sha256, package.data)
+        blueprint = self._blueprint(shard_map, package.artifact)
+        return make_plan(blueprint, self.manifest(), project_root=str(self.project.root),
+                         artifact=_artifact_dict(package.artifact), map_envelope=envelope,
+                         map_version=shard_map.version)
+
+    def plan_destroy(self, *, delete_data: bool = False) -> Plan:
+        empty = Blueprint(self.project.config.project.name, DEFAULT_BLUEPRINT, self.target.account)
+        return make_plan(empty, self.manifest(), project_root=str(self.project.root),
+                         artifact=None, map_envelope=None, map_version=0,
+                         delete_data=delete_data, kind="destroy")
+
+    def plan_rollback(self) -> Plan:
+        """Back to the deployment before the current one, as a new, higher map version."""
+        manifest = self.manifest()
+        earlier = [n for n in self.store.deployments() if n < manifest.deployment]
+        if not earlier:
+            raise DeployError("there is no earlier successful deployment to roll back to",
+                              hint="`shardkit status` shows the deployment history")
+        record = self.store.load_deployment(earlier[-1])
+        blueprint = Blueprint.from_dict(record["blueprint"])
+        current = self.deployed_map()
+        envelope, version = None, manifest.map_version
+        if record["map"] and current is not None:
+            old = decode_map(record["map"], load_trusted_keys(self.project.keys_dir),
+                             now=float("-inf"))
+            shard_map = rebase_map(old, current, ttl_s=self._ttl())
+            envelope, version = self._sign(shard_map), shard_map.version
+        artifact = _blueprint_artifact(blueprint)
+        return make_plan(blueprint, manifest, project_root=str(self.project.root),
+                         artifact=artifact, map_envelope=envelope, map_version=version,
+                         kind="rollback")
+
+    def plan_restore(self) -> Plan:
+        """Everything of the current deployment, onto a fresh (restarted) local cloud."""
+        manifest = self.manifest()
+        record = self.store.load_deployment(manifest.deployment)
+        blueprint = Blueprint.from_dict(record["blueprint"])
+        empty = Manifest(project=manifest.project, target=manifest.target,
+                         deployment=manifest.deployment - 1)
+        plan = make_plan(blueprint, empty, project_root=str(self.project.root),
+                         artifact=_blueprint_artifact(blueprint),
+                         map_envelope=record["map"] or None, map_version=manifest.map_version,
+                         kind="restore")
+        # A restore re-creates the same deployment, so it is based on the manifest as it stands.
+        return replace(plan, base=manifest.fingerprint(), deployment=manifest.deployment)
+
+    # -- applying --------------------------------------------------------------------------
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self._check_plan(plan)
+        data = self._load_artifact(plan.artifact) if _uploads(plan) else None
+        executor = Executor(self.target.aws, self.store, partition=self.target.partition,
+                            progress=self.progress)
+        return executor.apply(plan, artifact_data=data, local_instance=self.target.instance)
+
+    def status(self) -> dict[str, Any]:
+        """What is recorded, checked against what exists (read-only calls)."""
+        manifest = self.manifest()
+        missing = [key for key, rec in manifest.resources.items()
+                   if not rec.get("retained") and not self._exists(rec)]
+        return {
+            "project": manifest.project, "target": self.target.name,
+            "account": manifest.account, "status": manifest.status,
+            "deployment": manifest.deployment, "map_version": manifest.map_version,
+            "regions": sorted({r["region"] for r in manifest.resources.values()}),
+            "resources": len(manifest.resources), "missing": sorted(missing),
+            "retained": sorted(k for k, r in manifest.resources.items() if r.get("retained")),
+            "pending_applies": self.store.pending_journals(),
+            "shards": self.outputs(manifest)["shards"],
+        }
+
+    def outputs(self, manifest: Manifest | None = None) -> dict[str, Any]:
+        """Function URLs per shard, tables and buckets per region: what callers need."""
+        manifest = manifest or self.manifest()
+        shards: dict[str, dict[str, Any]] = {}
+        regions: dict[str, dict[str, str]] = {}
+        for rec in manifest.resources.values():
+            if rec["kind"] in ("s3_bucket", "dynamodb_table"):
+                label = "bucket" if rec["kind"] == "s3_bucket" else "table"
+                regions.setdefault(rec["region"], {})[label] = rec["name"]
+            elif rec.get("shard"):
+                entry = shards.setdefault(rec["shard"], {"region": rec["region"]})
+                if rec["kind"] == "lambda_function":
+                    entry["function"] = rec["name"]
+                elif rec["kind"] == "function_url":
+                    entry["url"] = rec["outputs"].get("url", "")
+                elif rec["kind"] == "lambda_alias":
+                    entry["version"] = rec["outputs"].get("version", "")
+        return {"project": manifest.project, "target": manifest.target,
+                "map_version": manifest.map_version, "deployment": manifest.deployment,
+                "regions": dict(sorted(regions.items())), "shards": dict(sorted(shards.items()))}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _next_map(self, deployed: ShardMap | None) -> tuple[ShardMap, bytes | None]:
+        """The map to deploy; ``None`` bytes when the deployed one still serves as it is."""
+        config = self.project.config
+        local = self._local_map_version()
+        candidate = build_map(config, deployed, min_version=max(local, 0) + 1)
+        if deployed is not None and same_routing(candidate, deployed) and not self._stale(deployed):
+            return deployed, None
+        return candidate, self._sign(candidate)
+
+    def _stale(self, shard_map: ShardMap) -> bool:
+        left = shard_map.expires_at - time.time()
+        return left < _REFRESH_FRACTION * (shard_map.expires_at - shard_map.created_at)
+
+    def _local_map_version(self) -> int:
+        """The version of a map built locally with `shardkit map build`, so versions never clash."""
+        from ..sharding.codec import peek_envelope
+
+        path = self.project.map_path
+        try:
+            return peek_envelope(path.read_bytes()).version if path.exists() else 0
+        except MapError:
+            return 0
+
+    def _sign(self, shard_map: ShardMap) -> bytes:
+        key = signing_key_for(self.project)
+        return encode_map(shard_map, key.key_id, key.sign)
+
+    def _ttl(self) -> int:
+        return int(self.project.config.signing.map_ttl_hours * 3600)
+
+    def _blueprint(self, shard_map: ShardMap, artifact: CodeArtifact) -> Blueprint:
+        definition = load_definition(DEFAULT_BLUEPRINT)
+        return expand(definition, config=self.project.config, shard_map=shard_map,
+                      account=self.target.account, code=artifact,
+                      partition=self.target.partition)
+
+    def _check_plan(self, plan: Plan) -> None:
+        name = self.project.config.project.name
+        if plan.project != name or Path(plan.project_root).resolve() != self.project.root.resolve():
+            raise PlanFileError(f"the plan is for project {plan.project!r} at {plan.project_root}, "
+                                f"not {name!r} at {self.project.root}")
+        if plan.target != self.target.name or plan.account != self.target.account:
+            raise PlanFileError(f"the plan is for target {plan.target} (account {plan.account}), "
+                                f"not {self.target.name} (account {self.target.account})")
+
+    def _cache_artifact(self, sha256: str, data: bytes) -> None:
+        path = self.project.state_dir / "artifacts" / f"{sha256}.zip"
+        if not path.exists():
+            write_bytes_atomic(path, data)
+
+    def _load_artifact(self, artifact: dict[str, str] | None) -> bytes:
+        if artifact is None:
+            raise PlanFileError("the plan uploads code but names no code package")
+        path = self.project.state_dir / "artifacts" / f"{artifact['sha256']}.zip"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DeployError(f"code package {artifact['sha256'][:12]} is no longer cached at "
+                              f"{path}", hint="make a fresh plan with `shardkit plan`") from None
+        if hashlib.sha256(data).hexdigest() != artifact["sha256"]:
+            raise DeployError(f"cached code package {path} does not match its hash",
+                              hint="delete it and make a fresh plan with `shardkit plan`")
+        return data
+
+    def _exists(self, rec: dict[str, Any]) -> bool:
+        aws, region, name = self.target.aws, rec["region"], rec["name"]
+        probes = {
+            "s3_bucket": ("s3", "head_bucket", {"Bucket": name}),
+            "dynamodb_table": ("dynamodb", "describe_table", {"TableName": name}),
+            "lambda_function": ("lambda", "get_function_configuration", {"FunctionName": name}),
+            "iam_role": ("iam", "get_role", {"RoleName": name}),
+        }
+        probe = probes.get(rec["kind"])
+        if probe is None:
+            return True  # checked through the function it belongs to
+        service, operation, params = probe
+        return aws.exists(service, region, operation, **params)
+
+
+def _artifact_dict(artifact: CodeArtifact) -> dict[str, str]:
+    return {"key": artifact.key, "sha256": artifact.sha256}
+
+
+def _blueprint_artifact(blueprint: Blueprint) -> dict[str, str] | None:
+    for r in blueprint.of_kind("lambda_function"):
+        code = r.props["code"]
+        return {"key": code["key"], "sha256": code["sha256"]}
+    return None
+
+
+def _uploads(plan: Plan) -> bool:
+    return any(s.action == "upload" for s in plan.steps)

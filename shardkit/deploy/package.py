@@ -1,0 +1,75 @@
+"""The proxy code package: a reproducible zip of the data plane and the project's own code.
+
+Same inputs, same bytes, same hash: entries are sorted, timestamps fixed at 1980-01-01, modes
+normalised, and compiled or cached files left out. The hash names the object in each region's
+artifact bucket (``artifacts/code/<sha256>.zip``), so an unchanged package is never uploaded twice
+and an unchanged function is never updated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..blueprint.definition import CodeArtifact
+from ..config.loader import Project
+
+__all__ = ["DATA_PLANE", "Package", "build_package"]
+
+#: What of shardkit runs inside a shard function: the data plane, nothing else.
+DATA_PLANE = ("shardkit/__init__.py", "shardkit/errors.py", "shardkit/py.typed",
+              "shardkit/sharding/__init__.py", "shardkit/sharding/hashing.py",
+              "shardkit/sharding/shardmap.py", "shardkit/sharding/codec.py",
+              "shardkit/proxy/", "shardkit/routing/")
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+_SKIP_DIRS = {"__pycache__", ".shardkit", ".git", ".venv", ".pytest_cache", ".mypy_cache"}
+
+
+@dataclass(frozen=True)
+class Package:
+    data: bytes
+    sha256: str
+    files: tuple[str, ...]
+
+    @property
+    def artifact(self) -> CodeArtifact:
+        return CodeArtifact(key=f"artifacts/code/{self.sha256}.zip", sha256=self.sha256)
+
+
+def build_package(project: Project) -> Package:
+    """Zip the data plane of the installed shardkit plus the project's ``app/`` directory."""
+    entries = dict(_shardkit_files())
+    app = project.root / "app"
+    if app.is_dir():
+        entries.update(_tree(app, "app"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, entries[name].read_bytes())
+    data = buf.getvalue()
+    return Package(data, hashlib.sha256(data).hexdigest(), tuple(sorted(entries)))
+
+
+def _shardkit_files() -> Iterator[tuple[str, Path]]:
+    root = Path(__file__).resolve().parents[1]
+    for name, path in _tree(root, "shardkit"):
+        if any(name == p or (p.endswith("/") and name.startswith(p)) for p in DATA_PLANE):
+            yield name, path
+
+
+def _tree(root: Path, prefix: str) -> Iterator[tuple[str, Path]]:
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_dir() or any(p in _SKIP_DIRS for p in rel.parts):
+            continue
+        if path.suffix in _SKIP_SUFFIXES:
+            continue
+        yield f"{prefix}/{rel.as_posix()}", path

@@ -1,0 +1,229 @@
+"""The plan: data that says exactly which AWS changes an apply will make, and the pure planner.
+
+:func:`make_plan` compares the desired :class:`Blueprint` with the deployed :class:`Manifest` and
+returns a :class:`Plan` - a list of steps, each one resource and one action. It reads nothing
+and writes nothing. A plan can be printed, saved as JSON, reviewed and applied later:
+
+* ``base`` is the fingerprint of the manifest it was made against; apply refuses a plan whose base
+  is no longer what is deployed (Terraform's "saved plan is the approval");
+* ``checksum`` covers everything else, so a plan edited by hand is refused;
+* ``plan_id`` names its journal, so a failed apply resumes the same plan.
+
+Order: creations and updates in dependency order (buckets and tables, log groups, roles,
+functions, aliases, URLs, alarms), then the map publication, then deletions in reverse order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..blueprint.model import KINDS, Blueprint, Resource, canonical_json
+from ..errors import PlanFileError
+from .state import Manifest
+
+__all__ = ["PLAN_FORMAT", "Plan", "Step", "make_plan"]
+
+PLAN_FORMAT = "shardkit-plan/1"
+RETAINED_KINDS = frozenset({"dynamodb_table"})  # hold user data: kept unless asked otherwise
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change: ``action`` is create, update, delete, retain, upload or publish."""
+
+    id: int
+    action: str
+    kind: str
+    region: str
+    name: str
+    key: str
+    props: Mapping[str, Any] = field(default_factory=dict)
+    shard: str | None = None
+    fingerprint: str = ""
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "action": self.action, "kind": self.kind, "region": self.region,
+                "name": self.name, "key": self.key, "props": self.props, "shard": self.shard,
+                "fingerprint": self.fingerprint, "reason": self.reason}
+
+    @property
+    def mutating(self) -> bool:
+        return self.action != "retain"
+
+
+@dataclass(frozen=True)
+class Plan:
+    project: str
+    project_root: str
+    target: str
+    account: str
+    base: str
+    blueprint: dict[str, Any]
+    steps: tuple[Step, ...]
+    artifact: dict[str, str] | None = None  # {"key", "sha256"} of the code package
+    map_envelope: bytes | None = None  # the signed map to publish, when it changed
+    map_version: int = 0
+    deployment: int = 0  # the deployment number this plan creates
+    kind: str = "deploy"  # deploy | rollback | destroy | restore
+
+    @property
+    def is_noop(self) -> bool:
+        return not any(s.mutating for s in self.steps)
+
+    @property
+    def plan_id(self) -> str:
+        return _digest(self._body())[:16]
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self.steps:
+            counts[s.action] = counts.get(s.action, 0) + 1
+        return counts
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT, "kind": self.kind, "project": self.project,
+            "project_root": self.project_root, "target": self.target, "account": self.account,
+            "base": self.base, "deployment": self.deployment, "map_version": self.map_version,
+            "map_envelope": base64.b64encode(self.map_envelope).decode()
+            if self.map_envelope else None,
+            "artifact": self.artifact, "blueprint": self.blueprint,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+    def to_json(self) -> str:
+        body = self._body()
+        body["plan_id"] = self.plan_id
+        body["checksum"] = _digest(self._body())
+        return json.dumps(body, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "plan") -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanFileError(f"{source} is not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PlanFileError(f"{source} is not a shardkit plan ({PLAN_FORMAT})")
+        checksum = data.pop("checksum", None)
+        data.pop("plan_id", None)
+        if checksum != _digest(data):
+            raise PlanFileError(f"{source} was changed after it was made (checksum mismatch)",
+                                hint="never edit a plan; make a new one with `shardkit plan`")
+        try:
+            return cls._from_body(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanFileError(f"{source} is malformed: {exc}") from None
+
+    @classmethod
+    def _from_body(cls, d: dict[str, Any]) -> Plan:
+        envelope = d["map_envelope"]
+        return cls(
+            project=d["project"], project_root=d["project_root"], target=d["target"],
+            account=d["account"], base=d["base"], blueprint=d["blueprint"],
+            steps=tuple(Step(**s) for s in d["steps"]), artifact=d["artifact"],
+            map_envelope=base64.b64decode(envelope) if envelope else None,
+            map_version=d["map_version"], deployment=d["deployment"], kind=d["kind"],
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise PlanFileError(f"cannot read plan {path}: {exc.strerror}") from None
+        return cls.from_json(text, str(path))
+
+
+def _digest(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def make_plan(
+    desired: Blueprint,
+    deployed: Manifest,
+    *,
+    project_root: str,
+    artifact: dict[str, str] | None,
+    map_envelope: bytes | None,
+    map_version: int,
+    delete_data: bool = False,
+    kind: str = "deploy",
+) -> Plan:
+    """The steps that turn ``deployed`` into ``desired``. Pure: reads and writes nothing."""
+    steps: list[Step] = []
+    wanted = desired.by_key()
+    buckets = {r.region: r.name for r in desired.of_kind("s3_bucket")}
+    for region in desired.regions:
+        if artifact and not deployed.has_artifact(region, artifact["key"]):
+            steps.append(_step(len(steps), "upload", "artifact", region, artifact["key"],
+                               {"bucket": buckets[region], "sha256": artifact["sha256"]},
+                               "code package not yet uploaded"))
+    for r in desired.resources:
+        record = deployed.resources.get(r.key)
+        if record is None:
+            steps.append(_resource_step(len(steps), "create", r, "not deployed"))
+        elif record["fingerprint"] != r.fingerprint:
+            steps.append(_resource_step(len(steps), "update", r, _changed(record, r)))
+        elif record.get("retained"):
+            steps.append(_resource_step(len(steps), "create", r, "kept from an earlier destroy"))
+    if map_envelope is not None:
+        for region in desired.regions:
+            steps.append(_step(len(steps), "publish", "map", region, "registry/map.skm",
+                               {"bucket": buckets[region], "version": map_version},
+                               f"map version {map_version}"))
+    doomed = [k for k in deployed.resources if k not in wanted]
+    doomed.sort(key=lambda k: (-KINDS.index(deployed.resources[k]["kind"]), k))
+    for key in doomed:
+        record = deployed.resources[key]
+        if record.get("retained"):
+            continue
+        action = "retain" if record["kind"] in RETAINED_KINDS and not delete_data else "delete"
+        steps.append(Step(len(steps), action, record["kind"], record["region"], record["name"],
+                          key, record.get("props", {}), record.get("shard"), "",
+                          "holds data: kept (use --delete-data to delete)"
+                          if action == "retain" else "no longer in the blueprint"))
+    ordered = sorted(steps, key=_phase)
+    steps = [replace(step, id=i) for i, step in enumerate(ordered)]
+    return Plan(
+        project=desired.project, project_root=project_root, target=deployed.target,
+        account=desired.account, base=deployed.fingerprint(), blueprint=desired.to_dict(),
+        steps=tuple(steps), artifact=artifact, map_envelope=map_envelope,
+        map_version=map_version, deployment=deployed.deployment + 1, kind=kind,
+    )
+
+
+def _phase(step: Step) -> tuple[int, int]:
+    """Creations in dependency order (code uploads right after the buckets), then the map, so
+    clients learn of new shards only once they exist, then deletions in reverse order, so old
+    shards serve until the new map is out."""
+    if step.action == "upload":
+        return (1, step.id)
+    if step.action == "publish":
+        return (2 * len(KINDS), step.id)
+    if step.action in ("delete", "retain"):
+        return (4 * len(KINDS) - KINDS.index(step.kind), step.id)
+    return (2 * KINDS.index(step.kind), step.id)
+
+
+def _step(i: int, action: str, kind: str, region: str, name: str, props: dict[str, Any],
+          reason: str) -> Step:
+    return Step(i, action, kind, region, name, f"{region}/{kind}/{name}", props, None, "", reason)
+
+
+def _resource_step(i: int, action: str, r: Resource, reason: str) -> Step:
+    return Step(i, action, r.kind, r.region, r.name, r.key, r.props, r.shard, r.fingerprint,
+                reason)
+
+
+def _changed(record: Mapping[str, Any], r: Resource) -> str:
+    old, new = record.get("props", {}), r.props
+    fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "changed: " + ", ".join(fields) if fields else "changed"
