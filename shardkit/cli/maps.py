@@ -39,6 +39,7 @@ def build(project_dir: Path, out: Path | None, previous: Path | None, fresh: boo
     """
     project = load_project(project_dir)
     out = out or project.map_path
+    _check_out(out)
     prev_path = None if fresh else (previous or (out if out.exists() else None))
     prev = open_map(prev_path, project.keys_dir, allow_expired=True) if prev_path else None
     shard_map, data = build_signed(project, prev)
@@ -112,6 +113,17 @@ def diff(old: Path, new: Path, keys: Path | None, json_: bool) -> None:
         emit_json(result.to_dict())
         return
     _print_diff(result)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output path that cannot be a file before anything is read or built."""
+    if out.is_dir():
+        raise click.ClickException(f"cannot write the map to {out}: it is a directory — pass a "
+                                   f"file path such as {out / 'map.skm'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise click.ClickException(f"cannot write the map to {out}: {parent} is a file, not a "
+                                   f"directory — pass --out with a path inside a directory")
 
 
 def _route_row(shard_map: ShardMap, key: str, jurisdiction: str | None) -> dict[str, object]:

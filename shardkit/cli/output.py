@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,19 +26,22 @@ keys_option = click.option(
     "$SHARDKIT_KEYS_DIR, or ./.shardkit/keys].",
 )
 
-console = Console(highlight=False)
+# Piped output is read by scripts and grep: never wrap or truncate it to 80 columns.
+_piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+console = Console(highlight=False, width=10_000 if _piped else None)
 
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; a map is public, signed data
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

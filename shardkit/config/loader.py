@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,19 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from .models import ProjectConfig
+from .models import PATTERN_WORDS, SHARDS_FORMS, ProjectConfig
 
 __all__ = ["CONFIG_FILE", "Project", "load_config", "load_project"]
 
 CONFIG_FILE = "shardkit.toml"
+
+# pydantic messages that name Python types, in the words of a TOML file
+_TYPE_WORDS = {
+    "model_type": "must be a table, like [section] or { key = value }",
+    "model_attributes_type": "must be a table, like [section] or { key = value }",
+    "dict_type": "must be a table, like [section] or { key = value }",
+    "tuple_type": "must be an array, like [a, b]",
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,9 @@ def load_config(path: str | os.PathLike[str]) -> ProjectConfig:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(file, [f"not UTF-8 text (byte {exc.start})"]) from None
+        raise ConfigError(file, [f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at "
+                                 f"offset {exc.start})"],
+                          hint="save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, [f"invalid TOML: {exc}"],
                           hint="fix the TOML syntax at the line and column named") from None
@@ -82,8 +93,7 @@ def load_config(path: str | os.PathLike[str]) -> ProjectConfig:
 def _problems(exc: ValidationError) -> list[str]:
     problems: list[str] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = _user_loc(tuple(err["loc"]))
         path = _path(loc)
         if err["type"] == "missing":
             problems.append(f"{path}: required field is missing")
@@ -91,56 +101,73 @@ def _problems(exc: ValidationError) -> list[str]:
             allowed = _allowed(loc[:-1])
             problems.append(f"{path}: unknown field; allowed here: {', '.join(allowed)}")
         elif not loc:
-            problems.extend(msg.splitlines())
+            problems.extend(_message(err).splitlines())
+        elif err["loc"][-1] == "[key]":  # a bad table key: the key is the value
+            problems.append(f"{_path(loc[:-1])}: key {_show(err.get('input'))}: {_message(err)}")
         else:
-            problems.append(f"{path} = {_show(err.get('input'))}: {msg}")
+            problems.append(f"{path} = {_show(err.get('input'))}: {_message(err)}")
     return problems
+
+
+def _message(err: Any) -> str:
+    """pydantic's message, with regexes and Python type names put in words."""
+    pattern = (err.get("ctx") or {}).get("pattern")
+    if err["type"] == "string_pattern_mismatch" and pattern in PATTERN_WORDS:
+        return f"must be {PATTERN_WORDS[pattern]}"
+    return _TYPE_WORDS.get(err["type"], str(err["msg"]).removeprefix("Value error, "))
+
+
+def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without pydantic's markers: the union branch after ``shards``, and ``[key]``."""
+    return tuple(
+        part for i, part in enumerate(loc)
+        if part != "[key]" and not (i and loc[i - 1] == "shards" and part in SHARDS_FORMS)
+    )
 
 
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part) in ("int", "tuple[ShardConfig, ...]"):
-            continue  # pydantic's union-branch markers are not part of the user's path
-        else:
-            out += ("." if out else "") + str(part)
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
     return out or "(file)"
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = str(value).lower() if isinstance(value, bool) else repr(value)  # TOML's true/false
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _allowed(loc: tuple[Any, ...]) -> list[str]:
-    """The field names a model at ``loc`` accepts (for 'unknown field' errors)."""
+    """The field names the model at ``loc`` accepts (for 'unknown field' errors)."""
     current: Any = ProjectConfig
     for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            current = field.annotation if field else None
-        else:
-            current = _element(current)
-        current = _model_in(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
-    return ["(none)"]
+        current = _child(current, part)
+    models = [t for t in _options(current) if _is_model(t)]
+    return sorted(models[0].model_fields) if models else ["(none)"]
 
 
-def _element(annotation: Any) -> Any:
-    args = typing.get_args(annotation)
-    return args[-1] if typing.get_origin(annotation) is dict else (args[0] if args else None)
+def _child(annotation: Any, part: Any) -> Any:
+    """The annotation of field, key or index ``part`` inside ``annotation``."""
+    for option in _options(annotation):
+        origin, args = typing.get_origin(option), typing.get_args(option)
+        if _is_model(option) and str(part) in option.model_fields:
+            return option.model_fields[str(part)].annotation
+        if origin is dict and isinstance(part, str):
+            return args[1]
+        if origin in (tuple, list) and isinstance(part, int):
+            return args[0]
+    return None
 
 
-def _model_in(annotation: Any) -> Any:
-    """Unwrap Optional/Union/Annotated down to a model class when there is one."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+def _options(annotation: Any) -> list[Any]:
+    """``annotation`` with Annotated unwrapped and unions split into their branches."""
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, typing.Annotated) or str(origin) == "<class 'types.UnionType'>":
-        for arg in typing.get_args(annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg
-    return annotation
+    if origin is typing.Annotated:
+        return _options(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [o for arg in typing.get_args(annotation) for o in _options(arg)]
+    return [annotation]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

@@ -1,18 +1,30 @@
 """The project configuration (``shardkit.toml``) as frozen pydantic models.
 
 Validated once at the boundary (:func:`shardkit.config.load_config`), trusted inside. Every model
-forbids unknown fields, so a typo is an error rather than a silently ignored setting. Checks that
-span fields live on :class:`ProjectConfig`: regions are real AWS regions, a group's regions are all
-in the group's jurisdiction (residency is checked statically, DESIGN.md §4.3), every jurisdiction
-a rule or the default names has a group, and replicas fit the group's failure domains.
+forbids unknown fields, so a typo is an error rather than a silently ignored setting, and numbers
+and booleans are strict (``replicas = true`` is refused, not read as 1). Region names must be real
+AWS regions. Checks that span fields live on :class:`ProjectConfig`: a group's regions are all in
+the group's jurisdiction (residency is checked statically, DESIGN.md §4.3), every jurisdiction a
+rule or the default names has a group, shard ids and rule prefixes are unique, and replicas fit the
+group's failure domains. Their messages carry their own field paths (the loader prints them as is).
 """
 
 from __future__ import annotations
 
+import difflib
 from functools import cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from ..sharding.hashing import DEFAULT_HASH, HASHES, MAX_SLOT_BITS, MIN_SLOT_BITS
 
@@ -21,6 +33,7 @@ __all__ = [
     "HashingConfig",
     "ProjectConfig",
     "ProjectSection",
+    "ProxyConfig",
     "RegionConfig",
     "ResidencyConfig",
     "ResidencyRule",
@@ -28,9 +41,27 @@ __all__ = [
     "SigningConfig",
 ]
 
-Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")]
-ShardId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,47}$")]
-Jurisdiction = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,15}$")]
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}$"
+SHARD_ID_PATTERN = r"^[a-z][a-z0-9-]{0,47}$"
+JURISDICTION_PATTERN = r"^[a-z][a-z0-9-]{0,15}$"
+KEY_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # = shardkit.keys.KEY_ID_PATTERN (tested)
+
+# What each pattern allows, in words (the loader shows these instead of the regex).
+PATTERN_WORDS = {
+    NAME_PATTERN: "1-31 characters: lowercase letters, digits or '-', starting with a letter",
+    SHARD_ID_PATTERN: "1-48 characters: lowercase letters, digits or '-', starting with a letter",
+    JURISDICTION_PATTERN: "1-16 characters: lowercase letters, digits or '-', starting with a "
+    "letter",
+    KEY_ID_PATTERN: "1-63 characters: lowercase letters, digits, '.', '_' or '-', starting with a "
+    "letter or digit",
+}
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ShardId = Annotated[str, Field(pattern=SHARD_ID_PATTERN)]
+Jurisdiction = Annotated[str, Field(pattern=JURISDICTION_PATTERN)]
+# TOML has real booleans and numbers: `replicas = true` is a mistake, not 1.
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]  # strict floats still accept integers
 
 
 class _Model(BaseModel):
@@ -44,7 +75,7 @@ class ProjectSection(_Model):
 
 class HashingConfig(_Model):
     algorithm: str = DEFAULT_HASH
-    slot_bits: int = Field(default=14, ge=MIN_SLOT_BITS, le=MAX_SLOT_BITS)
+    slot_bits: Int = Field(default=14, ge=MIN_SLOT_BITS, le=MAX_SLOT_BITS)
 
     @field_validator("algorithm")
     @classmethod
@@ -55,10 +86,10 @@ class HashingConfig(_Model):
 
 
 class SigningConfig(_Model):
-    key_id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    key_id: str = Field(pattern=KEY_ID_PATTERN)
     keys_dir: str = ".shardkit/keys"
-    map_ttl_hours: float = Field(default=24 * 30, gt=0, le=24 * 366)
-    create_if_missing: bool = False
+    map_ttl_hours: Float = Field(default=24 * 30, gt=0, le=24 * 366)
+    create_if_missing: bool = Field(default=False, strict=True)
 
 
 class RegionConfig(_Model):
@@ -74,20 +105,30 @@ class ResidencyConfig(_Model):
     default: Jurisdiction | None = None
     rules: tuple[ResidencyRule, ...] = ()
 
-    @field_validator("rules")
-    @classmethod
-    def _unique_prefixes(cls, rules: tuple[ResidencyRule, ...]) -> tuple[ResidencyRule, ...]:
-        prefixes = [r.prefix for r in rules]
-        repeated = sorted({p for p in prefixes if prefixes.count(p) > 1})
-        if repeated:
-            raise ValueError(f"prefix {repeated[0]!r} appears in more than one rule")
-        return rules
-
 
 class ShardConfig(_Model):
     id: ShardId
     region: str
-    weight: float = Field(default=1.0, gt=0, le=1e6)
+    weight: Float = Field(default=1.0, gt=0, le=1e6)
+
+
+def _shards_form(value: Any) -> str | None:
+    """Which form ``shards`` takes, so a bad value gets one error, not one per union branch."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "count"
+    return "list" if isinstance(value, list | tuple) else None
+
+
+Shards = Annotated[
+    Annotated[int, Tag("count")] | Annotated[tuple[ShardConfig, ...], Tag("list")],
+    Discriminator(
+        _shards_form,
+        custom_error_type="shards_form",
+        custom_error_message="must be a shard count (1-4096) or a list of shards like "
+        "[{ id = \"eu-0\", region = \"eu-west-1\" }]",
+    ),
+]
+SHARDS_FORMS = ("count", "list")  # the tags above; the loader drops them from field paths
 
 
 class GroupConfig(_Model):
@@ -99,25 +140,21 @@ class GroupConfig(_Model):
 
     jurisdiction: Jurisdiction
     regions: tuple[str, ...] = Field(min_length=1)
-    shards: int | tuple[ShardConfig, ...]
-    replicas: int = Field(default=0, ge=0, le=4)
+    shards: Shards
+    replicas: Int = Field(default=0, ge=0, le=4)
     failure_domain: Literal["region", "shard"] = "region"
-    weights: dict[str, Annotated[float, Field(gt=0, le=1e6)]] = Field(default_factory=dict)
-    memory_mb: int = Field(default=512, ge=128, le=10240)
-    timeout_s: int = Field(default=30, ge=1, le=900)
+    weights: dict[str, Annotated[Float, Field(gt=0, le=1e6)]] = Field(default_factory=dict)
+    memory_mb: Int = Field(default=512, ge=128, le=10240)
+    timeout_s: Int = Field(default=30, ge=1, le=900)
+    concurrency: Int = Field(default=4, ge=1, le=1000)  # reserved concurrency per shard
 
     @field_validator("shards")
     @classmethod
     def _shards(cls, v: int | tuple[ShardConfig, ...]) -> int | tuple[ShardConfig, ...]:
         if isinstance(v, int) and not 1 <= v <= 4096:
             raise ValueError("a shard count must be between 1 and 4096")
-        if isinstance(v, tuple):
-            if not v:
-                raise ValueError("the shard list is empty; a group needs at least one shard")
-            ids = [s.id for s in v]
-            repeated = sorted({i for i in ids if ids.count(i) > 1})
-            if repeated:
-                raise ValueError(f"shard id {repeated[0]!r} appears more than once")
+        if isinstance(v, tuple) and not v:
+            raise ValueError("the shard list is empty; a group needs at least one shard")
         return v
 
     def shard_list(self, name: str) -> tuple[ShardConfig, ...]:
@@ -135,29 +172,39 @@ class GroupConfig(_Model):
         )
 
 
+def _real_region(name: str) -> str:
+    if name not in aws_regions():
+        close = difflib.get_close_matches(name, sorted(aws_regions()), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown AWS region{guess}; use a region where Lambda runs, "
+                         f"such as eu-west-1 or us-east-1")
+    return name
+
+
+AwsRegion = Annotated[str, AfterValidator(_real_region)]
+
+
+class ProxyConfig(_Model):
+    """The proxy every shard runs: the user's inference function and the state cache."""
+
+    handler: str = Field(default="app.model:infer", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    code: str = "app"  # the project directory shipped in the code package, beside shardkit
+    state_cache: Int = Field(default=1024, ge=0, le=1_000_000)
+    blueprint: str = "stateful-inference-proxy"
+
+
 class ProjectConfig(_Model):
     project: ProjectSection
     hashing: HashingConfig = HashingConfig()
     signing: SigningConfig
-    regions: dict[str, RegionConfig] = Field(min_length=1)
+    regions: dict[AwsRegion, RegionConfig] = Field(min_length=1)
     residency: ResidencyConfig = ResidencyConfig()
     groups: dict[Name, GroupConfig] = Field(min_length=1)
-
-    @field_validator("regions")
-    @classmethod
-    def _real_regions(cls, regions: dict[str, RegionConfig]) -> dict[str, RegionConfig]:
-        known = aws_regions()
-        for name in regions:
-            if name not in known:
-                raise ValueError(
-                    f"unknown AWS region {name!r}; use a Lambda region such as eu-west-1 or "
-                    f"us-east-1"
-                )
-        return regions
+    proxy: ProxyConfig = ProxyConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ProjectConfig:
-        problems: list[str] = []
+        problems = _check_rules(self.residency.rules) + _check_shard_ids(self.groups)
         seen: dict[str, str] = {}
         for name, group in self.groups.items():
             problems += _check_group(name, group, self.regions)
@@ -177,36 +224,66 @@ class ProjectConfig(_Model):
                     f"{where} = {jurisdiction!r}: no group serves it; groups serve "
                     f"{', '.join(sorted(seen))}"
                 )
-        ids = [s.id for n, g in self.groups.items() for s in g.shard_list(n)]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
-        if repeated:
-            problems.append(f"shard id {repeated[0]!r} is used by more than one group")
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
 
+def _check_rules(rules: tuple[ResidencyRule, ...]) -> list[str]:
+    problems, first = [], {}
+    for i, rule in enumerate(rules):
+        if rule.prefix in first:
+            problems.append(f"residency.rules[{i}].prefix = {rule.prefix!r}: "
+                            f"rules[{first[rule.prefix]}] already has this prefix; each prefix "
+                            f"may appear in one rule only")
+        first.setdefault(rule.prefix, i)
+    return problems
+
+
+def _check_shard_ids(groups: dict[str, GroupConfig]) -> list[str]:
+    """Shard ids are unique within a group and across groups."""
+    problems: list[str] = []
+    owner: dict[str, tuple[str, int]] = {}
+    for name, group in groups.items():
+        for i, s in enumerate(group.shard_list(name)):
+            where = f"groups.{name}.shards" + ("" if isinstance(group.shards, int) else f"[{i}].id")
+            if s.id in owner:
+                other, j = owner[s.id]
+                used = f"shards[{j}]" if other == name else f"group {other!r}"
+                problems.append(f"{where} = {s.id!r}: {used} already uses this id; shard ids "
+                                f"must be unique across the project")
+            owner.setdefault(s.id, (name, i))
+    return problems
+
+
+def _listing(items: list[str] | tuple[str, ...], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
 def _check_group(name: str, group: GroupConfig, regions: dict[str, RegionConfig]) -> list[str]:
     problems = []
     where = f"groups.{name}"
-    for region in group.regions:
+    for i, region in enumerate(group.regions):
         if region not in regions:
-            problems.append(f"{where}.regions: {region!r} is not declared under [regions]")
+            problems.append(f"{where}.regions[{i}] = {region!r}: not declared under [regions] "
+                            f"(declared: {_listing(sorted(regions))})")
         elif regions[region].jurisdiction != group.jurisdiction:
             problems.append(
-                f"{where}.regions: {region!r} is in jurisdiction "
+                f"{where}.regions[{i}] = {region!r}: in jurisdiction "
                 f"{regions[region].jurisdiction!r}, not {group.jurisdiction!r}; a group may only "
                 f"use regions of its own jurisdiction"
             )
     shards = group.shard_list(name)
-    ids = {s.id for s in shards}
+    ids = [s.id for s in shards]
     for sid in group.weights:
         if sid not in ids:
-            problems.append(f"{where}.weights: {sid!r} is not a shard of this group")
-    for s in shards:
+            problems.append(f"{where}.weights.{sid}: {sid!r} is not a shard of this group "
+                            f"(its shards: {_listing(ids)})")
+    for i, s in enumerate(shards):
         if s.region not in group.regions:
-            problems.append(f"{where}.shards: shard {s.id!r} is in region {s.region!r}, which is "
-                            f"not in the group's regions {list(group.regions)}")
+            problems.append(f"{where}.shards[{i}].region = {s.region!r}: not one of the group's "
+                            f"regions ({_listing(group.regions)})")
     domains = {s.region if group.failure_domain == "region" else s.id for s in shards}
     if group.replicas >= len(domains):
         problems.append(

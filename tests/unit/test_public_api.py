@@ -1,0 +1,145 @@
+"""The public API surface: ``shardkit.__all__``, lazy imports, and the error hierarchy."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+import shardkit
+import shardkit.errors as errors
+
+ERRORS = [getattr(errors, name) for name in errors.__all__]
+
+
+def test_all_is_sorted_and_unique() -> None:
+    assert shardkit.__all__ == sorted(shardkit.__all__)
+    assert len(set(shardkit.__all__)) == len(shardkit.__all__)
+
+
+@pytest.mark.parametrize("name", shardkit.__all__)
+def test_every_public_name_resolves(name: str) -> None:
+    value = getattr(shardkit, name)
+    assert value is not None
+    if name != "__version__":
+        assert value.__module__.startswith("shardkit."), value.__module__
+        assert name in dir(shardkit)
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="module 'shardkit' has no attribute 'nope'"):
+        shardkit.nope  # noqa: B018
+
+
+def test_version_is_the_installed_distribution_version() -> None:
+    assert shardkit.__version__ == importlib.metadata.version("shardkit")
+
+
+def _imported_after(statement: str) -> list[str]:
+    """Top-level non-stdlib packages a fresh interpreter loads to run ``statement``."""
+    code = (
+        "import json, sys\n"
+        "before = set(sys.modules)\n"
+        f"{statement}\n"
+        "names = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "print(json.dumps(sorted(names - set(sys.stdlib_module_names))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    return json.loads(out.stdout)
+
+
+def test_import_shardkit_is_light() -> None:
+    assert _imported_after("import shardkit") == ["shardkit"]
+
+
+def test_data_plane_names_do_not_import_the_control_plane() -> None:
+    loaded = _imported_after(
+        "import shardkit\n"
+        "shardkit.decode_map, shardkit.ShardMap, shardkit.Shard, shardkit.hash_key\n"
+        "shardkit.stateless_shard, shardkit.ShardkitError, shardkit.MapSignatureError"
+    )
+    for heavy in ("pydantic", "boto3", "botocore", "rich", "click", "numpy", "cryptography"):
+        assert heavy not in loaded, loaded
+    assert "msgpack" in loaded and "xxhash" in loaded  # the probe does see what is imported
+
+
+def test_the_import_probe_sees_pydantic_when_it_is_imported() -> None:
+    # Positive control for the tests above: the probe is not blind to pydantic.
+    assert "pydantic" in _imported_after("import shardkit\nshardkit.load_config")
+
+
+def test_errors_module_imports_only_the_stdlib() -> None:
+    assert _imported_after("import shardkit.errors") == ["shardkit"]
+
+
+def test_errors_all_is_sorted_and_complete() -> None:
+    assert errors.__all__ == sorted(errors.__all__)
+    defined = {n for n, v in vars(errors).items()
+               if inspect.isclass(v) and issubclass(v, Exception) and v.__module__ == errors.__name__}
+    assert defined == set(errors.__all__)
+
+
+def test_errors_exported_by_shardkit_are_the_same_classes() -> None:
+    exported = [n for n in shardkit.__all__ if n.endswith("Error")]
+    assert exported  # the package does export its errors
+    for name in exported:
+        assert getattr(shardkit, name) is getattr(errors, name)
+
+
+def _instance(cls: type[errors.ShardkitError], hint: str | None = None) -> errors.ShardkitError:
+    if issubclass(cls, errors.ConfigError):
+        return cls("shardkit.toml", ["a.b = 1: must be 2"], hint=hint)
+    return cls("something went wrong", hint=hint)
+
+
+@pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__name__)
+def test_every_error_is_a_shardkit_error_with_a_hint(cls: type[errors.ShardkitError]) -> None:
+    assert issubclass(cls, errors.ShardkitError)
+    assert cls.__doc__ and cls.__doc__.strip()
+    given = _instance(cls, hint="do this instead")
+    assert given.hint == "do this instead"
+    default = _instance(cls)
+    assert isinstance(default.hint, str)
+    # an error either has its own default hint or leaves it to the raiser; never a blank one
+    assert default.hint == "" or default.hint.strip()
+    assert default.message in str(default)
+
+
+def test_config_error_has_a_default_hint_and_joins_problems() -> None:
+    exc = errors.ConfigError("x/shardkit.toml", ["a = 1: bad", "b = 2: worse"])
+    assert str(exc) == "x/shardkit.toml: a = 1: bad; b = 2: worse"
+    assert exc.message == str(exc)
+    assert (exc.file, exc.problems) == ("x/shardkit.toml", ["a = 1: bad", "b = 2: worse"])
+    assert exc.hint
+
+
+def test_map_errors_have_default_hints() -> None:
+    for cls in (errors.MapDecodeError, errors.MapSignatureError, errors.MapRollbackError,
+                errors.MapExpiredError, errors.NoEligibleShardError):
+        assert cls("m").hint.strip(), cls
+
+
+def test_docstring_tree_matches_the_class_hierarchy() -> None:
+    """The hierarchy drawn in ``shardkit.errors``'s docstring is the real one."""
+    doc = errors.__doc__ or ""
+    parents: dict[int, str] = {}
+    drawn: dict[str, str | None] = {}
+    for line in doc.splitlines():
+        match = re.match(r"^([\s│├└─]*)([A-Z]\w+Error)\b", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 4
+        name = match.group(2)
+        parents[depth] = name
+        drawn[name] = parents.get(depth - 1) if depth > 1 else None
+    assert set(drawn) == set(errors.__all__)
+    for name, parent in drawn.items():
+        cls = getattr(errors, name)
+        expected = Exception if parent is None else getattr(errors, parent)
+        assert cls.__bases__ == (expected,), (name, cls.__bases__, parent)
