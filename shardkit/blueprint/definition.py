@@ -95,8 +95,12 @@ def expand(
     account: str,
     code: CodeArtifact,
     partition: str = "aws",
+    trusted_keys: str = "",
 ) -> Blueprint:
-    """Every resource of the definition for this project, map and account."""
+    """Every resource of the definition for this project, map and account.
+
+    ``trusted_keys`` (``id=base64,...``) tells the shard functions which map signers to trust.
+    """
     resources: list[Resource] = []
     regions = sorted({s.region for s in shard_map.shards})
     for region in regions:
@@ -105,6 +109,7 @@ def expand(
     for shard in shard_map.shards:
         _check_residency(shard, shard_map)
         values = _shard_values(definition, config, shard, account, partition, code)
+        values["trusted_keys"] = trusted_keys
         resources += [_resource(item, values, shard.region, shard.id)
                       for item in definition.get("shard", [])]
     return Blueprint(config.project.name, definition["name"], account,
@@ -126,6 +131,8 @@ def _shard_values(definition: Mapping[str, Any], config: ProjectConfig, shard: S
     group = config.groups[shard.group]
     values.update(shard=shard.id, epoch=shard.epoch, jurisdiction=shard.jurisdiction,
                   memory_mb=group.memory_mb, timeout_s=group.timeout_s,
+                  concurrency=group.concurrency, handler=config.proxy.handler,
+                  state_cache=str(config.proxy.state_cache),
                   code_key=code.key, code_sha256=code.sha256)
     for name in ("function", "role", "log_group"):
         values[name] = _fill(definition["names"][name], values, name)

@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..errors import ShardkitError
-from . import keys, maps
+from . import deploy, keys, local, maps
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +24,9 @@ def cli() -> None:
 
 cli.add_command(maps.group)
 cli.add_command(keys.group)
+cli.add_command(local.group)
+for command in deploy.COMMANDS:
+    cli.add_command(command)
 
 
 def error_line(exc: ShardkitError) -> str:

@@ -8,6 +8,7 @@ restore wants the current deployment on a fresh, empty server.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from dataclasses import dataclass, replace
@@ -88,7 +89,7 @@ class Deployer:
         blueprint = self._blueprint(shard_map, package.artifact)
         return make_plan(blueprint, self.manifest(), project_root=str(self.project.root),
                          artifact=_artifact_dict(package.artifact), map_envelope=envelope,
-                         map_version=shard_map.version)
+                         map_version=shard_map.version, epochs=_epochs(shard_map))
 
     def plan_destroy(self, *, delete_data: bool = False) -> Plan:
         empty = Blueprint(self.project.config.project.name, DEFAULT_BLUEPRINT, self.target.account)
@@ -111,11 +112,13 @@ class Deployer:
             old = decode_map(record["map"], load_trusted_keys(self.project.keys_dir),
                              now=float("-inf"))
             shard_map = rebase_map(old, current, ttl_s=self._ttl())
-            envelope, version = self._sign(shard_map), shard_map.version
+            envelope, version, epochs = self._sign(shard_map), shard_map.version, _epochs(shard_map)
+        else:
+            epochs = {}
         artifact = _blueprint_artifact(blueprint)
         return make_plan(blueprint, manifest, project_root=str(self.project.root),
                          artifact=artifact, map_envelope=envelope, map_version=version,
-                         kind="rollback")
+                         epochs=epochs, kind="rollback")
 
     def plan_restore(self) -> Plan:
         """Everything of the current deployment, onto a fresh (restarted) local cloud."""
@@ -127,7 +130,7 @@ class Deployer:
         plan = make_plan(blueprint, empty, project_root=str(self.project.root),
                          artifact=_blueprint_artifact(blueprint),
                          map_envelope=record["map"] or None, map_version=manifest.map_version,
-                         kind="restore")
+                         epochs=manifest.epochs, kind="restore")
         # A restore re-creates the same deployment, so it is based on the manifest as it stands.
         return replace(plan, base=manifest.fingerprint(), deployment=manifest.deployment)
 
@@ -210,10 +213,12 @@ class Deployer:
         return int(self.project.config.signing.map_ttl_hours * 3600)
 
     def _blueprint(self, shard_map: ShardMap, artifact: CodeArtifact) -> Blueprint:
-        definition = load_definition(DEFAULT_BLUEPRINT)
+        definition = load_definition(self.project.config.proxy.blueprint)
+        trusted = load_trusted_keys(self.project.keys_dir)
+        keys = ",".join(f"{k}={base64.b64encode(v).decode()}" for k, v in sorted(trusted.items()))
         return expand(definition, config=self.project.config, shard_map=shard_map,
                       account=self.target.account, code=artifact,
-                      partition=self.target.partition)
+                      partition=self.target.partition, trusted_keys=keys)
 
     def _check_plan(self, plan: Plan) -> None:
         name = self.project.config.project.name
@@ -256,6 +261,10 @@ class Deployer:
             return True  # checked through the function it belongs to
         service, operation, params = probe
         return aws.exists(service, region, operation, **params)
+
+
+def _epochs(shard_map: ShardMap) -> dict[str, int]:
+    return {s.id: s.epoch for s in shard_map.shards}
 
 
 def _artifact_dict(artifact: CodeArtifact) -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..aws.facade import Aws
 from ..errors import ApplyFailedError, PlanStaleError, ShardkitError
-from .kinds import HANDLERS, Context
+from .kinds import HANDLERS, Context, fence
 from .plan import Plan, Step
 from .state import Manifest, StateStore
 
@@ -133,6 +133,9 @@ class Executor:
                                 Body=ctx.map_envelope or b"",
                                 ContentType="application/vnd.shardkit.map")
             return {"version_id": out.get("VersionId", "")}
+        if step.action == "fence":
+            fence(self.aws, step.region, step.name, step.props["table"], step.props["epoch"])
+            return {}
         handler = HANDLERS[step.kind]
         if step.action == "delete":
             handler.delete(ctx, step.region, step.name, step.props)
@@ -154,35 +157,54 @@ class Executor:
 def _apply_to_manifest(manifest: Manifest, plan: Plan, done: dict[int, dict[str, Any]]) -> None:
     """Record exactly the completed steps - the truth about what now exists."""
     for step in plan.steps:
-        if step.id not in done:
-            continue
-        outputs = done[step.id]
-        if step.action in ("create", "update"):
-            manifest.resources[step.key] = {
-                "kind": step.kind, "name": step.name, "region": step.region,
-                "shard": step.shard, "fingerprint": step.fingerprint, "props": step.props,
-                "outputs": outputs,
-            }
-        elif step.action == "delete":
-            manifest.resources.pop(step.key, None)
-        elif step.action == "retain":
-            manifest.resources[step.key] = {**manifest.resources[step.key], "retained": True}
-        elif step.action == "upload":
-            keys = manifest.artifacts.setdefault(step.region, [])
-            if step.name not in keys:
-                keys.append(step.name)
-        elif step.action == "publish" and step.region not in manifest.map_regions:
-            manifest.map_regions.append(step.region)
+        if step.id in done:
+            _RECORD[step.action](manifest, step, done[step.id])
     published = [s for s in plan.steps if s.action == "publish"]
     if published and all(s.id in done for s in published):
         manifest.map_version = plan.map_version
         manifest.map_sha256 = hashlib.sha256(plan.map_envelope or b"").hexdigest()
-        manifest.map_regions = sorted({s.region for s in published})
-    # An artifact is only as present as the bucket that holds it.
+    # An artifact, a published map or an epoch record is only as present as what holds it.
     buckets = {r["region"] for r in manifest.resources.values() if r["kind"] == "s3_bucket"}
     manifest.artifacts = {r: k for r, k in manifest.artifacts.items() if r in buckets}
-    manifest.map_regions = [r for r in manifest.map_regions if r in buckets]
+    manifest.map_regions = sorted(r for r in manifest.map_regions if r in buckets)
+    shards = {r["shard"] for r in manifest.resources.values() if r["kind"] == "lambda_function"}
+    manifest.epochs = {s: e for s, e in manifest.epochs.items() if s in shards}
     manifest.account = plan.account
+
+
+def _record_resource(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
+    manifest.resources[step.key] = {
+        "kind": step.kind, "name": step.name, "region": step.region, "shard": step.shard,
+        "fingerprint": step.fingerprint, "props": step.props, "outputs": outputs,
+    }
+
+
+def _record_delete(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
+    manifest.resources.pop(step.key, None)
+
+
+def _record_retain(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
+    manifest.resources[step.key] = {**manifest.resources[step.key], "retained": True}
+
+
+def _record_upload(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
+    keys = manifest.artifacts.setdefault(step.region, [])
+    if step.name not in keys:
+        keys.append(step.name)
+
+
+def _record_fence(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
+    manifest.epochs[step.name] = step.props["epoch"]
+
+
+def _record_publish(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
+    if step.region not in manifest.map_regions:
+        manifest.map_regions.append(step.region)
+
+
+_RECORD = {"create": _record_resource, "update": _record_resource, "delete": _record_delete,
+           "retain": _record_retain, "upload": _record_upload, "fence": _record_fence,
+           "publish": _record_publish}
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..aws.facade import Aws
-from ..errors import AwsConflictError, AwsNotFoundError, DeployError
+from ..errors import AwsConflictError, AwsError, AwsNotFoundError, DeployError
 
 __all__ = ["HANDLERS", "Context"]
 
@@ -219,7 +219,15 @@ class Function(Kind):
         except AwsConflictError:
             return self.update(ctx, region, name, props)
         self._settle(ctx, region, name)
+        self._concurrency(ctx, region, name, props)
         return {"arn": out["FunctionArn"]}
+
+    @staticmethod
+    def _concurrency(ctx: Context, region: str, name: str, props: Props) -> None:
+        if props.get("reserved_concurrency") is not None:
+            ctx.aws.call("lambda", region, "put_function_concurrency", resource=name,
+                         FunctionName=name,
+                         ReservedConcurrentExecutions=int(props["reserved_concurrency"]))
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         ctx.aws.call("lambda", region, "update_function_code", resource=name, FunctionName=name,
@@ -229,6 +237,7 @@ class Function(Kind):
         out = ctx.aws.call("lambda", region, "update_function_configuration", resource=name,
                            **self._config(ctx, name, props))
         self._settle(ctx, region, name)
+        self._concurrency(ctx, region, name, props)
         return {"arn": out["FunctionArn"]}
 
     @staticmethod
@@ -321,6 +330,20 @@ class Alarm(Kind):
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
         ctx.aws.call("cloudwatch", region, "delete_alarms", resource=name, AlarmNames=[name])
+
+
+def fence(aws: Aws, region: str, shard: str, table: str, epoch: int) -> None:
+    """Write ``shard``'s epoch record; never lowers it, so replaying the step is harmless."""
+    from ..proxy.state import fence_item
+
+    try:
+        aws.call("dynamodb", region, "put_item", resource=f"{table} ({shard} epoch)",
+                 TableName=table, Item=fence_item(shard, epoch),
+                 ConditionExpression="attribute_not_exists(pk) OR epoch < :epoch",
+                 ExpressionAttributeValues={":epoch": {"N": str(epoch)}})
+    except AwsError as exc:
+        if exc.code != "ConditionalCheckFailedException":
+            raise
 
 
 HANDLERS: dict[str, Kind] = {

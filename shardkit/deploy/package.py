@@ -42,11 +42,13 @@ class Package:
 
 
 def build_package(project: Project) -> Package:
-    """Zip the data plane of the installed shardkit plus the project's ``app/`` directory."""
+    """Zip the data plane of the installed shardkit plus the project's code directory
+    (``[proxy] code``, ``app`` by default)."""
     entries = dict(_shardkit_files())
-    app = project.root / "app"
+    code = project.config.proxy.code
+    app = project.root / code
     if app.is_dir():
-        entries.update(_tree(app, "app"))
+        entries.update(_tree(app, code))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         for name in sorted(entries):

@@ -35,7 +35,7 @@ RETAINED_KINDS = frozenset({"dynamodb_table"})  # hold user data: kept unless as
 
 @dataclass(frozen=True)
 class Step:
-    """One change: ``action`` is create, update, delete, retain, upload or publish."""
+    """One change: ``action`` is create, update, delete, retain, upload, fence or publish."""
 
     id: int
     action: str
@@ -154,10 +154,16 @@ def make_plan(
     artifact: dict[str, str] | None,
     map_envelope: bytes | None,
     map_version: int,
+    epochs: Mapping[str, int] | None = None,
     delete_data: bool = False,
     kind: str = "deploy",
 ) -> Plan:
-    """The steps that turn ``deployed`` into ``desired``. Pure: reads and writes nothing."""
+    """The steps that turn ``deployed`` into ``desired``. Pure: reads and writes nothing.
+
+    ``epochs`` (shard -> epoch, from the map being deployed) become fence steps: each shard whose
+    epoch changed gets its epoch record written to its region's state table before the map is
+    published, so a shard still routing with the old map cannot write (DESIGN.md §4.4).
+    """
     steps: list[Step] = []
     wanted = desired.by_key()
     buckets = {r.region: r.name for r in desired.of_kind("s3_bucket")}
@@ -174,6 +180,7 @@ def make_plan(
             steps.append(_resource_step(len(steps), "update", r, _changed(record, r)))
         elif record.get("retained"):
             steps.append(_resource_step(len(steps), "create", r, "kept from an earlier destroy"))
+    steps += _fences(desired, deployed, epochs or {})
     if map_envelope is not None:
         for region in desired.regions:
             steps.append(_step(len(steps), "publish", "map", region, "registry/map.skm",
@@ -200,14 +207,28 @@ def make_plan(
     )
 
 
+def _fences(desired: Blueprint, deployed: Manifest, epochs: Mapping[str, int]) -> list[Step]:
+    tables = {r.region: r.name for r in desired.of_kind("dynamodb_table")}
+    regions = {r.shard: r.region for r in desired.of_kind("lambda_function")}
+    return [
+        _step(0, "fence", "epoch", regions[shard], shard,
+              {"table": tables[regions[shard]], "epoch": epoch},
+              f"epoch {deployed.epochs.get(shard, 0)} -> {epoch}")
+        for shard, epoch in sorted(epochs.items())
+        if shard in regions and deployed.epochs.get(shard) != epoch
+    ]
+
+
 def _phase(step: Step) -> tuple[int, int]:
     """Creations in dependency order (code uploads right after the buckets), then the map, so
     clients learn of new shards only once they exist, then deletions in reverse order, so old
     shards serve until the new map is out."""
     if step.action == "upload":
         return (1, step.id)
-    if step.action == "publish":
+    if step.action == "fence":
         return (2 * len(KINDS), step.id)
+    if step.action == "publish":
+        return (2 * len(KINDS) + 1, step.id)
     if step.action in ("delete", "retain"):
         return (4 * len(KINDS) - KINDS.index(step.kind), step.id)
     return (2 * KINDS.index(step.kind), step.id)

@@ -43,6 +43,7 @@ class Manifest:
     map_version: int = 0
     map_sha256: str = ""
     map_regions: list[str] = field(default_factory=list)
+    epochs: dict[str, int] = field(default_factory=dict)  # shard -> epoch fenced in its table
     deployment: int = 0
     status: str = "empty"  # empty | ok | failed
     local_instance: str = ""
@@ -56,7 +57,8 @@ class Manifest:
             "project": self.project, "target": self.target, "account": self.account,
             "resources": self.resources, "artifacts": self.artifacts,
             "map_version": self.map_version, "map_sha256": self.map_sha256,
-            "map_regions": self.map_regions, "deployment": self.deployment,
+            "map_regions": self.map_regions, "epochs": self.epochs,
+            "deployment": self.deployment,
             "status": self.status, "local_instance": self.local_instance,
         }
 

@@ -275,4 +275,9 @@ def _is_pair(r: Any) -> bool:
 
 
 def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    """``t`` as an ISO time for messages; a time the platform cannot format stays a number, so
+    an extreme (but validly signed) expiry still raises :class:`MapExpiredError`."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    except (OverflowError, OSError, ValueError):
+        return f"{t} (unix time)"

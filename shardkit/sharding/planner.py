@@ -169,14 +169,7 @@ def _assign(
     owner = [-1] * n_slots
     count = dict.fromkeys(quota, 0)
     if prev is not None:
-        # Keep previous owners up to quota: first the slots that agree with the baseline, so an
-        # over-quota shard gives up the slots the baseline would hand elsewhere anyway.
-        for agree in (True, False):
-            for s in range(n_slots):
-                p = prev[s]
-                if owner[s] < 0 and p >= 0 and (p == baseline[s]) == agree and count[p] < quota[p]:
-                    owner[s] = p
-                    count[p] += 1
+        _keep_previous(owner, count, baseline, prev, quota)
     for s in range(n_slots):
         p = baseline[s]
         if owner[s] < 0 and count[p] < quota[p]:
@@ -184,6 +177,36 @@ def _assign(
             count[p] += 1
     _fill(owner, count, quota, hashes, positions, alive)
     return owner
+
+
+def _keep_previous(
+    owner: list[int],
+    count: dict[int, int],
+    baseline: list[int],
+    prev: list[int],
+    quota: dict[int, int],
+) -> None:
+    """Keep previous owners up to quota, so exactly ``sum(max(0, old - quota))`` slots move.
+
+    Which slots an over-quota shard gives up decides whether the movement follows jump hash.
+    It keeps first the slots that agree with the baseline, then the others in order of how full
+    their baseline shard already is: the slots last in line, given up first, are the ones the
+    baseline sends to the emptiest shards - on an append, the new shard's jump-hash slots.
+    """
+    n_slots = len(owner)
+    for s in range(n_slots):
+        p = prev[s]
+        if p >= 0 and p == baseline[s] and count[p] < quota[p]:
+            owner[s] = p
+            count[p] += 1
+    fullness = {p: count[p] / quota[p] for p in quota}
+    rest = [s for s in range(n_slots) if owner[s] < 0 and prev[s] >= 0]
+    rest.sort(key=lambda s: (-fullness[baseline[s]], s))
+    for s in rest:
+        p = prev[s]
+        if count[p] < quota[p]:
+            owner[s] = p
+            count[p] += 1
 
 
 def _fill(

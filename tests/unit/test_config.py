@@ -86,7 +86,7 @@ BAD = [
      ["project.nmae: unknown field", "allowed here: name, target"]),
     ("unknown-in-group", "replicas = 1", "replicas = 1\nreplica = 2",
      ["groups.eu.replica: unknown field",
-      "allowed here: failure_domain, jurisdiction, memory_mb, regions, replicas, shards, "
+      "allowed here: concurrency, failure_domain, jurisdiction, memory_mb, regions, replicas, shards, "
       "timeout_s, weights"]),
     ("unknown-in-shard-entry", "shards = 4\nreplicas = 1",
      'shards = [{ id = "eu-a", region = "eu-west-1", wieght = 2.0 }]',
