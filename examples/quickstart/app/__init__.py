@@ -1,0 +1,1 @@
+"""The quickstart's inference code: shipped in every shard's code package as ``app``."""

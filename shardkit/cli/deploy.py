@@ -1,0 +1,265 @@
+"""``shardkit plan | apply | deploy | status | destroy | rollback``."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..config import load_project
+from ..config.loader import Project
+from ..deploy.engine import Deployer
+from ..deploy.executor import ApplyResult
+from ..deploy.plan import Plan, Step
+from ..deploy.state import write_bytes_atomic, write_json_atomic
+from ..deploy.targets import open_target
+from ..errors import DeployError
+from .output import console, emit_json, json_option
+
+_PATH = click.Path(path_type=Path)
+_STEP_LIST_LIMIT = 40
+
+local_option = click.option(
+    "--local/--aws", "local", default=None,
+    help="Deploy to the local cloud (moto on 127.0.0.1) or to AWS [default: project.target].")
+yes_option = click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+project_arg = click.argument("project_dir", type=_PATH, default=".")
+
+
+def _deployer(project_dir: Path, local: bool | None, *, start: bool, json_: bool) -> Deployer:
+    project = load_project(project_dir)
+    target = open_target(project, local=local, start=start)
+    deployer = Deployer(project, target)
+    if start and deployer.needs_restore():
+        _restore(deployer, json_)
+    return deployer
+
+
+def _restore(deployer: Deployer, json_: bool) -> ApplyResult:
+    """The local cloud restarted: re-create what the manifest records, from shardkit's state."""
+    plan = deployer.plan_restore()
+    if not json_:
+        console.print(f"local cloud restarted: restoring deployment {plan.deployment} "
+                      f"({len(plan.steps)} steps)")
+    result = _apply(deployer, plan, json_)
+    _restore_items(deployer.project)
+    return result
+
+
+def _restore_items(project: Project) -> None:
+    from ..local import server
+
+    server.restore_items(project.root)
+
+
+@click.command("plan")
+@project_arg
+@click.option("--out", type=_PATH, help="Save the plan as JSON, to review and `shardkit apply`.")
+@local_option
+@json_option
+def plan_cmd(project_dir: Path, out: Path | None, local: bool | None, json_: bool) -> None:
+    """Show what a deploy would change, without changing anything."""
+    deployer = _deployer(project_dir, local, start=True, json_=json_)
+    plan = deployer.plan()
+    if out:
+        write_bytes_atomic(out, plan.to_json().encode())
+    if json_:
+        emit_json(_plan_dict(plan, out))
+        return
+    _show_plan(plan)
+    if out:
+        console.print(f"saved plan [bold]{plan.plan_id}[/] to {out}; apply it with "
+                      f"`shardkit apply {out}`")
+
+
+@click.command("apply")
+@click.argument("plan_file", type=_PATH)
+@json_option
+def apply_cmd(plan_file: Path, json_: bool) -> None:
+    """Apply a saved plan. Refused if the deployed state changed since it was made."""
+    plan = Plan.load(plan_file)
+    project = load_project(plan.project_root)
+    deployer = Deployer(project, open_target(project, local=plan.target == "local"))
+    result = _apply(deployer, plan, json_)
+    _report(deployer, plan, result, json_)
+
+
+@click.command("deploy")
+@project_arg
+@local_option
+@yes_option
+@json_option
+def deploy_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) -> None:
+    """Plan, show, and apply: the project as configured, in every region."""
+    deployer = _deployer(project_dir, local, start=True, json_=json_)
+    plan = deployer.plan()
+    if plan.is_noop:
+        _nothing_to_do(deployer, plan, json_)
+        return
+    if not json_:
+        _show_plan(plan)
+    _confirm(plan, yes, json_)
+    result = _apply(deployer, plan, json_)
+    _report(deployer, plan, result, json_)
+
+
+@click.command("status")
+@project_arg
+@local_option
+@json_option
+def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
+    """What is deployed: recorded state checked against what exists."""
+    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    if deployer.needs_restore():
+        raise DeployError("the local cloud restarted and the deployment is not restored yet",
+                          hint="run `shardkit local up PROJECT_DIR` or `shardkit deploy` to restore")
+    info = deployer.status()
+    if json_:
+        emit_json(info)
+        return
+    console.print(f"project [bold]{info['project']}[/] on {info['target']} "
+                  f"(account {info['account'] or '-'}): deployment {info['deployment']}, "
+                  f"map version {info['map_version']}, status {info['status']}")
+    console.print(f"{info['resources']} resources in {', '.join(info['regions']) or 'no region'}; "
+                  f"missing: {len(info['missing'])}; kept data tables: {len(info['retained'])}")
+    for key in info["missing"]:
+        console.print(f"  [red]missing[/] {key}")
+    if info["pending_applies"]:
+        console.print(f"[yellow]unfinished apply: plan {', '.join(info['pending_applies'])}[/] "
+                      "(run the same apply or `shardkit deploy` to resume)")
+    _shard_table(info["shards"])
+
+
+@click.command("destroy")
+@project_arg
+@click.option("--delete-data", is_flag=True, help="Also delete the DynamoDB state tables.")
+@local_option
+@yes_option
+@json_option
+def destroy_cmd(project_dir: Path, delete_data: bool, local: bool | None, yes: bool,
+                json_: bool) -> None:
+    """Delete every deployed resource; state tables are kept unless --delete-data."""
+    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    plan = deployer.plan_destroy(delete_data=delete_data)
+    if plan.is_noop:
+        _nothing_to_do(deployer, plan, json_)
+        return
+    if not json_:
+        _show_plan(plan)
+    _confirm(plan, yes, json_)
+    _report(deployer, plan, _apply(deployer, plan, json_), json_)
+
+
+@click.command("rollback")
+@project_arg
+@local_option
+@yes_option
+@json_option
+def rollback_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) -> None:
+    """Return to the previous successful deployment (its map is republished as a new version)."""
+    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    plan = deployer.plan_rollback()
+    if not json_:
+        _show_plan(plan)
+    _confirm(plan, yes, json_)
+    _report(deployer, plan, _apply(deployer, plan, json_), json_)
+
+
+COMMANDS = (plan_cmd, apply_cmd, deploy_cmd, status_cmd, destroy_cmd, rollback_cmd)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _apply(deployer: Deployer, plan: Plan, json_: bool) -> ApplyResult:
+    if json_ or not sys.stderr.isatty():
+        return deployer.apply(plan)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(f"applying {plan.kind}", total=len(plan.steps))
+
+        def progress(step: Step, event: str) -> None:
+            if event in ("done", "skip"):
+                bar.advance(task)
+
+        deployer.progress = progress
+        return deployer.apply(plan)
+
+
+def _confirm(plan: Plan, yes: bool, json_: bool) -> None:
+    if yes:
+        return
+    if json_ or not sys.stdin.isatty():
+        raise DeployError(f"refusing to apply {len(plan.steps)} change(s) without confirmation",
+                          hint="pass --yes, or save the plan with `shardkit plan --out` and "
+                          "`shardkit apply` it")
+    if not click.confirm(f"apply {len(plan.steps)} change(s)?", default=False):
+        raise click.Abort()
+
+
+def _nothing_to_do(deployer: Deployer, plan: Plan, json_: bool) -> None:
+    outputs = deployer.outputs()
+    if json_:
+        emit_json({"changed": False, "mutating_calls": deployer.target.aws.mutating_calls,
+                   "plan": _plan_dict(plan, None), "outputs": outputs})
+        return
+    console.print(f"no changes: {deployer.target.name} is up to date "
+                  f"(deployment {outputs['deployment']}, map version {outputs['map_version']}); "
+                  f"{deployer.target.aws.mutating_calls} mutating AWS calls made")
+
+
+def _report(deployer: Deployer, plan: Plan, result: ApplyResult, json_: bool) -> None:
+    outputs = deployer.outputs()
+    path = deployer.store.root / "outputs.json"
+    write_json_atomic(path, outputs)
+    if json_:
+        emit_json({"changed": True, "plan_id": plan.plan_id, "kind": plan.kind,
+                   "steps_done": result.steps_done, "steps_resumed": result.steps_skipped,
+                   "mutating_calls": result.mutating_calls, "outputs_file": str(path),
+                   "outputs": outputs})
+        return
+    resumed = f" (resumed: {result.steps_skipped} already done)" if result.resumed else ""
+    console.print(f"applied {plan.kind} {plan.plan_id}: {result.steps_done} steps{resumed}, "
+                  f"{result.mutating_calls} mutating AWS calls; deployment "
+                  f"{outputs['deployment']}, map version {outputs['map_version']}")
+    _shard_table(outputs["shards"])
+    console.print(f"outputs written to {path}")
+
+
+def _plan_dict(plan: Plan, out: Path | None) -> dict[str, Any]:
+    return {"plan_id": plan.plan_id, "kind": plan.kind, "target": plan.target,
+            "base": plan.base, "noop": plan.is_noop, "summary": plan.summary(),
+            "map_version": plan.map_version if plan.map_envelope else None,
+            "saved_to": str(out) if out else None,
+            "steps": [{k: v for k, v in s.to_dict().items() if k != "props"} for s in plan.steps]}
+
+
+def _show_plan(plan: Plan) -> None:
+    if plan.is_noop:
+        console.print("no changes")
+        return
+    counts = Counter((s.action, s.kind) for s in plan.steps)
+    summary = ", ".join(f"{n} {a} {k}" for (a, k), n in sorted(counts.items()))
+    console.print(f"plan {plan.plan_id} ({plan.kind}, {plan.target}): {summary}")
+    if len(plan.steps) > _STEP_LIST_LIMIT:
+        console.print(f"({len(plan.steps)} steps; `shardkit plan --json` lists them all)")
+        return
+    table = Table("#", "action", "kind", "region", "name", "why")
+    for s in plan.steps:
+        table.add_row(str(s.id), s.action, s.kind, s.region, s.name, s.reason)
+    console.print(table)
+
+
+def _shard_table(shards: dict[str, dict[str, Any]]) -> None:
+    if not shards:
+        return
+    table = Table("shard", "region", "function", "version", "url")
+    for shard, info in shards.items():
+        table.add_row(shard, info.get("region", ""), info.get("function", ""),
+                      str(info.get("version", "")), info.get("url", ""))
+    console.print(table)

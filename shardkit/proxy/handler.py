@@ -1,0 +1,222 @@
+"""The Lambda handler of the stateful inference proxy: one per shard.
+
+Per request (DESIGN.md §4.3-4.4):
+
+1. parse the event (direct invoke or Function URL, msgpack or JSON);
+2. route the key with the current signed map; if this shard does not own it - at the caller's
+   map version or newer - answer 421 with the owner and the map version, and do no work;
+3. load the key's state, run the user's inference function, and write the new state with a write
+   fenced on this shard's epoch; the answer is sent only after the write succeeded, and an answer
+   too large to send is refused before anything is written;
+4. a request id seen before gets its recorded answer again: a retry is never applied twice.
+
+The user's function is named by ``SHARDKIT_HANDLER`` (``module:function``) and called as
+``fn(key, payload, state) -> (answer, new_state)``; ``new_state=None`` means "nothing to write".
+
+Logs carry the key's hash, never the key. Metrics go out as EMF per shard (requests, errors,
+latency, state size). Powertools' Tracer is off unless ``SHARDKIT_TRACING=1`` (cold starts).
+boto3 is imported on the first request, not at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.logging import Logger
+from aws_lambda_powertools.metrics import Metrics, MetricUnit
+
+from ..errors import MapError, ResidencyError
+from ..sharding.hashing import hash_key
+from ..sharding.holder import MapHolder, parse_trusted_keys
+from .protocol import MAX_PAYLOAD, ProxyError, Request, decode_event, encode_reply, reply_size
+from .state import Conflict, Fenced, StateStore, StateTooLarge
+
+__all__ = ["Proxy", "handler"]
+
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "shardkit-proxy"))
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "shardkit"))
+
+InferFn = Callable[[str, Any, Any], tuple[Any, Any]]
+_WRITE_ATTEMPTS = 4
+
+
+class Proxy:
+    """The proxy of one shard; everything it talks to is passed in (easy to test)."""
+
+    def __init__(self, *, shard: str, holder: MapHolder, store: StateStore, infer: InferFn,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.shard = shard
+        self.holder = holder
+        self.store = store
+        self.infer = infer
+        self.clock = clock
+
+    def handle(self, event: Any) -> Any:
+        started = self.clock()
+        request = None
+        try:
+            request = decode_event(event)
+            reply = self._serve(request)
+        except ProxyError as exc:
+            reply = exc.reply()
+        except Exception as exc:  # e.g. DynamoDB unreachable: a clean error, nothing half-written
+            logger.exception("request failed")
+            reply = ProxyError(503, "unavailable", f"{type(exc).__name__}: {exc}").reply()
+        latency_ms = (self.clock() - started) * 1000
+        _record_metrics(reply, latency_ms)
+        return encode_reply(reply, request)
+
+    def _serve(self, request: Request) -> dict[str, Any]:
+        shard_map = self._map(request.map_version)
+        try:
+            owner = shard_map.route(request.key, request.jurisdiction)
+        except ResidencyError as exc:
+            raise ProxyError(422, "residency", exc.message) from None
+        logger.append_keys(key_hash=f"{hash_key(request.key):016x}", map_version=shard_map.version)
+        if owner.id != self.shard:
+            if request.failover and self._is_replica(shard_map, request):
+                return self._degraded(request, shard_map.version)
+            return {"status": 421, "error": "moved", "owner": owner.id,
+                    "map_version": shard_map.version}
+        return self._run(request, owner.epoch, shard_map.version)
+
+    def _is_replica(self, shard_map: Any, request: Request) -> bool:
+        """Failover is allowed only to a shard of the key's own preference list (jurisdiction)."""
+        order = shard_map.preference_list(request.key, jurisdiction=request.jurisdiction)
+        return any(s.id == self.shard for s in order)
+
+    def _degraded(self, request: Request, version: int) -> dict[str, Any]:
+        """The owner is unreachable: answer without the key's state and write nothing, so no
+        acknowledged write can be lost or forked."""
+        answer, _ = self._infer(request, None)
+        reply = self._answer(answer, 0, 0, version)
+        reply["degraded"] = True
+        return reply
+
+    def _map(self, wanted: int) -> Any:
+        try:
+            if wanted > self.holder.version:
+                self.holder.refresh()  # the caller knows a newer map: so should we
+            return self.holder.require()
+        except MapError as exc:
+            raise ProxyError(503, "no_map", exc.message) from None
+
+    def _run(self, request: Request, epoch: int, version: int) -> dict[str, Any]:
+        for _ in range(_WRITE_ATTEMPTS):
+            state = self.store.load(request.key)
+            if request.request_id is not None and request.request_id in state.applied:
+                return self._answer(state.applied[request.request_id], state.seq, epoch, version,
+                                    replayed=True)
+            answer, new_state = self._infer(request, state.value)
+            reply = self._answer(answer, state.seq + (new_state is not None), epoch, version)
+            if reply_size(reply, request) > MAX_PAYLOAD:
+                raise ProxyError(413, "answer_too_large",
+                                 f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written")
+            if new_state is None:
+                return reply
+            try:
+                self.store.save(request.key, state, new_state, request.request_id, answer, epoch)
+                metrics.add_metric(name="state_bytes", unit=MetricUnit.Bytes,
+                                   value=len(repr(new_state)))
+                return reply
+            except Conflict:
+                continue  # someone else wrote this key first: re-read and run again
+            except Fenced:
+                return self._after_fence(request, epoch)
+            except StateTooLarge as exc:
+                raise ProxyError(413, "state_too_large", f"{exc}; nothing was written") from None
+        raise ProxyError(503, "contended", "the key was written concurrently too often; retry")
+
+    def _after_fence(self, request: Request, epoch: int) -> dict[str, Any]:
+        """Our epoch was fenced: a newer map moved slots. Redirect if the key moved away."""
+        self.holder.refresh()
+        shard_map = self.holder.require()
+        owner = shard_map.route(request.key, request.jurisdiction)
+        if owner.id != self.shard:
+            return {"status": 421, "error": "moved", "owner": owner.id,
+                    "map_version": shard_map.version}
+        if owner.epoch != epoch:
+            return self._run(request, owner.epoch, shard_map.version)
+        raise ProxyError(503, "resharding", "the shard's epoch is changing; retry shortly")
+
+    def _infer(self, request: Request, state: Any) -> tuple[Any, Any]:
+        try:
+            result = self.infer(request.key, request.payload, state)
+            answer, new_state = result
+        except ProxyError:
+            raise
+        except Exception as exc:  # the user's code: any failure is a clean 500, nothing written
+            logger.exception("inference handler failed")
+            raise ProxyError(500, "handler_error", f"{type(exc).__name__}: {exc}") from None
+        return answer, new_state
+
+    def _answer(self, answer: Any, seq: int, epoch: int, version: int, *,
+                replayed: bool = False) -> dict[str, Any]:
+        return {"status": 200, "answer": answer, "shard": self.shard, "epoch": epoch,
+                "map_version": version, "seq": seq, "replayed": replayed}
+
+
+def _record_metrics(reply: dict[str, Any], latency_ms: float) -> None:
+    metrics.add_metric(name="requests", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="latency", unit=MetricUnit.Milliseconds, value=latency_ms)
+    if reply["status"] >= 500:
+        metrics.add_metric(name="errors", unit=MetricUnit.Count, value=1)
+    elif reply["status"] == 421:
+        metrics.add_metric(name="redirects", unit=MetricUnit.Count, value=1)
+
+
+# -- the Lambda entry point ---------------------------------------------------------------------
+
+_proxy: Proxy | None = None
+
+
+def build_from_environment(env: dict[str, str] | None = None) -> Proxy:
+    """A proxy configured by the function's environment (set by the blueprint)."""
+    import boto3
+
+    env = dict(os.environ if env is None else env)
+    shard = env["SHARDKIT_SHARD"]
+    bucket, _, key = env["SHARDKIT_REGISTRY"].removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3")
+
+    def fetch() -> bytes:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    holder = MapHolder(parse_trusted_keys(env["SHARDKIT_TRUSTED_KEYS"]), fetch)
+    store = StateStore(boto3.client("dynamodb"), env["SHARDKIT_TABLE"], shard,
+                       int(env.get("SHARDKIT_STATE_CACHE", "1024")))
+    metrics.set_default_dimensions(shard=shard)
+    return Proxy(shard=shard, holder=holder, store=store,
+                 infer=load_infer(env.get("SHARDKIT_HANDLER", "app.model:infer")))
+
+
+def load_infer(spec: str) -> InferFn:
+    """``module:function`` -> the function; a clear error when it cannot be found."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr or "infer")
+    except (ImportError, AttributeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+
+        def missing(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+            raise ProxyError(500, "no_handler", f"SHARDKIT_HANDLER={spec!r}: {problem}")
+
+        return missing
+    return fn
+
+
+@metrics.log_metrics
+def handler(event: Any, context: Any) -> Any:
+    """The Lambda handler (``shardkit.proxy.handler.handler``)."""
+    global _proxy
+    if _proxy is None:
+        _proxy = build_from_environment()
+        if os.environ.get("SHARDKIT_TRACING") == "1":
+            from aws_lambda_powertools.tracing import Tracer
+
+            Tracer().patch(["boto3", "botocore"])
+    return _proxy.handle(event)

@@ -1,0 +1,151 @@
+"""Transports: how a request reaches a shard. One method, ``send(shard, request) -> reply``.
+
+* :class:`MockTransport` - a function; tests and offline use.
+* :class:`LambdaTransport` - Lambda ``Invoke`` of the shard's ``live`` alias through boto3. Against
+  the local cloud it points at the local gateway, which speaks the same API to the local executor.
+* :class:`FunctionUrlTransport` - HTTPS POST of msgpack to the shard's Function URL, SigV4-signed
+  (``AWS_IAM`` auth).
+
+A transport raises :class:`TransportError` for anything that did not produce a proxy reply
+(connection refused, timeout, throttling, a function error); the client decides about retries.
+boto3 and botocore are imported only by the transports that need them, when first used.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..sharding.shardmap import Shard
+
+__all__ = ["FunctionUrlTransport", "LambdaTransport", "MockTransport", "Transport",
+           "TransportError"]
+
+
+class TransportError(Exception):
+    """No reply from the shard. ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Transport:
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (optional)."""
+
+
+class MockTransport(Transport):
+    """``fn(shard, request) -> reply``: offline by construction."""
+
+    def __init__(self, fn: Callable[[Shard, dict[str, Any]], dict[str, Any]]) -> None:
+        self.fn = fn
+
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return self.fn(shard, request)
+
+
+class LambdaTransport(Transport):
+    """Invoke each shard's function (``function_for(shard)`` names it) via boto3."""
+
+    def __init__(self, function_for: Callable[[Shard], str], *,
+                 client_for: Callable[[str], Any] | None = None, endpoint: str | None = None,
+                 qualifier: str = "live") -> None:
+        self.function_for = function_for
+        self.qualifier = qualifier
+        self._endpoint = endpoint
+        self._client_for = client_for
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, region: str) -> Any:
+        with self._lock:
+            client = self._clients.get(region)
+            if client is None:
+                client = self._clients[region] = self._make(region)
+            return client
+
+    def _make(self, region: str) -> Any:
+        if self._client_for is not None:
+            return self._client_for(region)
+        import boto3
+        from botocore.config import Config
+
+        config = Config(retries={"max_attempts": 1}, read_timeout=65, connect_timeout=3,
+                        max_pool_connections=64)
+        return boto3.client("lambda", region_name=region, endpoint_url=self._endpoint,
+                            config=config)
+
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            out = self._client(shard.region).invoke(
+                FunctionName=self.function_for(shard), Qualifier=self.qualifier,
+                Payload=json.dumps(request).encode())
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            retryable = code in {"TooManyRequestsException", "ServiceException",
+                                 "ResourceNotReadyException", "EC2ThrottledException"}
+            raise TransportError(f"invoke {shard.id}: {code}", retryable=retryable) from None
+        except BotoCoreError as exc:
+            raise TransportError(f"invoke {shard.id}: {exc}") from None
+        body = out["Payload"].read()
+        if out.get("FunctionError"):
+            raise TransportError(f"{shard.id} failed: {body[:300]!r}", retryable=True)
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError:
+            raise TransportError(f"{shard.id} answered non-JSON: {body[:200]!r}") from None
+
+
+class FunctionUrlTransport(Transport):
+    """POST msgpack to each shard's Function URL, signed with SigV4 for ``AWS_IAM`` auth."""
+
+    def __init__(self, urls: Mapping[str, str], *, credentials: Any = None) -> None:
+        self.urls = dict(urls)
+        self._credentials = credentials
+
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        import urllib.error
+        import urllib.request
+
+        import msgpack
+
+        url = self.urls.get(shard.id)
+        if url is None:
+            raise TransportError(f"no Function URL known for shard {shard.id}", retryable=False)
+        body = msgpack.packb(request, use_bin_type=True)
+        headers = self._sign(url, body, shard.region)
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return msgpack.unpackb(resp.read(), raw=False)
+        except urllib.error.HTTPError as exc:
+            data = exc.read()
+            if exc.headers.get("content-type", "").startswith("application/msgpack"):
+                return msgpack.unpackb(data, raw=False)
+            raise TransportError(f"{shard.id}: HTTP {exc.code}",
+                                 retryable=exc.code in (429, 502, 503, 504)) from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise TransportError(f"{shard.id}: {exc}") from None
+
+    def _sign(self, url: str, body: bytes, region: str) -> dict[str, str]:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        credentials = self._credentials
+        if credentials is None:
+            import boto3
+
+            credentials = self._credentials = boto3.Session().get_credentials()
+        headers = {"content-type": "application/msgpack", "accept": "application/msgpack"}
+        request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+        if credentials is not None:
+            SigV4Auth(credentials, "lambda", region).add_auth(request)
+        return dict(request.headers.items())
