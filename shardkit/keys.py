@@ -26,6 +26,7 @@ __all__ = [
     "PublicKeyInfo",
     "SigningKey",
     "create_key",
+    "format_trusted_keys",
     "list_keys",
     "load_public_key",
     "load_signing_key",
@@ -137,6 +138,16 @@ def load_trusted_keys(directory: str | os.PathLike[str]) -> dict[str, bytes]:
             hint="pass --keys DIR (or set SHARDKIT_KEYS_DIR) to where the .pub files are",
         )
     return {p.stem: load_public_key(p) for p in sorted(folder.glob("*.pub"))}
+
+
+def format_trusted_keys(directory: str | os.PathLike[str]) -> str:
+    """``id=base64,...`` of every public key in ``directory`` (empty if there is none): the form
+    shard functions read from ``SHARDKIT_TRUSTED_KEYS``
+    (see :func:`shardkit.sharding.holder.parse_trusted_keys`)."""
+    if not Path(directory).is_dir():
+        return ""
+    keys = load_trusted_keys(directory)
+    return ",".join(f"{k}={base64.b64encode(v).decode()}" for k, v in sorted(keys.items()))
 
 
 def list_keys(directory: str | os.PathLike[str]) -> list[PublicKeyInfo]:

@@ -76,6 +76,10 @@ def _check_definition(source: str, data: dict[str, Any]) -> None:
     for field in ("name", "names"):
         if field not in data:
             problems.append(f"{field}: required field is missing")
+    names = data.get("names", {})
+    for name in ("bucket", "table", "function", "role", "log_group"):
+        if not isinstance(names.get(name), str):
+            problems.append(f"names.{name}: required string is missing")
     for scope in ("region", "shard"):
         for i, item in enumerate(data.get(scope, [])):
             if item.get("kind") not in KINDS:

@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..errors import ShardkitError
-from . import deploy, keys, local, maps
+from . import blueprint, deploy, keys, local, maps, traffic
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +25,8 @@ def cli() -> None:
 cli.add_command(maps.group)
 cli.add_command(keys.group)
 cli.add_command(local.group)
-for command in deploy.COMMANDS:
+cli.add_command(blueprint.group)
+for command in (*deploy.COMMANDS, traffic.invoke_cmd, traffic.traffic_cmd):
     cli.add_command(command)
 
 

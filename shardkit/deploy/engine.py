@@ -8,7 +8,6 @@ restore wants the current deployment on a fresh, empty server.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from ..blueprint.definition import DEFAULT_BLUEPRINT, CodeArtifact, expand, load
 from ..blueprint.model import Blueprint
 from ..config.loader import Project
 from ..errors import DeployError, MapError, PlanFileError
-from ..keys import load_trusted_keys
+from ..keys import format_trusted_keys, load_trusted_keys
 from ..sharding.build import build_map, rebase_map, same_routing, signing_key_for
 from ..sharding.codec import decode_map, encode_map
 from ..sharding.shardmap import ShardMap
@@ -214,8 +213,7 @@ class Deployer:
 
     def _blueprint(self, shard_map: ShardMap, artifact: CodeArtifact) -> Blueprint:
         definition = load_definition(self.project.config.proxy.blueprint)
-        trusted = load_trusted_keys(self.project.keys_dir)
-        keys = ",".join(f"{k}={base64.b64encode(v).decode()}" for k, v in sorted(trusted.items()))
+        keys = format_trusted_keys(self.project.keys_dir)
         return expand(definition, config=self.project.config, shard_map=shard_map,
                       account=self.target.account, code=artifact,
                       partition=self.target.partition, trusted_keys=keys)

@@ -65,6 +65,8 @@ class Executor:
                     f"the plan was made against deployed state {plan.base}, but the deployed "
                     f"state is now {manifest.fingerprint()} (deployment {manifest.deployment})"
                 )
+            if not resumed:
+                self._supersede_unfinished()
             ctx = Context(self.aws, plan.account, self.partition, artifact_data,
                           plan.map_envelope)
             before = self.aws.mutating_calls
@@ -85,6 +87,12 @@ class Executor:
                                self.aws.mutating_calls - before,
                                manifest, resumed,
                                {k: v.get("outputs", {}) for k, v in manifest.resources.items()})
+
+    def _supersede_unfinished(self) -> None:
+        """A plan applied afresh changes the state any unfinished apply was based on, so those
+        can no longer resume: their journals go (applying one again is then a stale plan)."""
+        for plan_id in self.store.pending_journals():
+            self.store.finish_journal(plan_id)
 
     def _run(self, plan: Plan, done: dict[int, dict[str, Any]],
              ctx: Context) -> list[tuple[Step, BaseException]]:

@@ -24,6 +24,7 @@ __all__ = ["DATA_PLANE", "Package", "build_package"]
 DATA_PLANE = ("shardkit/__init__.py", "shardkit/errors.py", "shardkit/py.typed",
               "shardkit/sharding/__init__.py", "shardkit/sharding/hashing.py",
               "shardkit/sharding/shardmap.py", "shardkit/sharding/codec.py",
+              "shardkit/sharding/holder.py",
               "shardkit/proxy/", "shardkit/routing/")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _SKIP_SUFFIXES = (".pyc", ".pyo")

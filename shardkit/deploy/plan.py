@@ -190,8 +190,8 @@ def make_plan(
     doomed.sort(key=lambda k: (-KINDS.index(deployed.resources[k]["kind"]), k))
     for key in doomed:
         record = deployed.resources[key]
-        if record.get("retained"):
-            continue
+        if record.get("retained") and not delete_data:
+            continue  # kept by an earlier destroy; only --delete-data removes it
         action = "retain" if record["kind"] in RETAINED_KINDS and not delete_data else "delete"
         steps.append(Step(len(steps), action, record["kind"], record["region"], record["name"],
                           key, record.get("props", {}), record.get("shard"), "",

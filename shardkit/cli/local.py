@@ -1,0 +1,111 @@
+"""``shardkit local up|down|status``: the project's local cloud (moto on 127.0.0.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.text import Text
+
+from ..local import server
+from .output import console, emit_json, iso, json_option
+
+_project_arg = click.argument("project_dir", type=click.Path(path_type=Path, file_okay=False),
+                              default=Path("."))
+
+
+@click.group("local")
+def group() -> None:
+    """Run the local cloud: moto's AWS emulation on 127.0.0.1, one server per project."""
+
+
+@group.command("up")
+@_project_arg
+@click.option("--timeout", type=float, default=server.START_TIMEOUT, show_default=True,
+              help="Seconds to wait for the server to answer.")
+@click.option("--idle-timeout", type=float, default=None,
+              help=f"Stop after this many seconds without a request [default: "
+              f"{server.IDLE_TIMEOUT:g}, or $SHARDKIT_LOCAL_IDLE_TIMEOUT; 0 = never].")
+@click.option("--max-lifetime", type=float, default=None,
+              help=f"Stop after this many seconds in all [default: {server.MAX_LIFETIME:g}, "
+              "or $SHARDKIT_LOCAL_MAX_LIFETIME; 0 = never].")
+@json_option
+def up(project_dir: Path, timeout: float, idle_timeout: float | None,
+       max_lifetime: float | None, json_: bool) -> None:
+    """Start the local cloud of PROJECT_DIR (or find it running)."""
+    cloud = server.up(project_dir, timeout=timeout, idle_timeout=idle_timeout,
+                      max_lifetime=max_lifetime)
+    if json_:
+        emit_json(cloud.to_dict())
+        return
+    verb = "started" if cloud.started else "already running"
+    _say(f"local cloud {verb} at ", (cloud.endpoint, "bold"), f" (pid {cloud.pid})")
+    if cloud.started:
+        _say(f"log: {server.local_dir(project_dir) / server.LOG_FILE}")
+        _say(f"stop it with `shardkit local down {project_dir}`")
+
+
+@group.command("down")
+@_project_arg
+@click.option("--region", "regions", multiple=True,
+              help="Save the DynamoDB tables of this region (repeatable) "
+              "[default: the project's regions].")
+@click.option("--no-save", is_flag=True, help="Do not save table items before stopping.")
+@json_option
+def down(project_dir: Path, regions: tuple[str, ...], no_save: bool, json_: bool) -> None:
+    """Save table items, stop the local cloud of PROJECT_DIR and remove its record."""
+    result = server.down(project_dir, regions=regions or None, save_tables=not no_save)
+    if json_:
+        emit_json(result)
+        return
+    _print_down(result)
+
+
+@group.command("status")
+@_project_arg
+@json_option
+def status(project_dir: Path, json_: bool) -> None:
+    """Say whether the local cloud of PROJECT_DIR is running, stopped or stale."""
+    result = server.status(project_dir)
+    if json_:
+        emit_json(result)
+        return
+    if result["state"] == "running":
+        _say(("running", "green"), " at ", (result["endpoint"], "bold"),
+             f" (pid {result['pid']}, up {_duration(result['uptime_s'])}, "
+             f"since {iso(result['started_at'])})")
+    elif result["state"] == "stale":
+        _say(("stale", "yellow"), f": {result['reason']}; "
+             f"`shardkit local up {project_dir}` replaces it")
+    else:
+        _say(f"stopped; start it with `shardkit local up {project_dir}`")
+
+
+def _print_down(result: dict[str, Any]) -> None:
+    if result["was"] == "stopped":
+        _say(f"the local cloud of {result['project']} is not running")
+        return
+    if result["was"] == "stale":
+        _say(f"removed a stale record ({result['reason']})")
+    else:
+        _say(f"stopped the local cloud at {result['endpoint']} (pid {result['pid']})")
+    saved = result["snapshot"]
+    if saved:
+        items = sum(saved["tables"].values())
+        _say(f"saved {items} items of {len(saved['tables'])} tables to {saved['path']}")
+    if result["snapshot_error"]:
+        _say(("warning:", "yellow"), f" table items were not saved: {result['snapshot_error']}")
+
+
+def _say(*parts: str | tuple[str, str]) -> None:
+    """One line of plain text and (text, style) pieces: no markup parsing (paths may hold
+    brackets) and no wrapping (a path or an endpoint must stay whole)."""
+    console.print(Text.assemble(*parts), soft_wrap=True)
+
+
+def _duration(seconds: float | None) -> str:
+    total = int(seconds or 0)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

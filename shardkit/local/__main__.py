@@ -1,0 +1,175 @@
+"""The local cloud's background process: ``python -m shardkit.local --project DIR --instance ID``.
+
+Started by :func:`shardkit.local.up`, never by hand. It serves moto on a free 127.0.0.1 port,
+turns Lambda and Batch to moto's no-Docker backends (``POST /moto-api/config``), publishes its
+record once it answers, and then holds the record as a lease. It exits when the record is removed
+or names another server, on SIGTERM/SIGINT/SIGHUP, or by itself after ``--idle-timeout`` seconds
+without a request or ``--max-lifetime`` seconds in all; only in those last two cases does it save
+the project's table items first (``down`` saves them when it is the one stopping the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .server import (
+    CONFIG_PATH,
+    HOST,
+    NO_DOCKER_CONFIG,
+    lock,
+    probe,
+    read_record,
+    remove_record,
+    save_on_exit,
+    write_record,
+)
+
+POLL_S = 0.25
+SELF_EXITS = ("idle", "max lifetime")
+
+
+class Activity:
+    """A WSGI wrapper that notes the time of the last request (for the idle timeout)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+        def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            self.last = time.monotonic()
+            return app(environ, start_response)
+
+        return wsgi
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    root, instance = Path(args.project), args.instance
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the log
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
+    server.start()
+    activity = Activity()
+    wsgi_server = getattr(server, "_server", None)  # moto keeps its werkzeug server private
+    if wsgi_server is not None:
+        wsgi_server.app = activity.wrap(wsgi_server.app)
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    gateway = _gateway(root, endpoint)
+    try:
+        _log(f"moto config: {json.dumps(configure(endpoint))}")
+        write_record(root, {"endpoint": endpoint, "gateway": gateway.endpoint,
+                            "pid": os.getpid(), "started_at": time.time(),
+                            "instance": instance})
+        _log(f"serving {endpoint} for {root} (instance {instance}, pid {os.getpid()})")
+        reason = watch(root, instance, stop, activity, args.idle_timeout, args.max_lifetime)
+        _log(f"stopping: {reason}")
+        if reason in SELF_EXITS:
+            _retire(root, instance, endpoint)
+    finally:
+        gateway.stop()
+        _stop(server, endpoint)
+        remove_record(root, instance)
+    _log("stopped")
+    return 0
+
+
+def _gateway(root: Path, endpoint: str) -> Any:
+    """The Lambda executor and its gateway (Invoke API and Function URLs) on 127.0.0.1."""
+    from .executor import LocalLambda
+    from .gateway import Gateway
+    from .server import client
+
+    state = root / ".shardkit"
+    executor = LocalLambda(endpoint, state, lambda service, region: client(service, region,
+                                                                           endpoint))
+    return Gateway(executor, state / "deploy" / "local" / "manifest.json", HOST).start()
+
+
+def configure(endpoint: str) -> dict[str, Any]:
+    """Switch Lambda and Batch to moto's no-Docker backends; return moto's config after."""
+    request = urllib.request.Request(
+        endpoint + CONFIG_PATH, data=json.dumps(NO_DOCKER_CONFIG).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=5) as resp:
+        config = json.loads(resp.read())
+    for service, wanted in NO_DOCKER_CONFIG.items():
+        if config.get(service) != wanted:
+            raise RuntimeError(f"moto did not take the {service} config: {config}")
+    return config
+
+
+def watch(root: Path, instance: str, stop: threading.Event, activity: Activity,
+          idle_timeout: float, max_lifetime: float) -> str:
+    """Block until the server should stop; return why."""
+    born = time.monotonic()
+    while not stop.wait(POLL_S):
+        record, _ = read_record(root)
+        if record is None:
+            return "record removed"
+        if record.get("instance") != instance or record.get("pid") != os.getpid():
+            return "record names another server"
+        now = time.monotonic()
+        if idle_timeout > 0 and now - activity.last > idle_timeout:
+            return "idle"
+        if max_lifetime > 0 and now - born > max_lifetime:
+            return "max lifetime"
+    return "signal"
+
+
+def _retire(root: Path, instance: str, endpoint: str) -> None:
+    """Leave on our own: give up the record first (new `up`s start afresh), then save tables."""
+    record, _ = read_record(root)
+    if record is None or record.get("instance") != instance:
+        return  # not ours any more (and taking the lock could re-create a deleted directory)
+    with lock(root):
+        record, _ = read_record(root)
+        if record is None or record.get("instance") != instance:
+            return
+        remove_record(root, instance)
+        _log(f"saved tables: {json.dumps(save_on_exit(root, endpoint))}")
+
+
+def _stop(server: Any, endpoint: str) -> None:
+    """Stop serving without waiting out werkzeug's 0.5 s poll: a request wakes its loop."""
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    stopper.start()
+    while stopper.is_alive():
+        probe(endpoint, timeout=0.1)
+        stopper.join(0.02)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m shardkit.local",
+                                     description="shardkit's local cloud server (internal)")
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--instance", required=True)
+    parser.add_argument("--idle-timeout", type=float, default=0.0)
+    parser.add_argument("--max-lifetime", type=float, default=0.0)
+    return parser.parse_args(argv)
+
+
+def _log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} {message}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""The local Lambda executor: runs deployed functions in persistent worker processes.
+
+moto's Lambda keeps the API (functions, versions, aliases, concurrency) but, without Docker, runs
+no code. This executor does, with the function's own configuration as moto reports it:
+
+* **code** - the deployed package (its object in the artifact bucket, checked against the
+  function's ``CodeSha256``), unpacked once per hash;
+* **timeout** - a worker that overruns is killed and replaced; the caller gets Lambda's
+  "Task timed out" error;
+* **memory** - a worker whose resident memory exceeds ``MemorySize`` is killed ("Runtime exited
+  with error: signal: killed", as Lambda reports an out-of-memory function);
+* **reserved concurrency** - the size of the worker pool; beyond it an invoke is throttled (429);
+* **environment** - the function's variables, plus the ``AWS_*`` ones Lambda sets, pointed at
+  the local cloud.
+
+A worker's stdout and stderr go to the function's log group; Powertools EMF lines become
+CloudWatch metrics (``put_metric_data``), as the Lambda service does with them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Invocation", "LocalLambda"]
+
+_BOOT = (Path(__file__).parent / "worker.py").read_text()
+_CONFIG_TTL = 1.0  # seconds a function's configuration is trusted before asking moto again
+_MB = 1024 * 1024
+
+
+@dataclass
+class Invocation:
+    """The outcome of one invoke, shaped like Lambda's Invoke response."""
+
+    status: int  # HTTP status of the Invoke call itself
+    payload: Any  # the handler's result, or Lambda's error object
+    function_error: str | None = None  # "Unhandled" when the function failed
+    error_type: str | None = None  # x-amzn-ErrorType for a failed Invoke call
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    region: str
+    name: str
+    version: str
+    code_sha256: str
+    handler: str
+    memory_mb: int
+    timeout_s: int
+    concurrency: int
+    env: tuple[tuple[str, str], ...]
+
+
+class Worker:
+    """One warm process of one function version."""
+
+    def __init__(self, spec: FunctionSpec, code_dir: Path, env: dict[str, str],
+                 sink: Callable[[str, str], None]) -> None:
+        self.spec = spec
+        parent_r, child_w = os.pipe()
+        child_r, parent_w = os.pipe()
+        env = {**env, "SHARDKIT_WORKER_FDS": f"{child_r},{child_w}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT], cwd=code_dir, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(child_r, child_w),
+            start_new_session=True)
+        os.close(child_r)
+        os.close(child_w)
+        self.rfd, self.wfd = parent_r, parent_w
+        self.stream = f"{time.strftime('%Y/%m/%d')}/[{spec.version}]{uuid.uuid4().hex}"
+        threading.Thread(target=self._pump, args=(sink,), daemon=True).start()
+        self.ready = self._read(timeout=max(10.0, spec.timeout_s))
+
+    def _pump(self, sink: Callable[[str, str], None]) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            sink(self.stream, line.decode("utf-8", "replace").rstrip("\n"))
+
+    def call(self, event: Any, request_id: str) -> dict[str, Any]:
+        deadline = time.time() + self.spec.timeout_s
+        frame = json.dumps({"event": event, "request_id": request_id, "deadline": deadline})
+        os.write(self.wfd, struct.pack(">I", len(frame)) + frame.encode())
+        return self._read(timeout=self.spec.timeout_s)
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        """The next frame, watching the clock and the worker's memory while waiting."""
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise TimeoutError(f"Task timed out after {timeout:.2f} seconds")
+            ready, _, _ = select.select([self.rfd], [], [], min(left, 0.05))
+            if self._rss_mb() > self.spec.memory_mb:
+                self.kill()
+                raise MemoryError(f"Runtime exited with error: signal: killed (memory limit of "
+                                  f"{self.spec.memory_mb} MB exceeded)")
+            if not ready:
+                continue
+            chunk = os.read(self.rfd, 1 << 20)
+            if not chunk:
+                self.kill()
+                raise ChildProcessError(f"Runtime exited with error: exit status "
+                                        f"{self.proc.poll()}")
+            buf += chunk
+            if len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+                return json.loads(buf[4:])
+
+    def _rss_mb(self) -> float:
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.rfd, self.wfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.rfd = self.wfd = -1
+
+
+class Pool:
+    """The workers of one function version: at most ``concurrency`` of them, reused warm."""
+
+    def __init__(self, spec: FunctionSpec, code_dir: Path, env: dict[str, str]) -> None:
+        self.spec, self.code_dir, self.env = spec, code_dir, env
+        self.idle: list[Worker] = []
+        self.busy = 0
+        self.lock = threading.Lock()
+
+    def acquire(self) -> Worker | bool | None:
+        """An idle worker, True when a new one may be started, None when at the limit."""
+        with self.lock:
+            while self.idle:
+                worker = self.idle.pop()
+                if worker.alive:
+                    self.busy += 1
+                    return worker
+            if self.busy >= self.spec.concurrency:
+                return None
+            self.busy += 1
+            return True
+
+    def release(self, worker: Worker | None) -> None:
+        with self.lock:
+            self.busy -= 1
+            if worker is not None and worker.alive:
+                self.idle.append(worker)
+
+    def close(self) -> None:
+        with self.lock:
+            for worker in self.idle:
+                worker.kill()
+            self.idle.clear()
+
+
+class LocalLambda:
+    """Invoke functions of the local cloud at ``endpoint`` with their deployed code."""
+
+    def __init__(self, endpoint: str, state_dir: Path,
+                 client: Callable[[str, str], Any]) -> None:
+        self.endpoint = endpoint
+        self.code_root = state_dir / "local" / "code"
+        self.manifest_path = state_dir / "deploy" / "local" / "manifest.json"
+        self._client = client
+        self._pools: dict[tuple[str, str, str], Pool] = {}
+        self._specs: dict[tuple[str, str, str], tuple[float, FunctionSpec]] = {}
+        self._lock = threading.Lock()
+        self._logs = LogForwarder(client)
+
+    def invoke(self, region: str, name: str, qualifier: str, event: Any) -> Invocation:
+        started = time.perf_counter()
+        try:
+            spec = self._spec(region, name, qualifier)
+        except LookupError as exc:
+            return Invocation(404, {"Type": "User", "message": str(exc)},
+                              error_type="ResourceNotFoundException")
+        pool = self._pool(spec)
+        got = pool.acquire()
+        if got is None:
+            return Invocation(429, {"Type": "User", "message": "Rate Exceeded.",
+                                    "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded"},
+                              error_type="TooManyRequestsException")
+        worker: Worker | None = None
+        try:
+            worker = got if isinstance(got, Worker) else self._start(pool)
+            reply = worker.call(event, uuid.uuid4().hex)
+        except (TimeoutError, MemoryError, ChildProcessError, InitError) as exc:
+            worker = None
+            return self._failed(exc, started)
+        finally:
+            pool.release(worker)
+        duration = (time.perf_counter() - started) * 1000
+        if reply.get("ok"):
+            return Invocation(200, reply["result"], duration_ms=duration)
+        return Invocation(200, reply["error"], function_error="Unhandled", duration_ms=duration)
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+        self._logs.close()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _failed(exc: Exception, started: float) -> Invocation:
+        error = {"errorType": "Runtime.ExitError" if not isinstance(exc, TimeoutError)
+                 else "Sandbox.Timedout", "errorMessage": str(exc)}
+        if isinstance(exc, InitError):
+            error = exc.error
+        return Invocation(200, error, function_error="Unhandled",
+                          duration_ms=(time.perf_counter() - started) * 1000)
+
+    def _start(self, pool: Pool) -> Worker:
+        spec = pool.spec
+        worker = Worker(spec, pool.code_dir, pool.env,
+                        lambda stream, line: self._logs.line(spec, stream, line))
+        if not worker.ready.get("ready"):
+            worker.kill()
+            raise InitError(worker.ready.get("error", {"errorMessage": "init failed"}))
+        return worker
+
+    def _spec(self, region: str, name: str, qualifier: str) -> FunctionSpec:
+        key = (region, name, qualifier)
+        cached = self._specs.get(key)
+        if cached and time.monotonic() - cached[0] < _CONFIG_TTL:
+            return cached[1]
+        lam = self._client("lambda", region)
+        try:
+            conf = lam.get_function_configuration(FunctionName=name, Qualifier=qualifier)
+        except lam.exceptions.ResourceNotFoundException:
+            raise LookupError(f"Function not found: {name}:{qualifier} in {region}") from None
+        try:
+            reserved = lam.get_function_concurrency(FunctionName=name).get(
+                "ReservedConcurrentExecutions")
+        except Exception:
+            reserved = None
+        spec = FunctionSpec(
+            region=region, name=name, version=conf.get("Version", "$LATEST"),
+            code_sha256=conf["CodeSha256"], handler=conf["Handler"],
+            memory_mb=int(conf.get("MemorySize", 128)), timeout_s=int(conf.get("Timeout", 3)),
+            concurrency=int(reserved or 10),
+            env=tuple(sorted(conf.get("Environment", {}).get("Variables", {}).items())))
+        self._specs[key] = (time.monotonic(), spec)
+        return spec
+
+    def _pool(self, spec: FunctionSpec) -> Pool:
+        key = (spec.region, spec.name, spec.version)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None and pool.spec == spec:
+                return pool
+            if pool is not None:
+                pool.close()  # the configuration changed under the same version ($LATEST)
+            pool = self._pools[key] = Pool(spec, self._code(spec), self._env(spec))
+            return pool
+
+    def _env(self, spec: FunctionSpec) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONHASHSEED")}
+        env.update(dict(spec.env))
+        env.update({
+            "_HANDLER": spec.handler, "AWS_REGION": spec.region,
+            "AWS_DEFAULT_REGION": spec.region, "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_LAMBDA_FUNCTION_NAME": spec.name, "AWS_LAMBDA_FUNCTION_VERSION": spec.version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+            "AWS_EXECUTION_ENV": "shardkit-local", "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def _code(self, spec: FunctionSpec) -> Path:
+        """The function's package, fetched and unpacked once per code hash."""
+        digest = base64.b64decode(spec.code_sha256).hex()
+        target = self.code_root / digest
+        if target.is_dir():
+            return target
+        bucket, key = self._code_location(spec, digest)
+        data = self._client("s3", spec.region).get_object(Bucket=bucket, Key=key)["Body"].read()
+        tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}")
+        tmp.mkdir(parents=True)
+        with zipfile.ZipFile(_bytes_io(data)) as zf:
+            zf.extractall(tmp)
+        with contextlib.suppress(OSError):  # another invoke may have unpacked it first
+            tmp.rename(target)
+        return target
+
+    def _code_location(self, spec: FunctionSpec, digest: str) -> tuple[str, str]:
+        """Where the package with this hash lives: the deploy manifest records it."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            manifest = {"resources": {}}
+        record = manifest["resources"].get(f"{spec.region}/lambda_function/{spec.name}", {})
+        code = record.get("props", {}).get("code", {})
+        if code.get("sha256") == digest:
+            return code["bucket"], code["key"]
+        raise LookupError(f"the code of {spec.name} ({digest[:12]}) is not a package shardkit "
+                          f"deployed; redeploy with `shardkit deploy`")
+
+
+class InitError(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("errorMessage", "init failed"))
+        self.error = error
+
+
+def _bytes_io(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)
+
+
+class LogForwarder:
+    """Batches worker output into CloudWatch Logs; EMF documents become metrics."""
+
+    def __init__(self, client: Callable[[str, str], Any], interval: float = 0.5) -> None:
+        self._client = client
+        self._pending: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self._streams: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def line(self, spec: FunctionSpec, stream: str, text: str) -> None:
+        if text.startswith("{") and '"_aws"' in text:
+            self._metric(spec, text)
+        key = (spec.region, f"/aws/lambda/{spec.name}", stream)
+        with self._lock:
+            self._pending.setdefault(key, []).append(
+                {"timestamp": int(time.time() * 1000), "message": text})
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._flush()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for (region, group, stream), events in pending.items():
+            try:
+                logs = self._client("logs", region)
+                if (region, group, stream) not in self._streams:
+                    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+                        logs.create_log_group(logGroupName=group)
+                    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+                    self._streams.add((region, group, stream))
+                logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+            except Exception as exc:  # logging must never break an invocation
+                print(f"log forwarding to {group} failed: {exc}", file=sys.stderr)
+
+    def _metric(self, spec: FunctionSpec, text: str) -> None:
+        try:
+            doc = json.loads(text)
+            for directive in doc["_aws"]["CloudWatchMetrics"]:
+                dims = [{"Name": d, "Value": str(doc[d])}
+                        for group in directive.get("Dimensions", []) for d in group if d in doc]
+                data = [{"MetricName": m["Name"], "Unit": m.get("Unit", "None"),
+                         "Dimensions": dims, "Values": _values(doc.get(m["Name"]))}
+                        for m in directive["Metrics"] if doc.get(m["Name"]) is not None]
+                if data:
+                    self._client("cloudwatch", spec.region).put_metric_data(
+                        Namespace=directive["Namespace"], MetricData=data)
+        except Exception as exc:  # a malformed EMF line stays a log line
+            print(f"EMF forwarding failed: {exc}", file=sys.stderr)
+
+
+def _values(value: Any) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]

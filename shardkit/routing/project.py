@@ -1,0 +1,115 @@
+"""A routing client for a deployed project: its registry, its keys, its functions.
+
+``client_for_project("examples/quickstart")`` reads what ``shardkit deploy`` recorded (the
+functions, URLs and registry buckets of the project's target) and returns a client that loads the
+signed map from the registry, trusts the project's public keys and invokes the shard functions:
+on AWS through the Lambda API or the Function URLs, on the local cloud through its gateway, which
+runs them in the local executor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config.loader import load_project
+from ..deploy.state import StateStore
+from ..errors import DeployError
+from ..keys import load_trusted_keys
+from ..sharding.holder import MapHolder
+from ..sharding.shardmap import Shard
+from .client import RetryPolicy, RoutingClient
+from .transports import FunctionUrlTransport, LambdaTransport, Transport
+
+__all__ = ["client_for_project"]
+
+
+def client_for_project(project_dir: str | os.PathLike[str], *, local: bool | None = None,
+                       transport: str = "invoke", retry: RetryPolicy | None = None,
+                       hedge_after_s: float | None = None) -> RoutingClient:
+    """A :class:`RoutingClient` for the deployed project. ``transport``: "invoke" or "url"."""
+    from ..deploy.targets import target_name
+
+    project = load_project(project_dir)
+    target = target_name(project, local)
+    manifest = StateStore(project.state_dir, target).load_manifest(project.config.project.name)
+    if not manifest.map_regions:
+        raise DeployError(f"project {project.config.project.name!r} has no published map on "
+                          f"target {target}", hint=f"deploy it first: `shardkit deploy {project_dir}`")
+    functions, urls, buckets = _records(manifest.resources)
+    gateway, client = _clients(project.root, target)
+    region = manifest.map_regions[0]
+
+    def fetch() -> bytes:
+        s3 = client("s3", region)
+        return s3.get_object(Bucket=buckets[region], Key="registry/map.skm")["Body"].read()
+
+    holder = MapHolder(load_trusted_keys(project.keys_dir), fetch)
+    holder.refresh()
+    chosen = _transport(transport, functions, urls, gateway, client)
+    return RoutingClient(holder, chosen, retry=retry, hedge_after_s=hedge_after_s)
+
+
+def _records(resources: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    functions, urls, buckets = {}, {}, {}
+    for rec in resources.values():
+        if rec["kind"] == "lambda_function":
+            functions[rec["shard"]] = rec["name"]
+        elif rec["kind"] == "function_url":
+            urls[rec["shard"]] = rec.get("outputs", {}).get("url", "")
+        elif rec["kind"] == "s3_bucket":
+            buckets[rec["region"]] = rec["name"]
+    return functions, urls, buckets
+
+
+def _clients(root: Path, target: str) -> tuple[str | None, Any]:
+    if target == "aws":
+        import boto3
+
+        return None, lambda service, region: boto3.client(service, region_name=region)
+    from ..local import server
+
+    endpoint = server.require(root)
+    gateway = server.status(root).get("gateway")
+    return gateway, lambda service, region: server.client(service, region, endpoint)
+
+
+def _transport(kind: str, functions: dict[str, str], urls: dict[str, str], gateway: str | None,
+               client: Any) -> Transport:
+    def function_for(shard: Shard) -> str:
+        try:
+            return functions[shard.id]
+        except KeyError:
+            raise DeployError(f"shard {shard.id} is in the map but not deployed") from None
+
+    if kind == "invoke":
+        if gateway is None:
+            return LambdaTransport(function_for)
+        from ..local import server
+
+        return LambdaTransport(function_for, client_for=lambda region: server.session().client(
+            "lambda", region_name=region, **_no_retries(server.boto3_client_kwargs(gateway))))
+    if kind == "url":
+        if gateway is not None:
+            from ..local.gateway import url_id
+
+            urls = {s: f"{gateway}/urls/{url_id(u)}/" for s, u in urls.items() if u}
+            from botocore.credentials import Credentials
+
+            return FunctionUrlTransport(urls, credentials=Credentials("testing", "testing"))
+        return FunctionUrlTransport(urls)
+    raise DeployError(f"unknown transport {kind!r}", hint="use 'invoke' or 'url'")
+
+
+def _no_retries(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The routing client retries by itself, within its budget: botocore must not too."""
+    config = kwargs["config"].merge(_config(retries={"max_attempts": 1, "mode": "standard"},
+                                            read_timeout=65, max_pool_connections=64))
+    return {**kwargs, "config": config}
+
+
+def _config(**settings: Any) -> Any:
+    from botocore.config import Config
+
+    return Config(**settings)
