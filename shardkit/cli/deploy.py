@@ -40,6 +40,13 @@ def _deployer(project_dir: Path, local: bool | None, *, start: bool, json_: bool
     return deployer
 
 
+def restore_local(project_dir: Path, json_: bool) -> ApplyResult | None:
+    """After the local cloud (re)starts: re-create the recorded deployment, if there is one."""
+    project = load_project(project_dir)
+    deployer = Deployer(project, open_target(project, local=True))
+    return _restore(deployer, json_) if deployer.needs_restore() else None
+
+
 def _restore(deployer: Deployer, json_: bool) -> ApplyResult:
     """The local cloud restarted: re-create what the manifest records, from shardkit's state."""
     plan = deployer.plan_restore()

@@ -36,14 +36,26 @@ def up(project_dir: Path, timeout: float, idle_timeout: float | None,
     """Start the local cloud of PROJECT_DIR (or find it running)."""
     cloud = server.up(project_dir, timeout=timeout, idle_timeout=idle_timeout,
                       max_lifetime=max_lifetime)
+    restored = _restore(project_dir, json_)
     if json_:
-        emit_json(cloud.to_dict())
+        emit_json({**cloud.to_dict(), "restored_steps": restored})
         return
     verb = "started" if cloud.started else "already running"
     _say(f"local cloud {verb} at ", (cloud.endpoint, "bold"), f" (pid {cloud.pid})")
     if cloud.started:
         _say(f"log: {server.local_dir(project_dir) / server.LOG_FILE}")
         _say(f"stop it with `shardkit local down {project_dir}`")
+
+
+def _restore(project_dir: Path, json_: bool) -> int | None:
+    """A fresh server holds nothing: re-apply the project's recorded local deployment."""
+    from ..config.loader import CONFIG_FILE
+    from .deploy import restore_local
+
+    if not (project_dir / CONFIG_FILE).is_file():
+        return None
+    result = restore_local(project_dir, json_)
+    return result.steps_done if result else None
 
 
 @group.command("down")
