@@ -177,7 +177,26 @@ def rollback_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) 
     _report(deployer, plan, _apply(deployer, plan, json_), json_)
 
 
-COMMANDS = (plan_cmd, apply_cmd, deploy_cmd, status_cmd, destroy_cmd, rollback_cmd)
+@click.command("bootstrap")
+@project_arg
+@local_option
+@yes_option
+@json_option
+def bootstrap_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) -> None:
+    """Create only the per-region foundation: artifact/registry buckets and state tables."""
+    deployer = _deployer(project_dir, local, start=True, json_=json_)
+    plan = deployer.plan_bootstrap()
+    if plan.is_noop:
+        _nothing_to_do(deployer, plan, json_)
+        return
+    if not json_:
+        _show_plan(plan)
+    _confirm(plan, yes, json_)
+    _report(deployer, plan, _apply(deployer, plan, json_), json_)
+
+
+COMMANDS = (plan_cmd, apply_cmd, deploy_cmd, status_cmd, destroy_cmd, rollback_cmd,
+            bootstrap_cmd)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ from .state import Manifest, StateStore, write_bytes_atomic
 
 __all__ = ["Deployer", "Target"]
 
+#: What `shardkit bootstrap` (and infra/bootstrap.py) creates.
+BOOTSTRAP_KINDS = frozenset({"s3_bucket", "dynamodb_table"})
+
 # Republish an unchanged map once less than this share of its lifetime is left.
 _REFRESH_FRACTION = 0.5
 
@@ -89,6 +92,19 @@ class Deployer:
         return make_plan(blueprint, self.manifest(), project_root=str(self.project.root),
                          artifact=_artifact_dict(package.artifact), map_envelope=envelope,
                          map_version=shard_map.version, epochs=_epochs(shard_map))
+
+    def plan_bootstrap(self) -> Plan:
+        """Only the per-region foundation - artifact and registry buckets, state tables - so a
+        privileged role can create it once and deploys need no rights to create buckets."""
+        shard_map = build_map(self.project.config)
+        blueprint = self._blueprint(shard_map, CodeArtifact(key="", sha256=""))
+        foundation = Blueprint(blueprint.project, blueprint.name, blueprint.account, tuple(
+            r for r in blueprint.resources if r.kind in BOOTSTRAP_KINDS))
+        plan = make_plan(foundation, self.manifest(), project_root=str(self.project.root),
+                         artifact=None, map_envelope=None, map_version=0, kind="bootstrap")
+        steps = tuple(replace(s, id=i) for i, s in enumerate(
+            s for s in plan.steps if s.action in ("create", "update")))
+        return replace(plan, steps=steps, deployment=self.manifest().deployment)
 
     def plan_destroy(self, *, delete_data: bool = False) -> Plan:
         empty = Blueprint(self.project.config.project.name, DEFAULT_BLUEPRINT, self.target.account)

@@ -153,6 +153,10 @@ class Executor:
 
     def _finish(self, plan: Plan, manifest: Manifest) -> None:
         manifest.status = "ok"
+        if plan.kind == "bootstrap":  # the foundation only: not a deployment to roll back to
+            self.store.save_manifest(manifest)
+            self.store.finish_journal(plan.plan_id)
+            return
         if plan.map_envelope is not None:
             self.store.save_map_bytes(plan.map_envelope)
         manifest.deployment = plan.deployment
