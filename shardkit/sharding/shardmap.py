@@ -138,6 +138,7 @@ class ShardMap:
             lengths.setdefault(len(prefix), {})[prefix] = jurisdiction
         # Longest prefix wins, so "eu-de:" can refine "eu:".
         self._rules = tuple(sorted(lengths.items(), reverse=True))
+        self.route = _router(self)  # type: ignore[method-assign]
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -199,7 +200,11 @@ class ShardMap:
         return self._hash(key) >> self._shift
 
     def route(self, key: str, jurisdiction: str | None = None) -> Shard:
-        """The shard that owns ``key``: always one of the key's own jurisdiction."""
+        """The shard that owns ``key``: always one of the key's own jurisdiction.
+
+        (Each map replaces this method with a closure specialised for its rules, see
+        :func:`_router`; this is the general path it falls back to.)
+        """
         table = self._tables.get(self.jurisdiction_of(key, jurisdiction))
         if table is None:
             self.group_for(self.jurisdiction_of(key, jurisdiction))
@@ -264,18 +269,40 @@ class ShardMap:
             if n and only not in offsets:
                 self.group_for(self.jurisdiction_of(keys[0], jurisdiction))
             return big[slots]
-        jurs = self._batch_jurisdictions(keys, jurisdiction)
-        try:
-            base = np.fromiter(map(offsets.__getitem__, jurs), dtype=np.int64, count=n)
-        except KeyError:
-            bad = next(j for j in jurs if j not in offsets)
-            self.group_for(bad)
-            raise
+        if jurisdiction is None and len(self._rules) == 1:
+            base = self._batch_offsets(np, keys, offsets)
+        else:
+            jurs = self._batch_jurisdictions(keys, jurisdiction)
+            try:
+                base = np.fromiter(map(offsets.__getitem__, jurs), dtype=np.int64, count=n)
+            except KeyError:
+                bad = next(j for j in jurs if j not in offsets)
+                self.group_for(bad)
+                raise
         return big[base + slots]
+
+    def _batch_offsets(self, np: Any, keys: Sequence[str], offsets: dict[str, int]) -> Any:
+        """Table offsets for untagged keys under one prefix length, all in C-level loops:
+        prefix -> offset, with -1 where a key's jurisdiction has no table (or no default)."""
+        (length, rules), = self._rules
+        by_prefix = {p: offsets.get(j, -1) for p, j in rules.items()}
+        default = offsets.get(self.default_jurisdiction, -1) if self.default_jurisdiction else -1
+        prefixes = map(itemgetter(slice(None, length)), keys)
+        base = np.fromiter(map(by_prefix.get, prefixes, repeat(default)), dtype=np.int64,
+                           count=len(keys))
+        if (base < 0).any():
+            self.route(keys[int(np.argmax(base < 0))])  # raises the residency error for it
+        return base
 
     def route_many(self, keys: Sequence[str], jurisdiction: str | None = None) -> list[Shard]:
         """Route many keys at once: one :class:`Shard` per key, identical to :meth:`route`."""
-        return list(map(self.shards.__getitem__, self.route_indices(keys, jurisdiction).tolist()))
+        import numpy as np
+
+        objects = getattr(self, "_objects", None)
+        if objects is None:
+            objects = self._objects = np.empty(len(self.shards), dtype=object)
+            objects[:] = self.shards
+        return objects[self.route_indices(keys, jurisdiction)].tolist()  # type: ignore[no-any-return]
 
     def _flat_tables(self, np: Any) -> tuple[Any, dict[str, int]]:
         cached = getattr(self, "_flat", None)
@@ -341,6 +368,41 @@ class ShardMap:
     def __repr__(self) -> str:
         return (f"ShardMap(project={self.project!r}, version={self.version}, "
                 f"shards={len(self.shards)}, slots={self.slot_count})")
+
+
+def _router(m: ShardMap) -> Any:
+    """``m.route`` specialised for the map's residency rules: the common calls (untagged keys,
+    at most one prefix length) cost one slice, one dict lookup, one hash and one index. Anything
+    else - a tag, a key without a jurisdiction - takes the general path, which also raises."""
+    general = ShardMap.route.__get__(m)
+    if m.hash != "xxh64-v1" or len(m._rules) > 1:
+        return general
+    import xxhash
+
+    xxh, shift, tables = xxhash.xxh64_intdigest, m._shift, m._tables
+    default = tables.get(m.default_jurisdiction) if m.default_jurisdiction else None
+    if not m._rules:
+        if default is None:
+            return general
+
+        def route_default(key: str, jurisdiction: str | None = None) -> Shard:
+            if jurisdiction is None:
+                return default[xxh(key.encode()) >> shift]
+            return general(key, jurisdiction)
+
+        return route_default
+    ((length, rules),) = m._rules
+    # A rule whose jurisdiction has no table maps to None: the general path raises for it.
+    by_prefix = {p: tables.get(j) for p, j in rules.items()}
+
+    def route_prefix(key: str, jurisdiction: str | None = None) -> Shard:
+        if jurisdiction is None:
+            table = by_prefix.get(key[:length], default)
+            if table is not None:
+                return table[xxh(key.encode()) >> shift]
+        return general(key, jurisdiction)
+
+    return route_prefix
 
 
 def _or(a: str | None, b: str) -> str:
