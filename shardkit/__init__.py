@@ -12,20 +12,33 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApplyFailedError",
+    "AwsError",
     "ConfigError",
+    "DeployError",
+    "Deployer",
     "Group",
+    "InferenceError",
     "KeyStoreError",
+    "LocalCloudError",
     "MapDecodeError",
     "MapDiff",
     "MapError",
     "MapExpiredError",
+    "MapHolder",
     "MapRollbackError",
     "MapSignatureError",
     "NoEligibleShardError",
+    "Plan",
+    "PlanFileError",
+    "PlanStaleError",
     "PlanningError",
     "Project",
     "ProjectConfig",
     "ResidencyError",
+    "Result",
+    "RetryPolicy",
+    "RoutingClient",
     "RoutingError",
     "Shard",
     "ShardMap",
@@ -34,6 +47,8 @@ __all__ = [
     "SlotMove",
     "__version__",
     "build_map",
+    "build_signed",
+    "client_for_project",
     "create_key",
     "decode_map",
     "diff_maps",
@@ -78,6 +93,21 @@ _WHERE = {
     "create_key": "keys",
     "load_signing_key": "keys",
     "load_trusted_keys": "keys",
+    "ApplyFailedError": "errors",
+    "InferenceError": "errors",
+    "AwsError": "errors",
+    "DeployError": "errors",
+    "Deployer": "deploy.engine",
+    "LocalCloudError": "errors",
+    "MapHolder": "sharding.holder",
+    "Plan": "deploy.plan",
+    "PlanFileError": "errors",
+    "PlanStaleError": "errors",
+    "Result": "routing.client",
+    "RetryPolicy": "routing.client",
+    "RoutingClient": "routing.client",
+    "build_signed": "sharding.build",
+    "client_for_project": "routing.project",
 }
 
 
@@ -96,23 +126,34 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .config import Project, ProjectConfig, load_config, load_project
+    from .deploy.engine import Deployer
+    from .deploy.plan import Plan
     from .errors import (
+        ApplyFailedError,
+        AwsError,
         ConfigError,
+        DeployError,
         KeyStoreError,
+        LocalCloudError,
         MapDecodeError,
         MapError,
         MapExpiredError,
         MapRollbackError,
         MapSignatureError,
         NoEligibleShardError,
+        PlanFileError,
         PlanningError,
+        PlanStaleError,
         ResidencyError,
         RoutingError,
         ShardkitError,
     )
     from .keys import SigningKey, create_key, load_signing_key, load_trusted_keys
-    from .sharding.build import build_map
+    from .routing.client import Result, RetryPolicy, RoutingClient
+    from .routing.project import client_for_project
+    from .sharding.build import build_map, build_signed
     from .sharding.codec import decode_map, encode_map
     from .sharding.diff import MapDiff, SlotMove, diff_maps
     from .sharding.hashing import hash_key, stateless_shard
+    from .sharding.holder import MapHolder
     from .sharding.shardmap import Group, Shard, ShardMap

@@ -11,7 +11,8 @@
     │   └── MapExpiredError       the map is past its expiry (a freeze attack or a stale cache)
     ├── RoutingError              a key cannot be routed
     │   ├── ResidencyError        the key's jurisdiction is unknown, ambiguous or has no shards
-    │   └── NoEligibleShardError  every shard allowed for the key is unhealthy
+    │   ├── NoEligibleShardError  every shard allowed for the key is unhealthy
+    │   └── InferenceError        the shard answered with an error status
     ├── DeployError               a plan cannot be made or applied
     │   ├── PlanFileError         a plan file is unreadable, edited by hand, or for another project
     │   ├── PlanStaleError        the deployed state changed since the plan was made
@@ -42,6 +43,7 @@ __all__ = [
     "AwsUnreachableError",
     "ConfigError",
     "DeployError",
+    "InferenceError",
     "KeyStoreError",
     "LocalCloudError",
     "MapDecodeError",
@@ -135,6 +137,19 @@ class NoEligibleShardError(RoutingError):
     """Every shard allowed for the key (its jurisdiction's) is unhealthy; residency fails closed."""
 
     hint = "wait for a shard of the key's jurisdiction to recover; keys never leave it"
+
+
+class InferenceError(RoutingError):
+    """The shard answered with an error: ``status``, ``code`` and ``shard`` say which."""
+
+    hint = "see the shard's logs; a 4xx is the request's fault, a 5xx the function's"
+
+    def __init__(self, message: str, *, status: int = 0, code: str = "", shard: str = "",
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.code = code
+        self.shard = shard
 
 
 class DeployError(ShardkitError):

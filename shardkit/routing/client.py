@@ -18,16 +18,13 @@ Every request carries a request id: retries and hedges of one call are applied a
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RoutingError, ShardkitError
+from ..errors import InferenceError, RoutingError
 from ..sharding.holder import MapHolder
 from ..sharding.shardmap import Shard
 from .transports import Transport, TransportError
@@ -35,16 +32,6 @@ from .transports import Transport, TransportError
 __all__ = ["InferenceError", "Result", "RetryPolicy", "RoutingClient"]
 
 _TRANSIENT = {429, 502, 503, 504}
-
-
-class InferenceError(ShardkitError):
-    """The shard answered with an error (its status and code are attached)."""
-
-    def __init__(self, message: str, *, status: int, code: str, shard: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.shard = shard
 
 
 @dataclass(frozen=True)
@@ -110,13 +97,13 @@ class RoutingClient:
         self._clock, self._sleep = clock, sleep
         self._budget = _Budget(self.retry.budget_ratio, self.retry.budget_floor)
         self._avoid: dict[str, float] = {}
-        self._pool = ThreadPoolExecutor(max_workers=8) if hedge_after_s is not None else None
+        self._pool = _hedging_pool() if hedge_after_s is not None else None
 
     def infer(self, key: str, payload: Any = None, *, jurisdiction: str | None = None,
               request_id: str | None = None) -> Result:
         """Send ``payload`` for ``key`` to its shard and return the answer with its record."""
         started = time.perf_counter()
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or _new_request_id()
         self._budget.earn()
         redirected = failover = False
         attempts = 0
@@ -179,6 +166,8 @@ class RoutingClient:
     def _backoff(self, attempts: int) -> bool:
         if attempts >= self.retry.attempts or not self._budget.spend():
             return False
+        import random  # lazily: only a retry pays for it (edge import budget, DESIGN.md §3)
+
         ceiling = min(self.retry.cap_s, self.retry.base_s * 2 ** (attempts - 1))
         self._sleep(random.uniform(0, ceiling))  # full jitter
         return True
@@ -196,6 +185,8 @@ class RoutingClient:
         timeout = self.retry.timeout_s
         if self._pool is None:
             return self.transport.send(shard, request, timeout), False
+        from concurrent.futures import FIRST_COMPLETED, wait
+
         first = self._pool.submit(self.transport.send, shard, request, timeout)
         done, _ = wait([first], timeout=self.hedge_after_s)
         if done:
@@ -221,3 +212,15 @@ class RoutingClient:
             failover=failover, hedged=hedged, replayed=bool(reply.get("replayed")),
         )
 
+
+def _new_request_id() -> str:
+    import uuid  # lazily: uuid (and platform) are a measurable share of the edge import budget
+
+    return uuid.uuid4().hex
+
+
+def _hedging_pool() -> Any:
+    """The hedging threads; concurrent.futures (and logging) load only when hedging is on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=8)
