@@ -4,7 +4,7 @@ Every call goes through :meth:`Aws.call`, which
 
 * makes (and caches) one client per service and region from a factory, so the same code talks to
   real AWS and to the local cloud - only the endpoint and credentials differ (DESIGN.md §4.7);
-* lets botocore retry throttling with its adaptive mode, then turns what is left into one of
+* lets botocore retry throttling (standard mode, jittered backoff), then turns what is left into one of
   shardkit's errors, naming the operation, region and resource, with what to do about it;
 * counts mutating calls, so a no-op deploy can prove it made none.
 """
@@ -57,7 +57,8 @@ def boto3_factory(endpoint: str | None = None, credentials: dict[str, str] | Non
     from botocore.config import Config
 
     session = boto3.session.Session(**(credentials or {}))
-    config = Config(retries={"mode": "adaptive", "max_attempts": max_attempts},
+    # "standard", not "adaptive": adaptive mode slows a client to a crawl after one throttle.
+    config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
                     connect_timeout=5, read_timeout=60, max_pool_connections=32)
 
     def make(service: str, region: str) -> Any:

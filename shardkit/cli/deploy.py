@@ -64,15 +64,22 @@ def _restore_items(project: Project) -> None:
     server.restore_items(project.root)
 
 
+refresh_option = click.option(
+    "--refresh", is_flag=True,
+    help="First check (read-only) that recorded resources still exist; re-create missing ones.")
+
+
 @click.command("plan")
 @project_arg
 @click.option("--out", type=_PATH, help="Save the plan as JSON, to review and `shardkit apply`.")
 @local_option
+@refresh_option
 @json_option
-def plan_cmd(project_dir: Path, out: Path | None, local: bool | None, json_: bool) -> None:
+def plan_cmd(project_dir: Path, out: Path | None, local: bool | None, refresh: bool,
+             json_: bool) -> None:
     """Show what a deploy would change, without changing anything."""
     deployer = _deployer(project_dir, local, start=True, json_=json_)
-    plan = deployer.plan()
+    plan = deployer.plan(refresh=refresh)
     if out:
         write_bytes_atomic(out, plan.to_json().encode())
     if json_:
@@ -99,12 +106,14 @@ def apply_cmd(plan_file: Path, json_: bool) -> None:
 @click.command("deploy")
 @project_arg
 @local_option
+@refresh_option
 @yes_option
 @json_option
-def deploy_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) -> None:
+def deploy_cmd(project_dir: Path, local: bool | None, refresh: bool, yes: bool,
+               json_: bool) -> None:
     """Plan, show, and apply: the project as configured, in every region."""
     deployer = _deployer(project_dir, local, start=True, json_=json_)
-    plan = deployer.plan()
+    plan = deployer.plan(refresh=refresh)
     if plan.is_noop:
         _nothing_to_do(deployer, plan, json_)
         return

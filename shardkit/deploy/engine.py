@@ -16,7 +16,7 @@ from typing import Any
 
 from ..aws.facade import Aws
 from ..blueprint.definition import DEFAULT_BLUEPRINT, CodeArtifact, expand, load_definition
-from ..blueprint.model import Blueprint
+from ..blueprint.model import Blueprint, Resource
 from ..config.loader import Project
 from ..errors import DeployError, MapError, PlanFileError
 from ..keys import format_trusted_keys, load_trusted_keys
@@ -82,16 +82,36 @@ class Deployer:
 
     # -- planning --------------------------------------------------------------------------
 
-    def plan(self) -> Plan:
-        """Plan the project as configured."""
+    def plan(self, *, refresh: bool = False) -> Plan:
+        """Plan the project as configured. ``refresh`` first checks (read-only) that what the
+        manifest records still exists, and plans to re-create whatever was deleted behind
+        shardkit's back."""
         deployed = self.deployed_map()
         shard_map, envelope = self._next_map(deployed)
         package = build_package(self.project)
         self._cache_artifact(package.sha256, package.data)
         blueprint = self._blueprint(shard_map, package.artifact)
-        return make_plan(blueprint, self.manifest(), project_root=str(self.project.root),
+        manifest = self.manifest()
+        base = manifest.fingerprint()
+        if refresh:
+            for key in self._missing(manifest):
+                manifest.resources.pop(key)
+        plan = make_plan(blueprint, manifest, project_root=str(self.project.root),
                          artifact=_artifact_dict(package.artifact), map_envelope=envelope,
                          map_version=shard_map.version, epochs=_epochs(shard_map))
+        return replace(plan, base=base)  # what is recorded is still what the plan replaces
+
+    def _missing(self, manifest: Manifest) -> list[str]:
+        """Recorded resources that are gone - with what went with them (a deleted function
+        takes its aliases and URL along)."""
+        gone = {key for key, rec in manifest.resources.items()
+                if not rec.get("retained") and not self._exists(rec)}
+        for key, rec in manifest.resources.items():
+            resource = Resource(rec["kind"], rec["name"], rec["region"], rec["props"])
+            if rec["kind"] in ("lambda_alias", "function_url") and gone & set(
+                    resource.depends_on()):
+                gone.add(key)
+        return sorted(gone)
 
     def plan_bootstrap(self) -> Plan:
         """Only the per-region foundation - artifact and registry buckets, state tables - so a
@@ -161,8 +181,7 @@ class Deployer:
     def status(self) -> dict[str, Any]:
         """What is recorded, checked against what exists (read-only calls)."""
         manifest = self.manifest()
-        missing = [key for key, rec in manifest.resources.items()
-                   if not rec.get("retained") and not self._exists(rec)]
+        missing = self._missing(manifest)
         return {
             "project": manifest.project, "target": self.target.name,
             "account": manifest.account, "status": manifest.status,
@@ -200,8 +219,8 @@ class Deployer:
     def _next_map(self, deployed: ShardMap | None) -> tuple[ShardMap, bytes | None]:
         """The map to deploy; ``None`` bytes when the deployed one still serves as it is."""
         config = self.project.config
-        local = self._local_map_version()
-        candidate = build_map(config, deployed, min_version=max(local, 0) + 1)
+        floor = max(self._local_map_version(), self.manifest().map_version_max)
+        candidate = build_map(config, deployed, min_version=floor + 1)
         if deployed is not None and same_routing(candidate, deployed) and not self._stale(deployed):
             return deployed, None
         return candidate, self._sign(candidate)

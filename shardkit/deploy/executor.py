@@ -210,6 +210,7 @@ def _record_fence(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> No
 
 
 def _record_publish(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
+    manifest.map_version_max = max(manifest.map_version_max, step.props["version"])
     if step.region not in manifest.map_regions:
         manifest.map_regions.append(step.region)
 

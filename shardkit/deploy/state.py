@@ -41,6 +41,7 @@ class Manifest:
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifacts: dict[str, list[str]] = field(default_factory=dict)  # region -> uploaded keys
     map_version: int = 0
+    map_version_max: int = 0  # highest version published anywhere, even by a failed apply
     map_sha256: str = ""
     map_regions: list[str] = field(default_factory=list)
     epochs: dict[str, int] = field(default_factory=dict)  # shard -> epoch fenced in its table
@@ -56,7 +57,8 @@ class Manifest:
         return {
             "project": self.project, "target": self.target, "account": self.account,
             "resources": self.resources, "artifacts": self.artifacts,
-            "map_version": self.map_version, "map_sha256": self.map_sha256,
+            "map_version": self.map_version, "map_version_max": self.map_version_max,
+            "map_sha256": self.map_sha256,
             "map_regions": self.map_regions, "epochs": self.epochs,
             "deployment": self.deployment,
             "status": self.status, "local_instance": self.local_instance,
