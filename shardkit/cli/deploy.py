@@ -113,15 +113,7 @@ def deploy_cmd(project_dir: Path, local: bool | None, refresh: bool, yes: bool,
                json_: bool) -> None:
     """Plan, show, and apply: the project as configured, in every region."""
     deployer = _deployer(project_dir, local, start=True, json_=json_)
-    plan = deployer.plan(refresh=refresh)
-    if plan.is_noop:
-        _nothing_to_do(deployer, plan, json_)
-        return
-    if not json_:
-        _show_plan(plan)
-    _confirm(plan, yes, json_)
-    result = _apply(deployer, plan, json_)
-    _report(deployer, plan, result, json_)
+    _carry_out(deployer, deployer.plan(refresh=refresh), yes, json_)
 
 
 @click.command("status")
@@ -161,14 +153,7 @@ def destroy_cmd(project_dir: Path, delete_data: bool, local: bool | None, yes: b
                 json_: bool) -> None:
     """Delete every deployed resource; state tables are kept unless --delete-data."""
     deployer = _deployer(project_dir, local, start=False, json_=json_)
-    plan = deployer.plan_destroy(delete_data=delete_data)
-    if plan.is_noop:
-        _nothing_to_do(deployer, plan, json_)
-        return
-    if not json_:
-        _show_plan(plan)
-    _confirm(plan, yes, json_)
-    _report(deployer, plan, _apply(deployer, plan, json_), json_)
+    _carry_out(deployer, deployer.plan_destroy(delete_data=delete_data), yes, json_)
 
 
 @click.command("rollback")
@@ -179,11 +164,7 @@ def destroy_cmd(project_dir: Path, delete_data: bool, local: bool | None, yes: b
 def rollback_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) -> None:
     """Return to the previous successful deployment (its map is republished as a new version)."""
     deployer = _deployer(project_dir, local, start=False, json_=json_)
-    plan = deployer.plan_rollback()
-    if not json_:
-        _show_plan(plan)
-    _confirm(plan, yes, json_)
-    _report(deployer, plan, _apply(deployer, plan, json_), json_)
+    _carry_out(deployer, deployer.plan_rollback(), yes, json_)
 
 
 @click.command("bootstrap")
@@ -194,14 +175,7 @@ def rollback_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) 
 def bootstrap_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) -> None:
     """Create only the per-region foundation: artifact/registry buckets and state tables."""
     deployer = _deployer(project_dir, local, start=True, json_=json_)
-    plan = deployer.plan_bootstrap()
-    if plan.is_noop:
-        _nothing_to_do(deployer, plan, json_)
-        return
-    if not json_:
-        _show_plan(plan)
-    _confirm(plan, yes, json_)
-    _report(deployer, plan, _apply(deployer, plan, json_), json_)
+    _carry_out(deployer, deployer.plan_bootstrap(), yes, json_)
 
 
 COMMANDS = (plan_cmd, apply_cmd, deploy_cmd, status_cmd, destroy_cmd, rollback_cmd,
@@ -209,6 +183,17 @@ COMMANDS = (plan_cmd, apply_cmd, deploy_cmd, status_cmd, destroy_cmd, rollback_c
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _carry_out(deployer: Deployer, plan: Plan, yes: bool, json_: bool) -> None:
+    """Show the plan, ask (unless --yes), apply, report; or say there is nothing to do."""
+    if plan.is_noop:
+        _nothing_to_do(deployer, plan, json_)
+        return
+    if not json_:
+        _show_plan(plan)
+    _confirm(plan, yes, json_)
+    _report(deployer, plan, _apply(deployer, plan, json_), json_)
 
 
 def _apply(deployer: Deployer, plan: Plan, json_: bool) -> ApplyResult:

@@ -19,12 +19,12 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._files import write_bytes_atomic, write_json_atomic
 from ..blueprint.model import canonical_json
 from ..errors import DeployError
 
@@ -183,24 +183,6 @@ class StateStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _read_json(path: Path) -> Any:
