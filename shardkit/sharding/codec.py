@@ -253,24 +253,30 @@ def _group(name: Any, g: Any, shards: list[Shard], bits: int) -> Group:
     positions = _list(g["positions"], f"groups.{name}.positions")
     _need(all(isinstance(p, str) for p in positions), f"groups.{name}.positions")
     columns = [g["primary"], *_list(g["replicas"], f"groups.{name}.replicas")]
-    indices = [_indices(c, shards, bits, f"groups.{name}") for c in columns]
-    members = [shards[i] for i in set().union(*indices)]
-    # Defence in depth for residency: a table may only name shards of its own jurisdiction.
-    _need(all(s.group == name and s.jurisdiction == g["jurisdiction"] for s in members),
-          f"groups.{name}: a shard of another group or jurisdiction")
-    tables = [list(map(shards.__getitem__, idx)) for idx in indices]
+    # Defence in depth for residency: a table may only name shards of its own group and
+    # jurisdiction. Looking indices up in a dict of exactly those shards checks range and
+    # residency in the same C-level pass that builds the table.
+    allowed = {s.index: s for s in shards if s.group == name
+               and s.jurisdiction == g["jurisdiction"]}
+    try:
+        tables = [list(map(allowed.__getitem__, _indices(c, len(shards), bits,
+                                                          f"groups.{name}")))
+                  for c in columns]
+    except KeyError as exc:
+        problem = ("shard index out of range" if exc.args[0] >= len(shards)
+                   else "a shard of another group or jurisdiction")
+        raise MapDecodeError(f"malformed map body: bad groups.{name}: {problem}") from None
     return Group(name, g["jurisdiction"], tuple(p or None for p in positions), tables[0],
                  tuple(tables[1:]))
 
 
-def _indices(raw: Any, shards: list[Shard], bits: int, where: str) -> array[int]:
-    wide = len(shards) > 0xFFFF
+def _indices(raw: Any, shard_count: int, bits: int, where: str) -> array[int]:
+    wide = shard_count > 0xFFFF
     _need(isinstance(raw, bytes) and len(raw) == (1 << bits) * (4 if wide else 2), where)
     idx = array("I" if wide else "H")
     idx.frombytes(raw)
     if sys.byteorder == "big":
         idx.byteswap()
-    _need(max(idx) < len(shards), f"{where}: shard index out of range")
     return idx
 
 
