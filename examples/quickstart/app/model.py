@@ -8,11 +8,17 @@ Request payload: ``{"text": "the words so far", "seq": 17}`` (``seq`` is optiona
 records it so a test can prove that no write was lost or applied twice).
 Answer: ``{"next": word or None, "confidence": 0..1, "source": "key"|"prior"|"none", "count": n}``.
 
+``"learn": false`` makes the request read-only: the same prediction, but the key's state is not
+changed (``new_state`` is None, so the proxy writes nothing, and ``count``/``seqs`` stay as they
+are). Read-only answers change only when the key is written, which is what makes them cacheable
+at the edge (see ``app/edge.py`` and docs/edge.md).
+
 The proxy calls ``infer(key, payload, state) -> (answer, new_state)``.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from typing import Any
@@ -36,7 +42,7 @@ def _train(text: str) -> dict[str, Counter[str]]:
     table: dict[str, Counter[str]] = {}
     for line in text.strip().splitlines():
         words = _WORD.findall(line.lower())
-        for a, b in zip(words, words[1:], strict=False):
+        for a, b in itertools.pairwise(words):
             table.setdefault(a, Counter())[b] += 1
     return table
 
@@ -55,12 +61,17 @@ def predict(last: str, own: dict[str, dict[str, int]] | None = None) -> dict[str
     return {"next": None, "confidence": 0.0, "source": "none"}
 
 
-def infer(key: str, payload: Any, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def infer(key: str, payload: Any, state: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     if not isinstance(payload, dict) or not isinstance(payload.get("text", ""), str):
         raise ValueError("payload must be an object with a 'text' string")
+    if not isinstance(payload.get("learn", True), bool):
+        raise ValueError("'learn' must be true or false")
     words = _WORD.findall(payload.get("text", "").lower())
     state = state or {"bigrams": {}, "count": 0, "seqs": [], "words": 0}
     answer = predict(words[-1], state["bigrams"]) if words else predict("")
+    if payload.get("learn", True) is False:
+        answer["count"] = state["count"]
+        return answer, None  # read-only: nothing to write
     learn(state, words)
     state["count"] += 1
     if "seq" in payload:
@@ -71,7 +82,7 @@ def infer(key: str, payload: Any, state: Any) -> tuple[dict[str, Any], dict[str,
 
 def learn(state: dict[str, Any], words: list[str]) -> None:
     """Add the text's bigrams to the key's own counts, within the per-key word budget."""
-    for a, b in zip(words, words[1:], strict=False):
+    for a, b in itertools.pairwise(words):
         if state["words"] >= MAX_WORDS:
             return
         row = state["bigrams"].setdefault(a, {})
