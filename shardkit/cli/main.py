@@ -7,27 +7,52 @@ code 2; never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from .. import __version__
 from ..errors import ShardkitError
-from . import blueprint, deploy, keys, local, maps, traffic
+
+#: command name -> "module:attribute" of its click command, imported only when it runs (or when
+#: --help lists it): `shardkit map route` never pays for boto3 or pydantic it does not use.
+COMMANDS = {
+    "apply": "deploy:apply_cmd",
+    "blueprint": "blueprint:group",
+    "bootstrap": "deploy:bootstrap_cmd",
+    "deploy": "deploy:deploy_cmd",
+    "destroy": "deploy:destroy_cmd",
+    "invoke": "traffic:invoke_cmd",
+    "keys": "keys:group",
+    "local": "local:group",
+    "map": "maps:group",
+    "plan": "deploy:plan_cmd",
+    "rollback": "deploy:rollback_cmd",
+    "status": "deploy:status_cmd",
+    "traffic": "traffic:traffic_cmd",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (click's documented pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(f".{module}", __package__), attr)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="shardkit")
 def cli() -> None:
     """Region-aware shards for stateful inference proxies on serverless infrastructure."""
-
-
-cli.add_command(maps.group)
-cli.add_command(keys.group)
-cli.add_command(local.group)
-cli.add_command(blueprint.group)
-for command in (*deploy.COMMANDS, traffic.invoke_cmd, traffic.traffic_cmd):
-    cli.add_command(command)
 
 
 def error_line(exc: ShardkitError) -> str:

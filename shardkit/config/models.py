@@ -296,11 +296,13 @@ def _check_group(name: str, group: GroupConfig, regions: dict[str, RegionConfig]
 
 @cache
 def aws_regions() -> frozenset[str]:
-    """Every region where Lambda runs, from the pinned botocore's endpoint data."""
-    import botocore.session
+    """Every region of the commercial, GovCloud and China partitions, from the pinned
+    botocore's ``partitions.json`` (7 KB; its full endpoint table costs ~170 ms to load)."""
+    import json
+    from importlib.resources import files
 
-    session = botocore.session.get_session()
-    found: set[str] = set()
-    for partition in ("aws", "aws-us-gov", "aws-cn"):
-        found.update(session.get_available_regions("lambda", partition))
-    return frozenset(found)
+    data = json.loads((files("botocore") / "data" / "partitions.json").read_text("utf-8"))
+    return frozenset(
+        region for partition in data["partitions"]
+        if partition["id"] in ("aws", "aws-us-gov", "aws-cn")
+        for region in partition["regions"] if not region.endswith("-global"))

@@ -394,9 +394,8 @@ def test_missing_project_dir_is_a_clear_error(tmp_path):
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
-    from shardkit.cli.main import cli, main
+    from shardkit.cli.main import main
 
-    cli.add_command(group)  # what cli/main.py will do
     with pytest.raises(SystemExit) as exit_:
         main(["blueprint", "render", str(tmp_path / "nope"), "--out", str(tmp_path / "cfn")])
     assert exit_.value.code == 2
