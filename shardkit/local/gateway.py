@@ -98,6 +98,9 @@ class UrlTable:
 class _Handler(BaseHTTPRequestHandler):
     gateway: Gateway
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, a keep-alive client's delayed ACK
+    # holds the body back ~40 ms per request (measured: a 404 took 44 ms, an invoke 60 ms).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per request is noise
         return

@@ -26,13 +26,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.metrics import Metrics, MetricUnit
 
 from ..errors import MapError, ResidencyError
 from ..sharding.hashing import hash_key
 from ..sharding.holder import MapHolder, parse_trusted_keys
-from .protocol import MAX_PAYLOAD, ProxyError, Request, decode_event, encode_reply, reply_size
+from .protocol import (
+    MAX_PAYLOAD,
+    ProxyError,
+    Request,
+    decode_event,
+    encode_reply,
+    error_request,
+    reply_size,
+)
 from .state import Conflict, Fenced, StateStore, StateTooLarge
 
 __all__ = ["Proxy", "handler"]
@@ -58,6 +67,7 @@ class Proxy:
     def handle(self, event: Any) -> Any:
         started = self.clock()
         request = None
+        logger.remove_keys(["key_hash", "map_version"])  # a warm logger still has the last key's
         try:
             request = decode_event(event)
             reply = self._serve(request)
@@ -68,7 +78,7 @@ class Proxy:
             reply = ProxyError(503, "unavailable", f"{type(exc).__name__}: {exc}").reply()
         latency_ms = (self.clock() - started) * 1000
         _record_metrics(reply, latency_ms)
-        return encode_reply(reply, request)
+        return encode_reply(reply, request or error_request(event))
 
     def _serve(self, request: Request) -> dict[str, Any]:
         shard_map = self._map(request.map_version)
@@ -111,7 +121,7 @@ class Proxy:
             if request.request_id is not None and request.request_id in state.applied:
                 return self._answer(state.applied[request.request_id], state.seq, epoch, version,
                                     replayed=True)
-            answer, new_state = self._infer(request, state.value)
+            answer, new_state = self._infer(request, _private_copy(state.value))
             reply = self._answer(answer, state.seq + (new_state is not None), epoch, version)
             if reply_size(reply, request) > MAX_PAYLOAD:
                 raise ProxyError(413, "answer_too_large",
@@ -158,6 +168,15 @@ class Proxy:
                 replayed: bool = False) -> dict[str, Any]:
         return {"status": 200, "answer": answer, "shard": self.shard, "epoch": epoch,
                 "map_version": version, "seq": seq, "replayed": replayed}
+
+
+def _private_copy(value: Any) -> Any:
+    """The user's function may change the state it is given in place. Given the cached object,
+    a request that then writes nothing (413, 500, "no new state") would leak its change into the
+    next write. A msgpack round trip is also exactly what a cold load from the table gives."""
+    if value is None:
+        return None
+    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
 
 
 def _record_metrics(reply: dict[str, Any], latency_ms: float) -> None:

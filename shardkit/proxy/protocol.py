@@ -24,7 +24,8 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["MAX_PAYLOAD", "ProxyError", "Request", "decode_event", "encode_reply"]
+__all__ = ["MAX_PAYLOAD", "ProxyError", "Request", "decode_event", "encode_reply",
+           "error_request"]
 
 #: Lambda's limit for a synchronous request or response.
 MAX_PAYLOAD = 6 * 1024 * 1024
@@ -65,14 +66,33 @@ def decode_event(event: Any) -> Request:
     """Parse a direct-invoke event or a Function URL event; ProxyError(400/413) if malformed."""
     if not isinstance(event, dict):
         raise ProxyError(400, "bad_event", f"an event is a JSON object, not {type(event).__name__}")
-    if ("requestContext" in event and "body" in event) or event.get("version") == "2.0":
+    if _is_http(event):
         return _from_http(event)
     return _from_body(event, http=False, content_type=JSON)
 
 
+def error_request(event: Any) -> Request | None:
+    """How to answer an event that could not be decoded. A Function URL caller must get an HTTP
+    response with the status as its status (a bare object would reach it as "200 OK"), in the
+    encoding it asked for when that is one we speak."""
+    if not (isinstance(event, dict) and _is_http(event)):
+        return None
+    ctype = MSGPACK if _content_type(event) == MSGPACK else JSON
+    return Request("", None, 0, None, None, True, ctype)
+
+
+def _is_http(event: dict[str, Any]) -> bool:
+    return ("requestContext" in event and "body" in event) or event.get("version") == "2.0"
+
+
+def _content_type(event: dict[str, Any]) -> str:
+    headers = event.get("headers") if isinstance(event.get("headers"), dict) else {}
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    return lowered.get("content-type", JSON).split(";")[0].strip().lower()
+
+
 def _from_http(event: dict[str, Any]) -> Request:
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
-    ctype = headers.get("content-type", JSON).split(";")[0].strip().lower()
+    ctype = _content_type(event)
     body = event.get("body") or ""
     if not isinstance(body, str):
         raise ProxyError(400, "bad_event", "the Function URL event body is not a string")
@@ -107,8 +127,9 @@ def _from_body(data: Any, *, http: bool, content_type: str) -> Request:
     if unknown:
         raise ProxyError(400, "bad_request", f"unknown request field(s): {', '.join(unknown)}")
     key = data.get("key")
-    if not isinstance(key, str) or not key or len(key.encode()) > 1024:
-        raise ProxyError(400, "bad_key", "'key' must be a non-empty string of at most 1024 bytes")
+    if not _is_key(key):
+        raise ProxyError(400, "bad_key", "'key' must be a non-empty UTF-8 string of at most 1024 "
+                         "bytes")
     version = data.get("map_version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise ProxyError(400, "bad_request", "'map_version' must be a non-negative integer")
@@ -124,6 +145,18 @@ def _from_body(data: Any, *, http: bool, content_type: str) -> Request:
                    failover)
 
 
+def _is_key(key: Any) -> bool:
+    """A non-empty UTF-8 string of at most 1024 bytes. A JSON string may hold a lone surrogate
+    ("\\ud800") that no UTF-8 can carry: a bad key (400), not an encoding error escaping as a
+    retryable 503."""
+    if not isinstance(key, str) or not key:
+        return False
+    try:
+        return len(key.encode()) <= 1024
+    except UnicodeEncodeError:
+        return False
+
+
 def encode_reply(reply: dict[str, Any], request: Request | None) -> Any:
     """The handler's return value: the reply itself (direct invoke) or an HTTP response."""
     if request is None or not request.http:
@@ -137,7 +170,11 @@ def encode_reply(reply: dict[str, Any], request: Request | None) -> Any:
 
 
 def reply_size(reply: dict[str, Any], request: Request | None) -> int:
-    """Bytes the reply takes on the wire, to refuse answers over Lambda's limit before any write."""
-    if request is not None and request.content_type == MSGPACK:
-        return len(msgpack.packb(reply, use_bin_type=True))
-    return len(json.dumps(reply))
+    """Bytes the handler's response takes as Lambda sends it (JSON of what the handler returns),
+    to refuse answers over Lambda's limit before any write. For a Function URL that is the
+    base64 or the escaped JSON of the body inside the response object, not the body alone: a
+    5 MB msgpack answer is 6.7 MB on the wire."""
+    try:
+        return len(json.dumps(encode_reply(reply, request)))
+    except (TypeError, ValueError, OverflowError) as exc:  # not JSON/msgpack-able: the handler's bug, not a 503
+        raise ProxyError(500, "bad_answer", f"the answer cannot be encoded: {exc}") from None

@@ -10,6 +10,7 @@ runs them in the local executor.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,12 @@ def client_for_project(project_dir: str | os.PathLike[str], *, local: bool | Non
 
     project = load_project(project_dir)
     target = target_name(project, local)
-    manifest = StateStore(project.state_dir, target).load_manifest(project.config.project.name)
+    store, name = StateStore(project.state_dir, target), project.config.project.name
+    manifest = store.load_manifest(name)
     if not manifest.map_regions:
         raise DeployError(f"project {project.config.project.name!r} has no published map on "
                           f"target {target}", hint=f"deploy it first: `shardkit deploy {project_dir}`")
-    functions, urls, buckets = _records(manifest.resources)
+    _, _, buckets = _records(manifest.resources)
     gateway, client = _clients(project.root, target)
     region = manifest.map_regions[0]
 
@@ -47,7 +49,8 @@ def client_for_project(project_dir: str | os.PathLike[str], *, local: bool | Non
 
     holder = MapHolder(load_trusted_keys(project.keys_dir), fetch)
     holder.refresh()
-    chosen = _transport(transport, functions, urls, gateway, client)
+    deployed = _Deployed(lambda: store.load_manifest(name).resources)
+    chosen = _transport(transport, deployed, gateway, client)
     return RoutingClient(holder, chosen, retry=retry, hedge_after_s=hedge_after_s)
 
 
@@ -63,6 +66,42 @@ def _records(resources: dict[str, Any]) -> tuple[dict[str, str], dict[str, str],
     return functions, urls, buckets
 
 
+class _Deployed:
+    """Function names and URLs per shard, as the deploy recorded them. A shard missing here is
+    looked up once more in the manifest: a reshard adds shards, and a client made before it
+    must follow a redirect to one (its map refreshes; so must this table)."""
+
+    def __init__(self, resources: Callable[[], dict[str, Any]]) -> None:
+        self._resources = resources
+        self.functions, self.urls, _ = _records(resources())
+
+    def lookup(self, table: str, shard_id: str) -> str | None:
+        found = getattr(self, table).get(shard_id)
+        if not found:
+            self.functions, self.urls, _ = _records(self._resources())
+            found = getattr(self, table).get(shard_id)
+        return found or None
+
+
+class _Urls(Mapping[str, str]):
+    """The Function URL of each shard, looked up per request (see :class:`_Deployed`)."""
+
+    def __init__(self, deployed: _Deployed, convert: Callable[[str], str]) -> None:
+        self._deployed, self._convert = deployed, convert
+
+    def __getitem__(self, shard_id: str) -> str:
+        url = self._deployed.lookup("urls", shard_id)
+        if url is None:
+            raise KeyError(shard_id)
+        return self._convert(url)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._deployed.urls)
+
+    def __len__(self) -> int:
+        return len(self._deployed.urls)
+
+
 def _clients(root: Path, target: str) -> tuple[str | None, Any]:
     if target == "aws":
         import boto3
@@ -75,13 +114,12 @@ def _clients(root: Path, target: str) -> tuple[str | None, Any]:
     return gateway, lambda service, region: server.client(service, region, endpoint)
 
 
-def _transport(kind: str, functions: dict[str, str], urls: dict[str, str], gateway: str | None,
-               client: Any) -> Transport:
+def _transport(kind: str, deployed: _Deployed, gateway: str | None, client: Any) -> Transport:
     def function_for(shard: Shard) -> str:
-        try:
-            return functions[shard.id]
-        except KeyError:
-            raise DeployError(f"shard {shard.id} is in the map but not deployed") from None
+        name = deployed.lookup("functions", shard.id)
+        if name is None:
+            raise DeployError(f"shard {shard.id} is in the map but not deployed")
+        return name
 
     if kind == "invoke":
         if gateway is None:
@@ -92,13 +130,13 @@ def _transport(kind: str, functions: dict[str, str], urls: dict[str, str], gatew
             "lambda", region_name=region, **_no_retries(server.boto3_client_kwargs(gateway))))
     if kind == "url":
         if gateway is not None:
-            from ..local.gateway import url_id
-
-            urls = {s: f"{gateway}/urls/{url_id(u)}/" for s, u in urls.items() if u}
             from botocore.credentials import Credentials
 
-            return FunctionUrlTransport(urls, credentials=Credentials("testing", "testing"))
-        return FunctionUrlTransport(urls)
+            from ..local.gateway import url_id
+
+            local = _Urls(deployed, lambda url: f"{gateway}/urls/{url_id(url)}/")
+            return FunctionUrlTransport(local, credentials=Credentials("testing", "testing"))
+        return FunctionUrlTransport(_Urls(deployed, lambda url: url))
     raise DeployError(f"unknown transport {kind!r}", hint="use 'invoke' or 'url'")
 
 

@@ -105,10 +105,13 @@ class LambdaTransport(Transport):
 
 
 class FunctionUrlTransport(Transport):
-    """POST msgpack to each shard's Function URL, signed with SigV4 for ``AWS_IAM`` auth."""
+    """POST msgpack to each shard's Function URL, signed with SigV4 for ``AWS_IAM`` auth.
+
+    ``urls`` is read per request, not copied: a mapping may know shards added after it was made.
+    """
 
     def __init__(self, urls: Mapping[str, str], *, credentials: Any = None) -> None:
-        self.urls = dict(urls)
+        self.urls = urls
         self._credentials = credentials
 
     def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:

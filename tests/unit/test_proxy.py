@@ -1,0 +1,763 @@
+"""The proxy handler: real Powertools, DynamoDB (and S3) emulated in-process by moto.
+
+Every test builds its proxies over a signed map of a small two-jurisdiction project (version 1)
+and, where a reshard is involved, version 2 with a fifth "us" shard: us-0..us-3 lose slots
+(epoch 2), the eu shards keep theirs. The properties checked are the proxy's promises
+(DESIGN.md §4.3-4.4): only the owner writes, every write is fenced on the owner's epoch, a
+retried request id is applied once, concurrent writers lose no update, a refused request writes
+nothing, and logs carry the key's hash, never the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import msgpack
+import pytest
+from moto import mock_aws
+
+import shardkit
+import shardkit.proxy.handler as handler_module
+from shardkit.keys import format_trusted_keys
+from shardkit.proxy.handler import Proxy
+from shardkit.proxy.protocol import MAX_PAYLOAD
+from shardkit.proxy.state import StateStore, fence_item
+from shardkit.sharding.codec import encode_map
+from shardkit.sharding.hashing import hash_key
+from shardkit.sharding.holder import MapHolder
+
+REGION = "us-east-1"
+TABLE = "shardkit-test-state"
+MB = 1024 * 1024
+MSGPACK = "application/msgpack"
+
+CONFIG: dict[str, Any] = {
+    "project": {"name": "proxytest"},
+    "hashing": {"algorithm": "xxh64-v1", "slot_bits": 10},
+    "signing": {"key_id": "test-key", "map_ttl_hours": 24},
+    "regions": {
+        "eu-west-1": {"jurisdiction": "eu"},
+        "eu-central-1": {"jurisdiction": "eu"},
+        "us-east-1": {"jurisdiction": "us"},
+        "us-west-2": {"jurisdiction": "us"},
+    },
+    "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
+    "groups": {
+        "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 2,
+               "replicas": 1},
+        "us": {"jurisdiction": "us", "regions": ["us-east-1", "us-west-2"], "shards": 4,
+               "replicas": 1},
+    },
+}
+
+
+# -- maps ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Maps:
+    v1: shardkit.ShardMap
+    v2: shardkit.ShardMap  # one more "us" shard: some us keys move to us-4
+    env1: bytes
+    env2: bytes
+
+    def key(self, *, moved: bool, prefix: str = "user") -> str:
+        """A us key whose owner changes (or stays, with a new epoch) from v1 to v2."""
+        for i in range(10_000):
+            key = f"{prefix}-{i}"
+            a, b = self.v1.route(key), self.v2.route(key)
+            if (a.id != b.id) == moved and (moved or a.epoch != b.epoch):
+                return key
+        raise AssertionError("no such key")
+
+
+@pytest.fixture(scope="session")
+def maps(config_from: Callable[[dict[str, Any]], Any], signing_key: Any) -> Maps:
+    v1 = shardkit.build_map(config_from(CONFIG))
+    more = copy.deepcopy(CONFIG)
+    more["groups"]["us"]["shards"] = 5
+    v2 = shardkit.build_map(config_from(more), v1)
+    assert (v1.version, v2.version) == (1, 2)
+    return Maps(v1, v2, encode_map(v1, signing_key.key_id, signing_key.sign),
+                encode_map(v2, signing_key.key_id, signing_key.sign))
+
+
+# -- the world: a table, a registry, proxies ------------------------------------------------------
+
+
+class Serialized:
+    """A DynamoDB client whose calls are atomic, as DynamoDB's are. moto's are not: a failed
+    transaction restores a snapshot of the whole table, undoing what other threads wrote
+    meanwhile. Proxies still interleave between calls."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.exceptions = client.exceptions
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return method(*args, **kwargs)
+
+        return call
+
+
+class Registry:
+    """What a shard's MapHolder fetches: the envelope currently published, and how often."""
+
+    def __init__(self, envelope: bytes) -> None:
+        self.envelope = envelope
+        self.fetches = 0
+        self.error: Exception | None = None
+
+    def fetch(self) -> bytes:
+        self.fetches += 1
+        if self.error is not None:
+            raise self.error
+        return self.envelope
+
+
+class World:
+    def __init__(self, maps: Maps, trusted: dict[str, bytes]) -> None:
+        self.maps = maps
+        self.trusted = trusted
+        self.ddb = Serialized(boto3.client("dynamodb", region_name=REGION))
+        self.ddb.create_table(
+            TableName=TABLE, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                  {"AttributeName": "sk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                       {"AttributeName": "sk", "KeyType": "RANGE"}])
+        for shard in maps.v1.shards:
+            self.fence(shard.id, shard.epoch)
+
+    def fence(self, shard: str, epoch: int) -> None:
+        """What the control plane does before it publishes a map that changes a shard's slots."""
+        self.ddb.put_item(TableName=TABLE, Item=fence_item(shard, epoch))
+
+    def proxy(self, shard: str, infer: Callable[..., Any], registry: Registry | None = None,
+              table: str = TABLE) -> Proxy:
+        registry = registry or Registry(self.maps.env1)
+        holder = MapHolder(self.trusted, registry.fetch)
+        holder.refresh()
+        return Proxy(shard=shard, holder=holder, store=StateStore(self.ddb, table, shard),
+                     infer=infer)
+
+    def state_items(self) -> dict[str, dict[str, Any]]:
+        """Every key-state item in the table: ``{pk: {"seq", "state", "applied"}}``."""
+        items = self.ddb.scan(TableName=TABLE, ConsistentRead=True)["Items"]
+        out = {}
+        for item in items:
+            if item["sk"]["S"] == "state":
+                data = msgpack.unpackb(item["data"]["B"], raw=False)
+                out[item["pk"]["S"]] = {"seq": int(item["seq"]["N"]), **data}
+        return out
+
+    def item(self, shard: str, key: str) -> dict[str, Any] | None:
+        return self.state_items().get(f"{shard}#{key}")
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+
+
+@pytest.fixture
+def world(aws_env: None, maps: Maps, trusted_keys: dict[str, bytes]) -> Iterator[World]:
+    with mock_aws():
+        yield World(maps, trusted_keys)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_handler() -> Iterator[None]:
+    """The Lambda entry point caches its Proxy, and Powertools keeps unflushed metrics (only
+    ``handler`` flushes them; tests call ``Proxy.handle``): no test may see another test's."""
+    handler_module._proxy = None
+    handler_module.metrics.clear_metrics()
+    yield
+    handler_module._proxy = None
+    handler_module.metrics.clear_metrics()
+    handler_module.metrics.clear_default_dimensions()
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+class Counter:
+    """A model like the quickstart's: it changes the state it is given in place, counts the
+    writes and records each request's ``seq``. ``calls`` lists the states it was shown."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+        with self.lock:
+            self.calls.append(copy.deepcopy(state))
+        state = state if state is not None else {"count": 0, "seqs": []}
+        state["count"] += 1
+        state["seqs"].append(payload.get("seq") if isinstance(payload, dict) else None)
+        return {"count": state["count"]}, state
+
+
+def echo_model(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+    """The model ``SHARDKIT_HANDLER`` names in the handler test (``module:function``)."""
+    count = (state or {}).get("count", 0) + 1
+    return {"echo": payload, "count": count}, {"count": count}
+
+
+def url_event(body: bytes | str, content_type: str = MSGPACK, *, b64: bool = True
+              ) -> dict[str, Any]:
+    """A Function URL event, payload format 2.0, as the Lambda service builds it."""
+    if isinstance(body, bytes) and b64:
+        body = base64.b64encode(body).decode()
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
+        "headers": {"content-type": content_type, "host": "abc.lambda-url.us-east-1.on.aws"},
+        "requestContext": {"http": {"method": "POST", "path": "/"}, "requestId": "r"},
+        "body": body, "isBase64Encoded": b64,
+    }
+
+
+def url_reply(response: dict[str, Any]) -> dict[str, Any]:
+    """The proxy's reply inside a Function URL response, decoded by its content type."""
+    raw = (base64.b64decode(response["body"]) if response["isBase64Encoded"]
+           else response["body"].encode())
+    if response["headers"]["content-type"] == MSGPACK:
+        return msgpack.unpackb(raw, raw=False)
+    return json.loads(raw)
+
+
+# -- the owner serves; others redirect -------------------------------------------------------------
+
+
+def test_the_owner_serves_and_counts_its_writes(world: World) -> None:
+    key = "user-7"
+    owner = world.maps.v1.route(key)
+    model = Counter()
+    proxy = world.proxy(owner.id, model)
+    replies = [proxy.handle({"key": key, "payload": {"seq": n}}) for n in (1, 2, 3)]
+    for n, reply in enumerate(replies, 1):
+        assert reply == {"status": 200, "answer": {"count": n}, "shard": owner.id,
+                         "epoch": owner.epoch, "map_version": 1, "seq": n, "replayed": False}
+    stored = world.item(owner.id, key)
+    assert stored is not None and stored["seq"] == 3
+    assert stored["state"] == {"count": 3, "seqs": [1, 2, 3]}
+    assert list(world.state_items()) == [f"{owner.id}#{key}"]
+
+
+def test_a_non_owner_redirects_and_does_no_work(world: World) -> None:
+    key = "user-7"
+    owner = world.maps.v1.route(key)
+    other = next(s for s in world.maps.v1.shards if s.jurisdiction == "us" and s.id != owner.id)
+    model = Counter()
+    reply = world.proxy(other.id, model).handle({"key": key, "payload": {"seq": 1}})
+    assert reply == {"status": 421, "error": "moved", "owner": owner.id, "map_version": 1}
+    assert model.calls == []
+    assert world.state_items() == {}
+
+
+def test_a_caller_with_a_newer_map_makes_the_shard_refresh(world: World) -> None:
+    maps = world.maps
+    moved, stays = maps.key(moved=True), maps.key(moved=False)
+    old_owner = maps.v1.route(moved)
+    registry = Registry(maps.env1)
+    proxy = world.proxy(old_owner.id, Counter(), registry)
+    assert registry.fetches == 1
+    assert proxy.handle({"key": moved, "payload": {}, "map_version": 1})["status"] == 200
+    assert registry.fetches == 1  # the caller's map is not newer: no fetch
+
+    # The caller knows version 2 but the registry still serves 1: one fetch, then served.
+    reply = proxy.handle({"key": moved, "payload": {}, "map_version": 2})
+    assert registry.fetches == 2
+    assert (reply["status"], reply["map_version"]) == (200, 1)
+
+    # Version 2 is published (and fenced): the caller's newer version makes the shard fetch it.
+    for shard in maps.v2.shards:
+        world.fence(shard.id, shard.epoch)
+    registry.envelope = maps.env2
+    before = world.state_items()
+    reply = proxy.handle({"key": moved, "payload": {}, "map_version": 2})
+    assert registry.fetches == 3
+    assert reply == {"status": 421, "error": "moved", "owner": maps.v2.route(moved).id,
+                     "map_version": 2}
+    assert world.state_items() == before
+    # Once refreshed, the shard serves with the new map and the new epoch, without fetching.
+    same_owner = world.proxy(maps.v2.route(stays).id, Counter(), registry)
+    fetches = registry.fetches
+    reply = same_owner.handle({"key": stays, "payload": {}, "map_version": 2})
+    assert (reply["status"], reply["map_version"], reply["epoch"]) == (
+        200, 2, maps.v2.route(stays).epoch)
+    assert registry.fetches == fetches
+
+
+# -- idempotency and concurrency --------------------------------------------------------------------
+
+
+def test_a_replayed_request_id_gets_its_recorded_answer_and_writes_nothing(world: World) -> None:
+    key = "user-42"
+    owner = world.maps.v1.route(key)
+    model = Counter()
+    proxy = world.proxy(owner.id, model)
+    first = proxy.handle({"key": key, "payload": {"seq": 1}, "request_id": "req-1"})
+    assert (first["status"], first["seq"], first["replayed"]) == (200, 1, False)
+
+    again = proxy.handle({"key": key, "payload": {"seq": 1}, "request_id": "req-1"})
+    assert again == {**first, "replayed": True}
+    # A cold proxy (another process, empty cache) replays it from the table too.
+    cold = world.proxy(owner.id, model).handle(
+        {"key": key, "payload": {"seq": 1}, "request_id": "req-1"})
+    assert cold == {**first, "replayed": True}
+    assert len(model.calls) == 1
+    assert world.item(owner.id, key)["seq"] == 1  # type: ignore[index]
+    assert world.item(owner.id, key)["state"] == {"count": 1, "seqs": [1]}  # type: ignore[index]
+
+    other = proxy.handle({"key": key, "payload": {"seq": 2}, "request_id": "req-2"})
+    assert (other["status"], other["seq"], other["replayed"]) == (200, 2, False)
+    assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [1, 2]}  # type: ignore[index]
+
+
+def test_two_writers_interleaved_on_one_key_lose_no_update(world: World) -> None:
+    """A reads the key, then B writes it while A's model runs: A's write must fail its
+    condition and run again on B's state, not overwrite it."""
+    key = "user-9"
+    owner = world.maps.v1.route(key)
+    entered, release = threading.Event(), threading.Event()
+    counter = Counter()
+
+    def model(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+        if payload["seq"] == "A" and not release.is_set():
+            entered.set()
+            assert release.wait(10)
+        return counter(key, payload, state)
+
+    a, b = world.proxy(owner.id, model), world.proxy(owner.id, model)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(a.handle, {"key": key, "payload": {"seq": "A"}})
+        assert entered.wait(10)
+        fast = b.handle({"key": key, "payload": {"seq": "B"}})
+        release.set()
+        late = slow.result(timeout=10)
+    assert (fast["status"], fast["seq"]) == (200, 1)
+    assert (late["status"], late["seq"]) == (200, 2)
+    assert counter.calls == [None, None, {"count": 1, "seqs": ["B"]}]  # A ran again on B's state
+    stored = world.item(owner.id, key)
+    assert stored is not None and stored["seq"] == 2
+    assert stored["state"] == {"count": 2, "seqs": ["B", "A"]}
+
+
+def test_many_concurrent_writers_apply_exactly_the_acknowledged_requests(world: World) -> None:
+    key = "user-3"
+    owner = world.maps.v1.route(key)
+    model = Counter()
+    proxies = [world.proxy(owner.id, model) for _ in range(3)]
+
+    def send(i: int) -> tuple[str, dict[str, Any]]:
+        rid = f"r{i}"
+        return rid, proxies[i % 3].handle({"key": key, "payload": {"seq": rid}, "request_id": rid})
+
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(send, range(60)))
+    acked = [rid for rid, r in replies if r["status"] == 200]
+    assert {r["status"] for _, r in replies} <= {200, 503}
+    assert all(r["error"] == "contended" for _, r in replies if r["status"] == 503)
+    stored = world.item(owner.id, key)
+    assert stored is not None
+    assert stored["seq"] == len(acked) == stored["state"]["count"]
+    assert sorted(stored["state"]["seqs"]) == sorted(acked)  # each acknowledged once, no other
+    assert sorted(r["seq"] for _, r in replies if r["status"] == 200) == list(
+        range(1, len(acked) + 1))
+
+
+# -- fencing ------------------------------------------------------------------------------------
+
+
+def test_a_fenced_write_answers_resharding_and_writes_nothing(world: World) -> None:
+    key = "user-5"
+    owner = world.maps.v1.route(key)
+    model = Counter()
+    proxy = world.proxy(owner.id, model)
+    assert proxy.handle({"key": key, "payload": {"seq": 1}})["status"] == 200
+    before = world.state_items()
+
+    world.fence(owner.id, owner.epoch + 1)  # the control plane is moving this shard's slots
+    reply = proxy.handle({"key": key, "payload": {"seq": 2}})
+    assert (reply["status"], reply["error"]) == (503, "resharding")
+    assert world.state_items() == before
+
+
+def test_a_fenced_write_redirects_when_the_new_map_moved_the_key(world: World) -> None:
+    maps = world.maps
+    key = maps.key(moved=True)
+    owner, new_owner = maps.v1.route(key), maps.v2.route(key)
+    registry = Registry(maps.env1)
+    proxy = world.proxy(owner.id, Counter(), registry)
+    assert proxy.handle({"key": key, "payload": {"seq": 1}})["status"] == 200
+    before = world.state_items()
+
+    # Deploy: fence, then publish v2. The proxy still holds v1 and the caller knows only v1.
+    world.fence(owner.id, maps.v2.shard(owner.id).epoch)
+    registry.envelope = maps.env2
+    reply = proxy.handle({"key": key, "payload": {"seq": 2}, "map_version": 1})
+    assert reply == {"status": 421, "error": "moved", "owner": new_owner.id, "map_version": 2}
+    assert world.state_items() == before
+
+
+def test_a_fenced_write_is_redone_with_the_new_epoch_when_the_key_stayed(world: World) -> None:
+    maps = world.maps
+    key = maps.key(moved=False)
+    owner = maps.v1.route(key)
+    registry = Registry(maps.env1)
+    proxy = world.proxy(owner.id, Counter(), registry)
+    assert proxy.handle({"key": key, "payload": {"seq": 1}})["epoch"] == owner.epoch
+    new_epoch = maps.v2.shard(owner.id).epoch
+    world.fence(owner.id, new_epoch)
+    registry.envelope = maps.env2
+    reply = proxy.handle({"key": key, "payload": {"seq": 2}, "map_version": 1})
+    assert (reply["status"], reply["epoch"], reply["map_version"], reply["seq"]) == (
+        200, new_epoch, 2, 2)
+    assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [1, 2]}  # type: ignore[index]
+
+
+# -- malformed and refused requests --------------------------------------------------------------
+
+
+MALFORMED = [
+    pytest.param(["key", "payload"], 400, "bad_event", id="not-an-object"),
+    pytest.param("just a string", 400, "bad_event", id="a-string"),
+    pytest.param({"key": "user-1", "payload": 1, "priority": 9}, 400, "bad_request",
+                 id="unknown-field"),
+    pytest.param({"payload": 1}, 400, "bad_key", id="missing-key"),
+    pytest.param({"key": "", "payload": 1}, 400, "bad_key", id="empty-key"),
+    pytest.param({"key": 17, "payload": 1}, 400, "bad_key", id="key-not-a-string"),
+    pytest.param({"key": "k" * 1025, "payload": 1}, 400, "bad_key", id="key-too-long"),
+    pytest.param({"key": "é" * 513, "payload": 1}, 400, "bad_key", id="key-too-long-in-utf8"),
+    pytest.param(json.loads('{"key": "user-\\ud800", "payload": 1}'), 400, "bad_key",
+                 id="key-with-lone-surrogate"),
+    pytest.param({"key": "user-1", "map_version": "3"}, 400, "bad_request", id="version-str"),
+    pytest.param({"key": "user-1", "map_version": True}, 400, "bad_request", id="version-bool"),
+    pytest.param({"key": "user-1", "map_version": -1}, 400, "bad_request", id="version-neg"),
+    pytest.param({"key": "user-1", "request_id": ""}, 400, "bad_request", id="empty-request-id"),
+    pytest.param({"key": "user-1", "failover": "yes"}, 400, "bad_request", id="failover-str"),
+]
+
+MALFORMED_URL = [
+    pytest.param(url_event("%%% not base64 %%%"), 400, "bad_body", id="bad-base64"),
+    pytest.param(url_event(b"\xc1\xc1\xc1"), 400, "bad_body", id="bad-msgpack"),
+    pytest.param(url_event("{not json", "application/json", b64=False), 400, "bad_body",
+                 id="bad-json"),
+    pytest.param(url_event(b"key=user-1", "application/x-www-form-urlencoded"), 415,
+                 "bad_content_type", id="unsupported-content-type"),
+    pytest.param({**url_event(b""), "body": 123}, 400, "bad_event", id="body-not-a-string"),
+    pytest.param(url_event(msgpack.packb([1, 2])), 400, "bad_request", id="body-not-a-map"),
+    pytest.param(url_event(msgpack.packb({"key": "user-1", "x": 1})), 400, "bad_request",
+                 id="unknown-field-in-body"),
+]
+
+
+@pytest.mark.parametrize(("event", "status", "code"), MALFORMED)
+def test_a_malformed_direct_event_is_refused_and_nothing_is_written(
+        world: World, event: Any, status: int, code: str) -> None:
+    model = Counter()
+    reply = world.proxy(world.maps.v1.route("user-1").id, model).handle(event)
+    assert (reply["status"], reply["error"]) == (status, code)
+    assert reply["message"]
+    assert model.calls == [] and world.state_items() == {}
+
+
+@pytest.mark.parametrize(("event", "status", "code"), MALFORMED_URL)
+def test_a_malformed_url_event_gets_an_http_error_and_nothing_is_written(
+        world: World, event: Any, status: int, code: str) -> None:
+    """A Function URL caller must see the status as the HTTP status: a bare reply object would
+    reach it as "200 OK"."""
+    model = Counter()
+    response = world.proxy(world.maps.v1.route("user-1").id, model).handle(event)
+    assert response["statusCode"] == status
+    reply = url_reply(response)
+    assert (reply["status"], reply["error"]) == (status, code)
+    assert model.calls == [] and world.state_items() == {}
+
+
+def test_an_oversized_url_body_is_refused_with_413(world: World) -> None:
+    body = msgpack.packb({"key": "user-1", "payload": b"x" * (MAX_PAYLOAD + 1)})
+    model = Counter()
+    response = world.proxy(world.maps.v1.route("user-1").id, model).handle(url_event(body))
+    assert response["statusCode"] == 413
+    assert url_reply(response)["error"] == "too_large"
+    assert model.calls == [] and world.state_items() == {}
+
+
+def _big_answer(size: int, model: Counter) -> Callable[..., Any]:
+    """The counter model, except that payload {"big": true} gets an answer of ``size`` bytes
+    (after the model has changed the state it was given, as the quickstart's does)."""
+
+    def infer(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+        answer, new_state = model(key, payload, state)
+        return ("x" * size if payload.get("big") else answer), new_state
+
+    return infer
+
+
+def test_an_answer_over_the_limit_is_refused_and_nothing_is_written(world: World) -> None:
+    key = "user-11"
+    owner = world.maps.v1.route(key)
+    proxy = world.proxy(owner.id, _big_answer(7 * MB, Counter()))
+    reply = proxy.handle({"key": key, "payload": {"seq": 1, "big": True}})
+    assert (reply["status"], reply["error"]) == (413, "answer_too_large")
+    assert world.state_items() == {}
+
+    assert proxy.handle({"key": key, "payload": {"seq": 2}})["answer"] == {"count": 1}
+    assert proxy.handle({"key": key, "payload": {"seq": 3, "big": True}})["status"] == 413
+    # The refused requests changed the state they were given in place; none of it may leak.
+    reply = proxy.handle({"key": key, "payload": {"seq": 4}})
+    assert (reply["status"], reply["answer"], reply["seq"]) == (200, {"count": 2}, 2)
+    assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [2, 4]}  # type: ignore[index]
+
+
+@pytest.mark.parametrize("content_type", [MSGPACK, "application/json"])
+def test_an_answer_that_only_the_url_encoding_pushes_over_the_limit_is_refused(
+        world: World, content_type: str) -> None:
+    """5 MB of answer is under 6 MB, but base64 (msgpack) or escaping (JSON, here every
+    character is a quote) inside the response object is what Lambda has to send."""
+    key = "user-12"
+    owner = world.maps.v1.route(key)
+
+    def infer(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+        return '"' * (5 * MB if payload.get("big") else 10), {"n": 1}
+
+    proxy = world.proxy(owner.id, infer)
+    request = {"key": key, "payload": {"big": True}}
+    body = msgpack.packb(request) if content_type == MSGPACK else json.dumps(request).encode()
+    response = proxy.handle(url_event(body, content_type))
+    assert len(json.dumps(response)) <= MAX_PAYLOAD
+    assert response["statusCode"] == 413
+    assert url_reply(response)["error"] == "answer_too_large"
+    assert world.state_items() == {}
+    # Direct invoke of the same answer is 5 MB of JSON after escaping each quote: also too big.
+    assert proxy.handle(request)["status"] == 413
+    assert world.state_items() == {}
+
+
+def test_a_model_that_raises_gets_500_and_nothing_is_written(world: World) -> None:
+    key = "user-13"
+    owner = world.maps.v1.route(key)
+    counter = Counter()
+
+    def model(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+        answer, new_state = counter(key, payload, state)  # changes the state, then fails
+        if payload.get("fail"):
+            raise RuntimeError("the model broke")
+        return answer, new_state
+
+    proxy = world.proxy(owner.id, model)
+    reply = proxy.handle({"key": key, "payload": {"seq": 1, "fail": True}})
+    assert (reply["status"], reply["error"]) == (500, "handler_error")
+    assert "RuntimeError: the model broke" in reply["message"]
+    assert world.state_items() == {}
+    assert proxy.handle({"key": key, "payload": {"seq": 2}})["seq"] == 1
+    assert proxy.handle({"key": key, "payload": {"seq": 3, "fail": True}})["status"] == 500
+    assert proxy.handle({"key": key, "payload": {"seq": 4}})["answer"] == {"count": 2}
+    assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [2, 4]}  # type: ignore[index]
+
+
+def test_an_answer_that_cannot_be_encoded_is_a_500_not_a_retryable_503(world: World) -> None:
+    key = "user-14"
+    owner = world.maps.v1.route(key)
+    proxy = world.proxy(owner.id, lambda k, p, s: ({1, 2}, {"n": 1}))  # a set: no JSON
+    reply = proxy.handle({"key": key, "payload": None})
+    assert (reply["status"], reply["error"]) == (500, "bad_answer")
+    assert world.state_items() == {}
+
+
+# -- residency and failover ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "tag"), [("eu:anna", "us"), ("user-1", "mars")])
+def test_a_key_whose_tag_contradicts_residency_gets_422(world: World, key: str, tag: str) -> None:
+    model = Counter()
+    shard = world.maps.v1.route("user-1").id
+    reply = world.proxy(shard, model).handle({"key": key, "payload": {}, "jurisdiction": tag})
+    assert (reply["status"], reply["error"]) == (422, "residency")
+    assert model.calls == [] and world.state_items() == {}
+
+
+def test_failover_to_a_replica_answers_degraded_and_writes_nothing(world: World) -> None:
+    key = "eu:berta"
+    order = world.maps.v1.preference_list(key)
+    owner, replica = order[0], order[1]
+    assert replica.jurisdiction == "eu" and replica.region != owner.region
+    assert world.proxy(owner.id, Counter()).handle({"key": key, "payload": {"seq": 1}})[
+        "status"] == 200
+    before = world.state_items()
+
+    model = Counter()
+    proxy = world.proxy(replica.id, model)
+    reply = proxy.handle({"key": key, "payload": {"seq": 2}, "failover": True})
+    assert reply == {"status": 200, "answer": {"count": 1}, "shard": replica.id, "epoch": 0,
+                     "map_version": 1, "seq": 0, "replayed": False, "degraded": True}
+    assert model.calls == [None]  # the owner's state is neither read nor written
+    assert world.state_items() == before
+    # Without the failover flag the replica is just a non-owner.
+    assert proxy.handle({"key": key, "payload": {}})["status"] == 421
+
+
+def test_failover_to_another_jurisdiction_is_refused_with_421(world: World) -> None:
+    key = "eu:carla"
+    owner = world.maps.v1.route(key)
+    us_shard = world.maps.v1.route("user-1")
+    model = Counter()
+    reply = world.proxy(us_shard.id, model).handle(
+        {"key": key, "payload": {}, "failover": True})
+    assert reply == {"status": 421, "error": "moved", "owner": owner.id, "map_version": 1}
+    assert model.calls == [] and world.state_items() == {}
+
+
+# -- Function URLs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", [MSGPACK, "application/json"])
+def test_function_url_requests_round_trip_in_their_own_encoding(
+        world: World, content_type: str) -> None:
+    key = "user-21"
+    owner = world.maps.v1.route(key)
+    proxy = world.proxy(owner.id, Counter())
+
+    def send(request: dict[str, Any]) -> dict[str, Any]:
+        if content_type == MSGPACK:
+            return proxy.handle(url_event(msgpack.packb(request)))
+        return proxy.handle(url_event(json.dumps(request), content_type, b64=False))
+
+    response = send({"key": key, "payload": {"seq": 1}, "request_id": "u1"})
+    assert response["statusCode"] == 200
+    assert response["headers"] == {"content-type": content_type}
+    assert response["isBase64Encoded"] is (content_type == MSGPACK)
+    assert url_reply(response) == {"status": 200, "answer": {"count": 1}, "shard": owner.id,
+                                   "epoch": owner.epoch, "map_version": 1, "seq": 1,
+                                   "replayed": False}
+    assert url_reply(send({"key": key, "payload": {"seq": 1}, "request_id": "u1"}))["replayed"]
+
+    other = next(s for s in world.maps.v1.shards if s.jurisdiction == "us" and s.id != owner.id)
+    moved = world.proxy(other.id, Counter()).handle(
+        url_event(msgpack.packb({"key": key, "payload": {}})))
+    assert moved["statusCode"] == 421
+    assert url_reply(moved)["owner"] == owner.id
+
+
+# -- logs and metrics ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy_logs() -> Iterator[io.StringIO]:
+    """What the proxy's Powertools logger writes (JSON lines), for the duration of a test."""
+    stream = io.StringIO()
+    handler = handler_module.logger.registered_handler
+    old = handler.setStream(stream)  # type: ignore[attr-defined]
+    try:
+        yield stream
+    finally:
+        handler.setStream(old)  # type: ignore[attr-defined]
+
+
+def test_logs_carry_the_key_hash_and_never_the_key(world: World,
+                                                  proxy_logs: io.StringIO) -> None:
+    key = "user-SECRET-4711"
+    owner = world.maps.v1.route(key)
+
+    def model(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+        raise ValueError("no good")
+
+    assert world.proxy(owner.id, model).handle({"key": key, "payload": {}})["status"] == 500
+    # A failure in the table (here: a table that does not exist) is logged as well.
+    broken = world.proxy(owner.id, Counter(), table="no-such-table")
+    assert broken.handle({"key": key, "payload": {}})["status"] == 503
+
+    lines = [json.loads(line) for line in proxy_logs.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == ["inference handler failed", "request failed"]
+    assert all(line["key_hash"] == f"{hash_key(key):016x}" for line in lines)
+    assert key not in proxy_logs.getvalue()
+    assert "no good" in lines[0]["exception"]
+
+
+def test_a_log_line_never_carries_the_previous_requests_key_hash(
+        world: World, proxy_logs: io.StringIO) -> None:
+    key = "user-15"
+    owner = world.maps.v1.route(key)
+    registry = Registry(world.maps.env1)
+    proxy = world.proxy(owner.id, lambda k, p, s: 1 / 0, registry)
+    assert proxy.handle({"key": key, "payload": {}})["status"] == 500
+    registry.error = ConnectionError("the registry is unreachable")
+    reply = proxy.handle({"key": "user-16", "payload": {}, "map_version": 9})
+    assert reply["status"] == 503
+
+    first, second = (json.loads(line) for line in proxy_logs.getvalue().splitlines())
+    assert first["key_hash"] == f"{hash_key(key):016x}"
+    assert second["message"] == "request failed" and "key_hash" not in second
+
+
+def test_the_lambda_handler_prints_emf_metrics_per_shard(
+        world: World, maps: Maps, key_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="registry-bucket")
+    s3.put_object(Bucket="registry-bucket", Key="registry/map.skm", Body=maps.env1)
+    key = "user-31"
+    owner = maps.v1.route(key)
+    monkeypatch.setenv("SHARDKIT_SHARD", owner.id)
+    monkeypatch.setenv("SHARDKIT_REGISTRY", "s3://registry-bucket/registry/map.skm")
+    monkeypatch.setenv("SHARDKIT_TRUSTED_KEYS", format_trusted_keys(key_dir))
+    monkeypatch.setenv("SHARDKIT_TABLE", TABLE)
+    monkeypatch.setenv("SHARDKIT_HANDLER", f"{__name__}:echo_model")
+    capsys.readouterr()
+
+    reply = handler_module.handler({"key": key, "payload": {"n": 1}}, None)
+    assert reply["status"] == 200 and reply["answer"] == {"echo": {"n": 1}, "count": 1}
+    assert handler_module.handler({"key": key, "payload": {"n": 2}}, None)["seq"] == 2
+
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("{") and '"_aws"' in line]
+    assert len(docs) == 2  # one EMF document per invocation
+    for doc in docs:
+        (directive,) = doc["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "shardkit"
+        assert any("shard" in dims for dims in directive["Dimensions"])
+        assert {"requests", "latency"} <= {m["Name"] for m in directive["Metrics"]}
+        assert doc["shard"] == owner.id
+        assert doc["requests"] in (1, [1])  # this invocation's request, and only it
+    assert world.item(owner.id, key)["state"] == {"count": 2}  # type: ignore[index]
+
+
+def test_the_lambda_handler_reports_a_missing_model_cleanly(
+        world: World, maps: Maps, key_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="registry-bucket")
+    s3.put_object(Bucket="registry-bucket", Key="registry/map.skm", Body=maps.env1)
+    key = "user-32"
+    monkeypatch.setenv("SHARDKIT_SHARD", maps.v1.route(key).id)
+    monkeypatch.setenv("SHARDKIT_REGISTRY", "s3://registry-bucket/registry/map.skm")
+    monkeypatch.setenv("SHARDKIT_TRUSTED_KEYS", format_trusted_keys(key_dir))
+    monkeypatch.setenv("SHARDKIT_TABLE", TABLE)
+    monkeypatch.setenv("SHARDKIT_HANDLER", "no_such_module_here:infer")
+    reply = handler_module.handler({"key": key, "payload": {}}, None)
+    assert (reply["status"], reply["error"]) == (500, "no_handler")
+    assert "no_such_module_here" in reply["message"]
+    assert world.state_items() == {}

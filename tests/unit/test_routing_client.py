@@ -1,0 +1,473 @@
+"""The routing client over a MockTransport: redirects, retries, the retry budget, failover and
+hedging. No AWS: the transport is a function that plays the shards.
+
+Maps are signed for real and held by a real MapHolder; version 2 adds a fifth "us" shard, so
+some us keys move. Sleeps and the clock are injected, so backoff and avoidance are observed,
+never waited for (hedging is the one place where real threads race, ordered by events).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import shardkit
+from shardkit.errors import NoEligibleShardError, RoutingError
+from shardkit.routing import (
+    InferenceError,
+    MockTransport,
+    Result,
+    RetryPolicy,
+    RoutingClient,
+    TransportError,
+)
+from shardkit.sharding.codec import encode_map
+from shardkit.sharding.holder import MapHolder
+from shardkit.sharding.shardmap import Shard
+
+CONFIG: dict[str, Any] = {
+    "project": {"name": "routingtest"},
+    "hashing": {"algorithm": "xxh64-v1", "slot_bits": 10},
+    "signing": {"key_id": "test-key", "map_ttl_hours": 24},
+    "regions": {
+        "eu-west-1": {"jurisdiction": "eu"},
+        "eu-central-1": {"jurisdiction": "eu"},
+        "us-east-1": {"jurisdiction": "us"},
+        "us-west-2": {"jurisdiction": "us"},
+    },
+    "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
+    "groups": {
+        "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 4,
+               "replicas": 1},
+        "us": {"jurisdiction": "us", "regions": ["us-east-1", "us-west-2"], "shards": 4,
+               "replicas": 1},
+    },
+}
+NO_SLEEP_BUDGET = RetryPolicy(attempts=10, budget_floor=1000.0, avoid_s=60.0)
+
+
+@dataclass(frozen=True)
+class Maps:
+    v1: shardkit.ShardMap
+    v2: shardkit.ShardMap
+    env1: bytes
+    env2: bytes
+    trusted: dict[str, bytes]
+
+    def moved_key(self) -> str:
+        return next(k for k in (f"user-{i}" for i in range(10_000))
+                    if self.v1.route(k).id != self.v2.route(k).id)
+
+
+@pytest.fixture(scope="session")
+def maps(config_from: Callable[[dict[str, Any]], Any], signing_key: Any,
+         trusted_keys: dict[str, bytes]) -> Maps:
+    v1 = shardkit.build_map(config_from(CONFIG))
+    more = copy.deepcopy(CONFIG)
+    more["groups"]["us"]["shards"] = 5
+    v2 = shardkit.build_map(config_from(more), v1)
+    return Maps(v1, v2, encode_map(v1, signing_key.key_id, signing_key.sign),
+                encode_map(v2, signing_key.key_id, signing_key.sign), trusted_keys)
+
+
+class Registry:
+    """Serves the given envelopes one fetch at a time (the last one from then on)."""
+
+    def __init__(self, *envelopes: bytes) -> None:
+        self.envelopes = list(envelopes)
+        self.fetches = 0
+
+    def fetch(self) -> bytes:
+        self.fetches += 1
+        return self.envelopes[min(self.fetches, len(self.envelopes)) - 1]
+
+
+class Shards:
+    """The fleet, played by ``behave(shard, request) -> reply`` (or raise); records every call."""
+
+    def __init__(self, behave: Callable[[Shard, dict[str, Any]], dict[str, Any]]) -> None:
+        self.behave = behave
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.calls.append((shard.id, dict(request)))
+        return self.behave(shard, request)
+
+    @property
+    def shards(self) -> list[str]:
+        return [shard for shard, _ in self.calls]
+
+
+def served(shard: Shard, request: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A proxy's 200 answer (degraded when the request is a failover)."""
+    reply = {"status": 200, "answer": {"echo": request["payload"]}, "shard": shard.id,
+             "epoch": shard.epoch, "map_version": request["map_version"], "seq": 1,
+             "replayed": False, **extra}
+    if request.get("failover"):
+        reply.update(degraded=True, seq=0, epoch=0)
+    return reply
+
+
+def make_client(maps: Maps, shards: Shards, *envelopes: bytes, retry: RetryPolicy | None = None,
+                sleeps: list[float] | None = None, clock: Callable[[], float] = lambda: 0.0,
+                hedge_after_s: float | None = None) -> tuple[RoutingClient, Registry]:
+    registry = Registry(*(envelopes or (maps.env1,)))
+    holder = MapHolder(maps.trusted, registry.fetch)
+    holder.refresh()
+    sleep = (sleeps.append if sleeps is not None else lambda s: None)
+    client = RoutingClient(holder, MockTransport(shards), retry=retry or NO_SLEEP_BUDGET,
+                           clock=clock, sleep=sleep, hedge_after_s=hedge_after_s)
+    return client, registry
+
+
+# -- the decision record ------------------------------------------------------------------------
+
+
+def test_a_result_records_where_and_how_the_answer_came(maps: Maps) -> None:
+    key = "eu:anna"
+    owner = maps.v1.route(key)
+    fleet = Shards(lambda s, r: {**served(s, r), "epoch": 7, "seq": 3, "replayed": True})
+    client, _ = make_client(maps, fleet)
+    result = client.infer(key, {"text": "hi"}, request_id="req-1")
+    assert isinstance(result, Result)
+    assert (result.key, result.answer, result.shard, result.region, result.jurisdiction) == (
+        key, {"echo": {"text": "hi"}}, owner.id, owner.region, "eu")
+    assert (result.epoch, result.map_version, result.seq, result.replayed) == (7, 1, 3, True)
+    assert (result.attempts, result.redirected, result.failover, result.hedged) == (
+        1, False, False, False)
+    assert result.latency_s >= 0
+    assert fleet.calls == [(owner.id, {"key": key, "payload": {"text": "hi"}, "map_version": 1,
+                                       "request_id": "req-1"})]
+
+    tagged = client.infer("user-1", None, jurisdiction="eu")
+    assert tagged.jurisdiction == "eu" and tagged.shard == maps.v1.route("user-1", "eu").id
+    assert fleet.calls[-1][1]["jurisdiction"] == "eu"
+    fresh = fleet.calls[-1][1]["request_id"]
+    assert isinstance(fresh, str) and len(fresh) >= 16 and fresh != "req-1"  # a new id per call
+    assert client.infer("user-1").seq == 3 and fleet.calls[-1][1]["request_id"] != fresh
+
+
+def test_an_answer_from_the_wrong_shard_is_refused(maps: Maps) -> None:
+    fleet = Shards(lambda s, r: {**served(s, r), "shard": "someone-else"})
+    client, _ = make_client(maps, fleet)
+    with pytest.raises(RoutingError, match="answered as 'someone-else'"):
+        client.infer("user-1")
+
+
+# -- redirects ----------------------------------------------------------------------------------
+
+
+def _v2_fleet(maps: Maps) -> Shards:
+    """Shards that all hold version 2: a non-owner answers 421 with the owner."""
+
+    def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        owner = maps.v2.route(request["key"])
+        if owner.id != shard.id:
+            return {"status": 421, "error": "moved", "owner": owner.id, "map_version": 2}
+        return served(maps.v2.shard(shard.id), request)
+
+    return Shards(behave)
+
+
+def test_a_redirect_refreshes_the_map_and_converges_in_one_hop(maps: Maps) -> None:
+    key = maps.moved_key()
+    old, new = maps.v1.route(key), maps.v2.route(key)
+    fleet = _v2_fleet(maps)
+    client, registry = make_client(maps, fleet, maps.env1, maps.env2)
+    result = client.infer(key, {"seq": 1})
+    assert (result.shard, result.map_version, result.redirected, result.attempts) == (
+        new.id, 2, True, 2)
+    assert fleet.shards == [old.id, new.id]
+    assert [r["map_version"] for _, r in fleet.calls] == [1, 2]
+    assert len({r["request_id"] for _, r in fleet.calls}) == 1  # one request, applied once
+    assert registry.fetches == 2 and client.holder.version == 2
+
+    again = client.infer(key, {"seq": 2})  # the client now routes with version 2 directly
+    assert (again.shard, again.redirected, again.attempts) == (new.id, False, 1)
+    assert registry.fetches == 2
+
+
+def test_a_second_redirect_in_one_call_is_an_error(maps: Maps) -> None:
+    key = maps.moved_key()
+    fleet = Shards(lambda s, r: {"status": 421, "error": "moved", "owner": "us-0",
+                                 "map_version": 2})
+    client, registry = make_client(maps, fleet, maps.env1, maps.env2)
+    with pytest.raises(InferenceError) as err:
+        client.infer(key)
+    assert (err.value.status, err.value.code) == (421, "moved")
+    assert len(fleet.calls) == 2 and registry.fetches == 2
+
+
+def test_a_redirect_to_a_map_the_registry_does_not_have_yet_is_an_error(maps: Maps) -> None:
+    fleet = Shards(lambda s, r: {"status": 421, "error": "moved", "owner": "us-0",
+                                 "map_version": 5})
+    client, registry = make_client(maps, fleet, maps.env1)
+    with pytest.raises(RoutingError, match="still serves version 1"):
+        client.infer("user-1")
+    assert len(fleet.calls) == 1 and registry.fetches == 2
+
+
+# -- retries, backoff and the budget ------------------------------------------------------------
+
+
+def _flaky(failures: int, status: int = 503) -> Shards:
+    count = {"n": 0}
+
+    def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        count["n"] += 1
+        if count["n"] <= failures:
+            return {"status": status, "error": "busy", "message": "try again"}
+        return served(shard, request)
+
+    return Shards(behave)
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_a_transient_answer_is_retried_on_the_same_shard(maps: Maps, status: int) -> None:
+    fleet = _flaky(1, status)
+    sleeps: list[float] = []
+    client, _ = make_client(maps, fleet, sleeps=sleeps)
+    result = client.infer("user-1")
+    assert result.attempts == 2 and len(sleeps) == 1
+    assert fleet.shards == [maps.v1.route("user-1").id] * 2  # an answer is no reason to fail over
+    assert len({r["request_id"] for _, r in fleet.calls}) == 1
+
+
+def test_a_non_transient_error_answer_is_raised_at_once(maps: Maps) -> None:
+    fleet = _flaky(1, 500)
+    sleeps: list[float] = []
+    client, _ = make_client(maps, fleet, sleeps=sleeps)
+    with pytest.raises(InferenceError) as err:
+        client.infer("user-1")
+    assert (err.value.status, err.value.code, err.value.shard) == (
+        500, "busy", maps.v1.route("user-1").id)
+    assert len(fleet.calls) == 1 and sleeps == []
+
+
+def test_backoff_ceilings_double_up_to_the_cap(maps: Maps, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    drawn: list[tuple[float, float]] = []
+
+    def uniform(a: float, b: float) -> float:
+        drawn.append((a, b))
+        return b  # the top of the jitter range, to see the ceiling itself
+
+    monkeypatch.setattr(random, "uniform", uniform)  # the client imports random lazily
+    policy = RetryPolicy(attempts=6, base_s=0.1, cap_s=0.5, budget_floor=100.0)
+    sleeps: list[float] = []
+    client, _ = make_client(maps, _flaky(5), retry=policy, sleeps=sleeps)
+    assert client.infer("user-1").attempts == 6
+    assert drawn == [(0, c) for c in (0.1, 0.2, 0.4, 0.5, 0.5)]
+    assert sleeps == [0.1, 0.2, 0.4, 0.5, 0.5]
+
+
+def test_backoff_is_full_jitter_within_the_ceiling(maps: Maps) -> None:
+    policy = RetryPolicy(attempts=5, base_s=0.02, cap_s=0.05, budget_floor=1000.0)
+    by_retry: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
+    for _ in range(40):
+        sleeps: list[float] = []
+        client, _ = make_client(maps, _flaky(4), retry=policy, sleeps=sleeps)
+        client.infer("user-1")
+        assert len(sleeps) == 4
+        for n, s in enumerate(sleeps, 1):
+            by_retry[n].append(s)
+    for n, values in by_retry.items():
+        ceiling = min(policy.cap_s, policy.base_s * 2 ** (n - 1))
+        assert all(0 <= v <= ceiling for v in values)
+        assert len(set(values)) > 1  # jittered, not a fixed delay
+
+
+def test_the_retry_budget_stops_retries_when_everything_fails(maps: Maps) -> None:
+    policy = RetryPolicy(attempts=4, budget_ratio=0.2, budget_floor=10.0)
+    fleet = Shards(lambda s, r: {"status": 503, "error": "unavailable", "message": "down"})
+    sleeps: list[float] = []
+    client, _ = make_client(maps, fleet, retry=policy, sleeps=sleeps)
+    for i in range(100):
+        with pytest.raises(InferenceError):
+            client.infer(f"user-{i}")
+    retries = len(fleet.calls) - 100
+    assert retries == len(sleeps)
+    # Unbudgeted it would be 300 retries; the bucket allows its 10, plus 0.2 per request.
+    assert 10 <= retries <= 10 + 0.2 * 100 + 1
+    before = len(fleet.calls)
+    for i in range(50):
+        with pytest.raises(InferenceError):
+            client.infer(f"late-{i}")
+    assert len(fleet.calls) - before <= 50 + 0.2 * 50 + 1  # mostly one try each
+
+
+def test_transport_failures_spend_the_same_budget(maps: Maps) -> None:
+    policy = RetryPolicy(attempts=4, budget_ratio=0.1, budget_floor=3.0, avoid_s=0.0)
+
+    def down(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        raise TransportError("connection refused")
+
+    fleet = Shards(down)
+    client, _ = make_client(maps, fleet, retry=policy)
+    for i in range(40):
+        with pytest.raises(RoutingError):
+            client.infer(f"user-{i}")
+    assert len(fleet.calls) - 40 <= 3 + 0.1 * 40 + 1
+
+
+def test_a_non_retryable_transport_error_is_not_retried(maps: Maps) -> None:
+    def denied(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        raise TransportError("AccessDeniedException", retryable=False)
+
+    fleet = Shards(denied)
+    sleeps: list[float] = []
+    client, _ = make_client(maps, fleet, sleeps=sleeps)
+    with pytest.raises(RoutingError, match="AccessDeniedException"):
+        client.infer("user-1")
+    assert len(fleet.calls) == 1 and sleeps == []
+
+
+# -- failover -----------------------------------------------------------------------------------
+
+
+def _failing(down: set[str]) -> Shards:
+    def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        if shard.id in down:
+            raise TransportError(f"{shard.id} is down")
+        return served(shard, request)
+
+    return Shards(behave)
+
+
+FAILOVER_KEYS = ["user-1", "user-2", "eu:anna", "eu:bert", "tenant-77"]
+ALL_SHARDS = [f"eu-{i}" for i in range(4)] + [f"us-{i}" for i in range(4)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(FAILOVER_KEYS), down=st.sets(st.sampled_from(ALL_SHARDS)))
+def test_failover_walks_the_preference_list_inside_the_jurisdiction(
+        maps: Maps, key: str, down: set[str]) -> None:
+    order = [s.id for s in maps.v1.preference_list(key)]
+    jurisdiction = maps.v1.route(key).jurisdiction
+    fleet = _failing(down)
+    client, _ = make_client(maps, fleet)
+    healthy = [s for s in order if s not in down]
+    if not healthy:
+        with pytest.raises(NoEligibleShardError):
+            client.infer(key)
+        assert fleet.shards == order  # each shard of the jurisdiction once, nothing else
+    else:
+        result = client.infer(key)
+        tried = order[: order.index(healthy[0]) + 1]
+        assert fleet.shards == tried
+        assert result.shard == healthy[0] and result.jurisdiction == jurisdiction
+        assert result.failover is (healthy[0] != order[0])
+        assert [r.get("failover", False) for _, r in fleet.calls] == [
+            s != order[0] for s in tried]
+    assert all(maps.v1.shard(s).jurisdiction == jurisdiction for s in fleet.shards)
+    assert len({r["request_id"] for _, r in fleet.calls}) == 1
+
+
+def test_all_shards_of_the_jurisdiction_down_is_an_error_never_another_region(
+        maps: Maps) -> None:
+    eu = {s.id for s in maps.v1.shards if s.jurisdiction == "eu"}
+    fleet = _failing(eu)
+    client, _ = make_client(maps, fleet)
+    with pytest.raises(NoEligibleShardError, match="jurisdiction 'eu'"):
+        client.infer("eu:anna")
+    assert set(fleet.shards) == eu and len(fleet.shards) == len(eu)
+    # With the default four attempts the call gives up first: still never outside eu.
+    fleet = _failing(eu)
+    client, _ = make_client(maps, fleet, retry=RetryPolicy(budget_floor=100.0))
+    with pytest.raises(RoutingError):
+        client.infer("eu:anna")
+    assert set(fleet.shards) <= eu
+
+
+def test_a_failed_shard_is_avoided_for_avoid_s_then_tried_again(maps: Maps) -> None:
+    key = "user-1"
+    owner, replica = (s.id for s in maps.v1.preference_list(key)[:2])
+    now = {"t": 0.0}
+    down = {owner}
+    fleet = _failing(down)
+    client, _ = make_client(maps, fleet, clock=lambda: now["t"],
+                            retry=RetryPolicy(avoid_s=5.0, budget_floor=100.0))
+    assert client.infer(key).shard == replica
+    assert fleet.shards == [owner, replica]
+
+    down.clear()
+    now["t"] = 4.0  # still avoided: straight to the replica
+    assert client.infer(key).failover
+    assert fleet.shards[2:] == [replica]
+    now["t"] = 5.5  # the owner gets its traffic back
+    result = client.infer(key)
+    assert (result.shard, result.failover) == (owner, False)
+
+
+# -- hedging ------------------------------------------------------------------------------------
+
+
+def test_a_slow_owner_is_hedged_with_the_same_request_id(maps: Maps) -> None:
+    release = threading.Event()
+    count = {"n": 0}
+
+    def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        with fleet.lock:
+            count["n"] += 1
+            n = count["n"]
+        if n == 1:
+            assert release.wait(10)  # the first call hangs until the test is done
+        return served(shard, request, answer={"call": n})
+
+    fleet = Shards(behave)
+    client, _ = make_client(maps, fleet, hedge_after_s=0.05)
+    try:
+        result = client.infer("user-1", {"seq": 1})
+    finally:
+        release.set()
+        client.close()
+    assert result.hedged and result.answer == {"call": 2}
+    owner = maps.v1.route("user-1").id
+    assert fleet.shards == [owner, owner]
+    first, second = (request for _, request in fleet.calls)
+    assert first == second  # the very same request: same request id, so applied once
+
+
+def test_a_hedge_answers_when_the_first_call_fails(maps: Maps) -> None:
+    hedged, first_failed = threading.Event(), threading.Event()
+    count = {"n": 0}
+
+    def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        with fleet.lock:
+            count["n"] += 1
+            n = count["n"]
+        if n == 1:
+            assert hedged.wait(10)
+            first_failed.set()
+            raise TransportError("connection reset")
+        hedged.set()
+        assert first_failed.wait(10)
+        return served(shard, request, answer={"call": n})
+
+    fleet = Shards(behave)
+    client, _ = make_client(maps, fleet, hedge_after_s=0.01)
+    try:
+        result = client.infer("user-1")
+    finally:
+        client.close()
+    assert result.hedged and result.answer == {"call": 2} and result.attempts == 1
+
+
+def test_a_fast_owner_is_not_hedged(maps: Maps) -> None:
+    fleet = Shards(served)
+    client, _ = make_client(maps, fleet, hedge_after_s=5.0)
+    try:
+        result = client.infer("user-1")
+    finally:
+        client.close()
+    assert not result.hedged and len(fleet.calls) == 1
