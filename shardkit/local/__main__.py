@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from moto.server import ThreadedMotoServer
 
+    serialise_dynamodb()
     server = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
     server.start()
     activity = Activity()
@@ -88,6 +89,40 @@ def main(argv: list[str] | None = None) -> int:
         remove_record(root, instance)
     _log("stopped")
     return 0
+
+
+#: DynamoDB operations that read or write items in moto's backend.
+_DYNAMODB_ITEM_OPERATIONS = ("put_item", "update_item", "delete_item", "get_item", "query",
+                             "scan", "transact_write_items", "transact_get_items",
+                             "batch_write_item", "batch_get_item")
+
+
+def serialise_dynamodb() -> None:
+    """Run moto's DynamoDB item operations one at a time.
+
+    moto 5.2's ``transact_write_items`` snapshots every table it touches and, when a condition
+    fails, puts the snapshot back - undoing any write another thread made in between. Real
+    DynamoDB never does that, and shardkit's fenced writes fail conditions on purpose, so under
+    concurrent traffic acknowledged writes could vanish from the local cloud. One lock around the
+    item operations makes each one atomic with respect to the others, as DynamoDB's are.
+    """
+    import functools
+
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in _DYNAMODB_ITEM_OPERATIONS:
+        original = getattr(DynamoDBBackend, name, None)
+        if original is None or getattr(original, "_shardkit_serialised", False):
+            continue
+
+        def serialised(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with lock:
+                return _original(*args, **kwargs)
+
+        wrapper = functools.wraps(original)(serialised)
+        wrapper._shardkit_serialised = True  # type: ignore[attr-defined]
+        setattr(DynamoDBBackend, name, wrapper)
 
 
 def _gateway(root: Path, endpoint: str) -> Any:
