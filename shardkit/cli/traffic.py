@@ -118,11 +118,12 @@ def traffic_cmd(project_dir: Path, total: int, keys: int, threads: int, seed: in
         emit_json(report)
         return
     for title, rows in (("per shard", report["shards"]), ("per region", report["regions"])):
-        table = Table(title, "requests", "p50 ms", "p99 ms", "errors", "redirects",
+        table = Table(title, "requests", "p50 ms", "p99 ms", "errors", "redirects", "degraded",
                       title=f"{report['requests']} requests, {report['rps']:.0f}/s")
         for name, row in rows.items():
             table.add_row(name, str(row["requests"]), f"{row['p50_ms']:.1f}",
-                          f"{row['p99_ms']:.1f}", str(row["errors"]), str(row["redirects"]))
+                          f"{row['p99_ms']:.1f}", str(row["errors"]), str(row["redirects"]),
+                          str(row["degraded"]))
         console.print(table)
 
 
@@ -130,6 +131,7 @@ def _record(r: Result) -> dict[str, Any]:
     return {"key": r.key, "jurisdiction": r.jurisdiction, "region": r.region, "shard": r.shard,
             "epoch": r.epoch, "map_version": r.map_version, "latency_ms": r.latency_s * 1000,
             "attempts": r.attempts, "redirected": r.redirected, "failover": r.failover,
+            "degraded": r.degraded,
             "seq": r.seq, "answer": r.answer}
 
 
@@ -156,10 +158,12 @@ def _run(client: RoutingClient, work: list[list[tuple[str, dict[str, Any]]]],
             try:
                 r = client.infer(key, payload)
                 row = {"shard": r.shard, "region": r.region, "ok": True,
-                       "redirected": r.redirected, "ms": r.latency_s * 1000}
+                       "redirected": r.redirected, "degraded": r.degraded,
+                       "ms": r.latency_s * 1000}
             except (InferenceError, ShardkitError) as exc:
                 row = {"shard": getattr(exc, "shard", "?"), "region": "?", "ok": False,
-                       "redirected": False, "ms": (time.perf_counter() - t) * 1000,
+                       "redirected": False, "degraded": False,
+                       "ms": (time.perf_counter() - t) * 1000,
                        "error": exc.message}
             with lock:
                 outcomes.append(row)
@@ -178,6 +182,7 @@ def _report(outcomes: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
     report: dict[str, Any] = {"requests": len(outcomes), "seconds": elapsed,
                               "rps": len(outcomes) / elapsed if elapsed else 0.0,
                               "errors": sum(not o["ok"] for o in outcomes),
+                              "degraded": sum(o["degraded"] for o in outcomes),
                               "first_errors": [o["error"] for o in outcomes if not o["ok"]][:5]}
     for name, groups in by.items():
         report[name] = {k: _stats(v) for k, v in sorted(groups.items())}
@@ -189,7 +194,8 @@ def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
     return {"requests": len(rows), "p50_ms": statistics.median(ms), "p99_ms": p99,
             "errors": sum(not o["ok"] for o in rows),
-            "redirects": sum(o["redirected"] for o in rows)}
+            "redirects": sum(o["redirected"] for o in rows),
+            "degraded": sum(o["degraded"] for o in rows)}
 
 
 # -- traffic --edge ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InferenceError, RoutingError
@@ -42,6 +42,7 @@ class RetryPolicy:
     budget_ratio: float = 0.2  # retries allowed per request, on average
     budget_floor: float = 10.0  # retries always allowed (bucket size)
     avoid_s: float = 5.0  # how long a failing shard is avoided
+    failures_to_avoid: int = 2  # consecutive failures (not throttles) before it is avoided
     timeout_s: float = 30.0
 
 
@@ -63,7 +64,7 @@ class Result:
     failover: bool = False
     hedged: bool = False
     replayed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    degraded: bool = False  # a replica answered without the key's state (failover)
 
 
 class _Budget:
@@ -97,6 +98,7 @@ class RoutingClient:
         self._clock, self._sleep = clock, sleep
         self._budget = _Budget(self.retry.budget_ratio, self.retry.budget_floor)
         self._avoid: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
         self._pool = _hedging_pool() if hedge_after_s is not None else None
 
     def infer(self, key: str, payload: Any = None, *, jurisdiction: str | None = None,
@@ -123,10 +125,12 @@ class RoutingClient:
                 reply, hedged = self._send(shard, request)
             except TransportError as exc:
                 last_error = exc
-                self._mark_failed(shard)
+                if not exc.throttled:  # a throttled shard is busy, not down: no failover
+                    self._mark_failed(shard)
                 if not exc.retryable or not self._backoff(attempts):
                     break
                 continue
+            self._failures.pop(shard.id, None)
             status = reply.get("status")
             if status == 200:
                 return self._result(key, reply, shard, started, attempts, redirected,
@@ -161,7 +165,11 @@ class RoutingClient:
         return shard_map.route_avoiding(key, avoided, jurisdiction)  # NoEligibleShardError
 
     def _mark_failed(self, shard: Shard) -> None:
-        self._avoid[shard.id] = self._clock() + self.retry.avoid_s
+        """Avoid a shard once it failed ``failures_to_avoid`` times in a row: one lost reply is
+        not an outage, and every failover answer is a degraded one."""
+        count = self._failures[shard.id] = self._failures.get(shard.id, 0) + 1
+        if count >= self.retry.failures_to_avoid:
+            self._avoid[shard.id] = self._clock() + self.retry.avoid_s
 
     def _backoff(self, attempts: int) -> bool:
         if attempts >= self.retry.attempts or not self._budget.spend():
@@ -210,6 +218,7 @@ class RoutingClient:
             map_version=int(reply.get("map_version", 0)), seq=int(reply.get("seq", 0)),
             latency_s=time.perf_counter() - started, attempts=attempts, redirected=redirected,
             failover=failover, hedged=hedged, replayed=bool(reply.get("replayed")),
+            degraded=bool(reply.get("degraded")),
         )
 
 

@@ -25,11 +25,13 @@ __all__ = ["FunctionUrlTransport", "LambdaTransport", "MockTransport", "Transpor
 
 
 class TransportError(Exception):
-    """No reply from the shard. ``retryable`` says whether trying again may help."""
+    """No reply from the shard. ``retryable`` says whether trying again may help; ``throttled``
+    that the shard is healthy but busy (try it again later, do not fail over)."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, throttled: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.throttled = throttled
 
 
 class Transport:
@@ -92,7 +94,8 @@ class LambdaTransport(Transport):
             code = exc.response.get("Error", {}).get("Code", "")
             retryable = code in {"TooManyRequestsException", "ServiceException",
                                  "ResourceNotReadyException", "EC2ThrottledException"}
-            raise TransportError(f"invoke {shard.id}: {code}", retryable=retryable) from None
+            raise TransportError(f"invoke {shard.id}: {code}", retryable=retryable,
+                                 throttled=code == "TooManyRequestsException") from None
         except BotoCoreError as exc:
             raise TransportError(f"invoke {shard.id}: {exc}") from None
         body = out["Payload"].read()
@@ -134,7 +137,8 @@ class FunctionUrlTransport(Transport):
             if exc.headers.get("content-type", "").startswith("application/msgpack"):
                 return msgpack.unpackb(data, raw=False)
             raise TransportError(f"{shard.id}: HTTP {exc.code}",
-                                 retryable=exc.code in (429, 502, 503, 504)) from None
+                                 retryable=exc.code in (429, 502, 503, 504),
+                                 throttled=exc.code == 429) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise TransportError(f"{shard.id}: {exc}") from None
 

@@ -51,7 +51,9 @@ CONFIG: dict[str, Any] = {
                "replicas": 1},
     },
 }
-NO_SLEEP_BUDGET = RetryPolicy(attempts=10, budget_floor=1000.0, avoid_s=60.0)
+# Failover order is what these tests are about: avoid a shard at its first failure.
+NO_SLEEP_BUDGET = RetryPolicy(attempts=10, budget_floor=1000.0, avoid_s=60.0,
+                              failures_to_avoid=1)
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,8 @@ def test_a_failed_shard_is_avoided_for_avoid_s_then_tried_again(maps: Maps) -> N
     down = {owner}
     fleet = _failing(down)
     client, _ = make_client(maps, fleet, clock=lambda: now["t"],
-                            retry=RetryPolicy(avoid_s=5.0, budget_floor=100.0))
+                            retry=RetryPolicy(avoid_s=5.0, budget_floor=100.0,
+                                              failures_to_avoid=1))
     assert client.infer(key).shard == replica
     assert fleet.shards == [owner, replica]
 
@@ -407,6 +410,47 @@ def test_a_failed_shard_is_avoided_for_avoid_s_then_tried_again(maps: Maps) -> N
     now["t"] = 5.5  # the owner gets its traffic back
     result = client.infer(key)
     assert (result.shard, result.failover) == (owner, False)
+
+
+def test_one_lost_reply_is_retried_on_the_owner_two_in_a_row_fail_over(maps: Maps) -> None:
+    key = "user-1"
+    owner, replica = (s.id for s in maps.v1.preference_list(key)[:2])
+    lost = {"n": 1}
+
+    def flaky(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        if shard.id == owner and lost["n"] > 0:
+            lost["n"] -= 1
+            raise TransportError(f"{shard.id}: connection reset")
+        return served(shard, request)
+
+    fleet = Shards(flaky)
+    policy = RetryPolicy(attempts=6, budget_floor=100.0, avoid_s=60.0)  # default threshold: 2
+    client, _ = make_client(maps, fleet, retry=policy)
+    result = client.infer(key)
+    assert fleet.shards == [owner, owner] and (result.shard, result.degraded) == (owner, False)
+
+    lost["n"] = 2
+    result = client.infer(key)
+    assert fleet.shards[2:] == [owner, owner, replica]
+    assert (result.shard, result.failover, result.degraded) == (replica, True, True)
+
+
+def test_a_throttled_owner_is_retried_never_failed_over(maps: Maps) -> None:
+    key = "user-1"
+    owner = maps.v1.route(key).id
+    throttles = {"n": 4}
+
+    def busy(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        if throttles["n"] > 0:
+            throttles["n"] -= 1
+            raise TransportError(f"invoke {shard.id}: TooManyRequestsException", throttled=True)
+        return served(shard, request)
+
+    fleet = Shards(busy)
+    client, _ = make_client(maps, fleet, retry=RetryPolicy(attempts=6, budget_floor=100.0,
+                                                           failures_to_avoid=1))
+    result = client.infer(key)
+    assert fleet.shards == [owner] * 5 and (result.shard, result.failover) == (owner, False)
 
 
 # -- hedging ------------------------------------------------------------------------------------
