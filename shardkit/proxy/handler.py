@@ -127,6 +127,8 @@ class Proxy:
                 raise ProxyError(413, "answer_too_large",
                                  f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written")
             if new_state is None:
+                if not self.store.is_current(request.key, state):
+                    continue  # another instance wrote this key: answer from what it wrote
                 return reply
             try:
                 self.store.save(request.key, state, new_state, request.request_id, answer, epoch)

@@ -42,12 +42,13 @@ class StateTooLarge(Exception):
 
 
 class KeyState:
-    __slots__ = ("applied", "seq", "value")
+    __slots__ = ("applied", "cached", "seq", "value")
 
-    def __init__(self, seq: int, value: Any, applied: dict[str, Any]) -> None:
+    def __init__(self, seq: int, value: Any, applied: dict[str, Any], cached: bool = False):
         self.seq = seq
         self.value = value
         self.applied = applied
+        self.cached = cached  # came from this instance's LRU, not from the table just now
 
 
 class StateStore:
@@ -62,7 +63,7 @@ class StateStore:
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
-            return cached
+            return KeyState(cached.seq, cached.value, cached.applied, cached=True)
         item = self._client.get_item(TableName=self._table, Key=self._key(key),
                                      ConsistentRead=True).get("Item")
         if item is None:
@@ -70,6 +71,20 @@ class StateStore:
         data = msgpack.unpackb(item["data"]["B"], raw=False)
         return self._remember(key, KeyState(int(item["seq"]["N"]), data["state"],
                                             data["applied"]))
+
+    def is_current(self, key: str, state: KeyState) -> bool:
+        """Whether ``state`` is still what the table holds. A state just read is; a cached one
+        is checked with a consistent read of ``seq`` alone. Writes need no such check (their
+        condition on ``seq`` is one), but a read-only answer from a stale cache would show a
+        key as it was before another instance's acknowledged write."""
+        if not state.cached:
+            return True
+        item = self._client.get_item(TableName=self._table, Key=self._key(key),
+                                     ConsistentRead=True, ProjectionExpression="seq").get("Item")
+        if (int(item["seq"]["N"]) if item else 0) == state.seq:
+            return True
+        self._cache.pop(key, None)
+        return False
 
     def save(self, key: str, before: KeyState, value: Any, request_id: str | None,
              answer: Any, epoch: int) -> KeyState:

@@ -266,6 +266,27 @@ def test_the_owner_serves_and_counts_its_writes(world: World) -> None:
     assert list(world.state_items()) == [f"{owner.id}#{key}"]
 
 
+def test_a_read_on_a_warm_instance_sees_another_instances_acknowledged_write(
+        world: World) -> None:
+    """Two warm instances of one shard: a read-only request must not answer from a cached state
+    that another instance's acknowledged write has replaced."""
+    key = "user-7"
+    owner = world.maps.v1.route(key)
+
+    def model(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+        count = (state or {}).get("count", 0)
+        if payload.get("read"):
+            return {"count": count}, None
+        return {"count": count + 1}, {"count": count + 1}
+
+    first, second = world.proxy(owner.id, model), world.proxy(owner.id, model)
+    assert first.handle({"key": key, "payload": {}})["answer"] == {"count": 1}  # first caches
+    assert second.handle({"key": key, "payload": {}})["answer"] == {"count": 2}
+    read = first.handle({"key": key, "payload": {"read": True}})
+    assert (read["answer"], read["seq"]) == ({"count": 2}, 2)
+    assert world.item(owner.id, key)["seq"] == 2  # the read wrote nothing
+
+
 def test_a_non_owner_redirects_and_does_no_work(world: World) -> None:
     key = "user-7"
     owner = world.maps.v1.route(key)
