@@ -15,7 +15,12 @@ The user's function is named by ``SHARDKIT_HANDLER`` (``module:function``) and c
 
 Logs carry the key's hash, never the key. Metrics go out as EMF per shard (requests, errors,
 latency, state size). Powertools' Tracer is off unless ``SHARDKIT_TRACING=1`` (cold starts).
-boto3 is imported on the first request, not at import time.
+
+Import cost: importing Powertools costs ~120-180 ms without bytecode (its top-level package loads
+Logger, ``inspect`` and jmespath), three times everything else here. Logger and Metrics are
+therefore made on first use (the first request), like boto3, so importing this module stays
+cheap for everything that is not a request; with provisioned concurrency, where the init phase
+is free of request latency, set ``SHARDKIT_POWERTOOLS_AT_IMPORT=1`` to pay it at import instead.
 """
 
 from __future__ import annotations
@@ -27,8 +32,6 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from aws_lambda_powertools.logging import Logger
-from aws_lambda_powertools.metrics import Metrics, MetricUnit
 
 from ..errors import MapError, ResidencyError
 from ..sharding.hashing import hash_key
@@ -46,8 +49,33 @@ from .state import Conflict, Fenced, StateStore, StateTooLarge
 
 __all__ = ["Proxy", "handler"]
 
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "shardkit-proxy"))
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "shardkit"))
+_tools: Any = None
+
+
+class _Powertools:
+    """The Powertools Logger and Metrics of this process, made on first use."""
+
+    def __init__(self) -> None:
+        from aws_lambda_powertools.logging import Logger
+        from aws_lambda_powertools.metrics import Metrics
+
+        self.logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "shardkit-proxy"))
+        self.metrics = Metrics(
+            namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "shardkit"))
+
+
+def _powertools() -> _Powertools:
+    global _tools
+    if _tools is None:
+        _tools = _Powertools()
+    return _tools
+
+
+def __getattr__(name: str) -> Any:
+    """``shardkit.proxy.handler.logger`` / ``.metrics``, made on first use."""
+    if name in ("logger", "metrics"):
+        return getattr(_powertools(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 InferFn = Callable[[str, Any, Any], tuple[Any, Any]]
 _WRITE_ATTEMPTS = 4
@@ -67,14 +95,14 @@ class Proxy:
     def handle(self, event: Any) -> Any:
         started = self.clock()
         request = None
-        logger.remove_keys(["key_hash", "map_version"])  # a warm logger still has the last key's
+        _powertools().logger.remove_keys(["key_hash", "map_version"])  # a warm logger still has the last key's
         try:
             request = decode_event(event)
             reply = self._serve(request)
         except ProxyError as exc:
             reply = exc.reply()
         except Exception as exc:  # e.g. DynamoDB unreachable: a clean error, nothing half-written
-            logger.exception("request failed")
+            _powertools().logger.exception("request failed")
             reply = ProxyError(503, "unavailable", f"{type(exc).__name__}: {exc}").reply()
         latency_ms = (self.clock() - started) * 1000
         _record_metrics(reply, latency_ms)
@@ -86,7 +114,7 @@ class Proxy:
             owner = shard_map.route(request.key, request.jurisdiction)
         except ResidencyError as exc:
             raise ProxyError(422, "residency", exc.message) from None
-        logger.append_keys(key_hash=f"{hash_key(request.key):016x}", map_version=shard_map.version)
+        _powertools().logger.append_keys(key_hash=f"{hash_key(request.key):016x}", map_version=shard_map.version)
         if owner.id != self.shard:
             if request.failover and self._is_replica(shard_map, request):
                 return self._degraded(request, shard_map.version)
@@ -131,9 +159,10 @@ class Proxy:
                     continue  # another instance wrote this key: answer from what it wrote
                 return reply
             try:
-                self.store.save(request.key, state, new_state, request.request_id, answer, epoch)
-                metrics.add_metric(name="state_bytes", unit=MetricUnit.Bytes,
-                                   value=len(repr(new_state)))
+                saved = self.store.save(request.key, state, new_state, request.request_id,
+                                        answer, epoch)
+                _powertools().metrics.add_metric(name="state_bytes", unit="Bytes",
+                                                 value=saved.size)
                 return reply
             except Conflict:
                 continue  # someone else wrote this key first: re-read and run again
@@ -162,7 +191,7 @@ class Proxy:
         except ProxyError:
             raise
         except Exception as exc:  # the user's code: any failure is a clean 500, nothing written
-            logger.exception("inference handler failed")
+            _powertools().logger.exception("inference handler failed")
             raise ProxyError(500, "handler_error", f"{type(exc).__name__}: {exc}") from None
         return answer, new_state
 
@@ -182,12 +211,13 @@ def _private_copy(value: Any) -> Any:
 
 
 def _record_metrics(reply: dict[str, Any], latency_ms: float) -> None:
-    metrics.add_metric(name="requests", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(name="latency", unit=MetricUnit.Milliseconds, value=latency_ms)
+    metrics = _powertools().metrics
+    metrics.add_metric(name="requests", unit="Count", value=1)
+    metrics.add_metric(name="latency", unit="Milliseconds", value=latency_ms)
     if reply["status"] >= 500:
-        metrics.add_metric(name="errors", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="errors", unit="Count", value=1)
     elif reply["status"] == 421:
-        metrics.add_metric(name="redirects", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="redirects", unit="Count", value=1)
 
 
 # -- the Lambda entry point ---------------------------------------------------------------------
@@ -210,7 +240,7 @@ def build_from_environment(env: dict[str, str] | None = None) -> Proxy:
     holder = MapHolder(parse_trusted_keys(env["SHARDKIT_TRUSTED_KEYS"]), fetch)
     store = StateStore(boto3.client("dynamodb"), env["SHARDKIT_TABLE"], shard,
                        int(env.get("SHARDKIT_STATE_CACHE", "1024")))
-    metrics.set_default_dimensions(shard=shard)
+    _powertools().metrics.set_default_dimensions(shard=shard)
     return Proxy(shard=shard, holder=holder, store=store,
                  infer=load_infer(env.get("SHARDKIT_HANDLER", "app.model:infer")))
 
@@ -230,14 +260,22 @@ def load_infer(spec: str) -> InferFn:
     return fn
 
 
-@metrics.log_metrics
 def handler(event: Any, context: Any) -> Any:
-    """The Lambda handler (``shardkit.proxy.handler.handler``)."""
+    """The Lambda handler (``shardkit.proxy.handler.handler``). Its metrics go out as one EMF
+    document per invocation, as Powertools' ``log_metrics`` does."""
     global _proxy
-    if _proxy is None:
-        _proxy = build_from_environment()
-        if os.environ.get("SHARDKIT_TRACING") == "1":
-            from aws_lambda_powertools.tracing import Tracer
+    tools = _powertools()
+    try:
+        if _proxy is None:
+            _proxy = build_from_environment()
+            if os.environ.get("SHARDKIT_TRACING") == "1":
+                from aws_lambda_powertools.tracing import Tracer
 
-            Tracer().patch(["boto3", "botocore"])
-    return _proxy.handle(event)
+                Tracer().patch(["boto3", "botocore"])
+        return _proxy.handle(event)
+    finally:
+        tools.metrics.flush_metrics()
+
+
+if os.environ.get("SHARDKIT_POWERTOOLS_AT_IMPORT") == "1":
+    _powertools()

@@ -42,13 +42,15 @@ class StateTooLarge(Exception):
 
 
 class KeyState:
-    __slots__ = ("applied", "cached", "seq", "value")
+    __slots__ = ("applied", "cached", "seq", "size", "value")
 
-    def __init__(self, seq: int, value: Any, applied: dict[str, Any], cached: bool = False):
+    def __init__(self, seq: int, value: Any, applied: dict[str, Any], cached: bool = False,
+                 size: int = 0) -> None:
         self.seq = seq
         self.value = value
         self.applied = applied
         self.cached = cached  # came from this instance's LRU, not from the table just now
+        self.size = size  # bytes stored, when known
 
 
 class StateStore:
@@ -96,7 +98,7 @@ class StateStore:
         blob = msgpack.packb({"state": value, "applied": applied}, use_bin_type=True)
         if len(blob) > MAX_ITEM:
             raise StateTooLarge(f"state of {len(blob):,} bytes exceeds {MAX_ITEM:,}")
-        after = KeyState(before.seq + 1, value, applied)
+        after = KeyState(before.seq + 1, value, applied, size=len(blob))
         put = {"TableName": self._table, "Item": {
             **self._key(key), "seq": {"N": str(after.seq)}, "data": {"B": blob}}}
         if before.seq == 0:
