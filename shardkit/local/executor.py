@@ -39,6 +39,7 @@ from typing import Any
 __all__ = ["Invocation", "LocalLambda"]
 
 _BOOT = (Path(__file__).parent / "worker.py").read_text()
+_UNRESERVED = 10  # workers per function without reserved concurrency (0 reserved: throttled)
 _CONFIG_TTL = 1.0  # seconds a function's configuration is trusted before asking moto again
 _MB = 1024 * 1024
 
@@ -270,13 +271,13 @@ class LocalLambda:
         try:
             reserved = lam.get_function_concurrency(FunctionName=name).get(
                 "ReservedConcurrentExecutions")
-        except Exception:
-            reserved = None
+        except Exception:  # a passing failure must not resize (and so replace) a warm pool
+            reserved = cached[1].concurrency if cached else None
         spec = FunctionSpec(
             region=region, name=name, version=conf.get("Version", "$LATEST"),
             code_sha256=conf["CodeSha256"], handler=conf["Handler"],
             memory_mb=int(conf.get("MemorySize", 128)), timeout_s=int(conf.get("Timeout", 3)),
-            concurrency=int(reserved or 10),
+            concurrency=_UNRESERVED if reserved is None else int(reserved),
             env=tuple(sorted(conf.get("Environment", {}).get("Variables", {}).items())))
         self._specs[key] = (time.monotonic(), spec)
         return spec

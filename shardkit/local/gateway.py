@@ -95,6 +95,16 @@ class UrlTable:
         return table
 
 
+def _limit_response(result: Invocation) -> Invocation:
+    """Lambda refuses a synchronous response over 6 MB, after the function ran."""
+    if result.status != 200 or len(json.dumps(result.payload)) <= MAX_PAYLOAD:
+        return result
+    return Invocation(200, {"errorType": "Function.ResponseSizeTooLarge",
+                            "errorMessage": f"Response payload size exceeded maximum allowed "
+                                            f"payload size ({MAX_PAYLOAD} bytes)."},
+                      function_error="Unhandled", duration_ms=result.duration_ms)
+
+
 class _Handler(BaseHTTPRequestHandler):
     gateway: Gateway
     protocol_version = "HTTP/1.1"
@@ -151,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"message": "Could not parse request body into json"},
                        {"x-amzn-ErrorType": "InvalidRequestContentException"})
             return
-        result = self.gateway.executor.invoke(region, name, qualifier, event)
+        result = _limit_response(self.gateway.executor.invoke(region, name, qualifier, event))
         headers = {"X-Amz-Executed-Version": qualifier}
         if result.error_type:
             headers["x-amzn-ErrorType"] = result.error_type

@@ -479,10 +479,14 @@ def session() -> boto3.session.Session:
     return boto3.session.Session(botocore_session=core)
 
 
-def client(service: str, region: str, endpoint: str) -> BaseClient:
-    """A boto3 client for ``service`` in ``region`` of the local cloud at ``endpoint``."""
+def client(service: str, region: str, endpoint: str, config: Any = None) -> BaseClient:
+    """A boto3 client for ``service`` in ``region`` of the local cloud at ``endpoint``;
+    ``config`` (a botocore ``Config``) is merged over the local defaults."""
+    kwargs = boto3_client_kwargs(endpoint)
+    if config is not None:
+        kwargs["config"] = kwargs["config"].merge(config)
     with _session_lock:  # creating clients from one session is not thread-safe
-        return session().client(service, region_name=region, **boto3_client_kwargs(endpoint))
+        return session().client(service, region_name=region, **kwargs)
 
 
 # -- table snapshots -----------------------------------------------------------------------------

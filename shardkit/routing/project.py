@@ -126,8 +126,11 @@ def _transport(kind: str, deployed: _Deployed, gateway: str | None, client: Any)
             return LambdaTransport(function_for)
         from ..local import server
 
-        return LambdaTransport(function_for, client_for=lambda region: server.session().client(
-            "lambda", region_name=region, **_no_retries(server.boto3_client_kwargs(gateway))))
+        # The routing client retries by itself, within its budget: botocore must not too.
+        config = _config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=65,
+                         max_pool_connections=64)
+        return LambdaTransport(function_for, client_for=lambda region: server.client(
+            "lambda", region, gateway, config))
     if kind == "url":
         if gateway is not None:
             from botocore.credentials import Credentials
@@ -138,13 +141,6 @@ def _transport(kind: str, deployed: _Deployed, gateway: str | None, client: Any)
             return FunctionUrlTransport(local, credentials=Credentials("testing", "testing"))
         return FunctionUrlTransport(_Urls(deployed, lambda url: url))
     raise DeployError(f"unknown transport {kind!r}", hint="use 'invoke' or 'url'")
-
-
-def _no_retries(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The routing client retries by itself, within its budget: botocore must not too."""
-    config = kwargs["config"].merge(_config(retries={"max_attempts": 1, "mode": "standard"},
-                                            read_timeout=65, max_pool_connections=64))
-    return {**kwargs, "config": config}
 
 
 def _config(**settings: Any) -> Any:
