@@ -22,32 +22,42 @@ means. This is not part of the test suite and never fails on a MISS: it only rep
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
 import pstats
 import re
 import resource
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    PY,
+    REPO,
+    SHARDKIT,
+    Imp,
+    Report,
+    import_stats,
+    med,
+    package_rows,
+    parse_args,
+    parse_importtime,
+    print_header,
+    print_table,
+    proc_cpu_s,
+    top_import_rows,
+    ver,
+)
+
 import shardkit
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
-SHARDKIT = shutil.which("shardkit", path=str(Path(PY).parent)) or "shardkit"
 REGIONS = ("eu-west-1", "eu-central-1", "eu-north-1")
 SHARDS = 192  # round-robin over REGIONS: 64 shards in each region
 
@@ -133,101 +143,36 @@ QUICK = Params(True, 1, 5, 1)
 # -- output ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    name: str
-    measured: str
-    limit: str
-    ok: bool
+def shown(cmd: Sequence[str], env_note: str = "") -> str:
+    """A command as the list at the end shows it, with the environment it needs."""
+    return shlex.join(cmd) + (f"   [{env_note}]" if env_note else "")
 
 
-@dataclass
-class Report:
-    targets: list[Target] = field(default_factory=list)
-    commands: list[tuple[str, str]] = field(default_factory=list)
-
-    def target(self, name: str, value: float, limit: float, fmt: str, unit: str,
-               higher_is_better: bool = False) -> None:
-        ok = value >= limit if higher_is_better else value <= limit
-        op = ">=" if higher_is_better else "<="
-        self.targets.append(
-            Target(name, f"{value:{fmt}} {unit}".strip(), f"{op} {limit:{fmt}} {unit}".strip(), ok)
-        )
-
-    def command(self, label: str, cmd: Sequence[str], env_note: str = "") -> None:
-        text = shlex.join(cmd) + (f"   [{env_note}]" if env_note else "")
-        if (label, text) not in self.commands:
-            self.commands.append((label, text))
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
-                notes: Sequence[str] = ()) -> None:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        first = values[0].ljust(widths[0])
-        rest = [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    print()
-    print(title)
-    print("=" * len(title))
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print(line(row))
-    for note in notes:
-        print(f"  * {note}")
-    sys.stdout.flush()
-
-
-def ver(dist: str) -> str:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
+def caller_bytecode() -> str:
+    """The caller's bytecode variables as "K=V, ..." ("" if neither is set): they decide whether
+    shardkit is compiled on every run, so the report states them."""
+    return ", ".join(f"{k}={os.environ[k]}" for k in ("PYTHONDONTWRITEBYTECODE",
+                                                      "PYTHONPYCACHEPREFIX") if k in os.environ)
 
 
 def header(params: Params, cache: Path) -> None:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for raw in f:
-                if raw.startswith("model name"):
-                    cpu = raw.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    print("shardkit deploy benchmark" + ("  (--quick)" if params.quick else ""))
-    print(f"  date      {now}")
-    print(f"  python    {platform.python_implementation()} {platform.python_version()} "
-          f"({PY})")
-    print(f"  cpu       {cpu}  ({os.cpu_count()} logical CPUs); load average at start {load()}")
-    print(f"  platform  {platform.platform()}")
-    print(f"  packages  shardkit {shardkit.__version__}, boto3 {ver('boto3')}, botocore "
-          f"{ver('botocore')}, moto {ver('moto')}, pydantic {ver('pydantic')}, click "
-          f"{ver('click')}, rich {ver('rich')}")
-    print(f"  project   1 group 'eu' over {', '.join(REGIONS)}; shards = {SHARDS} round-robin "
-          f"(= {SHARDS // len(REGIONS)} per region), replicas = 1, slot_bits = 14, code = the "
-          "quickstart's app/")
-    print(f"  settings  first deploys: {params.first_runs} per variant; no-op deploys and floors: "
-          f"{params.noop_runs} each, round-robin; importtime: {params.importtime_runs} runs")
-    inherited = {k: os.environ[k] for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
-                 if k in os.environ}
-    print(f"  bytecode  commands run with PYTHONPYCACHEPREFIX={cache} (this run's own cache, "
-          "filled by the warm-up) and without PYTHONDONTWRITEBYTECODE, so they use cached bytecode "
-          "as an installed CLI does; caller's environment: "
-          f"{', '.join(f'{k}={v}' for k, v in inherited.items()) or 'neither variable set'}")
-    sys.stdout.flush()
+    header_lines = {
+        "packages": f"shardkit {shardkit.__version__}, boto3 {ver('boto3')}, botocore "
+                    f"{ver('botocore')}, moto {ver('moto')}, pydantic {ver('pydantic')}, click "
+                    f"{ver('click')}, rich {ver('rich')}",
+        "project": f"1 group 'eu' over {', '.join(REGIONS)}; shards = {SHARDS} round-robin "
+                   f"(= {SHARDS // len(REGIONS)} per region), replicas = 1, slot_bits = 14, "
+                   "code = the quickstart's app/",
+        "settings": f"first deploys: {params.first_runs} per variant; no-op deploys and floors: "
+                    f"{params.noop_runs} each, round-robin; importtime: "
+                    f"{params.importtime_runs} runs",
+        "bytecode": f"commands run with PYTHONPYCACHEPREFIX={cache} (this run's own cache, "
+                    "filled by the warm-up) and without PYTHONDONTWRITEBYTECODE, so they use "
+                    "cached bytecode as an installed CLI does; caller's environment: "
+                    f"{caller_bytecode() or 'neither variable set'}",
+    }
+    print_header("shardkit deploy benchmark", params.quick, header_lines,
+                 load_label="load average at start")
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -289,21 +234,6 @@ def server_pid(project: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return record.get("pid") if isinstance(record.get("pid"), int) else None
-
-
-def proc_cpu_s(pid: int | None) -> float | None:
-    """user + sys CPU seconds of a live process, from /proc/PID/stat."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def med(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 # -- 1. first deploy ------------------------------------------------------------------------------
@@ -430,10 +360,10 @@ def bench_first(p: Params, rep: Report, tmp: Path, env: dict[str, str], live: li
     rep.target("first deploy, cold: includes the local cloud start (median)",
                med([r.wall_s for r in cold]), 20, ".2f", "s")
     placeholder = tmp / "<project>"
-    rep.command("first deploy (both variants)", deploy_cmd(placeholder),
-                "PYTHONPYCACHEPREFIX=<run cache>")
-    rep.command("cloud already up: before the deploy, not timed", up_cmd(placeholder))
-    rep.command("between runs", down_cmd(placeholder))
+    rep.command("first deploy (both variants)",
+                shown(deploy_cmd(placeholder), "PYTHONPYCACHEPREFIX=<run cache>"))
+    rep.command("cloud already up: before the deploy, not timed", shown(up_cmd(placeholder)))
+    rep.command("between runs", shown(down_cmd(placeholder)))
     return kept
 
 
@@ -446,9 +376,7 @@ def bench_noop(p: Params, rep: Report, project: Path, env: dict[str, str], cache
                   f"endpoint_url='{endpoint}', aws_access_key_id='testing', "
                   "aws_secret_access_key='testing').get_caller_identity()")
     inherited = dict(os.environ)
-    inherited_note = ", ".join(f"{k}={os.environ[k]}" for k in ("PYTHONDONTWRITEBYTECODE",
-                                                               "PYTHONPYCACHEPREFIX")
-                               if k in os.environ) or "as inherited"
+    inherited_note = caller_bytecode() or "as inherited"
     noop = "no-op redeploy: shardkit deploy DIR --local --yes --json"
     cases: list[tuple[str, str, list[str], dict[str, str]]] = [
         (noop, "cached", deploy_cmd(project), env),
@@ -501,87 +429,34 @@ def bench_noop(p: Params, rep: Report, project: Path, env: dict[str, str], cache
     rep.target("no-op redeploy (median, cached bytecode)", noop_med, 1.5, ".2f", "s")
     rep.target("no-op redeploy: mutating calls (max over runs)", max(mutating), 0, "d", "")
     rep.target("no-op redeploy: runs with changed = true", sum(changed), 0, "d", "")
-    rep.command("no-op redeploy", deploy_cmd(project.parent / "<project>"),
-                f"PYTHONPYCACHEPREFIX={cache}")
-    rep.command("floor", [SHARDKIT, "--help"])
-    rep.command("floor", [PY, "-c", "import boto3"])
+    rep.command("no-op redeploy", shown(deploy_cmd(project.parent / "<project>"),
+                                        f"PYTHONPYCACHEPREFIX={cache}"))
+    rep.command("floor", shown([SHARDKIT, "--help"]))
+    rep.command("floor", shown([PY, "-c", "import boto3"]))
     return noop_med
 
 
 # -- 3. importtime --------------------------------------------------------------------------------
 
-_IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)\s*$")
-
-
-@dataclass
-class Imp:
-    name: str
-    depth: int
-    self_us: int
-    cum_us: int
-    parent: str
-
-
-def parse_importtime(text: str) -> list[Imp]:
-    """-X importtime lines (children are printed before their parent) -> rows with parents."""
-    rows: list[Imp] = []
-    waiting: dict[int, list[Imp]] = {}
-    for line in text.splitlines():
-        m = _IMPORTTIME.match(line)
-        if not m:
-            continue
-        imp = Imp(m[4], len(m[3]) // 2, int(m[1]), int(m[2]), "")
-        for child in waiting.pop(imp.depth + 1, []):
-            child.parent = imp.name
-        waiting.setdefault(imp.depth, []).append(imp)
-        rows.append(imp)
-    return rows
-
-
-def package_of(module: str) -> str:
-    top = module.split(".")[0]
-    if top in sys.stdlib_module_names or top.startswith("_"):
-        return "(stdlib)"
-    return top
-
-
 def importtime_tables(title: str, runs: list[list[Imp]], floor: list[list[Imp]], scale_ms: float,
                       scale_label: str, top: int) -> None:
     """Top imports by cumulative time (median over runs), modules of the floor left out."""
-    floor_names = {i.name for rows in floor for i in rows}
-    by_name: dict[str, list[Imp]] = {}
-    for rows in runs:
-        for i in rows:
-            by_name.setdefault(i.name, []).append(i)
-    first = {name: imps[0] for name, imps in by_name.items()}
-    self_ms = {name: med([i.self_us for i in imps]) / 1000 for name, imps in by_name.items()}
-    cum_ms = {name: med([i.cum_us for i in imps]) / 1000 for name, imps in by_name.items()}
-    total = sum(v for n, v in self_ms.items() if n not in floor_names)
-    floor_total = med([sum(i.self_us for i in rows) for rows in floor]) / 1000 if floor else 0.0
-    names = sorted((n for n in by_name if n not in floor_names), key=lambda n: -cum_ms[n])[:top]
-    rows = [[("  " * min(first[n].depth, 6)) + n, first[n].parent or "(top level)",
-             f"{self_ms[n]:,.1f}", f"{cum_ms[n]:,.1f}", f"{100 * cum_ms[n] / scale_ms:.0f}%"]
-            for n in names]
+    st = import_stats(runs, floor)
     print_table(
         f"{title}: top {top} imports by cumulative time (median of {len(runs)} runs)",
         ["module (indent = import depth)", "imported by", "self ms", "cumulative ms",
          f"% of {scale_label}"],
-        rows,
-        notes=[f"{len(by_name) - len(floor_names & by_name.keys()):,} modules imported beyond "
-               f"the interpreter's own start-up; their self times add up to {total:,.0f} ms "
-               f"(start-up imports of `python -c pass`, left out here: {floor_total:,.0f} ms)",
+        top_import_rows(st, top, scale_ms),
+        notes=[f"{len(st.mine):,} modules imported beyond "
+               f"the interpreter's own start-up; their self times add up to {st.total:,.0f} ms "
+               f"(start-up imports of `python -c pass`, left out here: {st.floor_total:,.0f} ms)",
                "cumulative includes everything a module imports; nested rows are contained in "
                "the rows above them, so the column does not add up"],
     )
-    groups: dict[str, list[float]] = {}
-    for n, v in self_ms.items():
-        if n not in floor_names:
-            groups.setdefault(package_of(n), []).append(v)
-    grows = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:10]
     print_table(
         f"{title}: self time by top-level package (top 10)",
         ["package", "modules", "self ms", "share"],
-        [[pkg, str(len(v)), f"{sum(v):,.1f}", f"{100 * sum(v) / total:.0f}%"] for pkg, v in grows],
+        package_rows(st),
     )
 
 
@@ -598,7 +473,8 @@ def bench_importtime(p: Params, rep: Report, project: Path, env: dict[str, str],
         floor.append(parse_importtime(run(floor_cmd, env).err))
     importtime_tables("3. Where the no-op's time goes: -X importtime of the command", runs, floor,
                       noop_med * 1000, "no-op median", 15)
-    rep.command("importtime", [*cmd[:5], "deploy", "<project>", "--local", "--yes", "--json"])
+    rep.command("importtime",
+                shown([*cmd[:5], "deploy", "<project>", "--local", "--yes", "--json"]))
 
 
 # -- 4. cProfile ----------------------------------------------------------------------------------
@@ -690,18 +566,15 @@ def bench_profile(rep: Report, tmp: Path, project: Path, env: dict[str, str],
                "imported inside a phase counts in that phase",
                f"total profiled time {total_ms:,.0f} ms"],
     )
-    rep.command("cProfile", [PY, "-c", "<PROFILE_SCRIPT in bench_deploy.py>", "OUT.prof",
-                             "deploy", "<project>", "--local", "--yes", "--json"])
+    rep.command("cProfile", shown([PY, "-c", "<PROFILE_SCRIPT in bench_deploy.py>", "OUT.prof",
+                                   "deploy", "<project>", "--local", "--yes", "--json"]))
 
 
 # -- main -----------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="1 first deploy per variant, 5 no-op runs (~1.5 min)")
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv, "1 first deploy per variant, 5 no-op runs (~1.5 min)")
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="shardkit-bench-deploy-"))
@@ -722,17 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            timeout=120)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print_table(
-        "Targets",
-        ["target", "measured", "limit", "result"],
-        [[t.name, t.measured, t.limit, "PASS" if t.ok else "MISS"] for t in rep.targets],
-    )
-    print("\nCommands (paths are this run's temp dirs; <project> is a fresh project directory):")
-    for label, text in rep.commands:
-        print(f"  {label}: {text}")
-    missed = sum(not t.ok for t in rep.targets)
-    print(f"\n{len(rep.targets) - missed}/{len(rep.targets)} targets met; load average at end "
-          f"{load()}; total run time {time.perf_counter() - t_start:.1f} s")
+    rep.finish(t_start, "Commands (paths are this run's temp dirs; <project> is a fresh project "
+               "directory):", load_at_end=True)
     return 0
 
 

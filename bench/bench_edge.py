@@ -22,28 +22,35 @@ means. This is not part of the test suite and never fails on a MISS: it only rep
 
 from __future__ import annotations
 
-import argparse
 import cProfile
-import datetime
-import gc
 import hashlib
-import io
 import os
-import platform
-import pstats
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from importlib.metadata import version
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from _common import (
+    NOW,
+    PY,
+    TWO_REGIONS,
+    Report,
+    no_gc,
+    one_group_config,
+    parse_args,
+    parse_importtime,
+    print_header,
+    print_table,
+    quickstart_config,
+    show_profile,
+    signing_key,
+    ver,
+)
 
 import shardkit
 from shardkit.edge import (
@@ -59,9 +66,6 @@ from shardkit.routing import MockTransport, RoutingClient
 from shardkit.sharding.codec import decode_map, encode_map, peek_envelope
 from shardkit.sharding.holder import MapHolder
 
-NOW = 1_700_000_000  # fixed build time, so every run builds the same maps
-PY = sys.executable
-TWO_REGIONS = ("eu-west-1", "eu-central-1")
 READ = {"text": "the shard", "learn": False}
 ANSWER = {"next": "owns", "confidence": 0.2857, "source": "prior", "count": 3}
 
@@ -79,131 +83,33 @@ FULL = Params(False, 2_000, 21, 21, 21)
 QUICK = Params(True, 1_000, 7, 7, 7)
 
 
-# -- output (the house style of bench_map.py) ------------------------------------------------------
-
-
-@dataclass
-class Target:
-    name: str
-    measured: str
-    limit: str
-    ok: bool
-
-
-@dataclass
-class Report:
-    targets: list[Target] = field(default_factory=list)
-
-    def target(self, name: str, value: float, limit: float, fmt: str, unit: str) -> None:
-        self.targets.append(Target(name, f"{value:{fmt}} {unit}".strip(),
-                                   f"<= {limit:{fmt}} {unit}".strip(), value <= limit))
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
-                notes: Sequence[str] = ()) -> None:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        first = values[0].ljust(widths[0])
-        rest = [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    print()
-    print(title)
-    print("=" * len(title))
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print(line(row))
-    for note in notes:
-        print(f"  * {note}")
-    sys.stdout.flush()
+# -- output ----------------------------------------------------------------------------------------
 
 
 def header(p: Params) -> None:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), cpu)
-    except OSError:
-        pass
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print("shardkit edge benchmark" + ("  (--quick)" if p.quick else ""))
-    print(f"  date      {now}")
-    print(f"  python    {platform.python_implementation()} {platform.python_version()} "
-          f"({sys.executable})")
-    print(f"  cpu       {cpu}  ({os.cpu_count()} logical CPUs); load average {load}")
-    print(f"  platform  {platform.platform()}")
-    print(f"  packages  shardkit {shardkit.__version__}, msgpack {version('msgpack')}, "
-          f"xxhash {version('xxhash')}, cryptography {version('cryptography')}")
-    print(f"  settings  per-request: {p.repeats} x {p.keys:,} calls per case; imports: "
-          f"{p.import_runs} runs; map offers: {p.offers} versions per map")
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+    header_lines = {
+        "packages": f"shardkit {shardkit.__version__}, msgpack {ver('msgpack')}, xxhash "
+                    f"{ver('xxhash')}, cryptography {ver('cryptography')}",
+        "settings": f"per-request: {p.repeats} x {p.keys:,} calls per case; imports: "
+                    f"{p.import_runs} runs; map offers: {p.offers} versions per map",
+    }
+    print_header("shardkit edge benchmark", p.quick, header_lines, load_label="load average")
 
 
 def pct(xs: Sequence[float], q: float) -> float:
+    """Percentile at index int(q * n), not _common.pct's nearest rank: keeps p99 as reported."""
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def quickstart_config() -> Any:
-    """The same map as examples/quickstart/shardkit.toml: two jurisdictions, an "eu:" rule."""
-    return shardkit.ProjectConfig.model_validate({
-        "project": {"name": "quickstart"},
-        "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
-        "signing": {"key_id": "bench", "map_ttl_hours": 720},
-        "regions": {"eu-west-1": {"jurisdiction": "eu"}, "eu-central-1": {"jurisdiction": "eu"},
-                    "us-east-1": {"jurisdiction": "us"}, "us-west-2": {"jurisdiction": "us"}},
-        "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
-        "groups": {
-            "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 4,
-                   "replicas": 1},
-            "us": {"jurisdiction": "us", "regions": ["us-east-1", "us-west-2"], "shards": 4,
-                   "replicas": 1, "weights": {"us-0": 2.0}},
-        },
-    })
-
-
-def one_group_config(shards: int, replicas: int) -> Any:
-    return shardkit.ProjectConfig.model_validate({
-        "project": {"name": "bench"},
-        "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
-        "signing": {"key_id": "bench"},
-        "regions": {r: {"jurisdiction": "eu"} for r in TWO_REGIONS},
-        "residency": {"default": "eu"},
-        "groups": {"g": {"jurisdiction": "eu", "regions": list(TWO_REGIONS), "shards": shards,
-                         "replicas": replicas}},
-    })
-
-
 # -- 1. import -------------------------------------------------------------------------------------
-
-_IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)$")
 
 
 def importtime(statement: str, env: dict[str, str]) -> dict[str, tuple[int, int]]:
     """``python -X importtime -c statement`` -> {module: (self us, cumulative us)}."""
     proc = subprocess.run([PY, "-X", "importtime", "-c", statement], capture_output=True,
                           text=True, check=True, timeout=120, env=env)
-    out = {}
-    for line in proc.stderr.splitlines():
-        m = _IMPORTTIME.match(line)
-        if m:
-            out[m[4]] = (int(m[1]), int(m[2]))
-    return out
+    return {i.name: (i.self_us, i.cum_us) for i in parse_importtime(proc.stderr)}
 
 
 def wall_ms(statement: str, env: dict[str, str]) -> float:
@@ -443,7 +349,7 @@ def bench_map_update(p: Params, rep: Report, key: Any, profile: bool) -> None:
     rows = []
     for label, shards, replicas in (("256 shards, replicas=0", 256, 0),
                                     ("256 shards, replicas=1", 256, 1)):
-        envs = versions(one_group_config(shards, replicas), p.offers, key)
+        envs = versions(one_group_config(shards, replicas, TWO_REGIONS), p.offers, key)
         holder = MapHolder(trusted, clock=lambda: NOW + 3600)
         holder.offer(envs[0])
         offers, cpu = [], []
@@ -516,17 +422,6 @@ def profile_offers(label: str, envs: list[bytes], trusted: dict[str, bytes]) -> 
     show_profile(f"MapHolder.offer x {len(envs)}, {label}", prof)
 
 
-def show_profile(title: str, prof: cProfile.Profile, limit: int = 14) -> None:
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(limit)
-    print()
-    print(f"profile: {title}")
-    print("-" * (9 + len(title)))
-    text = out.getvalue()
-    start = text.find("   ncalls")
-    print(text[start:].rstrip() if start >= 0 else text.rstrip())
-
-
 def profile_requests(state: dict[str, Any]) -> None:
     keys, unique = state["keys"], state["unique"]
     for title, fn in (("edge cache hit", lambda k: state["hit"].infer(k, READ)),
@@ -545,18 +440,13 @@ def profile_requests(state: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (~10 s)")
-    ap.add_argument("--profile", action="store_true",
-                    help="also print cProfile tables of the request paths and MapHolder.offer")
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv, "fewer repeats (~10 s)",
+                      "also print cProfile tables of the request paths and MapHolder.offer")
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     header(p)
     rep = Report()
-    with tempfile.TemporaryDirectory() as tmp:
-        shardkit.create_key("bench", tmp)
-        key = shardkit.load_signing_key("bench", tmp)
+    key = signing_key()
 
     bench_import(p, rep)
     state = bench_requests(p, rep, key)
@@ -564,11 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         profile_requests(state)
 
-    print_table("Targets", ["target", "measured", "limit", "result"],
-                [[t.name, t.measured, t.limit, "PASS" if t.ok else "MISS"] for t in rep.targets])
-    missed = sum(not t.ok for t in rep.targets)
-    print(f"\n{len(rep.targets) - missed}/{len(rep.targets)} targets met; "
-          f"total run time {time.perf_counter() - t_start:.1f} s")
+    rep.finish(t_start)
     return 0
 
 

@@ -17,38 +17,41 @@ This is not part of the test suite and never fails on a MISS: it only reports.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
-import datetime
-import gc
-import io
 import math
-import os
-import platform
-import pstats
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jump
 import numpy as np
 import xxhash
+from _common import (
+    NOW,
+    TWO_REGIONS,
+    Report,
+    loop_calls,
+    no_gc,
+    one_group_config,
+    parse_args,
+    print_header,
+    print_table,
+    quickstart_config,
+    show_profile,
+    signing_key,
+    ver,
+)
 from uhashring import HashRing
 
 import shardkit
 from shardkit.sharding.codec import decode_map, encode_map
 
-NOW = 1_700_000_000  # fixed build time, so every run builds the same maps
 N = 64  # shard count of the main comparison
-TWO_REGIONS = ("eu-west-1", "eu-central-1")
 KiB = 1024
 
 # uhashring has two rings, both documented as "ketama compatible": the default constructor
@@ -79,114 +82,20 @@ QUICK = Params(True, 10_000, 7, 100_000, 5, 200_000, 3)
 # -- output ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    name: str
-    measured: str
-    limit: str
-    ok: bool
-
-
-@dataclass
-class Report:
-    targets: list[Target] = field(default_factory=list)
-
-    def target(self, name: str, value: float, limit: float, fmt: str, unit: str,
-               higher_is_better: bool = False) -> None:
-        ok = value >= limit if higher_is_better else value <= limit
-        op = ">=" if higher_is_better else "<="
-        self.targets.append(
-            Target(name, f"{value:{fmt}} {unit}".strip(), f"{op} {limit:{fmt}} {unit}".strip(), ok)
-        )
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
-                notes: Sequence[str] = ()) -> None:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        first = values[0].ljust(widths[0])
-        rest = [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    print()
-    print(title)
-    print("=" * len(title))
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print(line(row))
-    for note in notes:
-        print(f"  * {note}")
-    sys.stdout.flush()
-
-
 def header(params: Params) -> None:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for raw in f:
-                if raw.startswith("model name"):
-                    cpu = raw.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
-    def ver(dist: str) -> str:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "?"
-
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    print("shardkit map benchmark" + ("  (--quick)" if params.quick else ""))
-    print(f"  date      {now}")
-    print(f"  python    {platform.python_implementation()} {platform.python_version()} "
-          f"({sys.executable})")
-    print(f"  cpu       {cpu}  ({os.cpu_count()} logical CPUs)")
-    print(f"  platform  {platform.platform()}")
-    print(f"  packages  shardkit {shardkit.__version__}, numpy {np.__version__}, "
-          f"xxhash {xxhash.VERSION}, jump-consistent-hash {ver('jump-consistent-hash')} "
-          f"(C ext: {jump.c_hash is not None}), uhashring {ver('uhashring')}")
-    print(f"  settings  single-key: {params.single_repeats} x {params.single_batch:,} calls; "
-          f"batch: {params.batch_repeats} x {params.batch_keys:,} keys; "
-          f"balance/movement: {params.balance_keys:,} keys; builds: {params.build_repeats}")
+    header_lines = {
+        "packages": f"shardkit {shardkit.__version__}, numpy {np.__version__}, xxhash "
+                    f"{xxhash.VERSION}, jump-consistent-hash {ver('jump-consistent-hash')} "
+                    f"(C ext: {jump.c_hash is not None}), uhashring {ver('uhashring')}",
+        "settings": f"single-key: {params.single_repeats} x {params.single_batch:,} calls; "
+                    f"batch: {params.batch_repeats} x {params.batch_keys:,} keys; "
+                    f"balance/movement: {params.balance_keys:,} keys; builds: "
+                    f"{params.build_repeats}",
+    }
+    print_header("shardkit map benchmark", params.quick, header_lines)
 
 
 # -- configs and keys -----------------------------------------------------------------------------
-
-
-def one_group_config(shards: int | list[dict[str, str]], replicas: int = 0,
-                     regions: Sequence[str] = ("eu-west-1",)) -> Any:
-    """One group serving one jurisdiction; ``shards`` is a count or an explicit shard list."""
-    return shardkit.ProjectConfig.model_validate({
-        "project": {"name": "bench"},
-        "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
-        "signing": {"key_id": "bench"},
-        "regions": {r: {"jurisdiction": "eu"} for r in regions},
-        "residency": {"default": "eu"},
-        "groups": {"g": {"jurisdiction": "eu", "regions": list(regions), "shards": shards,
-                         "replicas": replicas}},
-    })
-
-
-def quickstart_config() -> Any:
-    """The same map as examples/quickstart/shardkit.toml: two jurisdictions, an "eu:" rule."""
-    return shardkit.ProjectConfig.model_validate({
-        "project": {"name": "quickstart"},
-        "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
-        "signing": {"key_id": "bench", "map_ttl_hours": 720},
-        "regions": {"eu-west-1": {"jurisdiction": "eu"}, "eu-central-1": {"jurisdiction": "eu"},
-                    "us-east-1": {"jurisdiction": "us"}, "us-west-2": {"jurisdiction": "us"}},
-        "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
-        "groups": {
-            "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 4,
-                   "replicas": 1},
-            "us": {"jurisdiction": "us", "regions": ["us-east-1", "us-west-2"], "shards": 4,
-                   "replicas": 1, "weights": {"us-0": 2.0}},
-        },
-    })
 
 
 def plain_keys(n: int) -> list[str]:
@@ -215,18 +124,6 @@ def xxh_list(keys: Sequence[str]) -> list[int]:
 # -- timing ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def interleaved(cases: Sequence[tuple[str, Callable[[], Any]]], repeats: int) -> dict[str, list[int]]:
     """Time every case ``repeats`` times, round-robin (so drift hits every case alike); ns."""
     samples: dict[str, list[int]] = {name: [] for name, _ in cases}
@@ -251,13 +148,6 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
             result = fn()
             out.append((time.perf_counter_ns() - t0) / 1e6)
     return out, result
-
-
-def loop_calls(f: Callable[[str], Any], keys: list[str]) -> Callable[[], None]:
-    def run(f: Callable[[str], Any] = f, keys: list[str] = keys) -> None:
-        for k in keys:
-            f(k)
-    return run
 
 
 def loop_calls_n(f: Callable[[str, int], Any], keys: list[str], n: int) -> Callable[[], None]:
@@ -580,14 +470,7 @@ def profile(label: str, fn: Callable[[], Any], limit: int = 14) -> None:
     prof.enable()
     fn()
     prof.disable()
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(limit)
-    print()
-    print(f"profile: {label}")
-    print("-" * (9 + len(label)))
-    text = out.getvalue()
-    start = text.find("   ncalls")
-    print(text[start:].rstrip() if start >= 0 else text.rstrip())
+    show_profile(label, prof, limit)
 
 
 def bench_profile(m64: Any, mqs: Any, key: Any) -> None:
@@ -622,11 +505,8 @@ def bench_profile(m64: Any, mqs: Any, key: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and keys (~10 s)")
-    ap.add_argument("--profile", action="store_true",
-                    help="also print cProfile tables for route, route_many, build and decode")
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv, "fewer repeats and keys (~10 s)",
+                      "also print cProfile tables for route, route_many, build and decode")
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     header(p)
@@ -634,9 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep = Report()
     m64 = shardkit.build_map(one_group_config(N), now=NOW)
     mqs = shardkit.build_map(quickstart_config(), now=NOW)
-    with tempfile.TemporaryDirectory() as tmp:
-        shardkit.create_key("bench", tmp)
-        key = shardkit.load_signing_key("bench", tmp)
+    key = signing_key()
 
     bench_single(p, rep, m64, mqs)
     bench_batch(p, rep, m64, mqs)
@@ -645,14 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         bench_profile(m64, mqs, key)
 
-    print_table(
-        "Targets",
-        ["target", "measured", "limit", "result"],
-        [[t.name, t.measured, t.limit, "PASS" if t.ok else "MISS"] for t in rep.targets],
-    )
-    missed = sum(not t.ok for t in rep.targets)
-    print(f"\n{len(rep.targets) - missed}/{len(rep.targets)} targets met; "
-          f"total run time {time.perf_counter() - t_start:.1f} s")
+    rep.finish(t_start)
     return 0
 
 

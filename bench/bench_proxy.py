@@ -22,13 +22,9 @@ means. This is not part of the test suite and never fails on a MISS: it only rep
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import gc
 import io
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -39,14 +35,34 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import botocore
+from _common import (
+    PY,
+    REPO,
+    SHARDKIT,
+    Report,
+    import_stats,
+    loop_calls,
+    med,
+    no_gc,
+    package_rows,
+    parse_args,
+    parse_importtime,
+    pct,
+    print_header,
+    print_table,
+    proc_cpu_s,
+    proc_stat,
+    signing_key,
+    stat_cpu_s,
+    top_import_rows,
+    ver,
+)
 from botocore.awsrequest import AWSResponse
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
@@ -58,9 +74,6 @@ from shardkit.routing.project import client_for_project
 from shardkit.sharding.codec import encode_map
 from shardkit.sharding.holder import MapHolder
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
-SHARDKIT = shutil.which("shardkit", path=str(Path(PY).parent)) or "shardkit"
 QUICKSTART = REPO / "examples" / "quickstart"
 PAYLOAD = {"text": "the shard owns the"}
 NOWHERE = "http://127.0.0.1:9"  # never contacted: the canned responses stop every call before
@@ -88,116 +101,18 @@ QUICK = Params(True, 1_000, 5, 600, 40, 7, 1)
 # -- output ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    name: str
-    measured: str
-    limit: str
-    ok: bool
-
-
-@dataclass
-class Report:
-    targets: list[Target] = field(default_factory=list)
-    commands: list[tuple[str, str]] = field(default_factory=list)
-
-    def target(self, name: str, value: float, limit: float, fmt: str, unit: str,
-               higher_is_better: bool = False) -> None:
-        ok = value >= limit if higher_is_better else value <= limit
-        op = ">=" if higher_is_better else "<="
-        self.targets.append(
-            Target(name, f"{value:{fmt}} {unit}".strip(), f"{op} {limit:{fmt}} {unit}".strip(), ok)
-        )
-
-    def command(self, label: str, text: str) -> None:
-        self.commands.append((label, text))
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
-                notes: Sequence[str] = ()) -> None:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        first = values[0].ljust(widths[0])
-        rest = [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    print()
-    print(title)
-    print("=" * len(title))
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print(line(row))
-    for note in notes:
-        print(f"  * {note}")
-    sys.stdout.flush()
-
-
-def ver(dist: str) -> str:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def header(params: Params) -> None:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for raw in f:
-                if raw.startswith("model name"):
-                    cpu = raw.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    print("shardkit proxy / routing-client benchmark" + ("  (--quick)" if params.quick else ""))
-    print(f"  date      {now}")
-    print(f"  python    {platform.python_implementation()} {platform.python_version()} "
-          f"({PY})")
-    print(f"  cpu       {cpu}  ({os.cpu_count()} logical CPUs); load average at start {load()}")
-    print(f"  platform  {platform.platform()}")
-    print(f"  packages  shardkit {shardkit.__version__}, boto3 {ver('boto3')}, botocore "
-          f"{botocore.__version__}, moto {ver('moto')}, aws-lambda-powertools "
-          f"{ver('aws-lambda-powertools')}, msgpack {ver('msgpack')}")
-    print(f"  settings  client overhead: {params.repeats} x {params.batch:,} calls per case; "
-          f"executor: {params.requests:,} requests per case and thread count "
-          f"(+ {params.warmup} warm-up per thread); cold import: {params.import_runs} runs per "
-          f"case, importtime: {params.importtime_runs} runs")
-    sys.stdout.flush()
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def med(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def pct(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence."""
-    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))]
+    header_lines = {
+        "packages": f"shardkit {shardkit.__version__}, boto3 {ver('boto3')}, botocore "
+                    f"{botocore.__version__}, moto {ver('moto')}, aws-lambda-powertools "
+                    f"{ver('aws-lambda-powertools')}, msgpack {ver('msgpack')}",
+        "settings": f"client overhead: {params.repeats} x {params.batch:,} calls per case; "
+                    f"executor: {params.requests:,} requests per case and thread count "
+                    f"(+ {params.warmup} warm-up per thread); cold import: {params.import_runs} "
+                    f"runs per case, importtime: {params.importtime_runs} runs",
+    }
+    print_header("shardkit proxy / routing-client benchmark", params.quick, header_lines,
+                 load_label="load average at start")
 
 
 def mixed_keys(n: int, tag: str = "") -> list[str]:
@@ -208,11 +123,10 @@ def mixed_keys(n: int, tag: str = "") -> list[str]:
 # -- 1. client overhead ---------------------------------------------------------------------------
 
 
-def quickstart_holder(tmp: Path) -> MapHolder:
+def quickstart_holder() -> MapHolder:
     """The quickstart's map, built and signed now, in a MapHolder (as the client holds it)."""
     config = shardkit.load_config(QUICKSTART / "shardkit.toml")
-    shardkit.create_key("bench", tmp)
-    key = shardkit.load_signing_key("bench", tmp)
+    key = signing_key()
     data = encode_map(shardkit.build_map(config), key.key_id, key.sign)
     holder = MapHolder({key.key_id: key.public_bytes}, lambda: data)
     holder.refresh()
@@ -262,8 +176,8 @@ class Case:
     prepare: Callable[[], None] = lambda: None
 
 
-def bench_client(p: Params, rep: Report, tmp: Path) -> None:
-    holder = quickstart_holder(tmp)
+def bench_client(p: Params, rep: Report) -> None:
+    holder = quickstart_holder()
     m = holder.require()
     replies = canned_replies(holder)
     bodies_by_shard = {sid: json.dumps(r).encode() for sid, r in replies.items()}
@@ -326,10 +240,7 @@ def bench_client(p: Params, rep: Report, tmp: Path) -> None:
     assert boto3_invoke(keys[0])["shard"] == "us-0"
 
     def loop(f: Callable[[str], Any]) -> Callable[[], None]:
-        def run(f: Callable[[str], Any] = f, keys: list[str] = keys) -> None:
-            for k in keys:
-                f(k)
-        return run
+        return loop_calls(f, keys)
 
     def infer_of(rc: RoutingClient) -> Callable[[str], Any]:
         return lambda k: rc.infer(k, PAYLOAD)
@@ -389,19 +300,6 @@ def bench_client(p: Params, rep: Report, tmp: Path) -> None:
 # -- 2. local executor ----------------------------------------------------------------------------
 
 
-def _stat(pid: int | str) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-
-
-def cpu_s(pid: int) -> float:
-    """user + sys CPU seconds of a live process."""
-    try:
-        fields = _stat(pid)
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def workers(pid: int | None) -> dict[int, float]:
     """Live local Lambda workers (children of the local cloud process) and their CPU seconds."""
     found: dict[int, float] = {}
@@ -409,10 +307,9 @@ def workers(pid: int | None) -> dict[int, float]:
         return found
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = _stat(proc.name)
+            fields = proc_stat(proc.name)
             if int(fields[1]) == pid and fields[0] != "Z":
-                found[int(proc.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf(
-                    "SC_CLK_TCK")
+                found[int(proc.name)] = stat_cpu_s(fields)
         except (OSError, ValueError, IndexError):
             continue
     return found
@@ -432,9 +329,9 @@ class Cpu:
 
     @staticmethod
     def measure(pid: int, fn: Callable[[], Block]) -> tuple[Block, Cpu]:
-        s0, w0, c0 = cpu_s(pid), workers(pid), time.process_time()
+        s0, w0, c0 = proc_cpu_s(pid) or 0.0, workers(pid), time.process_time()
         block = fn()
-        s1, w1, c1 = cpu_s(pid), workers(pid), time.process_time()
+        s1, w1, c1 = proc_cpu_s(pid) or 0.0, workers(pid), time.process_time()
         return block, Cpu(s1 - s0, sum(v - w0.get(k, 0.0) for k, v in w1.items()), c1 - c0)
 
 
@@ -642,41 +539,6 @@ def bench_executor(p: Params, rep: Report, tmp: Path, live: list[Path]) -> None:
 
 # -- 3. cold import -------------------------------------------------------------------------------
 
-_IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)\s*$")
-
-
-@dataclass
-class Imp:
-    name: str
-    depth: int
-    self_us: int
-    cum_us: int
-    parent: str
-
-
-def parse_importtime(text: str) -> list[Imp]:
-    """-X importtime lines (children are printed before their parent) -> rows with parents."""
-    rows: list[Imp] = []
-    waiting: dict[int, list[Imp]] = {}
-    for line in text.splitlines():
-        m = _IMPORTTIME.match(line)
-        if not m:
-            continue
-        imp = Imp(m[4], len(m[3]) // 2, int(m[1]), int(m[2]), "")
-        for child in waiting.pop(imp.depth + 1, []):
-            child.parent = imp.name
-        waiting.setdefault(imp.depth, []).append(imp)
-        rows.append(imp)
-    return rows
-
-
-def package_of(module: str) -> str:
-    top = module.split(".")[0]
-    if top in sys.stdlib_module_names or top.startswith("_"):
-        return "(stdlib)"
-    return top
-
-
 def wall(cmd: Sequence[str], env: dict[str, str], cwd: Path) -> tuple[float, str, str]:
     t0 = time.perf_counter()
     proc = subprocess.run(list(cmd), env=env, cwd=cwd, capture_output=True, text=True,
@@ -768,40 +630,24 @@ def bench_import(p: Params, rep: Report, tmp: Path) -> None:
                                            f"import {PROXY_MODULE}"], no_bytecode, src)[2]))
         floor.append(parse_importtime(wall([PY, "-X", "importtime", "-c", "pass"], no_bytecode,
                                            src)[2]))
-    floor_names = {i.name for rows in floor for i in rows}
-    by_name: dict[str, list[Imp]] = {}
-    for rows_ in runs:
-        for i in rows_:
-            by_name.setdefault(i.name, []).append(i)
-    first = {n: imps[0] for n, imps in by_name.items()}
-    self_ms = {n: med([i.self_us for i in imps]) / 1000 for n, imps in by_name.items()}
-    cum_ms = {n: med([i.cum_us for i in imps]) / 1000 for n, imps in by_name.items()}
-    mine = [n for n in by_name if n not in floor_names]
-    total = sum(self_ms[n] for n in mine)
-    top = sorted(mine, key=lambda n: -cum_ms[n])[:10]
+    st = import_stats(runs, floor)
     print_table(
         f"3b. -X importtime of `import {PROXY_MODULE}`, no bytecode: top 10 imports by "
         f"cumulative time (median of {len(runs)} runs)",
         ["module (indent = import depth)", "imported by", "self ms", "cumulative ms",
          "% of total"],
-        [[("  " * min(first[n].depth, 6)) + n, first[n].parent or "(top level)",
-          f"{self_ms[n]:,.1f}", f"{cum_ms[n]:,.1f}", f"{100 * cum_ms[n] / total:.0f}%"]
-         for n in top],
-        notes=[f"{len(mine)} modules beyond the interpreter's start-up; their self times add up "
-               f"to {total:,.0f} ms (importtime's own overhead included; the modules of "
+        top_import_rows(st, 10, st.total),
+        notes=[f"{len(st.mine)} modules beyond the interpreter's start-up; their self times add "
+               f"up to {st.total:,.0f} ms (importtime's own overhead included; the modules of "
                "`python -c pass` are left out)",
                "% of total: cumulative time relative to that sum; -X importtime adds its own "
                "overhead, so compare shares here and absolute times in section 3"],
     )
-    groups: dict[str, list[float]] = {}
-    for n in mine:
-        groups.setdefault(package_of(n), []).append(self_ms[n])
     print_table(
         f"3c. -X importtime of `import {PROXY_MODULE}`, no bytecode: self time by top-level "
         "package",
         ["package", "modules", "self ms", "share"],
-        [[pkg, str(len(v)), f"{sum(v):,.1f}", f"{100 * sum(v) / total:.0f}%"]
-         for pkg, v in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:10]],
+        package_rows(st),
     )
     rep.command("importtime", f"{env_text} -X importtime -c 'import {PROXY_MODULE}'")
 
@@ -810,10 +656,7 @@ def bench_import(p: Params, rep: Report, tmp: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="fewer repeats and requests (~2 min)")
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv, "fewer repeats and requests (~2 min)")
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     header(p)
@@ -821,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="shardkit-bench-proxy-"))
     live: list[Path] = []  # projects whose local cloud may be up: always brought down
     try:
-        bench_client(p, rep, tmp)
+        bench_client(p, rep)
         bench_import(p, rep, tmp)
         bench_executor(p, rep, tmp, live)
     finally:
@@ -830,17 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            capture_output=True, check=False, timeout=120)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print_table(
-        "Targets",
-        ["target", "measured", "limit", "result"],
-        [[t.name, t.measured, t.limit, "PASS" if t.ok else "MISS"] for t in rep.targets],
-    )
-    print("\nCommands:")
-    for label, text in rep.commands:
-        print(f"  {label}: {text}")
-    missed = sum(not t.ok for t in rep.targets)
-    print(f"\n{len(rep.targets) - missed}/{len(rep.targets)} targets met; load average at end "
-          f"{load()}; total run time {time.perf_counter() - t_start:.1f} s")
+    rep.finish(t_start, "Commands:", load_at_end=True)
     return 0
 
 
