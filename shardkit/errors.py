@@ -26,7 +26,7 @@
         └── AwsUnreachableError   the endpoint does not answer
 
 Each error carries a ``hint``: one sentence that says what to do about it. The CLI prints
-``error: <message>`` and the hint on one line each and exits with code 2.
+``error: <message> — <hint>`` on one line and exits with code 2.
 
 This module is on the data-plane import path: it imports nothing but the stdlib.
 """
@@ -122,7 +122,7 @@ class MapRollbackError(MapError):
 class MapExpiredError(MapError):
     """The map is past its expiry time."""
 
-    hint = "publish a fresh map (`shardkit map build`), or raise signing.map_ttl"
+    hint = "publish a fresh map (`shardkit deploy` or `shardkit map build`), or raise signing.map_ttl_hours"
 
 
 class RoutingError(ShardkitError):

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..config import load_project
 from ..sharding.build import build_signed
-from ..sharding.diff import MapDiff, diff_maps
+from ..sharding.diff import MapDiff, diff_maps, slot_ranges
 from ..sharding.shardmap import ShardMap
 from .output import console, emit_json, iso, json_option, keys_option, open_map, write_atomic
 
@@ -152,7 +152,15 @@ def _print_diff(d: MapDiff) -> None:
     if d.epochs:
         console.print("epochs: " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in d.epochs.items()))
     if d.moves:
-        table = Table("from", "to", "slots")
+        table = Table("from", "to", "slots", "which")
         for source, dest, n in d.by_pair():
-            table.add_row(source or "(new group)", dest or "(removed group)", f"{n:,}")
+            slots = sorted(m.slot for m in d.moves if (m.source, m.destination) == (source, dest))
+            table.add_row(source or "(new group)", dest or "(removed group)", f"{n:,}",
+                          _ranges(slots))
         console.print(table)
+
+
+def _ranges(slots: list[int], limit: int = 6) -> str:
+    """``0-3, 9, 12-14, ...``: the moved slots as contiguous ranges, the first few of them."""
+    parts = [f"{a}-{b}" if a != b else str(a) for a, b in slot_ranges(slots)]
+    return ", ".join(parts[:limit]) + (f", ... ({len(parts)} ranges)" if len(parts) > limit else "")

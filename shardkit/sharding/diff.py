@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import PlanningError
 from .shardmap import ShardMap
 
-__all__ = ["MapDiff", "SlotMove", "diff_maps"]
+__all__ = ["MapDiff", "SlotMove", "diff_maps", "slot_ranges"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +35,6 @@ class MapDiff:
     removed: tuple[str, ...]
     epochs: dict[str, tuple[int, int]] = field(default_factory=dict)
     replica_changes: int = 0
-
-    @property
-    def moved_fraction(self) -> float:
-        """Moved slots over all slots of the groups the two maps share or change."""
-        total = self.slots * max(1, len({m.group for m in self.moves}) or 1)
-        return len(self.moves) / total if self.moves else 0.0
 
     def by_pair(self) -> list[tuple[str | None, str | None, int]]:
         """(source, destination, slots moved), largest first."""
