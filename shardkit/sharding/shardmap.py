@@ -394,6 +394,17 @@ def _router(m: ShardMap) -> Any:
     ((length, rules),) = m._rules
     # A rule whose jurisdiction has no table maps to None: the general path raises for it.
     by_prefix = {p: tables.get(j) for p, j in rules.items()}
+    if len(by_prefix) == 1:
+        ((prefix, ruled),) = by_prefix.items()
+
+        def route_one_rule(key: str, jurisdiction: str | None = None) -> Shard:
+            if jurisdiction is None:
+                table = ruled if key[:length] == prefix else default
+                if table is not None:
+                    return table[xxh(key.encode()) >> shift]
+            return general(key, jurisdiction)
+
+        return route_one_rule
 
     def route_prefix(key: str, jurisdiction: str | None = None) -> Shard:
         if jurisdiction is None:
