@@ -223,7 +223,7 @@ def _from_obj(obj: Any) -> ShardMap:
     _need(isinstance(rules, list) and all(_is_pair(r) for r in rules), "residency_rules")
     default = obj["default_jurisdiction"]
     _need(default is None or isinstance(default, str), "default_jurisdiction")
-    shards = [_shard(row, i) for i, row in enumerate(_list(obj["shards"], "shards"))]
+    shards = _shards(_list(obj["shards"], "shards"))
     groups_obj = obj["groups"]
     _need(isinstance(groups_obj, dict), "groups")
     groups = [_group(name, g, shards, bits) for name, g in groups_obj.items()]
@@ -242,9 +242,13 @@ def _from_obj(obj: Any) -> ShardMap:
 _ROW_TYPES = (str, str, str, str, float, str, int)  # exact types: a bool is not an epoch
 
 
-def _shard(row: Any, index: int) -> Shard:
-    _need(type(row) is list and tuple(map(type, row)) == _ROW_TYPES, f"shards[{index}]")
-    return Shard(*row, index)
+def _shards(rows: list[Any]) -> list[Shard]:
+    """Every shard row, its field types checked exactly, in one pass per step (no per-row
+    function call: a map update re-creates every shard)."""
+    for i, row in enumerate(rows):
+        if type(row) is not list or tuple(map(type, row)) != _ROW_TYPES:
+            _need(False, f"shards[{i}]")
+    return [Shard(*row, i) for i, row in enumerate(rows)]
 
 
 def _group(name: Any, g: Any, shards: list[Shard], bits: int) -> Group:
