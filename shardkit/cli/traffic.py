@@ -13,6 +13,7 @@ import statistics
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import click
 from rich.table import Table
 
 from ..errors import ShardkitError
-from ..routing.client import InferenceError, Result, RoutingClient
+from ..routing.client import Result, RoutingClient
 from ..routing.project import client_for_project
 from .deploy import local_option
 from .output import console, emit_json, json_option
@@ -147,30 +148,40 @@ def _workload(total: int, keys: int, seed: int) -> list[list[tuple[str, dict[str
     return [reqs for reqs in per_key.values() if reqs]
 
 
-def _run(client: RoutingClient, work: list[list[tuple[str, dict[str, Any]]]],
-         threads: int) -> list[dict[str, Any]]:
+Work = list[list[tuple[str, dict[str, Any]]]]
+
+
+def _in_threads(work: Work, threads: int,
+                one: Callable[[str, dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each key's requests in order on one thread, keys spread over ``threads``; one outcome
+    row per request from ``one(key, payload)``, with its latency."""
     outcomes: list[dict[str, Any]] = []
     lock = threading.Lock()
 
     def run_key(requests: list[tuple[str, dict[str, Any]]]) -> None:
         for key, payload in requests:
             t = time.perf_counter()
-            try:
-                r = client.infer(key, payload)
-                row = {"shard": r.shard, "region": r.region, "ok": True,
-                       "redirected": r.redirected, "degraded": r.degraded,
-                       "ms": r.latency_s * 1000}
-            except (InferenceError, ShardkitError) as exc:
-                row = {"shard": getattr(exc, "shard", "?"), "region": "?", "ok": False,
-                       "redirected": False, "degraded": False,
-                       "ms": (time.perf_counter() - t) * 1000,
-                       "error": exc.message}
+            row = one(key, payload)  # errors are rows too: `one` turns them into outcomes
+            row.setdefault("ms", (time.perf_counter() - t) * 1000)
             with lock:
                 outcomes.append(row)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(run_key, work))
     return outcomes
+
+
+def _run(client: RoutingClient, work: Work, threads: int) -> list[dict[str, Any]]:
+    def one(key: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = client.infer(key, payload)
+        except ShardkitError as exc:
+            return {"shard": getattr(exc, "shard", "?") or "?", "region": "?", "ok": False,
+                    "redirected": False, "degraded": False, "error": exc.message}
+        return {"shard": r.shard, "region": r.region, "ok": True, "redirected": r.redirected,
+                "degraded": r.degraded, "ms": r.latency_s * 1000}
+
+    return _in_threads(work, threads, one)
 
 
 def _report(outcomes: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
@@ -285,26 +296,15 @@ def _edge_traffic(runtime: Any, work: list[list[tuple[str, dict[str, Any]]]], th
         console.print(f"error: {error}")
 
 
-def _run_edge(runtime: Any, work: list[list[tuple[str, dict[str, Any]]]],
-              threads: int) -> list[dict[str, Any]]:
-    outcomes: list[dict[str, Any]] = []
-    lock = threading.Lock()
+def _run_edge(runtime: Any, work: Work, threads: int) -> list[dict[str, Any]]:
+    def one(key: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            d = runtime.infer(key, payload)
+        except ShardkitError as exc:
+            return {"path": "error", "cache": "-", "ok": False, "error": exc.message}
+        return {"path": d.path, "cache": d.cache, "ok": True, "ms": d.latency_s * 1000}
 
-    def run_key(requests: list[tuple[str, dict[str, Any]]]) -> None:
-        for key, payload in requests:
-            t = time.perf_counter()
-            try:
-                d = runtime.infer(key, payload)
-                row = {"path": d.path, "cache": d.cache, "ok": True, "ms": d.latency_s * 1000}
-            except ShardkitError as exc:
-                row = {"path": "error", "cache": "-", "ok": False,
-                       "ms": (time.perf_counter() - t) * 1000, "error": exc.message}
-            with lock:
-                outcomes.append(row)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(run_key, work))
-    return outcomes
+    return _in_threads(work, threads, one)
 
 
 def _edge_report(outcomes: list[dict[str, Any]], elapsed: float, stats: dict[str, Any],

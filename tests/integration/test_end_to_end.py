@@ -501,6 +501,19 @@ def test_the_invoke_and_traffic_commands_work(quickstart: Deployed) -> None:
     assert {r[:2] for r in report["regions"]} <= {"eu", "us"}
 
 
+def test_traffic_through_the_edge_runtime_reports_every_path(quickstart: Deployed) -> None:
+    report = json.loads(cli("traffic", str(quickstart.root), "--edge", "--requests", "300",
+                            "--keys", "10", "--reads", "0.9", "--threads", "2",
+                            "--edge-region", "us-east-1", "--json").stdout)
+    paths = report["paths"]
+    assert (report["requests"], report["errors"]) == (300, 0)
+    assert sum(p["requests"] for p in paths.values()) == 300
+    assert abs(sum(p["share"] for p in paths.values()) - 1.0) < 1e-9
+    assert paths["shard"]["requests"] > 0  # writes always go to the owning shard
+    assert paths["cache"]["requests"] + paths["local"]["requests"] > 0  # reads are served nearby
+    assert report["location"] == {"region": "us-east-1", "jurisdiction": "us"}
+
+
 # -- the executor honours the function's configuration ---------------------------------------------
 
 
