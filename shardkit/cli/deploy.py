@@ -34,10 +34,15 @@ project_arg = click.argument("project_dir", type=_PATH, default=".")
 def _deployer(project_dir: Path, local: bool | None, *, start: bool, json_: bool) -> Deployer:
     project = load_project(project_dir)
     target = open_target(project, local=local, start=start)
-    deployer = Deployer(project, target)
+    deployer = Deployer(project, target, vendor=_vendor(project, target.name))
     if start and deployer.needs_restore():
         _restore(deployer, json_)
     return deployer
+
+
+def _vendor(project: Project, target: str) -> bool:
+    """Real AWS needs the dependency wheels in the code package (unless a layer has them)."""
+    return target == "aws" and project.config.proxy.vendor
 
 
 def restore_local(project_dir: Path, json_: bool) -> ApplyResult | None:
@@ -98,7 +103,8 @@ def apply_cmd(plan_file: Path, json_: bool) -> None:
     """Apply a saved plan. Refused if the deployed state changed since it was made."""
     plan = Plan.load(plan_file)
     project = load_project(plan.project_root)
-    deployer = Deployer(project, open_target(project, local=plan.target == "local"))
+    deployer = Deployer(project, open_target(project, local=plan.target == "local"),
+                        vendor=_vendor(project, plan.target))
     result = _apply(deployer, plan, json_)
     _report(deployer, plan, result, json_)
 

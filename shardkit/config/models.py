@@ -191,6 +191,9 @@ class ProxyConfig(_Model):
     code: str = "app"  # the project directory shipped in the code package, beside shardkit
     state_cache: Int = Field(default=1024, ge=0, le=1_000_000)
     blueprint: str = "stateful-inference-proxy"
+    # Ship the wheels of msgpack, xxhash, jump, cryptography and Powertools for the function's
+    # platform in the code package (AWS target only); false if a Lambda layer provides them.
+    vendor: bool = Field(default=True, strict=True)
 
 
 class ProjectConfig(_Model):

@@ -52,11 +52,15 @@ class Target:
 class Deployer:
     """The deploy commands for one project and target."""
 
-    def __init__(self, project: Project, target: Target, *, progress: Progress | None = None):
+    def __init__(self, project: Project, target: Target, *, progress: Progress | None = None,
+                 vendor: bool = False) -> None:
+        """``vendor``: put the data plane's dependency wheels in the code package (what real
+        AWS needs; the local cloud runs functions with this machine's packages)."""
         self.project = project
         self.target = target
         self.store = StateStore(project.state_dir, target.name)
         self.progress = progress
+        self.vendor = vendor
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -88,7 +92,7 @@ class Deployer:
         shardkit's back."""
         deployed = self.deployed_map()
         shard_map, envelope = self._next_map(deployed)
-        package = build_package(self.project)
+        package = build_package(self.project, self._dependencies())
         self._cache_artifact(package.sha256, package.data)
         blueprint = self._blueprint(shard_map, package.artifact)
         manifest = self.manifest()
@@ -100,6 +104,16 @@ class Deployer:
                          artifact=_artifact_dict(package.artifact), map_envelope=envelope,
                          map_version=shard_map.version, epochs=_epochs(shard_map))
         return replace(plan, base=base)  # what is recorded is still what the plan replaces
+
+    def _dependencies(self) -> dict[str, bytes] | None:
+        if not self.vendor:
+            return None
+        from .vendor import fetch_wheels, wheel_files
+
+        function = load_definition(self.project.config.proxy.blueprint)
+        props = next(item["props"] for item in function["shard"]
+                     if item["kind"] == "lambda_function")
+        return wheel_files(fetch_wheels(props["runtime"], props["architecture"]))
 
     def _missing(self, manifest: Manifest) -> list[str]:
         """Recorded resources that are gone - with what went with them (a deleted function

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,21 +42,23 @@ class Package:
         return CodeArtifact(key=f"artifacts/code/{self.sha256}.zip", sha256=self.sha256)
 
 
-def build_package(project: Project) -> Package:
-    """Zip the data plane of the installed shardkit plus the project's code directory
-    (``[proxy] code``, ``app`` by default)."""
-    entries = dict(_shardkit_files())
+def build_package(project: Project, dependencies: Mapping[str, bytes] | None = None) -> Package:
+    """Zip the data plane of the installed shardkit, the project's code directory
+    (``[proxy] code``, ``app`` by default) and, for AWS, the ``dependencies`` unpacked from
+    their wheels (see :mod:`shardkit.deploy.vendor`)."""
+    entries: dict[str, bytes] = dict(dependencies or {})
+    entries.update((name, path.read_bytes()) for name, path in _shardkit_files())
     code = project.config.proxy.code
     app = project.root / code
     if app.is_dir():
-        entries.update(_tree(app, code))
+        entries.update((name, path.read_bytes()) for name, path in _tree(app, code))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         for name in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=_EPOCH)
-            info.external_attr = 0o644 << 16
+            info.external_attr = (0o755 if name.endswith(".so") else 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, entries[name].read_bytes())
+            zf.writestr(info, entries[name])
     data = buf.getvalue()
     return Package(data, hashlib.sha256(data).hexdigest(), tuple(sorted(entries)))
 
