@@ -287,9 +287,15 @@ class ShardMap:
         (length, rules), = self._rules
         by_prefix = {p: offsets.get(j, -1) for p, j in rules.items()}
         default = offsets.get(self.default_jurisdiction, -1) if self.default_jurisdiction else -1
-        prefixes = map(itemgetter(slice(None, length)), keys)
-        base = np.fromiter(map(by_prefix.get, prefixes, repeat(default)), dtype=np.int64,
-                           count=len(keys))
+        if len(by_prefix) == 1:  # one rule: a C-level startswith per key, then arithmetic
+            ((prefix, ruled),) = by_prefix.items()
+            hit = np.fromiter(map(str.startswith, keys, repeat(prefix)), dtype=bool,
+                              count=len(keys))
+            base = np.where(hit, ruled, default).astype(np.int64)
+        else:
+            prefixes = map(itemgetter(slice(None, length)), keys)
+            base = np.fromiter(map(by_prefix.get, prefixes, repeat(default)), dtype=np.int64,
+                               count=len(keys))
         if (base < 0).any():
             self.route(keys[int(np.argmax(base < 0))])  # raises the residency error for it
         return base
