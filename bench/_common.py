@@ -41,8 +41,9 @@ TWO_REGIONS = ("eu-west-1", "eu-central-1")
 # -- command line ---------------------------------------------------------------------------------
 
 
-def parse_args(doc: str | None, argv: Sequence[str] | None, quick_help: str,
-               profile_help: str = "") -> argparse.Namespace:
+def parse_args(
+    doc: str | None, argv: Sequence[str] | None, quick_help: str, profile_help: str = ""
+) -> argparse.Namespace:
     """Every script's options: --quick (a smoke run) and, where it has one, --profile. The
     description is the first paragraph of the script's docstring."""
     ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
@@ -106,8 +107,9 @@ def print_header(title: str, quick: bool, lines: dict[str, str], load_label: str
 # -- tables and targets ---------------------------------------------------------------------------
 
 
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
-                notes: Sequence[str] = ()) -> None:
+def print_table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()
+) -> None:
     """A plain-text table (first column left, the rest right-aligned): readable in a terminal and
     in a pasted log, with no dependency."""
     cells = [[str(c) for c in row] for row in rows]
@@ -146,8 +148,15 @@ class Report:
     targets: list[Target] = field(default_factory=list)
     commands: list[tuple[str, str]] = field(default_factory=list)
 
-    def target(self, name: str, value: float, limit: float, fmt: str, unit: str,
-               higher_is_better: bool = False) -> None:
+    def target(
+        self,
+        name: str,
+        value: float,
+        limit: float,
+        fmt: str,
+        unit: str,
+        higher_is_better: bool = False,
+    ) -> None:
         ok = value >= limit if higher_is_better else value <= limit
         op = ">=" if higher_is_better else "<="
         self.targets.append(
@@ -162,17 +171,21 @@ class Report:
     def finish(self, t_start: float, commands: str = "", load_at_end: bool = False) -> None:
         """The Targets table, the commands under the heading ``commands`` (if given) and the
         summary line; ``load_at_end`` adds the load average, to compare with the header's."""
-        print_table("Targets", ["target", "measured", "limit", "result"],
-                    [[t.name, t.measured, t.limit, "PASS" if t.ok else "MISS"]
-                     for t in self.targets])
+        print_table(
+            "Targets",
+            ["target", "measured", "limit", "result"],
+            [[t.name, t.measured, t.limit, "PASS" if t.ok else "MISS"] for t in self.targets],
+        )
         if commands:
             print(f"\n{commands}")
             for label, text in self.commands:
                 print(f"  {label}: {text}")
         missed = sum(not t.ok for t in self.targets)
         load = f"load average at end {load_average()}; " if load_at_end else ""
-        print(f"\n{len(self.targets) - missed}/{len(self.targets)} targets met; {load}"
-              f"total run time {time.perf_counter() - t_start:.1f} s")
+        print(
+            f"\n{len(self.targets) - missed}/{len(self.targets)} targets met; {load}"
+            f"total run time {time.perf_counter() - t_start:.1f} s"
+        )
 
 
 # -- timing and statistics ------------------------------------------------------------------------
@@ -203,9 +216,11 @@ def pct(sorted_values: Sequence[float], q: float) -> float:
 
 def loop_calls(f: Callable[[str], Any], keys: list[str]) -> Callable[[], None]:
     """``for k in keys: f(k)`` as one timed call; defaults bind f and keys as fast locals."""
+
     def run(f: Callable[[str], Any] = f, keys: list[str] = keys) -> None:
         for k in keys:
             f(k)
+
     return run
 
 
@@ -317,9 +332,16 @@ def top_import_rows(s: ImportStats, top: int, scale_ms: float) -> list[list[str]
     """The ``top`` modules by cumulative time, indented by depth, with their share of
     ``scale_ms``: module, imported by, self ms, cumulative ms, share."""
     names = sorted(s.mine, key=lambda n: -s.cum_ms[n])[:top]
-    return [[("  " * min(s.first[n].depth, 6)) + n, s.first[n].parent or "(top level)",
-             f"{s.self_ms[n]:,.1f}", f"{s.cum_ms[n]:,.1f}", f"{100 * s.cum_ms[n] / scale_ms:.0f}%"]
-            for n in names]
+    return [
+        [
+            ("  " * min(s.first[n].depth, 6)) + n,
+            s.first[n].parent or "(top level)",
+            f"{s.self_ms[n]:,.1f}",
+            f"{s.cum_ms[n]:,.1f}",
+            f"{100 * s.cum_ms[n] / scale_ms:.0f}%",
+        ]
+        for n in names
+    ]
 
 
 def package_rows(s: ImportStats, top: int = 10) -> list[list[str]]:
@@ -327,8 +349,10 @@ def package_rows(s: ImportStats, top: int = 10) -> list[list[str]]:
     groups: dict[str, list[float]] = {}
     for n in s.mine:
         groups.setdefault(package_of(n), []).append(s.self_ms[n])
-    return [[pkg, str(len(v)), f"{sum(v):,.1f}", f"{100 * sum(v) / s.total:.0f}%"]
-            for pkg, v in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]]
+    return [
+        [pkg, str(len(v)), f"{sum(v):,.1f}", f"{100 * sum(v) / s.total:.0f}%"]
+        for pkg, v in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]
+    ]
 
 
 # -- signing key ----------------------------------------------------------------------------------
@@ -345,33 +369,57 @@ def signing_key(key_id: str = "bench") -> Any:
 # -- shard map configs ----------------------------------------------------------------------------
 
 
-def one_group_config(shards: int | list[dict[str, str]], replicas: int = 0,
-                     regions: Sequence[str] = ("eu-west-1",)) -> Any:
+def one_group_config(
+    shards: int | list[dict[str, str]], replicas: int = 0, regions: Sequence[str] = ("eu-west-1",)
+) -> Any:
     """One group serving one jurisdiction; ``shards`` is a count or an explicit shard list."""
-    return shardkit.ProjectConfig.model_validate({
-        "project": {"name": "bench"},
-        "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
-        "signing": {"key_id": "bench"},
-        "regions": {r: {"jurisdiction": "eu"} for r in regions},
-        "residency": {"default": "eu"},
-        "groups": {"g": {"jurisdiction": "eu", "regions": list(regions), "shards": shards,
-                         "replicas": replicas}},
-    })
+    return shardkit.ProjectConfig.model_validate(
+        {
+            "project": {"name": "bench"},
+            "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
+            "signing": {"key_id": "bench"},
+            "regions": {r: {"jurisdiction": "eu"} for r in regions},
+            "residency": {"default": "eu"},
+            "groups": {
+                "g": {
+                    "jurisdiction": "eu",
+                    "regions": list(regions),
+                    "shards": shards,
+                    "replicas": replicas,
+                }
+            },
+        }
+    )
 
 
 def quickstart_config() -> Any:
     """The same map as examples/quickstart/shardkit.toml: two jurisdictions, an "eu:" rule."""
-    return shardkit.ProjectConfig.model_validate({
-        "project": {"name": "quickstart"},
-        "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
-        "signing": {"key_id": "bench", "map_ttl_hours": 720},
-        "regions": {"eu-west-1": {"jurisdiction": "eu"}, "eu-central-1": {"jurisdiction": "eu"},
-                    "us-east-1": {"jurisdiction": "us"}, "us-west-2": {"jurisdiction": "us"}},
-        "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
-        "groups": {
-            "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 4,
-                   "replicas": 1},
-            "us": {"jurisdiction": "us", "regions": ["us-east-1", "us-west-2"], "shards": 4,
-                   "replicas": 1, "weights": {"us-0": 2.0}},
-        },
-    })
+    return shardkit.ProjectConfig.model_validate(
+        {
+            "project": {"name": "quickstart"},
+            "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
+            "signing": {"key_id": "bench", "map_ttl_hours": 720},
+            "regions": {
+                "eu-west-1": {"jurisdiction": "eu"},
+                "eu-central-1": {"jurisdiction": "eu"},
+                "us-east-1": {"jurisdiction": "us"},
+                "us-west-2": {"jurisdiction": "us"},
+            },
+            "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
+            "groups": {
+                "eu": {
+                    "jurisdiction": "eu",
+                    "regions": ["eu-west-1", "eu-central-1"],
+                    "shards": 4,
+                    "replicas": 1,
+                },
+                "us": {
+                    "jurisdiction": "us",
+                    "regions": ["us-east-1", "us-west-2"],
+                    "shards": 4,
+                    "replicas": 1,
+                    "weights": {"us-0": 2.0},
+                },
+            },
+        }
+    )

@@ -151,28 +151,32 @@ def shown(cmd: Sequence[str], env_note: str = "") -> str:
 def caller_bytecode() -> str:
     """The caller's bytecode variables as "K=V, ..." ("" if neither is set): they decide whether
     shardkit is compiled on every run, so the report states them."""
-    return ", ".join(f"{k}={os.environ[k]}" for k in ("PYTHONDONTWRITEBYTECODE",
-                                                      "PYTHONPYCACHEPREFIX") if k in os.environ)
+    return ", ".join(
+        f"{k}={os.environ[k]}"
+        for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+        if k in os.environ
+    )
 
 
 def header(params: Params, cache: Path) -> None:
     header_lines = {
         "packages": f"shardkit {shardkit.__version__}, boto3 {ver('boto3')}, botocore "
-                    f"{ver('botocore')}, moto {ver('moto')}, pydantic {ver('pydantic')}, click "
-                    f"{ver('click')}, rich {ver('rich')}",
+        f"{ver('botocore')}, moto {ver('moto')}, pydantic {ver('pydantic')}, click "
+        f"{ver('click')}, rich {ver('rich')}",
         "project": f"1 group 'eu' over {', '.join(REGIONS)}; shards = {SHARDS} round-robin "
-                   f"(= {SHARDS // len(REGIONS)} per region), replicas = 1, slot_bits = 14, "
-                   "code = the quickstart's app/",
+        f"(= {SHARDS // len(REGIONS)} per region), replicas = 1, slot_bits = 14, "
+        "code = the quickstart's app/",
         "settings": f"first deploys: {params.first_runs} per variant; no-op deploys and floors: "
-                    f"{params.noop_runs} each, round-robin; importtime: "
-                    f"{params.importtime_runs} runs",
+        f"{params.noop_runs} each, round-robin; importtime: "
+        f"{params.importtime_runs} runs",
         "bytecode": f"commands run with PYTHONPYCACHEPREFIX={cache} (this run's own cache, "
-                    "filled by the warm-up) and without PYTHONDONTWRITEBYTECODE, so they use "
-                    "cached bytecode as an installed CLI does; caller's environment: "
-                    f"{caller_bytecode() or 'neither variable set'}",
+        "filled by the warm-up) and without PYTHONDONTWRITEBYTECODE, so they use "
+        "cached bytecode as an installed CLI does; caller's environment: "
+        f"{caller_bytecode() or 'neither variable set'}",
     }
-    print_header("shardkit deploy benchmark", params.quick, header_lines,
-                 load_label="load average at start")
+    print_header(
+        "shardkit deploy benchmark", params.quick, header_lines, load_label="load average at start"
+    )
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -190,8 +194,15 @@ def run(cmd: Sequence[str], env: dict[str, str], *, timeout: float = 900) -> Run
     """Run ``cmd`` to completion; its wall time and CPU time. Raises if it fails."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        list(cmd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -223,8 +234,11 @@ def new_project(root: Path, name: str, toml: str = PROJECT_TOML) -> Path:
     project = root / name
     project.mkdir()
     (project / "shardkit.toml").write_text(toml)
-    shutil.copytree(REPO / "examples" / "quickstart" / "app", project / "app",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "examples" / "quickstart" / "app",
+        project / "app",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     return project
 
 
@@ -256,8 +270,11 @@ def first_deploy(project: Path, env: dict[str, str], *, cloud_up: bool) -> Deplo
     assert out["changed"] is True, out
     pid = pid or server_pid(project)
     server_after = proc_cpu_s(pid)
-    server = (server_after - server_before
-              if server_after is not None and server_before is not None else None)
+    server = (
+        server_after - server_before
+        if server_after is not None and server_before is not None
+        else None
+    )
     return DeployRun(r.wall_s, r.cpu_s, server, int(out["steps_done"]), int(out["mutating_calls"]))
 
 
@@ -276,8 +293,7 @@ def warm_up(p: Params, rep: Report, tmp: Path, env: dict[str, str], live: list[P
     print(f"\nwarm-up (bytecode cache, 1-shard deploy): {time.perf_counter() - t0:.1f} s")
 
 
-def bench_first(p: Params, rep: Report, tmp: Path, env: dict[str, str], live: list[Path]
-                ) -> Path:
+def bench_first(p: Params, rep: Report, tmp: Path, env: dict[str, str], live: list[Path]) -> Path:
     """First deploys on fresh projects and fresh clouds; returns the last one, still up."""
     cold: list[DeployRun] = []
     warm: list[DeployRun] = []
@@ -309,9 +325,11 @@ def bench_first(p: Params, rep: Report, tmp: Path, env: dict[str, str], live: li
         order = (cold_run, up_run) if i % 2 == 0 else (up_run, cold_run)
         for variant in order:
             variant(i)
-        print(f"  first deploy run {i + 1}/{p.first_runs} "
-              f"({'cold first' if i % 2 == 0 else 'cloud-up first'}): cold {cold[-1].wall_s:.1f} s,"
-              f" cloud up {warm[-1].wall_s:.1f} s (+ local up {ups[-1].wall_s:.1f} s)")
+        print(
+            f"  first deploy run {i + 1}/{p.first_runs} "
+            f"({'cold first' if i % 2 == 0 else 'cloud-up first'}): cold {cold[-1].wall_s:.1f} s,"
+            f" cloud up {warm[-1].wall_s:.1f} s (+ local up {ups[-1].wall_s:.1f} s)"
+        )
         sys.stdout.flush()
     assert kept is not None
 
@@ -321,47 +339,104 @@ def bench_first(p: Params, rep: Report, tmp: Path, env: dict[str, str], live: li
 
     def row(label: str, runs: Sequence[DeployRun]) -> list[str]:
         walls = [r.wall_s for r in runs]
-        return [label, str(len(runs)), f"{med(walls):.2f}", f"{min(walls):.2f}",
-                f"{max(walls):.2f}", cpu([r.client_cpu_s for r in runs]),
-                cpu([r.server_cpu_s for r in runs]), f"{runs[-1].steps:,}",
-                f"{runs[-1].mutating:,}"]
+        return [
+            label,
+            str(len(runs)),
+            f"{med(walls):.2f}",
+            f"{min(walls):.2f}",
+            f"{max(walls):.2f}",
+            cpu([r.client_cpu_s for r in runs]),
+            cpu([r.server_cpu_s for r in runs]),
+            f"{runs[-1].steps:,}",
+            f"{runs[-1].mutating:,}",
+        ]
 
     up_walls = [u.wall_s for u in ups]
     sums = [w.wall_s + u for w, u in zip(warm, up_walls, strict=True)]
     rows = [
         row("first deploy, local cloud already up", warm),
         row("first deploy, cold (the deploy starts the local cloud)", cold),
-        ["`shardkit local up` alone (fresh project)", str(len(ups)), f"{med(up_walls):.2f}",
-         f"{min(up_walls):.2f}", f"{max(up_walls):.2f}", cpu([u.cpu_s for u in ups]), "", "", ""],
-        ["local up + first deploy (sum, per run)", str(len(sums)), f"{med(sums):.2f}",
-         f"{min(sums):.2f}", f"{max(sums):.2f}", "", "", "", ""],
-        ["`shardkit local down` after a first deploy", str(len(downs)), f"{med(downs):.2f}",
-         f"{min(downs):.2f}", f"{max(downs):.2f}", "", "", "", ""],
+        [
+            "`shardkit local up` alone (fresh project)",
+            str(len(ups)),
+            f"{med(up_walls):.2f}",
+            f"{min(up_walls):.2f}",
+            f"{max(up_walls):.2f}",
+            cpu([u.cpu_s for u in ups]),
+            "",
+            "",
+            "",
+        ],
+        [
+            "local up + first deploy (sum, per run)",
+            str(len(sums)),
+            f"{med(sums):.2f}",
+            f"{min(sums):.2f}",
+            f"{max(sums):.2f}",
+            "",
+            "",
+            "",
+            "",
+        ],
+        [
+            "`shardkit local down` after a first deploy",
+            str(len(downs)),
+            f"{med(downs):.2f}",
+            f"{min(downs):.2f}",
+            f"{max(downs):.2f}",
+            "",
+            "",
+            "",
+            "",
+        ],
     ]
     print_table(
         f"1. First deploy of {SHARDS} shards ({SHARDS // len(REGIONS)} per region x "
         f"{len(REGIONS)} regions), wall clock of the whole command, seconds",
-        ["case", "runs", "median s", "min s", "max s", "client CPU s", "server CPU s", "steps",
-         "mutating calls"],
+        [
+            "case",
+            "runs",
+            "median s",
+            "min s",
+            "max s",
+            "client CPU s",
+            "server CPU s",
+            "steps",
+            "mutating calls",
+        ],
         rows,
-        notes=["every run: a fresh project directory (new signing key, empty state) and a fresh "
-               "local cloud; `shardkit local down` after it (not timed in the deploy rows); the "
-               "two variants alternate which goes first in each round (the cloud-up project's "
-               "cloud, idle, stays up until the next cloud-up run; the last one serves section 2)",
-               "cloud already up: `shardkit local up` ran just before and is NOT included; cold: "
-               "the local cloud start IS included (the deploy starts it)",
-               "client CPU: user+sys of the `shardkit deploy` process; server CPU: user+sys of "
-               "the local cloud process (moto + gateway) during the deploy (cold: since its "
-               "start); the rest of the wall time is waiting",
-               "steps / mutating calls: from the --json output (steps_done, mutating_calls)"],
+        notes=[
+            "every run: a fresh project directory (new signing key, empty state) and a fresh "
+            "local cloud; `shardkit local down` after it (not timed in the deploy rows); the "
+            "two variants alternate which goes first in each round (the cloud-up project's "
+            "cloud, idle, stays up until the next cloud-up run; the last one serves section 2)",
+            "cloud already up: `shardkit local up` ran just before and is NOT included; cold: "
+            "the local cloud start IS included (the deploy starts it)",
+            "client CPU: user+sys of the `shardkit deploy` process; server CPU: user+sys of "
+            "the local cloud process (moto + gateway) during the deploy (cold: since its "
+            "start); the rest of the wall time is waiting",
+            "steps / mutating calls: from the --json output (steps_done, mutating_calls)",
+        ],
     )
-    rep.target("first deploy, local cloud already up (median)", med([r.wall_s for r in warm]),
-               20, ".2f", "s")
-    rep.target("first deploy, cold: includes the local cloud start (median)",
-               med([r.wall_s for r in cold]), 20, ".2f", "s")
+    rep.target(
+        "first deploy, local cloud already up (median)",
+        med([r.wall_s for r in warm]),
+        20,
+        ".2f",
+        "s",
+    )
+    rep.target(
+        "first deploy, cold: includes the local cloud start (median)",
+        med([r.wall_s for r in cold]),
+        20,
+        ".2f",
+        "s",
+    )
     placeholder = tmp / "<project>"
-    rep.command("first deploy (both variants)",
-                shown(deploy_cmd(placeholder), "PYTHONPYCACHEPREFIX=<run cache>"))
+    rep.command(
+        "first deploy (both variants)",
+        shown(deploy_cmd(placeholder), "PYTHONPYCACHEPREFIX=<run cache>"),
+    )
     rep.command("cloud already up: before the deploy, not timed", shown(up_cmd(placeholder)))
     rep.command("between runs", shown(down_cmd(placeholder)))
     return kept
@@ -372,20 +447,30 @@ def bench_first(p: Params, rep: Report, tmp: Path, env: dict[str, str], live: li
 
 def bench_noop(p: Params, rep: Report, project: Path, env: dict[str, str], cache: Path) -> float:
     endpoint = json.loads((project / ".shardkit" / "local" / "cloud.json").read_text())["endpoint"]
-    boto3_call = ("import boto3; boto3.client('sts', region_name='us-east-1', "
-                  f"endpoint_url='{endpoint}', aws_access_key_id='testing', "
-                  "aws_secret_access_key='testing').get_caller_identity()")
+    boto3_call = (
+        "import boto3; boto3.client('sts', region_name='us-east-1', "
+        f"endpoint_url='{endpoint}', aws_access_key_id='testing', "
+        "aws_secret_access_key='testing').get_caller_identity()"
+    )
     inherited = dict(os.environ)
     inherited_note = caller_bytecode() or "as inherited"
     noop = "no-op redeploy: shardkit deploy DIR --local --yes --json"
     cases: list[tuple[str, str, list[str], dict[str, str]]] = [
         (noop, "cached", deploy_cmd(project), env),
         ("shardkit --help", "cached", [SHARDKIT, "--help"], env),
-        ("python -c 'import shardkit.cli.main'", "cached", [PY, "-c", "import shardkit.cli.main"],
-         env),
+        (
+            "python -c 'import shardkit.cli.main'",
+            "cached",
+            [PY, "-c", "import shardkit.cli.main"],
+            env,
+        ),
         ("python -c 'import boto3'", "cached", [PY, "-c", "import boto3"], env),
-        ("python -c: import boto3 + STS client + 1 call to the cloud", "cached",
-         [PY, "-c", boto3_call], env),
+        (
+            "python -c: import boto3 + STS client + 1 call to the cloud",
+            "cached",
+            [PY, "-c", boto3_call],
+            env,
+        ),
         ("python -c pass", "cached", [PY, "-c", "pass"], env),
         (noop + " (caller's env)", inherited_note, deploy_cmd(project), inherited),
         ("shardkit --help (caller's env)", inherited_note, [SHARDKIT, "--help"], inherited),
@@ -404,33 +489,48 @@ def bench_noop(p: Params, rep: Report, project: Path, env: dict[str, str], cache
     rows = []
     for label, note, _, _ in cases:
         walls = [r.wall_s * 1000 for r in samples[label]]
-        rows.append([label, note, str(len(walls)), f"{med(walls):,.0f}", f"{min(walls):,.0f}",
-                     f"{max(walls):,.0f}", f"{med([r.cpu_s * 1000 for r in samples[label]]):,.0f}",
-                     f"{noop_med * 1000 / med(walls):.2f}x"])
+        rows.append(
+            [
+                label,
+                note,
+                str(len(walls)),
+                f"{med(walls):,.0f}",
+                f"{min(walls):,.0f}",
+                f"{max(walls):,.0f}",
+                f"{med([r.cpu_s * 1000 for r in samples[label]]):,.0f}",
+                f"{noop_med * 1000 / med(walls):.2f}x",
+            ]
+        )
     print_table(
         f"2. No-op redeploy vs. floors, wall clock ms ({p.noop_runs} runs each, round-robin)",
         ["case", "bytecode", "runs", "median ms", "min ms", "max ms", "CPU ms", "no-op/this"],
         rows,
-        notes=["the no-op redeploys run against the last first-deploy project of section 1, its "
-               "local cloud up and its deployment current",
-               "bytecode 'cached': this run's PYTHONPYCACHEPREFIX cache, warm; caller's env: the "
-               "environment this script was started with (with PYTHONDONTWRITEBYTECODE=1 and no "
-               "__pycache__ in the checkout, shardkit's own modules are compiled on every run)",
-               "CPU ms: user+sys of the command's process; no-op/this: the no-op's median divided "
-               "by this row's (how many times this floor fits into a no-op)"],
+        notes=[
+            "the no-op redeploys run against the last first-deploy project of section 1, its "
+            "local cloud up and its deployment current",
+            "bytecode 'cached': this run's PYTHONPYCACHEPREFIX cache, warm; caller's env: the "
+            "environment this script was started with (with PYTHONDONTWRITEBYTECODE=1 and no "
+            "__pycache__ in the checkout, shardkit's own modules are compiled on every run)",
+            "CPU ms: user+sys of the command's process; no-op/this: the no-op's median divided "
+            "by this row's (how many times this floor fits into a no-op)",
+        ],
     )
     changed = [o["changed"] for o in outputs]
     mutating = [int(o["mutating_calls"]) for o in outputs]
     steps = [len(o["plan"]["steps"]) for o in outputs]
-    print(f"\nno-op --json output, per run: changed = {json.dumps(changed)}; mutating_calls = "
-          f"{mutating}; plan steps = {steps}; plan summary = {outputs[-1]['plan']['summary']!r}")
+    print(
+        f"\nno-op --json output, per run: changed = {json.dumps(changed)}; mutating_calls = "
+        f"{mutating}; plan steps = {steps}; plan summary = {outputs[-1]['plan']['summary']!r}"
+    )
     assert not any(changed), "a no-op redeploy changed something"
     assert not any(mutating), "a no-op redeploy made mutating calls"
     rep.target("no-op redeploy (median, cached bytecode)", noop_med, 1.5, ".2f", "s")
     rep.target("no-op redeploy: mutating calls (max over runs)", max(mutating), 0, "d", "")
     rep.target("no-op redeploy: runs with changed = true", sum(changed), 0, "d", "")
-    rep.command("no-op redeploy", shown(deploy_cmd(project.parent / "<project>"),
-                                        f"PYTHONPYCACHEPREFIX={cache}"))
+    rep.command(
+        "no-op redeploy",
+        shown(deploy_cmd(project.parent / "<project>"), f"PYTHONPYCACHEPREFIX={cache}"),
+    )
     rep.command("floor", shown([SHARDKIT, "--help"]))
     rep.command("floor", shown([PY, "-c", "import boto3"]))
     return noop_med
@@ -438,20 +538,34 @@ def bench_noop(p: Params, rep: Report, project: Path, env: dict[str, str], cache
 
 # -- 3. importtime --------------------------------------------------------------------------------
 
-def importtime_tables(title: str, runs: list[list[Imp]], floor: list[list[Imp]], scale_ms: float,
-                      scale_label: str, top: int) -> None:
+
+def importtime_tables(
+    title: str,
+    runs: list[list[Imp]],
+    floor: list[list[Imp]],
+    scale_ms: float,
+    scale_label: str,
+    top: int,
+) -> None:
     """Top imports by cumulative time (median over runs), modules of the floor left out."""
     st = import_stats(runs, floor)
     print_table(
         f"{title}: top {top} imports by cumulative time (median of {len(runs)} runs)",
-        ["module (indent = import depth)", "imported by", "self ms", "cumulative ms",
-         f"% of {scale_label}"],
+        [
+            "module (indent = import depth)",
+            "imported by",
+            "self ms",
+            "cumulative ms",
+            f"% of {scale_label}",
+        ],
         top_import_rows(st, top, scale_ms),
-        notes=[f"{len(st.mine):,} modules imported beyond "
-               f"the interpreter's own start-up; their self times add up to {st.total:,.0f} ms "
-               f"(start-up imports of `python -c pass`, left out here: {st.floor_total:,.0f} ms)",
-               "cumulative includes everything a module imports; nested rows are contained in "
-               "the rows above them, so the column does not add up"],
+        notes=[
+            f"{len(st.mine):,} modules imported beyond "
+            f"the interpreter's own start-up; their self times add up to {st.total:,.0f} ms "
+            f"(start-up imports of `python -c pass`, left out here: {st.floor_total:,.0f} ms)",
+            "cumulative includes everything a module imports; nested rows are contained in "
+            "the rows above them, so the column does not add up",
+        ],
     )
     print_table(
         f"{title}: self time by top-level package (top 10)",
@@ -460,8 +574,9 @@ def importtime_tables(title: str, runs: list[list[Imp]], floor: list[list[Imp]],
     )
 
 
-def bench_importtime(p: Params, rep: Report, project: Path, env: dict[str, str],
-                     noop_med: float) -> None:
+def bench_importtime(
+    p: Params, rep: Report, project: Path, env: dict[str, str], noop_med: float
+) -> None:
     script = "import sys; from shardkit.cli.main import main; main(sys.argv[1:])"
     cmd = [PY, "-X", "importtime", "-c", script, *deploy_cmd(project)[1:]]
     floor_cmd = [PY, "-X", "importtime", "-c", "pass"]
@@ -471,10 +586,17 @@ def bench_importtime(p: Params, rep: Report, project: Path, env: dict[str, str],
         assert json.loads(r.out)["changed"] is False
         runs.append(parse_importtime(r.err))
         floor.append(parse_importtime(run(floor_cmd, env).err))
-    importtime_tables("3. Where the no-op's time goes: -X importtime of the command", runs, floor,
-                      noop_med * 1000, "no-op median", 15)
-    rep.command("importtime",
-                shown([*cmd[:5], "deploy", "<project>", "--local", "--yes", "--json"]))
+    importtime_tables(
+        "3. Where the no-op's time goes: -X importtime of the command",
+        runs,
+        floor,
+        noop_med * 1000,
+        "no-op median",
+        15,
+    )
+    rep.command(
+        "importtime", shown([*cmd[:5], "deploy", "<project>", "--local", "--yes", "--json"])
+    )
 
 
 # -- 4. cProfile ----------------------------------------------------------------------------------
@@ -483,37 +605,46 @@ def bench_importtime(p: Params, rep: Report, project: Path, env: dict[str, str],
 PHASES = [
     ("import shardkit.cli.main (every command module)", "shardkit/cli/main.py", "<module>"),
     ("load_project: read + validate shardkit.toml", "shardkit/config/loader.py", "load_project"),
-    ("  of which aws_regions(): botocore endpoint data", "shardkit/config/models.py",
-     "aws_regions"),
-    ("open_target: local cloud status + STS identify", "shardkit/deploy/targets.py",
-     "open_target"),
+    (
+        "  of which aws_regions(): botocore endpoint data",
+        "shardkit/config/models.py",
+        "aws_regions",
+    ),
+    ("open_target: local cloud status + STS identify", "shardkit/deploy/targets.py", "open_target"),
     ("  of which server.status (record, /proc, probe)", "shardkit/local/server.py", "status"),
     ("  of which server.client (boto3 client creation)", "shardkit/local/server.py", "client"),
     ("  of which identify (sts:GetCallerIdentity)", "shardkit/deploy/targets.py", "identify"),
     ("Deployer.needs_restore (manifest)", "shardkit/deploy/engine.py", "needs_restore"),
     ("Deployer.plan", "shardkit/deploy/engine.py", "plan"),
-    ("  deployed_map: read + verify the deployed map", "shardkit/deploy/engine.py",
-     "deployed_map"),
+    ("  deployed_map: read + verify the deployed map", "shardkit/deploy/engine.py", "deployed_map"),
     ("  _next_map: build_map + same_routing", "shardkit/deploy/engine.py", "_next_map"),
     ("  build_package: zip + sha256 of the code", "shardkit/deploy/package.py", "build_package"),
     ("  _blueprint: expand the blueprint", "shardkit/deploy/engine.py", "_blueprint"),
     ("  make_plan: diff against the manifest", "shardkit/deploy/plan.py", "make_plan"),
     ("_nothing_to_do: outputs + JSON", "shardkit/cli/deploy.py", "_nothing_to_do"),
 ]
-_NOISE = ("<frozen importlib", "{built-in method builtins.exec}",
-          "{built-in method builtins.__import__}", "click/core.py", "{method 'validate_python'",
-          "importlib/__init__.py")
+_NOISE = (
+    "<frozen importlib",
+    "{built-in method builtins.exec}",
+    "{built-in method builtins.__import__}",
+    "click/core.py",
+    "{method 'validate_python'",
+    "importlib/__init__.py",
+)
 
 
 def short(path: str) -> str:
-    stdlib = str(Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
+    stdlib = str(
+        Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    )
     for prefix in (str(REPO) + "/", str(Path(PY).parents[1]) + "/", stdlib + "/"):
         path = path.replace(prefix, "")
     return re.sub(r"^lib/python3\.\d+/site-packages/", "", path)
 
 
-def bench_profile(rep: Report, tmp: Path, project: Path, env: dict[str, str],
-                  noop_med: float) -> None:
+def bench_profile(
+    rep: Report, tmp: Path, project: Path, env: dict[str, str], noop_med: float
+) -> None:
     out = tmp / "noop.prof"
     argv = deploy_cmd(project)[1:]
     r = run([PY, "-c", PROFILE_SCRIPT, str(out), *argv], env)
@@ -532,8 +663,15 @@ def bench_profile(rep: Report, tmp: Path, project: Path, env: dict[str, str],
         text = label(key)
         if any(n in text for n in _NOISE):
             continue
-        rows.append([text, f"{nc:,}", f"{tt * 1000:,.1f}", f"{ct * 1000:,.1f}",
-                     f"{100 * ct * 1000 / wall_ms:.0f}%"])
+        rows.append(
+            [
+                text,
+                f"{nc:,}",
+                f"{tt * 1000:,.1f}",
+                f"{ct * 1000:,.1f}",
+                f"{100 * ct * 1000 / wall_ms:.0f}%",
+            ]
+        )
         if len(rows) == 15:
             break
     print_table(
@@ -541,17 +679,22 @@ def bench_profile(rep: Report, tmp: Path, project: Path, env: dict[str, str],
         "cumulative time",
         ["function", "calls", "tottime ms", "cumtime ms", "% of run"],
         rows,
-        notes=[f"profiled run: {wall_ms:,.0f} ms from before `import shardkit.cli.main` to the "
-               f"end of main() (profiler overhead included; unprofiled no-op median: "
-               f"{noop_med * 1000:,.0f} ms incl. interpreter start-up)",
-               "left out as pure plumbing: importlib bootstrap frames, exec/__import__, click's "
-               "dispatch and pydantic's validate_python wrapper (their time is in the rows they "
-               "call)"],
+        notes=[
+            f"profiled run: {wall_ms:,.0f} ms from before `import shardkit.cli.main` to the "
+            f"end of main() (profiler overhead included; unprofiled no-op median: "
+            f"{noop_med * 1000:,.0f} ms incl. interpreter start-up)",
+            "left out as pure plumbing: importlib bootstrap frames, exec/__import__, click's "
+            "dispatch and pydantic's validate_python wrapper (their time is in the rows they "
+            "call)",
+        ],
     )
     phase_rows = []
     for text, suffix, fn in PHASES:
-        hits = [(v[1], v[3]) for (file, _, name), v in entries.items()
-                if file.endswith(suffix) and name == fn]
+        hits = [
+            (v[1], v[3])
+            for (file, _, name), v in entries.items()
+            if file.endswith(suffix) and name == fn
+        ]
         if not hits:
             phase_rows.append([text, "-", "-", "-"])
             continue
@@ -562,12 +705,28 @@ def bench_profile(rep: Report, tmp: Path, project: Path, env: dict[str, str],
         "4b. The no-op deploy by phase (cumulative ms in the same profile)",
         ["phase", "calls", "cumulative ms", "% of run"],
         phase_rows,
-        notes=["indented rows are part of the row above them; import time of modules first "
-               "imported inside a phase counts in that phase",
-               f"total profiled time {total_ms:,.0f} ms"],
+        notes=[
+            "indented rows are part of the row above them; import time of modules first "
+            "imported inside a phase counts in that phase",
+            f"total profiled time {total_ms:,.0f} ms",
+        ],
     )
-    rep.command("cProfile", shown([PY, "-c", "<PROFILE_SCRIPT in bench_deploy.py>", "OUT.prof",
-                                   "deploy", "<project>", "--local", "--yes", "--json"]))
+    rep.command(
+        "cProfile",
+        shown(
+            [
+                PY,
+                "-c",
+                "<PROFILE_SCRIPT in bench_deploy.py>",
+                "OUT.prof",
+                "deploy",
+                "<project>",
+                "--local",
+                "--yes",
+                "--json",
+            ]
+        ),
+    )
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -591,12 +750,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_profile(rep, tmp, project, env, noop_med)
     finally:
         for project in live:
-            subprocess.run(down_cmd(project), env=env, capture_output=True, check=False,
-                           timeout=120)
+            subprocess.run(
+                down_cmd(project), env=env, capture_output=True, check=False, timeout=120
+            )
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rep.finish(t_start, "Commands (paths are this run's temp dirs; <project> is a fresh project "
-               "directory):", load_at_end=True)
+    rep.finish(
+        t_start,
+        "Commands (paths are this run's temp dirs; <project> is a fresh project directory):",
+        load_at_end=True,
+    )
     return 0
 
 

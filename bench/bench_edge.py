@@ -89,9 +89,9 @@ QUICK = Params(True, 1_000, 7, 7, 7)
 def header(p: Params) -> None:
     header_lines = {
         "packages": f"shardkit {shardkit.__version__}, msgpack {ver('msgpack')}, xxhash "
-                    f"{ver('xxhash')}, cryptography {ver('cryptography')}",
+        f"{ver('xxhash')}, cryptography {ver('cryptography')}",
         "settings": f"per-request: {p.repeats} x {p.keys:,} calls per case; imports: "
-                    f"{p.import_runs} runs; map offers: {p.offers} versions per map",
+        f"{p.import_runs} runs; map offers: {p.offers} versions per map",
     }
     print_header("shardkit edge benchmark", p.quick, header_lines, load_label="load average")
 
@@ -107,8 +107,14 @@ def pct(xs: Sequence[float], q: float) -> float:
 
 def importtime(statement: str, env: dict[str, str]) -> dict[str, tuple[int, int]]:
     """``python -X importtime -c statement`` -> {module: (self us, cumulative us)}."""
-    proc = subprocess.run([PY, "-X", "importtime", "-c", statement], capture_output=True,
-                          text=True, check=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [PY, "-X", "importtime", "-c", statement],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+    )
     return {i.name: (i.self_us, i.cum_us) for i in parse_importtime(proc.stderr)}
 
 
@@ -122,15 +128,18 @@ def cpu_ms(statement: str, env: dict[str, str]) -> float:
     """CPU time of the statement inside the subprocess: unlike wall-clock measures, it does not
     count the time the process waits for a CPU, so it stays put on a loaded machine."""
     code = f"import time\nt = time.process_time()\n{statement}\nprint(time.process_time() - t)"
-    out = subprocess.run([PY, "-c", code], check=True, timeout=120, env=env, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [PY, "-c", code], check=True, timeout=120, env=env, capture_output=True, text=True
+    )
     return float(out.stdout) * 1000
 
 
 IMPORT_CASES = [
     ("import shardkit.edge", "import shardkit.edge"),
-    ("import shardkit.edge + routing client and map holder (ready to serve)",
-     "import shardkit.edge, shardkit.routing.client"),
+    (
+        "import shardkit.edge + routing client and map holder (ready to serve)",
+        "import shardkit.edge, shardkit.routing.client",
+    ),
     ("import shardkit.routing.client (reference)", "import shardkit.routing.client"),
 ]
 
@@ -155,35 +164,62 @@ def bench_import(p: Params, rep: Report) -> None:
     for mode, (totals, walls, _, cpus) in results.items():
         floor = statistics.median(walls["pass"])
         for label, _ in IMPORT_CASES:
-            rows.append([label, mode, f"{statistics.median(totals[label]):,.1f}",
-                         f"{min(totals[label]):,.1f}", f"{statistics.median(cpus[label]):,.1f}",
-                         f"{statistics.median(walls[label]) - floor:,.1f}"])
+            rows.append(
+                [
+                    label,
+                    mode,
+                    f"{statistics.median(totals[label]):,.1f}",
+                    f"{min(totals[label]):,.1f}",
+                    f"{statistics.median(cpus[label]):,.1f}",
+                    f"{statistics.median(walls[label]) - floor:,.1f}",
+                ]
+            )
     print_table(
         f"1. Import in a fresh interpreter ({p.import_runs} runs each, round-robin), ms",
-        ["case", "shardkit bytecode", "importtime median", "importtime min", "cpu median",
-         "wall net median"],
+        [
+            "case",
+            "shardkit bytecode",
+            "importtime median",
+            "importtime min",
+            "cpu median",
+            "wall net median",
+        ],
         rows,
-        notes=["importtime: `python -X importtime -c STATEMENT`, the self times of every module "
-               "that `python -c pass` does not import, summed (the statement's import cost)",
-               "cpu: time.process_time() around the statement in the subprocess (not inflated "
-               "by waiting for a CPU, unlike importtime and wall on a loaded machine)",
-               "wall net: wall clock of `python -c STATEMENT` minus `python -c pass`",
-               "environment: as this shell runs Python (here PYTHONDONTWRITEBYTECODE=1, so "
-               "shardkit is compiled from source on every import); bytecode cached: "
-               "PYTHONPYCACHEPREFIX=<temp dir> filled by a warm-up run, as an installed wheel",
-               "ready to serve: what EdgeRuntime.create(holder, transport) needs on top; "
-               "cryptography is loaded later, at the first map verification"],
+        notes=[
+            "importtime: `python -X importtime -c STATEMENT`, the self times of every module "
+            "that `python -c pass` does not import, summed (the statement's import cost)",
+            "cpu: time.process_time() around the statement in the subprocess (not inflated "
+            "by waiting for a CPU, unlike importtime and wall on a loaded machine)",
+            "wall net: wall clock of `python -c STATEMENT` minus `python -c pass`",
+            "environment: as this shell runs Python (here PYTHONDONTWRITEBYTECODE=1, so "
+            "shardkit is compiled from source on every import); bytecode cached: "
+            "PYTHONPYCACHEPREFIX=<temp dir> filled by a warm-up run, as an installed wheel",
+            "ready to serve: what EdgeRuntime.create(holder, transport) needs on top; "
+            "cryptography is loaded later, at the first map verification",
+        ],
     )
     first_mode = next(iter(results))
     totals, _, selfs, cpus = results[first_mode]
     top = sorted(selfs, key=lambda n: -statistics.median(selfs[n]))[:10]
-    print_table(f"1b. `import shardkit.edge`, {first_mode}: top modules by self time "
-                "(median us)", ["module", "self us"],
-                [[n, f"{statistics.median(selfs[n]):,.0f}"] for n in top])
-    rep.target(f"import shardkit.edge (-X importtime, median, {first_mode})",
-               statistics.median(totals[IMPORT_CASES[0][0]]), 25, ",.1f", "ms")
-    rep.target(f"import shardkit.edge (cpu time, median, {first_mode})",
-               statistics.median(cpus[IMPORT_CASES[0][0]]), 25, ",.1f", "ms")
+    print_table(
+        f"1b. `import shardkit.edge`, {first_mode}: top modules by self time (median us)",
+        ["module", "self us"],
+        [[n, f"{statistics.median(selfs[n]):,.0f}"] for n in top],
+    )
+    rep.target(
+        f"import shardkit.edge (-X importtime, median, {first_mode})",
+        statistics.median(totals[IMPORT_CASES[0][0]]),
+        25,
+        ",.1f",
+        "ms",
+    )
+    rep.target(
+        f"import shardkit.edge (cpu time, median, {first_mode})",
+        statistics.median(cpus[IMPORT_CASES[0][0]]),
+        25,
+        ",.1f",
+        "ms",
+    )
 
 
 def import_samples(p: Params, env: dict[str, str]) -> tuple[Any, Any, Any, Any]:
@@ -225,8 +261,14 @@ def bench_requests(p: Params, rep: Report, key: Any) -> dict[str, Any]:
     holder.offer(encode_map(m, key.key_id, key.sign))
 
     def shard_fn(shard: Any, request: dict[str, Any]) -> dict[str, Any]:
-        return {"status": 200, "answer": ANSWER, "shard": shard.id, "epoch": shard.epoch,
-                "map_version": 1, "seq": 0}
+        return {
+            "status": 200,
+            "answer": ANSWER,
+            "shard": shard.id,
+            "epoch": shard.epoch,
+            "map_version": 1,
+            "seq": 0,
+        }
 
     transport = MockTransport(shard_fn)
     keys = [f"user:{i}" for i in range(p.keys)]
@@ -243,8 +285,10 @@ def bench_requests(p: Params, rep: Report, key: Any) -> dict[str, Any]:
     miss = runtime(rules=cache_all, cache=EdgeCache(max_entries=4 * p.keys))
     for k in keys:
         hit.infer(k, READ)
-    requests = {k: (m.route(k), {"key": k, "payload": READ, "map_version": 1,
-                                 "request_id": "0" * 32}) for k in keys}
+    requests = {
+        k: (m.route(k), {"key": k, "payload": READ, "map_version": 1, "request_id": "0" * 32})
+        for k in keys
+    }
     model, req = Claims(), EdgeRequest("user:1", READ)
     counter = iter(range(10**9))
 
@@ -252,11 +296,15 @@ def bench_requests(p: Params, rep: Report, key: Any) -> dict[str, Any]:
         return {"text": "the shard", "learn": False, "n": next(counter)}
 
     cases: list[tuple[str, Callable[[str], Any]]] = [
-        ("MockTransport.send (the shard, mocked)",
-         lambda k: transport.send(requests[k][0], requests[k][1], 30.0)),
+        (
+            "MockTransport.send (the shard, mocked)",
+            lambda k: transport.send(requests[k][0], requests[k][1], 30.0),
+        ),
         ("RoutingClient.infer (direct)", lambda k: client.infer(k, READ)),
-        ("local model alone (can_serve + predict)",
-         lambda k: (model.can_serve(req), model.predict(req))),
+        (
+            "local model alone (can_serve + predict)",
+            lambda k: (model.can_serve(req), model.predict(req)),
+        ),
         ("edge: cache hit", lambda k: hit.infer(k, READ)),
         ("edge: local model", lambda k: local.infer(k, READ)),
         ("edge: shard, cacheable miss + fill", lambda k: miss.infer(k, unique())),
@@ -269,8 +317,9 @@ def bench_requests(p: Params, rep: Report, key: Any) -> dict[str, Any]:
     return {"hit": hit, "local": local, "miss": miss, "keys": keys, "unique": unique}
 
 
-def per_call(cases: Sequence[tuple[str, Callable[[str], Any]]], keys: list[str],
-             repeats: int) -> dict[str, list[float]]:
+def per_call(
+    cases: Sequence[tuple[str, Callable[[str], Any]]], keys: list[str], repeats: int
+) -> dict[str, list[float]]:
     """Microseconds of every call, each timed on its own; cases round-robin per batch."""
     out: dict[str, list[float]] = {name: [] for name, _ in cases}
     clock = time.perf_counter_ns
@@ -288,47 +337,74 @@ def per_call(cases: Sequence[tuple[str, Callable[[str], Any]]], keys: list[str],
     return out
 
 
-def check_paths(hit: EdgeRuntime, local: EdgeRuntime, miss: EdgeRuntime, bypass: EdgeRuntime,
-                key: str) -> None:
+def check_paths(
+    hit: EdgeRuntime, local: EdgeRuntime, miss: EdgeRuntime, bypass: EdgeRuntime, key: str
+) -> None:
     """The cases measure what they claim: hit/local/miss/bypass, per the decision records."""
-    got = (hit.infer(key, READ).cache, local.infer(key, READ).path,
-           miss.infer(key, {"fresh": time.perf_counter()}).cache, bypass.infer(key, READ).cache)
+    got = (
+        hit.infer(key, READ).cache,
+        local.infer(key, READ).path,
+        miss.infer(key, {"fresh": time.perf_counter()}).cache,
+        bypass.infer(key, READ).cache,
+    )
     assert got == ("hit", "local", "miss", "bypass"), got
 
 
-def report_requests(p: Params, rep: Report, cases: Sequence[tuple[str, Any]],
-                    samples: dict[str, list[float]], med: dict[str, float]) -> None:
+def report_requests(
+    p: Params,
+    rep: Report,
+    cases: Sequence[tuple[str, Any]],
+    samples: dict[str, list[float]],
+    med: dict[str, float],
+) -> None:
     names = [c[0] for c in cases]
     transport, client, model = med[names[0]], med[names[1]], med[names[2]]
-    baseline = {names[3]: (0.0, "-"), names[4]: (model, "model"),
-                names[5]: (transport, "transport"), names[6]: (transport, "transport"),
-                names[1]: (transport, "transport")}
+    baseline = {
+        names[3]: (0.0, "-"),
+        names[4]: (model, "model"),
+        names[5]: (transport, "transport"),
+        names[6]: (transport, "transport"),
+        names[1]: (transport, "transport"),
+    }
     rows = []
     for name in names:
         base, what = baseline.get(name, (None, ""))
         over = f"{med[name] - base:,.2f}" if base is not None else ""
         vs = f"{med[name] - client:+,.2f}" if name.startswith("edge: shard") else ""
-        rows.append([name, f"{med[name]:,.2f}", f"{pct(samples[name], 0.99):,.2f}",
-                     what, over, vs])
+        rows.append([name, f"{med[name]:,.2f}", f"{pct(samples[name], 0.99):,.2f}", what, over, vs])
     print_table(
         f"2. Per-request time (us per call; {p.repeats} x {p.keys:,} calls per case, each call "
         "timed alone, round-robin)",
-        ["case", "p50 us", "p99 us", "excluded", "overhead p50 us", "vs client p50"], rows,
-        notes=["overhead = p50 of the case minus p50 of what is not the runtime's own work: "
-               "nothing (cache hit), the model's can_serve + predict (local), the transport "
-               "(shard paths and the plain client)",
-               "vs client: the edge shard path minus a direct RoutingClient.infer of the same "
-               "request (what the edge adds on top of the client)",
-               "quickstart map, keys user:0..N (us); edge in us-east-1; divergence sampling on "
-               "(rate 0); miss + fill sends a new payload each call, so the cache also evicts"],
+        ["case", "p50 us", "p99 us", "excluded", "overhead p50 us", "vs client p50"],
+        rows,
+        notes=[
+            "overhead = p50 of the case minus p50 of what is not the runtime's own work: "
+            "nothing (cache hit), the model's can_serve + predict (local), the transport "
+            "(shard paths and the plain client)",
+            "vs client: the edge shard path minus a direct RoutingClient.infer of the same "
+            "request (what the edge adds on top of the client)",
+            "quickstart map, keys user:0..N (us); edge in us-east-1; divergence sampling on "
+            "(rate 0); miss + fill sends a new payload each call, so the cache also evicts",
+        ],
     )
     rep.target("edge cache hit, overhead p50", med[names[3]], 10, ",.2f", "us")
-    rep.target("edge local path, overhead p50 (model excluded)", med[names[4]] - model, 15,
-               ",.2f", "us")
-    rep.target("edge shard path, miss + fill, overhead p50 (transport excluded)",
-               med[names[5]] - transport, 20, ",.2f", "us")
-    rep.target("edge shard path, bypass, overhead p50 (transport excluded)",
-               med[names[6]] - transport, 20, ",.2f", "us")
+    rep.target(
+        "edge local path, overhead p50 (model excluded)", med[names[4]] - model, 15, ",.2f", "us"
+    )
+    rep.target(
+        "edge shard path, miss + fill, overhead p50 (transport excluded)",
+        med[names[5]] - transport,
+        20,
+        ",.2f",
+        "us",
+    )
+    rep.target(
+        "edge shard path, bypass, overhead p50 (transport excluded)",
+        med[names[6]] - transport,
+        20,
+        ",.2f",
+        "us",
+    )
 
 
 # -- 3. map update ---------------------------------------------------------------------------------
@@ -347,8 +423,10 @@ def versions(config: Any, n: int, key: Any) -> list[bytes]:
 def bench_map_update(p: Params, rep: Report, key: Any, profile: bool) -> None:
     trusted = {key.key_id: key.public_bytes}
     rows = []
-    for label, shards, replicas in (("256 shards, replicas=0", 256, 0),
-                                    ("256 shards, replicas=1", 256, 1)):
+    for label, shards, replicas in (
+        ("256 shards, replicas=0", 256, 0),
+        ("256 shards, replicas=1", 256, 1),
+    ):
         envs = versions(one_group_config(shards, replicas, TWO_REGIONS), p.offers, key)
         holder = MapHolder(trusted, clock=lambda: NOW + 3600)
         holder.offer(envs[0])
@@ -361,27 +439,46 @@ def bench_map_update(p: Params, rep: Report, key: Any, profile: bool) -> None:
                 offers.append((time.perf_counter_ns() - t0) / 1e6)
         parts = breakdown(envs[-1], trusted, p.offers)
         offer = statistics.median(offers)
-        rows.append([label, f"{len(envs[-1]) / 1024:,.1f}", f"{offer:,.3f}", f"{min(offers):,.3f}",
-                     f"{statistics.median(cpu):,.3f}",
-                     *(f"{parts[k]:,.3f}" for k in ("sha256", "peek", "verify", "unpack",
-                                                    "decode"))])
+        rows.append(
+            [
+                label,
+                f"{len(envs[-1]) / 1024:,.1f}",
+                f"{offer:,.3f}",
+                f"{min(offers):,.3f}",
+                f"{statistics.median(cpu):,.3f}",
+                *(f"{parts[k]:,.3f}" for k in ("sha256", "peek", "verify", "unpack", "decode")),
+            ]
+        )
         rep.target(f"MapHolder.offer, {label}", offer, 1.0, ",.3f", "ms")
         if profile:
             profile_offers(label, envs, trusted)
     print_table(
         f"3. Map update: MapHolder.offer of a newer signed version ({p.offers} versions per map, "
         "median ms; slot_bits=14, regions eu-west-1 + eu-central-1)",
-        ["map", "KiB", "offer ms", "min ms", "cpu ms", "sha256", "peek", "ed25519",
-         "msgpack body", "decode_map"], rows,
-        notes=["offer: the whole update - digest, header peek, then decode_map (verify, "
-               "rollback and expiry checks, body -> ShardMap, canonical-form check) and the swap; "
-               "median and min wall clock, and median thread CPU time (steady under load)",
-               "sha256: the holder's same-bytes check; peek: envelope header parse; ed25519: "
-               "signature verify alone; msgpack body: msgpack.unpackb of the body alone; "
-               "decode_map: all of decode (includes ed25519 and the body parse)",
-               "decode_map - ed25519 - msgpack body = validation, slot tables -> Shard lists, "
-               "ShardMap construction and the canonical check (run with --profile for a "
-               "per-function split)"],
+        [
+            "map",
+            "KiB",
+            "offer ms",
+            "min ms",
+            "cpu ms",
+            "sha256",
+            "peek",
+            "ed25519",
+            "msgpack body",
+            "decode_map",
+        ],
+        rows,
+        notes=[
+            "offer: the whole update - digest, header peek, then decode_map (verify, "
+            "rollback and expiry checks, body -> ShardMap, canonical-form check) and the swap; "
+            "median and min wall clock, and median thread CPU time (steady under load)",
+            "sha256: the holder's same-bytes check; peek: envelope header parse; ed25519: "
+            "signature verify alone; msgpack body: msgpack.unpackb of the body alone; "
+            "decode_map: all of decode (includes ed25519 and the body parse)",
+            "decode_map - ed25519 - msgpack body = validation, slot tables -> Shard lists, "
+            "ShardMap construction and the canonical check (run with --profile for a "
+            "per-function split)",
+        ],
     )
 
 
@@ -389,8 +486,9 @@ def breakdown(data: bytes, trusted: dict[str, bytes], n: int) -> dict[str, float
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     env = peek_envelope(data)
-    signed = msgpack.packb(["shardkit-map", 1, env.key_id, env.version, env.expires_at,
-                            env.body], use_bin_type=True)
+    signed = msgpack.packb(
+        ["shardkit-map", 1, env.key_id, env.version, env.expires_at, env.body], use_bin_type=True
+    )
     public = Ed25519PublicKey.from_public_bytes(trusted[env.key_id])
     steps = {
         "sha256": lambda: hashlib.sha256(data).digest(),
@@ -424,9 +522,11 @@ def profile_offers(label: str, envs: list[bytes], trusted: dict[str, bytes]) -> 
 
 def profile_requests(state: dict[str, Any]) -> None:
     keys, unique = state["keys"], state["unique"]
-    for title, fn in (("edge cache hit", lambda k: state["hit"].infer(k, READ)),
-                      ("edge local path", lambda k: state["local"].infer(k, READ)),
-                      ("edge shard path, miss + fill", lambda k: state["miss"].infer(k, unique()))):
+    for title, fn in (
+        ("edge cache hit", lambda k: state["hit"].infer(k, READ)),
+        ("edge local path", lambda k: state["local"].infer(k, READ)),
+        ("edge shard path, miss + fill", lambda k: state["miss"].infer(k, unique())),
+    ):
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(10):
@@ -440,8 +540,12 @@ def profile_requests(state: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__doc__, argv, "fewer repeats (~10 s)",
-                      "also print cProfile tables of the request paths and MapHolder.offer")
+    args = parse_args(
+        __doc__,
+        argv,
+        "fewer repeats (~10 s)",
+        "also print cProfile tables of the request paths and MapHolder.offer",
+    )
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     header(p)

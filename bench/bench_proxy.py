@@ -79,8 +79,10 @@ PAYLOAD = {"text": "the shard owns the"}
 NOWHERE = "http://127.0.0.1:9"  # never contacted: the canned responses stop every call before
 PROXY_MODULE = "shardkit.proxy.handler"
 # The handler's own data-plane imports without Powertools: what is left if Powertools went lazy.
-NO_POWERTOOLS = ("shardkit.proxy.protocol, shardkit.proxy.state, shardkit.sharding.holder, "
-                 "shardkit.sharding.hashing")
+NO_POWERTOOLS = (
+    "shardkit.proxy.protocol, shardkit.proxy.state, shardkit.sharding.holder, "
+    "shardkit.sharding.hashing"
+)
 
 
 @dataclass(frozen=True)
@@ -104,15 +106,19 @@ QUICK = Params(True, 1_000, 5, 600, 40, 7, 1)
 def header(params: Params) -> None:
     header_lines = {
         "packages": f"shardkit {shardkit.__version__}, boto3 {ver('boto3')}, botocore "
-                    f"{botocore.__version__}, moto {ver('moto')}, aws-lambda-powertools "
-                    f"{ver('aws-lambda-powertools')}, msgpack {ver('msgpack')}",
+        f"{botocore.__version__}, moto {ver('moto')}, aws-lambda-powertools "
+        f"{ver('aws-lambda-powertools')}, msgpack {ver('msgpack')}",
         "settings": f"client overhead: {params.repeats} x {params.batch:,} calls per case; "
-                    f"executor: {params.requests:,} requests per case and thread count "
-                    f"(+ {params.warmup} warm-up per thread); cold import: {params.import_runs} "
-                    f"runs per case, importtime: {params.importtime_runs} runs",
+        f"executor: {params.requests:,} requests per case and thread count "
+        f"(+ {params.warmup} warm-up per thread); cold import: {params.import_runs} "
+        f"runs per case, importtime: {params.importtime_runs} runs",
     }
-    print_header("shardkit proxy / routing-client benchmark", params.quick, header_lines,
-                 load_label="load average at start")
+    print_header(
+        "shardkit proxy / routing-client benchmark",
+        params.quick,
+        header_lines,
+        load_label="load average at start",
+    )
 
 
 def mixed_keys(n: int, tag: str = "") -> list[str]:
@@ -135,11 +141,18 @@ def quickstart_holder() -> MapHolder:
 
 def canned_replies(holder: MapHolder) -> dict[str, dict[str, Any]]:
     m = holder.require()
-    return {s.id: {"status": 200, "answer": {"next": "key", "confidence": 0.5, "source": "prior",
-                                             "count": 1},
-                   "shard": s.id, "epoch": s.epoch, "map_version": m.version, "seq": 1,
-                   "replayed": False}
-            for s in m.shards}
+    return {
+        s.id: {
+            "status": 200,
+            "answer": {"next": "key", "confidence": 0.5, "source": "prior", "count": 1},
+            "shard": s.id,
+            "epoch": s.epoch,
+            "map_version": m.version,
+            "seq": 1,
+            "replayed": False,
+        }
+        for s in m.shards
+    }
 
 
 def function_name(shard: Any) -> str:
@@ -150,8 +163,9 @@ def canned_lambda_client(bodies: dict[str, bytes], region: str = "us-east-1") ->
     """A boto3 Lambda client whose every Invoke is answered by a before-send handler: the whole
     botocore pipeline (validate, serialise, endpoint, sign, retry bookkeeping, parse) runs, only
     the HTTP round trip is replaced by a canned response."""
-    lam = server.session().client("lambda", region_name=region,
-                                  **server.boto3_client_kwargs(NOWHERE))
+    lam = server.session().client(
+        "lambda", region_name=region, **server.boto3_client_kwargs(NOWHERE)
+    )
     by_url: dict[str, bytes] = {}
     name = re.compile(r"/functions/([^/]+)/invocations")
 
@@ -160,10 +174,16 @@ def canned_lambda_client(bodies: dict[str, bytes], region: str = "us-east-1") ->
         if body is None:
             m = name.search(request.url)
             body = by_url[request.url] = bodies[m.group(1) if m else ""]
-        return AWSResponse(request.url, 200, {"X-Amz-Executed-Version": "1",
-                                              "Content-Type": "application/json",
-                                              "Content-Length": str(len(body))},
-                           io.BytesIO(body))
+        return AWSResponse(
+            request.url,
+            200,
+            {
+                "X-Amz-Executed-Version": "1",
+                "Content-Type": "application/json",
+                "Content-Length": str(len(body)),
+            },
+            io.BytesIO(body),
+        )
 
     lam.meta.events.register("before-send.lambda.Invoke", before_send)
     return lam
@@ -211,25 +231,38 @@ def bench_client(p: Params, rep: Report) -> None:
 
     def boto3_invoke(key: str) -> Any:
         req = {"key": key, "payload": PAYLOAD, "request_id": uuid.uuid4().hex}
-        out = lam.invoke(FunctionName="shardkit-quickstart-us-0", Qualifier="live",
-                         Payload=json.dumps(req).encode())
+        out = lam.invoke(
+            FunctionName="shardkit-quickstart-us-0",
+            Qualifier="live",
+            Payload=json.dumps(req).encode(),
+        )
         return json.loads(out["Payload"].read())
 
-    stub_client = server.session().client("lambda", region_name=us0.region,
-                                          **server.boto3_client_kwargs(NOWHERE))
+    stub_client = server.session().client(
+        "lambda", region_name=us0.region, **server.boto3_client_kwargs(NOWHERE)
+    )
     stubber = Stubber(stub_client)
     stubber.activate()
     body = bodies_by_shard["us-0"]
 
     def stub_prepare() -> None:
         for _ in range(p.batch):
-            stubber.add_response("invoke", {"StatusCode": 200, "ExecutedVersion": "1",
-                                            "Payload": StreamingBody(io.BytesIO(body), len(body))})
+            stubber.add_response(
+                "invoke",
+                {
+                    "StatusCode": 200,
+                    "ExecutedVersion": "1",
+                    "Payload": StreamingBody(io.BytesIO(body), len(body)),
+                },
+            )
 
     def stub_invoke(key: str) -> Any:
         req = {"key": key, "payload": PAYLOAD, "request_id": uuid.uuid4().hex}
-        out = stub_client.invoke(FunctionName="shardkit-quickstart-us-0", Qualifier="live",
-                                 Payload=json.dumps(req).encode())
+        out = stub_client.invoke(
+            FunctionName="shardkit-quickstart-us-0",
+            Qualifier="live",
+            Payload=json.dumps(req).encode(),
+        )
         return json.loads(out["Payload"].read())
 
     # correctness first: every path gives the owner's answer
@@ -248,16 +281,20 @@ def bench_client(p: Params, rep: Report) -> None:
     peer_label = "boto3 lambda.invoke + before-send canned response (json in/out)"
     cases = [
         Case("RoutingClient.infer, MockTransport -> canned reply dict", loop(infer_of(rc_dict))),
-        Case("RoutingClient.infer, MockTransport -> json.dumps(request), json.loads(reply)",
-             loop(infer_of(rc_json))),
-        Case("RoutingClient.infer, LambdaTransport -> boto3 + before-send canned response",
-             loop(infer_of(rc_boto))),
+        Case(
+            "RoutingClient.infer, MockTransport -> json.dumps(request), json.loads(reply)",
+            loop(infer_of(rc_json)),
+        ),
+        Case(
+            "RoutingClient.infer, LambdaTransport -> boto3 + before-send canned response",
+            loop(infer_of(rc_boto)),
+        ),
         Case(peer_label, loop(boto3_invoke)),
-        Case("boto3 lambda.invoke + botocore Stubber (json in/out)", loop(stub_invoke),
-             stub_prepare),
+        Case(
+            "boto3 lambda.invoke + botocore Stubber (json in/out)", loop(stub_invoke), stub_prepare
+        ),
         Case("ShardMap.route(key) alone", loop(m.route)),
-        Case("uuid.uuid4().hex alone (every infer() makes one)",
-             loop(lambda k: uuid.uuid4().hex)),
+        Case("uuid.uuid4().hex alone (every infer() makes one)", loop(lambda k: uuid.uuid4().hex)),
     ]
     samples: dict[str, list[float]] = {c.label: [] for c in cases}
     for c in cases:  # warm-up
@@ -273,27 +310,38 @@ def bench_client(p: Params, rep: Report) -> None:
     stubber.deactivate()
     medians = {label: med(v) for label, v in samples.items()}
     peer = medians[peer_label]
-    rows = [[c.label, f"{medians[c.label]:,.2f}", f"{min(samples[c.label]):,.2f}",
-             f"{medians[c.label] / peer:.2f}x"] for c in cases]
+    rows = [
+        [
+            c.label,
+            f"{medians[c.label]:,.2f}",
+            f"{min(samples[c.label]):,.2f}",
+            f"{medians[c.label] / peer:.2f}x",
+        ]
+        for c in cases
+    ]
     print_table(
         f"1. Client overhead per request, no network ({p.repeats} repeats of {p.batch:,} calls, "
         "microseconds per request)",
         ["case", "median us", "min us", "this/boto3 invoke"],
         rows,
-        notes=["keys alternate 'eu:user:<i>' (eu) and 'user:<i>' (us) over the quickstart map "
-               "(2 jurisdictions, 8 shards); payload {'text': 'the shard owns the'}",
-               "MockTransport rows: route + request dict + request id + retry budget + Result; the "
-               "json row adds the encode/decode LambdaTransport does around boto3",
-               "boto3 rows: the caller builds and json-encodes its request and json-decodes the "
-               "payload; before-send: botocore validates, serialises, resolves the endpoint, "
-               "signs (SigV4) and parses a canned HTTP response; Stubber: validates and serialises "
-               "only (it answers before signing, sending and parsing)",
-               "this/boto3 invoke: the row's median divided by the before-send boto3 row's"],
+        notes=[
+            "keys alternate 'eu:user:<i>' (eu) and 'user:<i>' (us) over the quickstart map "
+            "(2 jurisdictions, 8 shards); payload {'text': 'the shard owns the'}",
+            "MockTransport rows: route + request dict + request id + retry budget + Result; the "
+            "json row adds the encode/decode LambdaTransport does around boto3",
+            "boto3 rows: the caller builds and json-encodes its request and json-decodes the "
+            "payload; before-send: botocore validates, serialises, resolves the endpoint, "
+            "signs (SigV4) and parses a canned HTTP response; Stubber: validates and serialises "
+            "only (it answers before signing, sending and parsing)",
+            "this/boto3 invoke: the row's median divided by the before-send boto3 row's",
+        ],
     )
     ours = medians[cases[1].label]
-    print(f"\nclient overhead (route + encode + decode) = {ours:,.2f} us/request = "
-          f"{ours / peer:.2f}x the plain boto3 Invoke call path ({peer:,.2f} us) and "
-          f"{ours / medians[cases[4].label]:.2f}x the Stubber path")
+    print(
+        f"\nclient overhead (route + encode + decode) = {ours:,.2f} us/request = "
+        f"{ours / peer:.2f}x the plain boto3 Invoke call path ({peer:,.2f} us) and "
+        f"{ours / medians[cases[4].label]:.2f}x the Stubber path"
+    )
     rep.command("client overhead", "in-process (this script), no subprocess")
 
 
@@ -342,8 +390,9 @@ class Block:
     errors: int
 
 
-def run_block(call: Callable[[str], bool], keys_per_thread: list[list[str]], per_thread: int
-              ) -> Block:
+def run_block(
+    call: Callable[[str], bool], keys_per_thread: list[list[str]], per_thread: int
+) -> Block:
     """``per_thread`` calls on each thread (one thread per key list); every call timed."""
     lat: list[list[float]] = [[] for _ in keys_per_thread]
     errors = [0] * len(keys_per_thread)
@@ -376,19 +425,20 @@ def run_block(call: Callable[[str], bool], keys_per_thread: list[list[str]], per
 
 def deploy_quickstart(tmp: Path, rep: Report) -> tuple[Path, dict[str, Any], float]:
     project = tmp / "quickstart"
-    shutil.copytree(QUICKSTART, project,
-                    ignore=shutil.ignore_patterns(".shardkit", "__pycache__", "*.pyc"))
+    shutil.copytree(
+        QUICKSTART, project, ignore=shutil.ignore_patterns(".shardkit", "__pycache__", "*.pyc")
+    )
     cmd = [SHARDKIT, "deploy", str(project), "--local", "--yes", "--json"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, timeout=300, stdin=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"`{shlex.join(cmd)}` failed: {proc.stderr.strip()[-800:]}")
     out = json.loads(proc.stdout)
     assert out["changed"] is True
-    rep.command("deploy the quickstart copy", shlex.join([*cmd[:2], "<tmp>/quickstart",
-                                                          *cmd[3:]]))
+    rep.command("deploy the quickstart copy", shlex.join([*cmd[:2], "<tmp>/quickstart", *cmd[3:]]))
     return project, out["outputs"], wall
 
 
@@ -399,20 +449,28 @@ def bench_executor(p: Params, rep: Report, tmp: Path, live: list[Path]) -> None:
     gateway, pid = status["gateway"], status["pid"]
     functions = {sid: info["function"] for sid, info in outputs["shards"].items()}
     regions = sorted({info["region"] for info in outputs["shards"].values()})
-    raw_clients = {r: server.session().client("lambda", region_name=r,
-                                              **server.boto3_client_kwargs(gateway))
-                   for r in regions}
+    raw_clients = {
+        r: server.session().client("lambda", region_name=r, **server.boto3_client_kwargs(gateway))
+        for r in regions
+    }
     rc = client_for_project(project)
     m = rc.holder.require()
-    print(f"\nquickstart deployed onto the local cloud in {deploy_s:.1f} s (cold: includes the "
-          f"cloud start); gateway {gateway}, map version {m.version}, {len(m.shards)} shards")
+    print(
+        f"\nquickstart deployed onto the local cloud in {deploy_s:.1f} s (cold: includes the "
+        f"cloud start); gateway {gateway}, map version {m.version}, {len(m.shards)} shards"
+    )
 
     def raw_invoke(key: str) -> bool:
         shard = m.route(key)
-        req = {"key": key, "payload": PAYLOAD, "map_version": m.version,
-               "request_id": uuid.uuid4().hex}
-        out = raw_clients[shard.region].invoke(FunctionName=functions[shard.id], Qualifier="live",
-                                               Payload=json.dumps(req).encode())
+        req = {
+            "key": key,
+            "payload": PAYLOAD,
+            "map_version": m.version,
+            "request_id": uuid.uuid4().hex,
+        }
+        out = raw_clients[shard.region].invoke(
+            FunctionName=functions[shard.id], Qualifier="live", Payload=json.dumps(req).encode()
+        )
         body = json.loads(out["Payload"].read())
         return not out.get("FunctionError") and body.get("status") == 200
 
@@ -436,18 +494,27 @@ def bench_executor(p: Params, rep: Report, tmp: Path, live: list[Path]) -> None:
         second = (time.perf_counter() - t0) * 1000
         firsts.append(first)
         seconds.append(second)
-        cold_rows.append([shard.id, shard.region, f"{first:,.0f}", f"{second:,.1f}",
-                          "ok" if ok1 and ok2 else "ERROR",
-                          "includes fetching + unpacking the code package" if i == 0 else ""])
+        cold_rows.append(
+            [
+                shard.id,
+                shard.region,
+                f"{first:,.0f}",
+                f"{second:,.1f}",
+                "ok" if ok1 and ok2 else "ERROR",
+                "includes fetching + unpacking the code package" if i == 0 else "",
+            ]
+        )
     cold_rows.append(["median", "", f"{med(firsts):,.0f}", f"{med(seconds):,.1f}", "", ""])
     print_table(
         "2a. Cold start: first invoke of each shard's first worker (gateway Invoke API, boto3)",
         ["shard", "region", "first invoke ms", "second invoke ms", "result", "note"],
         cold_rows,
-        notes=["first invoke: a new worker process starts, imports the handler "
-               "(shardkit.proxy.handler + the app), builds the proxy from its environment (boto3 "
-               "clients, map fetch + verify from S3) and serves the request; second: the same "
-               "key again, on the now warm worker"],
+        notes=[
+            "first invoke: a new worker process starts, imports the handler "
+            "(shardkit.proxy.handler + the app), builds the proxy from its environment (boto3 "
+            "clients, map fetch + verify from S3) and serves the request; second: the same "
+            "key again, on the now warm worker"
+        ],
     )
 
     # -- pre-spawn: `threads` concurrent invokes per shard start as many workers as the 4-thread
@@ -472,8 +539,10 @@ def bench_executor(p: Params, rep: Report, tmp: Path, live: list[Path]) -> None:
     workers_before = worker_count(pid)
 
     # -- measured: blocks alternate the two paths, so drift hits both alike
-    cases = [("gateway Invoke API via boto3 lambda client", raw_invoke),
-             ("RoutingClient.infer (client_for_project), end to end", client_infer)]
+    cases = [
+        ("gateway Invoke API via boto3 lambda client", raw_invoke),
+        ("RoutingClient.infer (client_for_project), end to end", client_infer),
+    ]
     blocks = 4
     results: dict[tuple[str, int], list[Block]] = {}
     cpu: dict[tuple[str, int], list[Cpu]] = {}
@@ -481,8 +550,12 @@ def bench_executor(p: Params, rep: Report, tmp: Path, live: list[Path]) -> None:
         per_block = max(1, p.requests // blocks // n)
         for _ in range(blocks):
             for label, call in cases:
-                block, used = Cpu.measure(pid, lambda call=call, n=n, per_block=per_block:
-                                          run_block(call, per_thread_keys[n], per_block))
+                block, used = Cpu.measure(
+                    pid,
+                    lambda call=call, n=n, per_block=per_block: run_block(
+                        call, per_thread_keys[n], per_block
+                    ),
+                )
                 results.setdefault((label, n), []).append(block)
                 cpu.setdefault((label, n), []).append(used)
     workers_after = worker_count(pid)
@@ -500,49 +573,86 @@ def bench_executor(p: Params, rep: Report, tmp: Path, live: list[Path]) -> None:
             def per_req(total: float, count: int = len(lat)) -> str:
                 return f"{1000 * total / count:,.1f}"
 
-            rows.append([label, str(n), f"{len(lat):,}", f"{pct(lat, 0.50):,.2f}",
-                         f"{pct(lat, 0.90):,.2f}", f"{pct(lat, 0.99):,.2f}", f"{lat[-1]:,.1f}",
-                         f"{statistics.fmean(lat):,.2f}", f"{rate:,.0f}",
-                         str(sum(b.errors for b in bl)),
-                         f"{p50[label, n] / p50[cases[0][0], n]:.2f}x",
-                         per_req(sum(u.server for u in used)),
-                         per_req(sum(u.workers for u in used)),
-                         per_req(sum(u.client for u in used))])
+            rows.append(
+                [
+                    label,
+                    str(n),
+                    f"{len(lat):,}",
+                    f"{pct(lat, 0.50):,.2f}",
+                    f"{pct(lat, 0.90):,.2f}",
+                    f"{pct(lat, 0.99):,.2f}",
+                    f"{lat[-1]:,.1f}",
+                    f"{statistics.fmean(lat):,.2f}",
+                    f"{rate:,.0f}",
+                    str(sum(b.errors for b in bl)),
+                    f"{p50[label, n] / p50[cases[0][0], n]:.2f}x",
+                    per_req(sum(u.server for u in used)),
+                    per_req(sum(u.workers for u in used)),
+                    per_req(sum(u.client for u in used)),
+                ]
+            )
     print_table(
         f"2b. Local executor, warm: latency per request (ms) and throughput, "
         f"{p.requests:,} requests per row",
-        ["case", "threads", "requests", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms",
-         "req/s", "errors", "p50/boto3", "server CPU ms/req", "workers CPU ms/req",
-         "client CPU ms/req"],
+        [
+            "case",
+            "threads",
+            "requests",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "mean ms",
+            "req/s",
+            "errors",
+            "p50/boto3",
+            "server CPU ms/req",
+            "workers CPU ms/req",
+            "client CPU ms/req",
+        ],
         rows,
-        notes=["every request: gateway (HTTP on 127.0.0.1) -> local executor -> warm worker -> "
-               "proxy handler: route, DynamoDB state read (LRU-cached) and fenced write "
-               "(TransactWriteItems on moto), the quickstart model, EMF metrics; a 200 answer",
-               "boto3 row: the caller routes with the same map and invokes the owner's 'live' "
-               "alias itself; RoutingClient row: client_for_project(DIR).infer(key, payload), its "
-               "LambdaTransport on the same gateway",
-               f"keys: 256 per thread, distinct per thread, half 'eu:' (no two threads write "
-               f"the same key); 4 blocks per row, alternating the two cases; "
-               f"{threads}-thread warm-up of {p.warmup} requests per thread and case before",
-               f"workers (children of the local cloud): {workers_spawned} after starting "
-               f"{threads} per shard ({spawn_s:.1f} s), {workers_before} after the warm-up, "
-               f"{workers_after} at the end (a change means cold starts inside the measurement)",
-               "p50/boto3: this row's p50 divided by the boto3 row's with the same thread count",
-               "CPU ms/req: user+sys per request of the local cloud process (moto, gateway, "
-               "executor, log forwarding: one Python process, one GIL), of all its workers, and "
-               "of this process (the caller); server CPU ms/req x req/s close to 1000 means the "
-               "local cloud process is saturated and more threads only queue"],
+        notes=[
+            "every request: gateway (HTTP on 127.0.0.1) -> local executor -> warm worker -> "
+            "proxy handler: route, DynamoDB state read (LRU-cached) and fenced write "
+            "(TransactWriteItems on moto), the quickstart model, EMF metrics; a 200 answer",
+            "boto3 row: the caller routes with the same map and invokes the owner's 'live' "
+            "alias itself; RoutingClient row: client_for_project(DIR).infer(key, payload), its "
+            "LambdaTransport on the same gateway",
+            f"keys: 256 per thread, distinct per thread, half 'eu:' (no two threads write "
+            f"the same key); 4 blocks per row, alternating the two cases; "
+            f"{threads}-thread warm-up of {p.warmup} requests per thread and case before",
+            f"workers (children of the local cloud): {workers_spawned} after starting "
+            f"{threads} per shard ({spawn_s:.1f} s), {workers_before} after the warm-up, "
+            f"{workers_after} at the end (a change means cold starts inside the measurement)",
+            "p50/boto3: this row's p50 divided by the boto3 row's with the same thread count",
+            "CPU ms/req: user+sys per request of the local cloud process (moto, gateway, "
+            "executor, log forwarding: one Python process, one GIL), of all its workers, and "
+            "of this process (the caller); server CPU ms/req x req/s close to 1000 means the "
+            "local cloud process is saturated and more threads only queue",
+        ],
     )
-    rep.command("executor latency", "in-process: boto3 client from shardkit.local.server."
-                "session() on the gateway, and shardkit.routing.project.client_for_project(DIR)")
+    rep.command(
+        "executor latency",
+        "in-process: boto3 client from shardkit.local.server."
+        "session() on the gateway, and shardkit.routing.project.client_for_project(DIR)",
+    )
 
 
 # -- 3. cold import -------------------------------------------------------------------------------
 
+
 def wall(cmd: Sequence[str], env: dict[str, str], cwd: Path) -> tuple[float, str, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run(list(cmd), env=env, cwd=cwd, capture_output=True, text=True,
-                          check=False, timeout=120, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        list(cmd),
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"`{shlex.join(cmd)}` failed: {proc.stderr.strip()[-800:]}")
@@ -551,8 +661,9 @@ def wall(cmd: Sequence[str], env: dict[str, str], cwd: Path) -> tuple[float, str
 
 def bench_import(p: Params, rep: Report, tmp: Path) -> None:
     src = tmp / "src"
-    shutil.copytree(REPO / "shardkit", src / "shardkit",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "shardkit", src / "shardkit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     empty = tmp / "empty-pycache"
     empty.mkdir()
     base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONPYCACHEPREFIX")}
@@ -560,9 +671,11 @@ def bench_import(p: Params, rep: Report, tmp: Path) -> None:
     site_pyc = {**base, "PYTHONDONTWRITEBYTECODE": "1"}
 
     # where the import comes from, and what it pulls in
-    probe = ("import json, sys; import shardkit.proxy.handler as h; print(json.dumps([h.__file__, "
-             "sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', "
-             "'s3transfer'))]))")
+    probe = (
+        "import json, sys; import shardkit.proxy.handler as h; print(json.dumps([h.__file__, "
+        "sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', "
+        "'s3transfer'))]))"
+    )
     _, out, _ = wall([PY, "-c", probe], no_bytecode, src)
     file, boto_modules = json.loads(out)
     assert file.startswith(str(src)), f"imported {file}, not the copy in {src}"
@@ -571,10 +684,18 @@ def bench_import(p: Params, rep: Report, tmp: Path) -> None:
     cases = [
         ("python -c pass", "none", "pass", no_bytecode),
         (f"import {PROXY_MODULE}", "none", f"import {PROXY_MODULE}", no_bytecode),
-        ("import aws_lambda_powertools.logging, .metrics", "none",
-         "import aws_lambda_powertools.logging, aws_lambda_powertools.metrics", no_bytecode),
-        ("import shardkit.proxy.{protocol,state}, shardkit.sharding.{holder,hashing}", "none",
-         f"import {NO_POWERTOOLS}", no_bytecode),
+        (
+            "import aws_lambda_powertools.logging, .metrics",
+            "none",
+            "import aws_lambda_powertools.logging, aws_lambda_powertools.metrics",
+            no_bytecode,
+        ),
+        (
+            "import shardkit.proxy.{protocol,state}, shardkit.sharding.{holder,hashing}",
+            "none",
+            f"import {NO_POWERTOOLS}",
+            no_bytecode,
+        ),
         ("python -c pass", "3rd-party", "pass", site_pyc),
         (f"import {PROXY_MODULE}", "3rd-party", f"import {PROXY_MODULE}", site_pyc),
     ]
@@ -592,56 +713,75 @@ def bench_import(p: Params, rep: Report, tmp: Path) -> None:
         raw = med(samples[i])
         net = raw - floors[cache] if "pass" not in label else None
         net_min = min(samples[i]) - min(samples[0 if cache == "none" else 4])
-        rows.append([label, cache, str(len(samples[i])), f"{raw:,.0f}", f"{min(samples[i]):,.0f}",
-                     f"{net:,.0f}" if net is not None else "(floor)",
-                     f"{net_min:,.0f}" if net is not None else "(floor)"])
+        rows.append(
+            [
+                label,
+                cache,
+                str(len(samples[i])),
+                f"{raw:,.0f}",
+                f"{min(samples[i]):,.0f}",
+                f"{net:,.0f}" if net is not None else "(floor)",
+                f"{net_min:,.0f}" if net is not None else "(floor)",
+            ]
+        )
     print_table(
         f"3. Cold import, wall clock of `python -c ...` in a subprocess ({p.import_runs} runs "
         "per case, round-robin), ms",
         ["case", "bytecode", "runs", "median raw ms", "min raw ms", "net ms", "net of mins ms"],
         rows,
-        notes=["shardkit is a copy without __pycache__ in a temp dir (the working directory, so "
-               "it is the one imported); PYTHONDONTWRITEBYTECODE=1 always",
-               "bytecode none: PYTHONPYCACHEPREFIX points to an empty dir that stays empty, so no "
-               "module at all (stdlib, site-packages, shardkit) uses cached bytecode; "
-               "3rd-party: no prefix, so the installed packages' .pyc are used and only shardkit "
-               "is compiled (as in a Lambda package that ships dependencies with .pyc)",
-               "net = median raw minus the median of `python -c pass` with the same bytecode "
-               "setting (the target uses it); net of mins = fastest run minus fastest floor, "
-               "steadier on a busy machine; the protocol/state/holder/hashing row is the handler's own data plane "
-               "without Powertools (what the import would cost if Powertools were imported "
-               "lazily)",
-               f"after `import {PROXY_MODULE}`: boto3 modules loaded: {len(boto3_modules)}; "
-               f"botocore modules loaded: "
-               f"{', '.join(m for m in boto_modules if m not in boto3_modules) or 'none'}"],
+        notes=[
+            "shardkit is a copy without __pycache__ in a temp dir (the working directory, so "
+            "it is the one imported); PYTHONDONTWRITEBYTECODE=1 always",
+            "bytecode none: PYTHONPYCACHEPREFIX points to an empty dir that stays empty, so no "
+            "module at all (stdlib, site-packages, shardkit) uses cached bytecode; "
+            "3rd-party: no prefix, so the installed packages' .pyc are used and only shardkit "
+            "is compiled (as in a Lambda package that ships dependencies with .pyc)",
+            "net = median raw minus the median of `python -c pass` with the same bytecode "
+            "setting (the target uses it); net of mins = fastest run minus fastest floor, "
+            "steadier on a busy machine; the protocol/state/holder/hashing row is the handler's own data plane "
+            "without Powertools (what the import would cost if Powertools were imported "
+            "lazily)",
+            f"after `import {PROXY_MODULE}`: boto3 modules loaded: {len(boto3_modules)}; "
+            f"botocore modules loaded: "
+            f"{', '.join(m for m in boto_modules if m not in boto3_modules) or 'none'}",
+        ],
     )
     handler_net = med(samples[1]) - floors["none"]
-    rep.target(f"cold import {PROXY_MODULE}, no bytecode, net of `python -c pass`", handler_net,
-               150, ",.0f", "ms")
-    rep.target(f"boto3 modules imported by `import {PROXY_MODULE}`", len(boto3_modules), 0, "d",
-               "")
+    rep.target(
+        f"cold import {PROXY_MODULE}, no bytecode, net of `python -c pass`",
+        handler_net,
+        150,
+        ",.0f",
+        "ms",
+    )
+    rep.target(f"boto3 modules imported by `import {PROXY_MODULE}`", len(boto3_modules), 0, "d", "")
     env_text = f"cd <tmp>/src && PYTHONDONTWRITEBYTECODE=1 PYTHONPYCACHEPREFIX=<empty dir> {PY}"
     rep.command("cold import", f"{env_text} -c 'import {PROXY_MODULE}'   (floor: -c pass)")
 
     # -- importtime
     runs, floor = [], []
     for _ in range(p.importtime_runs):
-        runs.append(parse_importtime(wall([PY, "-X", "importtime", "-c",
-                                           f"import {PROXY_MODULE}"], no_bytecode, src)[2]))
-        floor.append(parse_importtime(wall([PY, "-X", "importtime", "-c", "pass"], no_bytecode,
-                                           src)[2]))
+        runs.append(
+            parse_importtime(
+                wall([PY, "-X", "importtime", "-c", f"import {PROXY_MODULE}"], no_bytecode, src)[2]
+            )
+        )
+        floor.append(
+            parse_importtime(wall([PY, "-X", "importtime", "-c", "pass"], no_bytecode, src)[2])
+        )
     st = import_stats(runs, floor)
     print_table(
         f"3b. -X importtime of `import {PROXY_MODULE}`, no bytecode: top 10 imports by "
         f"cumulative time (median of {len(runs)} runs)",
-        ["module (indent = import depth)", "imported by", "self ms", "cumulative ms",
-         "% of total"],
+        ["module (indent = import depth)", "imported by", "self ms", "cumulative ms", "% of total"],
         top_import_rows(st, 10, st.total),
-        notes=[f"{len(st.mine)} modules beyond the interpreter's start-up; their self times add "
-               f"up to {st.total:,.0f} ms (importtime's own overhead included; the modules of "
-               "`python -c pass` are left out)",
-               "% of total: cumulative time relative to that sum; -X importtime adds its own "
-               "overhead, so compare shares here and absolute times in section 3"],
+        notes=[
+            f"{len(st.mine)} modules beyond the interpreter's start-up; their self times add "
+            f"up to {st.total:,.0f} ms (importtime's own overhead included; the modules of "
+            "`python -c pass` are left out)",
+            "% of total: cumulative time relative to that sum; -X importtime adds its own "
+            "overhead, so compare shares here and absolute times in section 3",
+        ],
     )
     print_table(
         f"3c. -X importtime of `import {PROXY_MODULE}`, no bytecode: self time by top-level "
@@ -669,8 +809,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_executor(p, rep, tmp, live)
     finally:
         for project in live:
-            subprocess.run([SHARDKIT, "local", "down", str(project), "--no-save"],
-                           capture_output=True, check=False, timeout=120)
+            subprocess.run(
+                [SHARDKIT, "local", "down", str(project), "--no-save"],
+                capture_output=True,
+                check=False,
+                timeout=120,
+            )
         shutil.rmtree(tmp, ignore_errors=True)
 
     rep.finish(t_start, "Commands:", load_at_end=True)

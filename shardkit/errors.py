@@ -144,8 +144,15 @@ class InferenceError(RoutingError):
 
     hint = "see the shard's logs; a 4xx is the request's fault, a 5xx the function's"
 
-    def __init__(self, message: str, *, status: int = 0, code: str = "", shard: str = "",
-                 hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        code: str = "",
+        shard: str = "",
+        hint: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
         self.code = code
@@ -171,8 +178,10 @@ class PlanStaleError(DeployError):
 class ApplyFailedError(DeployError):
     """A step of an apply failed. Completed steps are recorded; nothing is half-recorded."""
 
-    hint = ("fix the cause, then run the same `shardkit apply` (or `shardkit deploy`) again to "
-            "resume, or `shardkit rollback` to return to the last good deployment")
+    hint = (
+        "fix the cause, then run the same `shardkit apply` (or `shardkit deploy`) again to "
+        "resume, or `shardkit rollback` to return to the last good deployment"
+    )
 
 
 class LocalCloudError(ShardkitError):
@@ -184,8 +193,15 @@ class LocalCloudError(ShardkitError):
 class AwsError(ShardkitError):
     """An AWS call failed. The message names the operation, region and resource."""
 
-    def __init__(self, message: str, *, hint: str | None = None, code: str = "",
-                 operation: str = "", region: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        code: str = "",
+        operation: str = "",
+        region: str = "",
+    ) -> None:
         super().__init__(message, hint=hint)
         self.code = code
         self.operation = operation

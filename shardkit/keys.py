@@ -88,14 +88,18 @@ def create_key(key_id: str, directory: str | os.PathLike[str]) -> PublicKeyInfo:
     folder.mkdir(parents=True, exist_ok=True)
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    public_path.write_bytes(private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return _info(key_id, public_path)
 
 
@@ -111,7 +115,9 @@ def load_signing_key(key_id: str, directory: str | os.PathLike[str]) -> SigningK
     except (ValueError, TypeError) as exc:
         raise KeyStoreError(f"{path} is not a PEM private key: {exc}") from None
     if not isinstance(private, Ed25519PrivateKey):
-        raise KeyStoreError(f"{path} is not an ed25519 key", hint="create one with `shardkit keys create`")
+        raise KeyStoreError(
+            f"{path} is not an ed25519 key", hint="create one with `shardkit keys create`"
+        )
     return SigningKey(key_id, private)
 
 

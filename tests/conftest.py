@@ -30,10 +30,19 @@ QUICKSTART: dict[str, Any] = {
     },
     "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
     "groups": {
-        "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 4,
-               "replicas": 1},
-        "us": {"jurisdiction": "us", "regions": ["us-east-1", "us-west-2"], "shards": 4,
-               "replicas": 1, "weights": {"us-0": 2.0}},
+        "eu": {
+            "jurisdiction": "eu",
+            "regions": ["eu-west-1", "eu-central-1"],
+            "shards": 4,
+            "replicas": 1,
+        },
+        "us": {
+            "jurisdiction": "us",
+            "regions": ["us-east-1", "us-west-2"],
+            "shards": 4,
+            "replicas": 1,
+            "weights": {"us-0": 2.0},
+        },
     },
 }
 

@@ -32,34 +32,68 @@ ClientFactory = Callable[[str, str], Any]
 #: Operations that only read. Everything else counts as mutating.
 READ_PREFIXES = ("get_", "list_", "describe_", "head_", "lookup_", "batch_get_", "query", "scan")
 
-_THROTTLED = {"Throttling", "ThrottlingException", "TooManyRequestsException",
-              "RequestLimitExceeded", "SlowDown", "ProvisionedThroughputExceededException",
-              "RequestThrottled"}
-_DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
-           "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException",
-           "UnrecognizedClientException", "SignatureDoesNotMatch", "AuthFailure"}
-_CONFLICT = {"ResourceConflictException", "ResourceInUseException", "EntityAlreadyExists",
-             "BucketAlreadyExists", "BucketAlreadyOwnedByYou", "OperationAbortedException",
-             "ConflictException", "ResourceAlreadyExistsException", "TableAlreadyExistsException",
-             "ConcurrentModificationException"}
-_NOT_FOUND = {"ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NoSuchKey",
-              "NotFound", "404", "TableNotFoundException"}
+_THROTTLED = {
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "ProvisionedThroughputExceededException",
+    "RequestThrottled",
+}
+_DENIED = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "AuthFailure",
+}
+_CONFLICT = {
+    "ResourceConflictException",
+    "ResourceInUseException",
+    "EntityAlreadyExists",
+    "BucketAlreadyExists",
+    "BucketAlreadyOwnedByYou",
+    "OperationAbortedException",
+    "ConflictException",
+    "ResourceAlreadyExistsException",
+    "TableAlreadyExistsException",
+    "ConcurrentModificationException",
+}
+_NOT_FOUND = {
+    "ResourceNotFoundException",
+    "NoSuchEntity",
+    "NoSuchBucket",
+    "NoSuchKey",
+    "NotFound",
+    "404",
+    "TableNotFoundException",
+}
 
 
 def is_mutating(operation: str) -> bool:
     return not operation.startswith(READ_PREFIXES)
 
 
-def boto3_factory(endpoint: str | None = None, credentials: dict[str, str] | None = None,
-                  max_attempts: int = 8) -> ClientFactory:
+def boto3_factory(
+    endpoint: str | None = None, credentials: dict[str, str] | None = None, max_attempts: int = 8
+) -> ClientFactory:
     """Clients for real AWS (``endpoint=None``, default credential chain) or an endpoint."""
     import boto3
     from botocore.config import Config
 
     session = boto3.session.Session(**(credentials or {}))
     # "standard", not "adaptive": adaptive mode slows a client to a crawl after one throttle.
-    config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
-                    connect_timeout=5, read_timeout=60, max_pool_connections=32)
+    config = Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=32,
+    )
 
     def make(service: str, region: str) -> Any:
         return session.client(service, region_name=region, endpoint_url=endpoint, config=config)
@@ -88,8 +122,9 @@ class Aws:
     def mutating_calls(self) -> int:
         return sum(n for op, n in self.calls.items() if is_mutating(op.split(":", 1)[1]))
 
-    def call(self, service: str, region: str, operation: str, *, resource: str = "",
-             **params: Any) -> dict[str, Any]:
+    def call(
+        self, service: str, region: str, operation: str, *, resource: str = "", **params: Any
+    ) -> dict[str, Any]:
         """Call ``operation`` and return its response; failures become shardkit errors."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -104,11 +139,16 @@ class Aws:
             raise AwsAccessDeniedError(
                 f"{service}:{operation} in {region}: no AWS credentials found",
                 hint="configure credentials (AWS_PROFILE, environment or SSO), or deploy to the "
-                "local cloud with --local", operation=operation, region=region) from None
+                "local cloud with --local",
+                operation=operation,
+                region=region,
+            ) from None
         except BotoCoreError as exc:
             raise AwsUnreachableError(
                 f"{service}:{operation} in {region}{_on(resource)}: {exc}",
-                operation=operation, region=region) from None
+                operation=operation,
+                region=region,
+            ) from None
 
     def exists(self, service: str, region: str, operation: str, **params: Any) -> bool:
         """True if a read call succeeds, False if it says the resource is not there."""

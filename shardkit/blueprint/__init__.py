@@ -3,5 +3,12 @@
 from .definition import CodeArtifact, available, expand, load_definition
 from .model import KINDS, Blueprint, Resource
 
-__all__ = ["KINDS", "Blueprint", "CodeArtifact", "Resource", "available", "expand",
-           "load_definition"]
+__all__ = [
+    "KINDS",
+    "Blueprint",
+    "CodeArtifact",
+    "Resource",
+    "available",
+    "expand",
+    "load_definition",
+]

@@ -36,8 +36,15 @@ from ..sharding.shardmap import ShardMap
 from .definition import CodeArtifact, expand, load_definition
 from .model import Blueprint, Resource
 
-__all__ = ["ACCOUNT", "PARTITION", "blueprint_for_render", "logical_ids", "render",
-           "render_region", "trusted_keys_value"]
+__all__ = [
+    "ACCOUNT",
+    "PARTITION",
+    "blueprint_for_render",
+    "logical_ids",
+    "render",
+    "render_region",
+    "trusted_keys_value",
+]
 
 #: The account and partition a blueprint is expanded with for rendering: CloudFormation's pseudo
 #: parameters, resolved when the template is deployed.
@@ -76,9 +83,15 @@ def blueprint_for_render(
     the project's ``proxy.blueprint``. The shard functions trust the map signers whose ``.pub``
     files are in the project's key directory (none if it has none yet).
     """
-    return expand(load_definition(blueprint or project.config.proxy.blueprint),
-                  config=project.config, shard_map=shard_map, account=ACCOUNT, code=code,
-                  partition=PARTITION, trusted_keys=trusted_keys_value(project))
+    return expand(
+        load_definition(blueprint or project.config.proxy.blueprint),
+        config=project.config,
+        shard_map=shard_map,
+        account=ACCOUNT,
+        code=code,
+        partition=PARTITION,
+        trusted_keys=trusted_keys_value(project),
+    )
 
 
 def trusted_keys_value(project: Project) -> str:
@@ -104,10 +117,18 @@ def render_region(blueprint: Blueprint, region: str) -> dict[str, Any]:
     shards = sorted({r.shard for r in ctx.resources if r.shard})
     return {
         "AWSTemplateFormatVersion": _FORMAT_VERSION,
-        "Description": (f"shardkit {blueprint.project}: blueprint {blueprint.name} in {region}, "
-                        f"{len(shards)} shard(s)"),
-        "Metadata": {"shardkit": {"project": blueprint.project, "blueprint": blueprint.name,
-                                  "region": region, "shards": shards}},
+        "Description": (
+            f"shardkit {blueprint.project}: blueprint {blueprint.name} in {region}, "
+            f"{len(shards)} shard(s)"
+        ),
+        "Metadata": {
+            "shardkit": {
+                "project": blueprint.project,
+                "blueprint": blueprint.name,
+                "region": region,
+                "shards": shards,
+            }
+        },
         "Resources": resources,
         "Outputs": _outputs(ctx),
     }
@@ -121,8 +142,11 @@ def logical_ids(resources: Sequence[Resource]) -> dict[str, str]:
         seen[lid] = seen.get(lid, 0) + 1
     ids = {key: lid if seen[lid] == 1 else lid + _short_hash(key) for key, lid in wanted.items()}
     if len(set(ids.values())) != len(ids):  # a hash clash: 32 bits, so practically never
-        raise ConfigError("blueprint", ["two resources of one region map to one logical id"],
-                          hint="rename one of the resources or shards")
+        raise ConfigError(
+            "blueprint",
+            ["two resources of one region map to one logical id"],
+            hint="rename one of the resources or shards",
+        )
     return ids
 
 
@@ -146,40 +170,54 @@ class _Context:
         """The logical id of the ``kind`` resource that ``r.props[prop]`` names."""
         target = self.find(kind, _need(r, prop))
         if target is None:
-            raise self.error(r, f"props.{prop} = {r.props[prop]!r}: no {kind} of that name in "
-                                f"{self.region}", hint="define it in the blueprint definition, "
-                                "in the same scope ([[shard]] or [[region]])")
+            raise self.error(
+                r,
+                f"props.{prop} = {r.props[prop]!r}: no {kind} of that name in {self.region}",
+                hint="define it in the blueprint definition, "
+                "in the same scope ([[shard]] or [[region]])",
+            )
         return self.id(target)
 
     def tags(self, r: Resource) -> list[dict[str, str]]:
-        tags = {"shardkit:project": self.blueprint.project,
-                "shardkit:blueprint": self.blueprint.name}
+        tags = {
+            "shardkit:project": self.blueprint.project,
+            "shardkit:blueprint": self.blueprint.name,
+        }
         if r.shard:
             tags["shardkit:shard"] = r.shard
         return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
     def error(self, r: Resource, problem: str, *, hint: str | None = None) -> ConfigError:
-        return ConfigError(f"blueprint {self.blueprint.name}",
-                           [f"{r.kind} {r.name!r} in {self.region}: {problem}"], hint=hint)
+        return ConfigError(
+            f"blueprint {self.blueprint.name}",
+            [f"{r.kind} {r.name!r} in {self.region}: {problem}"],
+            hint=hint,
+        )
 
 
 def _need(r: Resource, prop: str) -> Any:
     """``r.props[prop]``, which CloudFormation needs."""
     if prop not in r.props:
-        raise ConfigError("blueprint", [f"{r.kind} {r.name!r} in {r.region}: props.{prop}: "
-                                        f"required to render it"],
-                          hint="add the property to the blueprint definition")
+        raise ConfigError(
+            "blueprint",
+            [f"{r.kind} {r.name!r} in {r.region}: props.{prop}: required to render it"],
+            hint="add the property to the blueprint definition",
+        )
     return r.props[prop]
 
 
 # --- one function per kind: (logical id, resource body) pairs --------------------------------
 
+
 def _s3_bucket(r: Resource, ctx: _Context) -> Rendered:
     p = r.props
     props: dict[str, Any] = {
         "BucketName": r.name,
-        "BucketEncryption": {"ServerSideEncryptionConfiguration": [
-            {"ServerSideEncryptionByDefault": {"SSEAlgorithm": p.get("encryption", "AES256")}}]},
+        "BucketEncryption": {
+            "ServerSideEncryptionConfiguration": [
+                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": p.get("encryption", "AES256")}}
+            ]
+        },
         "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
         "Tags": ctx.tags(r),
     }
@@ -187,8 +225,11 @@ def _s3_bucket(r: Resource, ctx: _Context) -> Rendered:
         props["VersioningConfiguration"] = {"Status": "Enabled"}
     if p.get("block_public_access", True):
         props["PublicAccessBlockConfiguration"] = {
-            "BlockPublicAcls": True, "BlockPublicPolicy": True,
-            "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
     # it holds the signed map registry and the code packages: never deleted with the stack
     yield ctx.id(r), {"Type": "AWS::S3::Bucket", **_RETAIN, "Properties": _sub(props)}
 
@@ -196,8 +237,9 @@ def _s3_bucket(r: Resource, ctx: _Context) -> Rendered:
 def _dynamodb_table(r: Resource, ctx: _Context) -> Rendered:
     p = r.props
     if p.get("billing_mode", "PAY_PER_REQUEST") != "PAY_PER_REQUEST":
-        raise ctx.error(r, f"props.billing_mode = {p['billing_mode']!r}: only PAY_PER_REQUEST "
-                           f"is rendered")
+        raise ctx.error(
+            r, f"props.billing_mode = {p['billing_mode']!r}: only PAY_PER_REQUEST is rendered"
+        )
     keys = [(_need(r, "partition_key"), "HASH")]
     if p.get("sort_key"):
         keys.append((p["sort_key"], "RANGE"))
@@ -208,7 +250,8 @@ def _dynamodb_table(r: Resource, ctx: _Context) -> Rendered:
         "KeySchema": [{"AttributeName": k, "KeyType": t} for k, t in keys],
         "SSESpecification": {"SSEEnabled": bool(p.get("sse", True))},
         "PointInTimeRecoverySpecification": {
-            "PointInTimeRecoveryEnabled": bool(p.get("point_in_time_recovery", True))},
+            "PointInTimeRecoveryEnabled": bool(p.get("point_in_time_recovery", True))
+        },
         "Tags": ctx.tags(r),
     }
     # shard state lives here: a stack deletion or replacement must never drop it
@@ -216,24 +259,46 @@ def _dynamodb_table(r: Resource, ctx: _Context) -> Rendered:
 
 
 def _log_group(r: Resource, ctx: _Context) -> Rendered:
-    props = {"LogGroupName": r.name, "RetentionInDays": _need(r, "retention_days"),
-             "Tags": ctx.tags(r)}
+    props = {
+        "LogGroupName": r.name,
+        "RetentionInDays": _need(r, "retention_days"),
+        "Tags": ctx.tags(r),
+    }
     # Deleted with its shard, on purpose: a retained group would block adding the shard back
     # (its name is fixed), and its events expire after RetentionInDays anyway.
-    yield ctx.id(r), {"Type": "AWS::Logs::LogGroup", "DeletionPolicy": "Delete",
-                      "UpdateReplacePolicy": "Delete", "Properties": _sub(props)}
+    yield (
+        ctx.id(r),
+        {
+            "Type": "AWS::Logs::LogGroup",
+            "DeletionPolicy": "Delete",
+            "UpdateReplacePolicy": "Delete",
+            "Properties": _sub(props),
+        },
+    )
 
 
 def _iam_role(r: Resource, ctx: _Context) -> Rendered:
-    trust = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": _need(r, "assume_service")},
-        "Action": "sts:AssumeRole"}]}
-    props: dict[str, Any] = {"RoleName": r.name, "AssumeRolePolicyDocument": trust,
-                             "Tags": ctx.tags(r)}
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": _need(r, "assume_service")},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    props: dict[str, Any] = {
+        "RoleName": r.name,
+        "AssumeRolePolicyDocument": trust,
+        "Tags": ctx.tags(r),
+    }
     if r.props.get("description"):
         props["Description"] = r.props["description"]
     if r.props.get("policy"):
-        props["Policies"] = [{"PolicyName": f"{r.name}-policy", "PolicyDocument": r.props["policy"]}]
+        props["Policies"] = [
+            {"PolicyName": f"{r.name}-policy", "PolicyDocument": r.props["policy"]}
+        ]
     yield ctx.id(r), {"Type": "AWS::IAM::Role", "Properties": _sub(props)}
 
 
@@ -245,8 +310,10 @@ def _lambda_function(r: Resource, ctx: _Context) -> Rendered:
     bucket = ctx.find("s3_bucket", code["bucket"])
     props: dict[str, Any] = {
         "FunctionName": r.name,
-        "Code": {"S3Bucket": {"Ref": ctx.id(bucket)} if bucket else code["bucket"],
-                 "S3Key": code["key"]},
+        "Code": {
+            "S3Bucket": {"Ref": ctx.id(bucket)} if bucket else code["bucket"],
+            "S3Key": code["key"],
+        },
         "Role": {"Fn::GetAtt": [ctx.ref_id(r, "role", "iam_role"), "Arn"]},
         "Runtime": _need(r, "runtime"),
         "Handler": _need(r, "handler"),
@@ -258,22 +325,27 @@ def _lambda_function(r: Resource, ctx: _Context) -> Rendered:
     if p.get("reserved_concurrency") is not None:
         props["ReservedConcurrentExecutions"] = p["reserved_concurrency"]
     if p.get("environment"):
-        props["Environment"] = {"Variables": {k: _env_value(v)
-                                              for k, v in p["environment"].items()}}
+        props["Environment"] = {
+            "Variables": {k: _env_value(v) for k, v in p["environment"].items()}
+        }
     if "log_group" in p:
         props["LoggingConfig"] = {"LogGroup": {"Ref": ctx.ref_id(r, "log_group", "log_group")}}
     lid = ctx.id(r)
     yield lid, {"Type": "AWS::Lambda::Function", "Properties": _sub(props)}
-    yield _version_id(lid), {"Type": "AWS::Lambda::Version", **_RETAIN,
-                             "Properties": _version_props(r, lid)}
+    yield (
+        _version_id(lid),
+        {"Type": "AWS::Lambda::Version", **_RETAIN, "Properties": _version_props(r, lid)},
+    )
 
 
 def _version_props(r: Resource, function_id: str) -> dict[str, Any]:
     """A version is immutable: its Description carries the function's fingerprint, so any change
     to the function replaces the version, which publishes a new one. Old versions are retained,
     for rollback and for traffic still draining off them."""
-    props: dict[str, Any] = {"FunctionName": {"Ref": function_id},
-                             "Description": f"shardkit revision {r.fingerprint}"}
+    props: dict[str, Any] = {
+        "FunctionName": {"Ref": function_id},
+        "Description": f"shardkit revision {r.fingerprint}",
+    }
     sha = str(r.props["code"].get("sha256", ""))
     if _HEX_SHA256.fullmatch(sha):  # Lambda's CodeSha256 is the base64 of the zip's digest
         props["CodeSha256"] = base64.b64encode(bytes.fromhex(sha)).decode()
@@ -295,26 +367,37 @@ def _lambda_alias(r: Resource, ctx: _Context) -> Rendered:
 def _function_url(r: Resource, ctx: _Context) -> Rendered:
     auth = r.props.get("auth_type", "AWS_IAM")
     if auth != "AWS_IAM":
-        raise ctx.error(r, f"props.auth_type = {auth!r}: only AWS_IAM is allowed",
-                        hint="shard functions are never public; callers sign requests with SigV4")
+        raise ctx.error(
+            r,
+            f"props.auth_type = {auth!r}: only AWS_IAM is allowed",
+            hint="shard functions are never public; callers sign requests with SigV4",
+        )
     function_id = ctx.ref_id(r, "function", "lambda_function")
     qualifier = r.props.get("qualifier")
     if qualifier:
         target: dict[str, Any] = {"Ref": _alias_id(r, ctx, qualifier)}  # Ref of an alias: its ARN
     else:
         target = {"Fn::GetAtt": [function_id, "Arn"]}
-    yield ctx.id(r), {"Type": "AWS::Lambda::Url",
-                      "Properties": {"AuthType": auth, "TargetFunctionArn": target}}
+    yield (
+        ctx.id(r),
+        {"Type": "AWS::Lambda::Url", "Properties": {"AuthType": auth, "TargetFunctionArn": target}},
+    )
 
 
 def _alias_id(r: Resource, ctx: _Context, qualifier: str) -> str:
     for other in ctx.resources:
-        if (other.kind == "lambda_alias" and other.props.get("function") == r.props["function"]
-                and other.props.get("alias") == qualifier):
+        if (
+            other.kind == "lambda_alias"
+            and other.props.get("function") == r.props["function"]
+            and other.props.get("alias") == qualifier
+        ):
             return ctx.id(other)
-    raise ctx.error(r, f"props.qualifier = {qualifier!r}: no lambda_alias {qualifier!r} of "
-                       f"function {r.props['function']!r} in {ctx.region}",
-                    hint="define the alias in the blueprint definition, or drop the qualifier")
+    raise ctx.error(
+        r,
+        f"props.qualifier = {qualifier!r}: no lambda_alias {qualifier!r} of "
+        f"function {r.props['function']!r} in {ctx.region}",
+        hint="define the alias in the blueprint definition, or drop the qualifier",
+    )
 
 
 def _alarm(r: Resource, ctx: _Context) -> Rendered:
@@ -324,8 +407,9 @@ def _alarm(r: Resource, ctx: _Context) -> Rendered:
     threshold, period = _need(r, "threshold"), p.get("period_s", 60)
     props = {
         "AlarmName": r.name,
-        "AlarmDescription": (f"{metric} ({statistic}) of {p['function']} reached {threshold} "
-                             f"in {period} s"),
+        "AlarmDescription": (
+            f"{metric} ({statistic}) of {p['function']} reached {threshold} in {period} s"
+        ),
         "Namespace": "AWS/Lambda",
         "MetricName": metric,
         "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": function_id}}],
@@ -358,17 +442,23 @@ def _outputs(ctx: _Context) -> dict[str, Any]:
         if r.kind == "function_url":
             out["Url" + lid.removeprefix(_PREFIX["function_url"])] = {
                 "Description": f"Function URL of shard {r.shard} (AWS_IAM auth)",
-                "Value": {"Fn::GetAtt": [lid, "FunctionUrl"]}}
+                "Value": {"Fn::GetAtt": [lid, "FunctionUrl"]},
+            }
         elif r.kind == "dynamodb_table":
-            out[lid + "Name"] = {"Description": "DynamoDB table of the shards' state",
-                                 "Value": {"Ref": lid}}
+            out[lid + "Name"] = {
+                "Description": "DynamoDB table of the shards' state",
+                "Value": {"Ref": lid},
+            }
         elif r.kind == "s3_bucket":
-            out[lid + "Name"] = {"Description": "S3 bucket of the map registry and code packages",
-                                 "Value": {"Ref": lid}}
+            out[lid + "Name"] = {
+                "Description": "S3 bucket of the map registry and code packages",
+                "Value": {"Ref": lid},
+            }
     return out
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
 
 def _camel(text: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in re.split(r"[^A-Za-z0-9]+", text) if p)

@@ -28,8 +28,14 @@ __all__ = ["CodeArtifact", "available", "expand", "load_definition"]
 
 DEFAULT_BLUEPRINT = "stateful-inference-proxy"
 _PLACEHOLDER = re.compile(r"\{([a-z_0-9]+)\}")
-_LIMITS = {"lambda_function": 64, "iam_role": 64, "s3_bucket": 63, "dynamodb_table": 255,
-           "alarm": 255, "log_group": 512}
+_LIMITS = {
+    "lambda_function": 64,
+    "iam_role": 64,
+    "s3_bucket": 63,
+    "dynamodb_table": 255,
+    "alarm": 255,
+    "log_group": 512,
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,11 @@ def load_definition(name_or_path: str) -> dict[str, Any]:
     else:
         resource = importlib.resources.files("shardkit.blueprints") / f"{name_or_path}.toml"
         if not resource.is_file():
-            raise ConfigError(name_or_path, ["no such blueprint"],
-                              hint=f"shipped blueprints: {', '.join(available())}")
+            raise ConfigError(
+                name_or_path,
+                ["no such blueprint"],
+                hint=f"shipped blueprints: {', '.join(available())}",
+            )
         source, text = f"blueprint {name_or_path}", resource.read_text("utf-8")
     try:
         data = tomllib.loads(text)
@@ -83,8 +92,9 @@ def _check_definition(source: str, data: dict[str, Any]) -> None:
     for scope in ("region", "shard"):
         for i, item in enumerate(data.get(scope, [])):
             if item.get("kind") not in KINDS:
-                problems.append(f"{scope}[{i}].kind = {item.get('kind')!r}: allowed: "
-                                f"{', '.join(KINDS)}")
+                problems.append(
+                    f"{scope}[{i}].kind = {item.get('kind')!r}: allowed: {', '.join(KINDS)}"
+                )
             if not isinstance(item.get("name"), str):
                 problems.append(f"{scope}[{i}].name: required string is missing")
     if problems:
@@ -109,35 +119,57 @@ def expand(
     regions = sorted({s.region for s in shard_map.shards})
     for region in regions:
         values = _region_values(definition, config, region, account, partition)
-        resources += [_resource(item, values, region, None) for item in definition.get("region", [])]
+        resources += [
+            _resource(item, values, region, None) for item in definition.get("region", [])
+        ]
     for shard in shard_map.shards:
         _check_residency(shard, shard_map)
         values = _shard_values(definition, config, shard, account, partition, code)
         values["trusted_keys"] = trusted_keys
-        resources += [_resource(item, values, shard.region, shard.id)
-                      for item in definition.get("shard", [])]
-    return Blueprint(config.project.name, definition["name"], account,
-                     tuple(_with_revisions(resources)))
+        resources += [
+            _resource(item, values, shard.region, shard.id) for item in definition.get("shard", [])
+        ]
+    return Blueprint(
+        config.project.name, definition["name"], account, tuple(_with_revisions(resources))
+    )
 
 
-def _region_values(definition: Mapping[str, Any], config: ProjectConfig, region: str,
-                   account: str, partition: str) -> dict[str, Any]:
-    values: dict[str, Any] = {"project": config.project.name, "account": account,
-                              "region": region, "partition": partition}
+def _region_values(
+    definition: Mapping[str, Any], config: ProjectConfig, region: str, account: str, partition: str
+) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "project": config.project.name,
+        "account": account,
+        "region": region,
+        "partition": partition,
+    }
     for name in ("bucket", "table"):
         values[name] = _fill(definition["names"][name], values, name)
     return values
 
 
-def _shard_values(definition: Mapping[str, Any], config: ProjectConfig, shard: Shard,
-                  account: str, partition: str, code: CodeArtifact) -> dict[str, Any]:
+def _shard_values(
+    definition: Mapping[str, Any],
+    config: ProjectConfig,
+    shard: Shard,
+    account: str,
+    partition: str,
+    code: CodeArtifact,
+) -> dict[str, Any]:
     values = _region_values(definition, config, shard.region, account, partition)
     group = config.groups[shard.group]
-    values.update(shard=shard.id, epoch=shard.epoch, jurisdiction=shard.jurisdiction,
-                  memory_mb=group.memory_mb, timeout_s=group.timeout_s,
-                  concurrency=group.concurrency, handler=config.proxy.handler,
-                  state_cache=str(config.proxy.state_cache),
-                  code_key=code.key, code_sha256=code.sha256)
+    values.update(
+        shard=shard.id,
+        epoch=shard.epoch,
+        jurisdiction=shard.jurisdiction,
+        memory_mb=group.memory_mb,
+        timeout_s=group.timeout_s,
+        concurrency=group.concurrency,
+        handler=config.proxy.handler,
+        state_cache=str(config.proxy.state_cache),
+        code_key=code.key,
+        code_sha256=code.sha256,
+    )
     for name in ("function", "role", "log_group"):
         values[name] = _fill(definition["names"][name], values, name)
     return values
@@ -152,8 +184,9 @@ def _check_residency(shard: Shard, shard_map: ShardMap) -> None:
         )
 
 
-def _resource(item: Mapping[str, Any], values: dict[str, Any], region: str,
-              shard: str | None) -> Resource:
+def _resource(
+    item: Mapping[str, Any], values: dict[str, Any], region: str, shard: str | None
+) -> Resource:
     name = _fill(item["name"], values, "name")
     limit = _LIMITS.get(item["kind"])
     if limit and len(name) > limit:
@@ -190,13 +223,15 @@ def _value(name: str, values: Mapping[str, Any], where: str) -> Any:
 def _with_revisions(resources: list[Resource]) -> list[Resource]:
     """An alias follows its function: it carries the function's fingerprint, so any change to
     the function publishes a new version and moves the alias to it."""
-    functions = {(r.region, r.name): r.fingerprint for r in resources
-                 if r.kind == "lambda_function"}
+    functions = {
+        (r.region, r.name): r.fingerprint for r in resources if r.kind == "lambda_function"
+    }
     out = []
     for r in resources:
         if r.kind == "lambda_alias":
             revision = functions[(r.region, r.props["function"])]
-            r = Resource(r.kind, r.name, r.region, {**r.props, "function_revision": revision},
-                         r.shard)
+            r = Resource(
+                r.kind, r.name, r.region, {**r.props, "function_revision": revision}, r.shard
+            )
         out.append(r)
     return out

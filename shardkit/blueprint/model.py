@@ -70,12 +70,20 @@ class Resource:
 
     def depends_on(self) -> list[str]:
         """Keys of the resources this one needs to exist first."""
-        return [f"{self.region}/{kind}/{self.props[prop]}"
-                for prop, kind in DEPENDS.get(self.kind, ()) if prop in self.props]
+        return [
+            f"{self.region}/{kind}/{self.props[prop]}"
+            for prop, kind in DEPENDS.get(self.kind, ())
+            if prop in self.props
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "region": self.region,
-                "shard": self.shard, "props": json.loads(canonical_json(self.props))}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "region": self.region,
+            "shard": self.shard,
+            "props": json.loads(canonical_json(self.props)),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Resource:
@@ -113,13 +121,21 @@ class Blueprint:
         return [r for r in self.resources if r.kind == kind]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"project": self.project, "name": self.name, "account": self.account,
-                "resources": [r.to_dict() for r in self.resources]}
+        return {
+            "project": self.project,
+            "name": self.name,
+            "account": self.account,
+            "resources": [r.to_dict() for r in self.resources],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Blueprint:
-        return cls(data["project"], data["name"], data["account"],
-                   tuple(Resource.from_dict(r) for r in data["resources"]))
+        return cls(
+            data["project"],
+            data["name"],
+            data["account"],
+            tuple(Resource.from_dict(r) for r in data["resources"]),
+        )
 
     def diff(self, other: Blueprint) -> dict[str, list[str]]:
         """Keys added, removed and changed going from ``self`` to ``other``."""
@@ -133,4 +149,3 @@ class Blueprint:
 
 def _order(r: Resource) -> tuple[int, str, str]:
     return (KINDS.index(r.kind), r.region, r.name)
-

@@ -28,11 +28,19 @@ def group() -> None:
 
 @group.command("render")
 @click.argument("project_dir", type=_PATH)
-@click.option("--out", type=_PATH, required=True,
-              help="Directory for the templates, one <region>.template.json per region.")
-@click.option("--blueprint", "name", default=None,
-              help="A shipped blueprint's name, or a path to a .toml definition "
-              "[default: the project's proxy.blueprint].")
+@click.option(
+    "--out",
+    type=_PATH,
+    required=True,
+    help="Directory for the templates, one <region>.template.json per region.",
+)
+@click.option(
+    "--blueprint",
+    "name",
+    default=None,
+    help="A shipped blueprint's name, or a path to a .toml definition "
+    "[default: the project's proxy.blueprint].",
+)
 @json_option
 def render_(project_dir: Path, out: Path, name: str | None, json_: bool) -> None:
     """Render the project's blueprint as CloudFormation templates, one per region.
@@ -53,15 +61,28 @@ def render_(project_dir: Path, out: Path, name: str | None, json_: bool) -> None
         text = json.dumps(template, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         write_atomic(path, text.encode("utf-8"))
         shards = template["Metadata"]["shardkit"]["shards"]
-        rows.append({"region": region, "shards": len(shards),
-                     "resources": len(template["Resources"]), "file": str(path)})
-    stale = sorted(str(p) for p in out.glob(f"*{_SUFFIX}")
-                   if p.name.removesuffix(_SUFFIX) not in templates)
+        rows.append(
+            {
+                "region": region,
+                "shards": len(shards),
+                "resources": len(template["Resources"]),
+                "file": str(path),
+            }
+        )
+    stale = sorted(
+        str(p) for p in out.glob(f"*{_SUFFIX}") if p.name.removesuffix(_SUFFIX) not in templates
+    )
     if json_:
-        emit_json({"project": blueprint.project, "blueprint": blueprint.name,
-                   "map": {"version": shard_map.version, "source": source},
-                   "code": {"key": code.key, "sha256": code.sha256},
-                   "templates": rows, "stale": stale})
+        emit_json(
+            {
+                "project": blueprint.project,
+                "blueprint": blueprint.name,
+                "map": {"version": shard_map.version, "source": source},
+                "code": {"key": code.key, "sha256": code.sha256},
+                "templates": rows,
+                "stale": stale,
+            }
+        )
         return
     _print_rendered(blueprint.name, shard_map.version, source, rows, stale)
 
@@ -70,8 +91,9 @@ def render_(project_dir: Path, out: Path, name: str | None, json_: bool) -> None
 @json_option
 def list_(json_: bool) -> None:
     """List the blueprint definitions shipped with shardkit."""
-    rows = [{"name": n, "description": load_definition(n).get("description", "")}
-            for n in available()]
+    rows = [
+        {"name": n, "description": load_definition(n).get("description", "")} for n in available()
+    ]
     if json_:
         emit_json(rows)
         return
@@ -90,17 +112,21 @@ def _current_map(project: Project) -> tuple[ShardMap, str]:
 
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise click.ClickException(f"cannot write templates to {out}: it is a file — pass a "
-                                   f"directory with --out")
+        raise click.ClickException(
+            f"cannot write templates to {out}: it is a file — pass a directory with --out"
+        )
 
 
-def _print_rendered(name: str, version: int, source: str, rows: list[dict[str, Any]],
-                    stale: list[str]) -> None:
+def _print_rendered(
+    name: str, version: int, source: str, rows: list[dict[str, Any]], stale: list[str]
+) -> None:
     console.print(f"blueprint [bold]{name}[/] for map version {version} ({source})")
     table = Table("region", "shards", "resources", "file")
     for row in rows:
         table.add_row(row["region"], str(row["shards"]), str(row["resources"]), row["file"])
     console.print(table)
     for path in stale:
-        console.print(f"[yellow]note:[/] {path} is from an earlier render; this blueprint has no "
-                      f"resources in its region any more")
+        console.print(
+            f"[yellow]note:[/] {path} is from an earlier render; this blueprint has no "
+            f"resources in its region any more"
+        )

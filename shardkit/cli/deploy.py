@@ -25,8 +25,11 @@ _PATH = click.Path(path_type=Path)
 _STEP_LIST_LIMIT = 40
 
 local_option = click.option(
-    "--local/--aws", "local", default=None,
-    help="Deploy to the local cloud (moto on 127.0.0.1) or to AWS [default: project.target].")
+    "--local/--aws",
+    "local",
+    default=None,
+    help="Deploy to the local cloud (moto on 127.0.0.1) or to AWS [default: project.target].",
+)
 yes_option = click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
 project_arg = click.argument("project_dir", type=_PATH, default=".")
 
@@ -56,8 +59,10 @@ def _restore(deployer: Deployer, json_: bool) -> ApplyResult:
     """The local cloud restarted: re-create what the manifest records, from shardkit's state."""
     plan = deployer.plan_restore()
     if not json_:
-        console.print(f"local cloud restarted: restoring deployment {plan.deployment} "
-                      f"({len(plan.steps)} steps)")
+        console.print(
+            f"local cloud restarted: restoring deployment {plan.deployment} "
+            f"({len(plan.steps)} steps)"
+        )
     result = _apply(deployer, plan, json_)
     _restore_items(deployer.project)
     return result
@@ -70,8 +75,10 @@ def _restore_items(project: Project) -> None:
 
 
 refresh_option = click.option(
-    "--refresh", is_flag=True,
-    help="First check (read-only) that recorded resources still exist; re-create missing ones.")
+    "--refresh",
+    is_flag=True,
+    help="First check (read-only) that recorded resources still exist; re-create missing ones.",
+)
 
 
 @click.command("plan")
@@ -80,8 +87,9 @@ refresh_option = click.option(
 @local_option
 @refresh_option
 @json_option
-def plan_cmd(project_dir: Path, out: Path | None, local: bool | None, refresh: bool,
-             json_: bool) -> None:
+def plan_cmd(
+    project_dir: Path, out: Path | None, local: bool | None, refresh: bool, json_: bool
+) -> None:
     """Show what a deploy would change, without changing anything."""
     deployer = _deployer(project_dir, local, start=True, json_=json_)
     plan = deployer.plan(refresh=refresh)
@@ -92,8 +100,9 @@ def plan_cmd(project_dir: Path, out: Path | None, local: bool | None, refresh: b
         return
     _show_plan(plan)
     if out:
-        console.print(f"saved plan [bold]{plan.plan_id}[/] to {out}; apply it with "
-                      f"`shardkit apply {out}`")
+        console.print(
+            f"saved plan [bold]{plan.plan_id}[/] to {out}; apply it with `shardkit apply {out}`"
+        )
 
 
 @click.command("apply")
@@ -103,8 +112,11 @@ def apply_cmd(plan_file: Path, json_: bool) -> None:
     """Apply a saved plan. Refused if the deployed state changed since it was made."""
     plan = Plan.load(plan_file)
     project = load_project(plan.project_root)
-    deployer = Deployer(project, open_target(project, local=plan.target == "local"),
-                        vendor=_vendor(project, plan.target))
+    deployer = Deployer(
+        project,
+        open_target(project, local=plan.target == "local"),
+        vendor=_vendor(project, plan.target),
+    )
     result = _apply(deployer, plan, json_)
     _report(deployer, plan, result, json_)
 
@@ -115,8 +127,9 @@ def apply_cmd(plan_file: Path, json_: bool) -> None:
 @refresh_option
 @yes_option
 @json_option
-def deploy_cmd(project_dir: Path, local: bool | None, refresh: bool, yes: bool,
-               json_: bool) -> None:
+def deploy_cmd(
+    project_dir: Path, local: bool | None, refresh: bool, yes: bool, json_: bool
+) -> None:
     """Plan, show, and apply: the project as configured, in every region."""
     deployer = _deployer(project_dir, local, start=True, json_=json_)
     _carry_out(deployer, deployer.plan(refresh=refresh), yes, json_)
@@ -130,22 +143,30 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
     """What is deployed: recorded state checked against what exists."""
     deployer = _deployer(project_dir, local, start=False, json_=json_)
     if deployer.needs_restore():
-        raise DeployError("the local cloud restarted and the deployment is not restored yet",
-                          hint="run `shardkit local up PROJECT_DIR` or `shardkit deploy` to restore")
+        raise DeployError(
+            "the local cloud restarted and the deployment is not restored yet",
+            hint="run `shardkit local up PROJECT_DIR` or `shardkit deploy` to restore",
+        )
     info = deployer.status()
     if json_:
         emit_json(info)
         return
-    console.print(f"project [bold]{info['project']}[/] on {info['target']} "
-                  f"(account {info['account'] or '-'}): deployment {info['deployment']}, "
-                  f"map version {info['map_version']}, status {info['status']}")
-    console.print(f"{info['resources']} resources in {', '.join(info['regions']) or 'no region'}; "
-                  f"missing: {len(info['missing'])}; kept data tables: {len(info['retained'])}")
+    console.print(
+        f"project [bold]{info['project']}[/] on {info['target']} "
+        f"(account {info['account'] or '-'}): deployment {info['deployment']}, "
+        f"map version {info['map_version']}, status {info['status']}"
+    )
+    console.print(
+        f"{info['resources']} resources in {', '.join(info['regions']) or 'no region'}; "
+        f"missing: {len(info['missing'])}; kept data tables: {len(info['retained'])}"
+    )
     for key in info["missing"]:
         console.print(f"  [red]missing[/] {key}")
     if info["pending_applies"]:
-        console.print(f"[yellow]unfinished apply: plan {', '.join(info['pending_applies'])}[/] "
-                      "(run the same apply or `shardkit deploy` to resume)")
+        console.print(
+            f"[yellow]unfinished apply: plan {', '.join(info['pending_applies'])}[/] "
+            "(run the same apply or `shardkit deploy` to resume)"
+        )
     _shard_table(info["shards"])
 
 
@@ -155,8 +176,9 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
 @local_option
 @yes_option
 @json_option
-def destroy_cmd(project_dir: Path, delete_data: bool, local: bool | None, yes: bool,
-                json_: bool) -> None:
+def destroy_cmd(
+    project_dir: Path, delete_data: bool, local: bool | None, yes: bool, json_: bool
+) -> None:
     """Delete every deployed resource; state tables are kept unless --delete-data."""
     deployer = _deployer(project_dir, local, start=False, json_=json_)
     _carry_out(deployer, deployer.plan_destroy(delete_data=delete_data), yes, json_)
@@ -184,8 +206,7 @@ def bootstrap_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool)
     _carry_out(deployer, deployer.plan_bootstrap(), yes, json_)
 
 
-COMMANDS = (plan_cmd, apply_cmd, deploy_cmd, status_cmd, destroy_cmd, rollback_cmd,
-            bootstrap_cmd)
+COMMANDS = (plan_cmd, apply_cmd, deploy_cmd, status_cmd, destroy_cmd, rollback_cmd, bootstrap_cmd)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -205,8 +226,14 @@ def _carry_out(deployer: Deployer, plan: Plan, yes: bool, json_: bool) -> None:
 def _apply(deployer: Deployer, plan: Plan, json_: bool) -> ApplyResult:
     if json_ or not sys.stderr.isatty():
         return deployer.apply(plan)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task(f"applying {plan.kind}", total=len(plan.steps))
 
         def progress(step: Step, event: str) -> None:
@@ -221,9 +248,10 @@ def _confirm(plan: Plan, yes: bool, json_: bool) -> None:
     if yes:
         return
     if json_ or not sys.stdin.isatty():
-        raise DeployError(f"refusing to apply {len(plan.steps)} change(s) without confirmation",
-                          hint="pass --yes, or save the plan with `shardkit plan --out` and "
-                          "`shardkit apply` it")
+        raise DeployError(
+            f"refusing to apply {len(plan.steps)} change(s) without confirmation",
+            hint="pass --yes, or save the plan with `shardkit plan --out` and `shardkit apply` it",
+        )
     if not click.confirm(f"apply {len(plan.steps)} change(s)?", default=False):
         raise click.Abort()
 
@@ -231,12 +259,20 @@ def _confirm(plan: Plan, yes: bool, json_: bool) -> None:
 def _nothing_to_do(deployer: Deployer, plan: Plan, json_: bool) -> None:
     outputs = deployer.outputs()
     if json_:
-        emit_json({"changed": False, "mutating_calls": deployer.target.aws.mutating_calls,
-                   "plan": _plan_dict(plan, None), "outputs": outputs})
+        emit_json(
+            {
+                "changed": False,
+                "mutating_calls": deployer.target.aws.mutating_calls,
+                "plan": _plan_dict(plan, None),
+                "outputs": outputs,
+            }
+        )
         return
-    console.print(f"no changes: {deployer.target.name} is up to date "
-                  f"(deployment {outputs['deployment']}, map version {outputs['map_version']}); "
-                  f"{deployer.target.aws.mutating_calls} mutating AWS calls made")
+    console.print(
+        f"no changes: {deployer.target.name} is up to date "
+        f"(deployment {outputs['deployment']}, map version {outputs['map_version']}); "
+        f"{deployer.target.aws.mutating_calls} mutating AWS calls made"
+    )
 
 
 def _report(deployer: Deployer, plan: Plan, result: ApplyResult, json_: bool) -> None:
@@ -244,25 +280,41 @@ def _report(deployer: Deployer, plan: Plan, result: ApplyResult, json_: bool) ->
     path = deployer.store.root / "outputs.json"
     write_json_atomic(path, outputs)
     if json_:
-        emit_json({"changed": True, "plan_id": plan.plan_id, "kind": plan.kind,
-                   "steps_done": result.steps_done, "steps_resumed": result.steps_skipped,
-                   "mutating_calls": result.mutating_calls, "outputs_file": str(path),
-                   "outputs": outputs})
+        emit_json(
+            {
+                "changed": True,
+                "plan_id": plan.plan_id,
+                "kind": plan.kind,
+                "steps_done": result.steps_done,
+                "steps_resumed": result.steps_skipped,
+                "mutating_calls": result.mutating_calls,
+                "outputs_file": str(path),
+                "outputs": outputs,
+            }
+        )
         return
     resumed = f" (resumed: {result.steps_skipped} already done)" if result.resumed else ""
-    console.print(f"applied {plan.kind} {plan.plan_id}: {result.steps_done} steps{resumed}, "
-                  f"{result.mutating_calls} mutating AWS calls; deployment "
-                  f"{outputs['deployment']}, map version {outputs['map_version']}")
+    console.print(
+        f"applied {plan.kind} {plan.plan_id}: {result.steps_done} steps{resumed}, "
+        f"{result.mutating_calls} mutating AWS calls; deployment "
+        f"{outputs['deployment']}, map version {outputs['map_version']}"
+    )
     _shard_table(outputs["shards"])
     console.print(f"outputs written to {path}")
 
 
 def _plan_dict(plan: Plan, out: Path | None) -> dict[str, Any]:
-    return {"plan_id": plan.plan_id, "kind": plan.kind, "target": plan.target,
-            "base": plan.base, "noop": plan.is_noop, "summary": plan.summary(),
-            "map_version": plan.map_version if plan.map_envelope else None,
-            "saved_to": str(out) if out else None,
-            "steps": [{k: v for k, v in s.to_dict().items() if k != "props"} for s in plan.steps]}
+    return {
+        "plan_id": plan.plan_id,
+        "kind": plan.kind,
+        "target": plan.target,
+        "base": plan.base,
+        "noop": plan.is_noop,
+        "summary": plan.summary(),
+        "map_version": plan.map_version if plan.map_envelope else None,
+        "saved_to": str(out) if out else None,
+        "steps": [{k: v for k, v in s.to_dict().items() if k != "props"} for s in plan.steps],
+    }
 
 
 def _show_plan(plan: Plan) -> None:
@@ -286,6 +338,11 @@ def _shard_table(shards: dict[str, dict[str, Any]]) -> None:
         return
     table = Table("shard", "region", "function", "version", "url")
     for shard, info in shards.items():
-        table.add_row(shard, info.get("region", ""), info.get("function", ""),
-                      str(info.get("version", "")), info.get("url", ""))
+        table.add_row(
+            shard,
+            info.get("region", ""),
+            info.get("function", ""),
+            str(info.get("version", "")),
+            info.get("url", ""),
+        )
     console.print(table)

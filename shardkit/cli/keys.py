@@ -11,9 +11,14 @@ from ..errors import KeyStoreError
 from ..keys import PublicKeyInfo, check_key_id, create_key, list_keys
 from .output import console, emit_json, json_option
 
-_dir_option = click.option("--dir", "directory", type=click.Path(path_type=Path),
-                           default=Path(".shardkit/keys"), show_default=True,
-                           help="Key directory.")
+_dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=Path(".shardkit/keys"),
+    show_default=True,
+    help="Key directory.",
+)
 
 
 @click.group("keys")
@@ -31,8 +36,9 @@ def create(key_id: str, directory: Path, json_: bool) -> None:
     if json_:
         emit_json(info.to_dict())
         return
-    console.print(f"created key [bold]{info.key_id}[/] in {directory} "
-                  f"(fingerprint {info.fingerprint})")
+    console.print(
+        f"created key [bold]{info.key_id}[/] in {directory} (fingerprint {info.fingerprint})"
+    )
     console.print(f"public key: {info.public_key}")
     console.print(f"keep {directory / (key_id + '.key')} secret; share only the .pub file")
 
@@ -46,8 +52,10 @@ def show(key_id: str, directory: Path, json_: bool) -> None:
     check_key_id(key_id)
     found = [k for k in list_keys(directory) if k.key_id == key_id]
     if not found:
-        raise KeyStoreError(f"no key {key_id!r} in {directory}",
-                            hint=f"create it with `shardkit keys create {key_id} --dir {directory}`")
+        raise KeyStoreError(
+            f"no key {key_id!r} in {directory}",
+            hint=f"create it with `shardkit keys create {key_id} --dir {directory}`",
+        )
     if json_:
         emit_json(found[0].to_dict())
         return

@@ -11,8 +11,9 @@ from rich.text import Text
 from ..local import server
 from .output import console, emit_json, iso, json_option
 
-_project_arg = click.argument("project_dir", type=click.Path(path_type=Path, file_okay=False),
-                              default=Path("."))
+_project_arg = click.argument(
+    "project_dir", type=click.Path(path_type=Path, file_okay=False), default=Path(".")
+)
 
 
 @click.group("local")
@@ -22,20 +23,39 @@ def group() -> None:
 
 @group.command("up")
 @_project_arg
-@click.option("--timeout", type=float, default=server.START_TIMEOUT, show_default=True,
-              help="Seconds to wait for the server to answer.")
-@click.option("--idle-timeout", type=float, default=None,
-              help=f"Stop after this many seconds without a request [default: "
-              f"{server.IDLE_TIMEOUT:g}, or $SHARDKIT_LOCAL_IDLE_TIMEOUT; 0 = never].")
-@click.option("--max-lifetime", type=float, default=None,
-              help=f"Stop after this many seconds in all [default: {server.MAX_LIFETIME:g}, "
-              "or $SHARDKIT_LOCAL_MAX_LIFETIME; 0 = never].")
+@click.option(
+    "--timeout",
+    type=float,
+    default=server.START_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the server to answer.",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    help=f"Stop after this many seconds without a request [default: "
+    f"{server.IDLE_TIMEOUT:g}, or $SHARDKIT_LOCAL_IDLE_TIMEOUT; 0 = never].",
+)
+@click.option(
+    "--max-lifetime",
+    type=float,
+    default=None,
+    help=f"Stop after this many seconds in all [default: {server.MAX_LIFETIME:g}, "
+    "or $SHARDKIT_LOCAL_MAX_LIFETIME; 0 = never].",
+)
 @json_option
-def up(project_dir: Path, timeout: float, idle_timeout: float | None,
-       max_lifetime: float | None, json_: bool) -> None:
+def up(
+    project_dir: Path,
+    timeout: float,
+    idle_timeout: float | None,
+    max_lifetime: float | None,
+    json_: bool,
+) -> None:
     """Start the local cloud of PROJECT_DIR (or find it running)."""
-    cloud = server.up(project_dir, timeout=timeout, idle_timeout=idle_timeout,
-                      max_lifetime=max_lifetime)
+    cloud = server.up(
+        project_dir, timeout=timeout, idle_timeout=idle_timeout, max_lifetime=max_lifetime
+    )
     restored = _restore(project_dir, json_)
     if json_:
         emit_json({**cloud.to_dict(), "restored_steps": restored})
@@ -60,9 +80,12 @@ def _restore(project_dir: Path, json_: bool) -> int | None:
 
 @group.command("down")
 @_project_arg
-@click.option("--region", "regions", multiple=True,
-              help="Save the DynamoDB tables of this region (repeatable) "
-              "[default: the project's regions].")
+@click.option(
+    "--region",
+    "regions",
+    multiple=True,
+    help="Save the DynamoDB tables of this region (repeatable) [default: the project's regions].",
+)
 @click.option("--no-save", is_flag=True, help="Do not save table items before stopping.")
 @json_option
 def down(project_dir: Path, regions: tuple[str, ...], no_save: bool, json_: bool) -> None:
@@ -84,12 +107,18 @@ def status(project_dir: Path, json_: bool) -> None:
         emit_json(result)
         return
     if result["state"] == "running":
-        _say(("running", "green"), " at ", (result["endpoint"], "bold"),
-             f" (pid {result['pid']}, up {_duration(result['uptime_s'])}, "
-             f"since {iso(result['started_at'])})")
+        _say(
+            ("running", "green"),
+            " at ",
+            (result["endpoint"], "bold"),
+            f" (pid {result['pid']}, up {_duration(result['uptime_s'])}, "
+            f"since {iso(result['started_at'])})",
+        )
     elif result["state"] == "stale":
-        _say(("stale", "yellow"), f": {result['reason']}; "
-             f"`shardkit local up {project_dir}` replaces it")
+        _say(
+            ("stale", "yellow"),
+            f": {result['reason']}; `shardkit local up {project_dir}` replaces it",
+        )
     else:
         _say(f"stopped; start it with `shardkit local up {project_dir}`")
 

@@ -25,13 +25,19 @@ def group() -> None:
 
 @group.command("build")
 @click.argument("project_dir", type=_PATH)
-@click.option("--out", type=_PATH, help="Where to write the signed map "
-              "[default: PROJECT_DIR/.shardkit/map.skm].")
-@click.option("--previous", type=_PATH, help="The map this one replaces [default: OUT, if it exists].")
+@click.option(
+    "--out",
+    type=_PATH,
+    help="Where to write the signed map [default: PROJECT_DIR/.shardkit/map.skm].",
+)
+@click.option(
+    "--previous", type=_PATH, help="The map this one replaces [default: OUT, if it exists]."
+)
 @click.option("--fresh", is_flag=True, help="Ignore any previous map: version 1, a new table.")
 @json_option
-def build(project_dir: Path, out: Path | None, previous: Path | None, fresh: bool,
-          json_: bool) -> None:
+def build(
+    project_dir: Path, out: Path | None, previous: Path | None, fresh: bool, json_: bool
+) -> None:
     """Plan the project's next shard map, sign it and write it.
 
     With a previous map only the slots that must move, move; the version goes up by one and
@@ -46,11 +52,19 @@ def build(project_dir: Path, out: Path | None, previous: Path | None, fresh: boo
     write_atomic(out, data)
     diff = diff_maps(prev, shard_map) if prev else None
     if json_:
-        emit_json({"path": str(out), "bytes": len(data), "map": shard_map.to_dict(),
-                   "diff": diff.to_dict() if diff else None})
+        emit_json(
+            {
+                "path": str(out),
+                "bytes": len(data),
+                "map": shard_map.to_dict(),
+                "diff": diff.to_dict() if diff else None,
+            }
+        )
         return
-    console.print(f"wrote [bold]{out}[/] ({len(data):,} bytes): version {shard_map.version}, "
-                  f"{len(shard_map.shards)} shards, expires {iso(shard_map.expires_at)}")
+    console.print(
+        f"wrote [bold]{out}[/] ({len(data):,} bytes): version {shard_map.version}, "
+        f"{len(shard_map.shards)} shards, expires {iso(shard_map.expires_at)}"
+    )
     _print_shards(shard_map)
     if diff:
         _print_diff(diff)
@@ -67,8 +81,10 @@ def show(target: Path, keys: Path | None, tables: bool, json_: bool) -> None:
     if json_:
         emit_json(shard_map.to_dict(tables=tables))
         return
-    console.print(f"project [bold]{shard_map.project}[/]  version {shard_map.version}  "
-                  f"hash {shard_map.hash}  {shard_map.slot_count:,} slots per group")
+    console.print(
+        f"project [bold]{shard_map.project}[/]  version {shard_map.version}  "
+        f"hash {shard_map.hash}  {shard_map.slot_count:,} slots per group"
+    )
     console.print(f"created {iso(shard_map.created_at)}  expires {iso(shard_map.expires_at)}")
     if shard_map.expires_at <= time.time():
         console.print("[bold red]this map has expired: clients refuse it[/]")
@@ -84,19 +100,35 @@ def show(target: Path, keys: Path | None, tables: bool, json_: bool) -> None:
 @click.option("--jurisdiction", help="Tag the keys with this jurisdiction.")
 @keys_option
 @json_option
-def route(target: Path, key: tuple[str, ...], jurisdiction: str | None, keys: Path | None,
-          json_: bool) -> None:
+def route(
+    target: Path, key: tuple[str, ...], jurisdiction: str | None, keys: Path | None, json_: bool
+) -> None:
     """Route keys: jurisdiction, slot, owning shard, region, epoch and failover order."""
     shard_map = open_map(target, keys)
     rows = [_route_row(shard_map, k, jurisdiction) for k in key]
     if json_:
         emit_json({"version": shard_map.version, "routes": rows})
         return
-    table = Table("key", "jurisdiction", "slot", "shard", "region", "epoch", "failover",
-                  title=f"map version {shard_map.version}")
+    table = Table(
+        "key",
+        "jurisdiction",
+        "slot",
+        "shard",
+        "region",
+        "epoch",
+        "failover",
+        title=f"map version {shard_map.version}",
+    )
     for r in rows:
-        table.add_row(r["key"], r["jurisdiction"], str(r["slot"]), r["shard"], r["region"],
-                      str(r["epoch"]), " ".join(r["failover"]))
+        table.add_row(
+            r["key"],
+            r["jurisdiction"],
+            str(r["slot"]),
+            r["shard"],
+            r["region"],
+            str(r["epoch"]),
+            " ".join(r["failover"]),
+        )
     console.print(table)
 
 
@@ -107,8 +139,9 @@ def route(target: Path, key: tuple[str, ...], jurisdiction: str | None, keys: Pa
 @json_option
 def diff(old: Path, new: Path, keys: Path | None, json_: bool) -> None:
     """List every slot that moves from map OLD to map NEW, with source and destination."""
-    result = diff_maps(open_map(old, keys, allow_expired=True),
-                       open_map(new, keys, allow_expired=True))
+    result = diff_maps(
+        open_map(old, keys, allow_expired=True), open_map(new, keys, allow_expired=True)
+    )
     if json_:
         emit_json(result.to_dict())
         return
@@ -118,20 +151,30 @@ def diff(old: Path, new: Path, keys: Path | None, json_: bool) -> None:
 def _check_out(out: Path) -> None:
     """Refuse an output path that cannot be a file before anything is read or built."""
     if out.is_dir():
-        raise click.ClickException(f"cannot write the map to {out}: it is a directory — pass a "
-                                   f"file path such as {out / 'map.skm'}")
+        raise click.ClickException(
+            f"cannot write the map to {out}: it is a directory — pass a "
+            f"file path such as {out / 'map.skm'}"
+        )
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise click.ClickException(f"cannot write the map to {out}: {parent} is a file, not a "
-                                   f"directory — pass --out with a path inside a directory")
+        raise click.ClickException(
+            f"cannot write the map to {out}: {parent} is a file, not a "
+            f"directory — pass --out with a path inside a directory"
+        )
 
 
 def _route_row(shard_map: ShardMap, key: str, jurisdiction: str | None) -> dict[str, object]:
     owner = shard_map.route(key, jurisdiction)
     failover = shard_map.preference_list(key, jurisdiction=jurisdiction)[1:]
-    return {"key": key, "jurisdiction": owner.jurisdiction, "slot": shard_map.slot(key),
-            "shard": owner.id, "region": owner.region, "epoch": owner.epoch,
-            "failover": [s.id for s in failover]}
+    return {
+        "key": key,
+        "jurisdiction": owner.jurisdiction,
+        "slot": shard_map.slot(key),
+        "shard": owner.id,
+        "region": owner.region,
+        "epoch": owner.epoch,
+        "failover": [s.id for s in failover],
+    }
 
 
 def _print_shards(shard_map: ShardMap) -> None:
@@ -139,24 +182,37 @@ def _print_shards(shard_map: ShardMap) -> None:
     table = Table("shard", "group", "jurisdiction", "region", "weight", "slots", "share", "epoch")
     for s in shard_map.shards:
         share = counts[s.id] / shard_map.slot_count
-        table.add_row(s.id, s.group, s.jurisdiction, s.region, f"{s.weight:g}",
-                      f"{counts[s.id]:,}", f"{share:.2%}", str(s.epoch))
+        table.add_row(
+            s.id,
+            s.group,
+            s.jurisdiction,
+            s.region,
+            f"{s.weight:g}",
+            f"{counts[s.id]:,}",
+            f"{share:.2%}",
+            str(s.epoch),
+        )
     console.print(table)
 
 
 def _print_diff(d: MapDiff) -> None:
-    console.print(f"version {d.old_version} -> {d.new_version}: {len(d.moves):,} slot(s) move, "
-                  f"{d.replica_changes:,} replica entries change")
+    console.print(
+        f"version {d.old_version} -> {d.new_version}: {len(d.moves):,} slot(s) move, "
+        f"{d.replica_changes:,} replica entries change"
+    )
     if d.added or d.removed:
-        console.print(f"added: {', '.join(d.added) or '-'}   removed: {', '.join(d.removed) or '-'}")
+        console.print(
+            f"added: {', '.join(d.added) or '-'}   removed: {', '.join(d.removed) or '-'}"
+        )
     if d.epochs:
         console.print("epochs: " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in d.epochs.items()))
     if d.moves:
         table = Table("from", "to", "slots", "which")
         for source, dest, n in d.by_pair():
             slots = sorted(m.slot for m in d.moves if (m.source, m.destination) == (source, dest))
-            table.add_row(source or "(new group)", dest or "(removed group)", f"{n:,}",
-                          _ranges(slots))
+            table.add_row(
+                source or "(new group)", dest or "(removed group)", f"{n:,}", _ranges(slots)
+            )
         console.print(table)
 
 

@@ -21,7 +21,9 @@ from ..sharding.shardmap import ShardMap
 
 json_option = click.option("--json", "json_", is_flag=True, help="Print JSON instead of tables.")
 keys_option = click.option(
-    "--keys", type=click.Path(path_type=Path), default=None,
+    "--keys",
+    type=click.Path(path_type=Path),
+    default=None,
     help="Directory of trusted <key_id>.pub files [default: the project's keys_dir, "
     "$SHARDKIT_KEYS_DIR, or ./.shardkit/keys].",
 )

@@ -60,8 +60,11 @@ def load_project(directory: str | os.PathLike[str]) -> Project:
     if root.is_file() and root.name == CONFIG_FILE:
         root = root.parent
     if not root.is_dir():
-        raise ConfigError(str(root), ["no such project directory"],
-                          hint="pass the directory that holds shardkit.toml")
+        raise ConfigError(
+            str(root),
+            ["no such project directory"],
+            hint="pass the directory that holds shardkit.toml",
+        )
     return Project(root=root, config=load_config(root / CONFIG_FILE))
 
 
@@ -71,19 +74,23 @@ def load_config(path: str | os.PathLike[str]) -> ProjectConfig:
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ConfigError(file, ["file not found"],
-                          hint="create shardkit.toml (see examples/quickstart)") from None
+        raise ConfigError(
+            file, ["file not found"], hint="create shardkit.toml (see examples/quickstart)"
+        ) from None
     except OSError as exc:
         raise ConfigError(file, [f"cannot be read: {exc.strerror}"]) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(file, [f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at "
-                                 f"offset {exc.start})"],
-                          hint="save the file as UTF-8") from None
+        raise ConfigError(
+            file,
+            [f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})"],
+            hint="save the file as UTF-8",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, [f"invalid TOML: {exc}"],
-                          hint="fix the TOML syntax at the line and column named") from None
+        raise ConfigError(
+            file, [f"invalid TOML: {exc}"], hint="fix the TOML syntax at the line and column named"
+        ) from None
     try:
         return ProjectConfig.model_validate(data)
     except ValidationError as exc:
@@ -120,7 +127,8 @@ def _message(err: Any) -> str:
 def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """``loc`` without pydantic's markers: the union branch after ``shards``, and ``[key]``."""
     return tuple(
-        part for i, part in enumerate(loc)
+        part
+        for i, part in enumerate(loc)
         if part != "[key]" and not (i and loc[i - 1] == "shards" and part in SHARDS_FORMS)
     )
 

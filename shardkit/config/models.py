@@ -125,7 +125,7 @@ Shards = Annotated[
         _shards_form,
         custom_error_type="shards_form",
         custom_error_message="must be a shard count (1-4096) or a list of shards like "
-        "[{ id = \"eu-0\", region = \"eu-west-1\" }]",
+        '[{ id = "eu-0", region = "eu-west-1" }]',
     ),
 ]
 SHARDS_FORMS = ("count", "list")  # the tags above; the loader drops them from field paths
@@ -176,8 +176,10 @@ def _real_region(name: str) -> str:
     if name not in aws_regions():
         close = difflib.get_close_matches(name, sorted(aws_regions()), n=1)
         guess = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown AWS region{guess}; use a region where Lambda runs, "
-                         f"such as eu-west-1 or us-east-1")
+        raise ValueError(
+            f"unknown AWS region{guess}; use a region where Lambda runs, "
+            f"such as eu-west-1 or us-east-1"
+        )
     return name
 
 
@@ -236,9 +238,11 @@ def _check_rules(rules: tuple[ResidencyRule, ...]) -> list[str]:
     problems, first = [], {}
     for i, rule in enumerate(rules):
         if rule.prefix in first:
-            problems.append(f"residency.rules[{i}].prefix = {rule.prefix!r}: "
-                            f"rules[{first[rule.prefix]}] already has this prefix; each prefix "
-                            f"may appear in one rule only")
+            problems.append(
+                f"residency.rules[{i}].prefix = {rule.prefix!r}: "
+                f"rules[{first[rule.prefix]}] already has this prefix; each prefix "
+                f"may appear in one rule only"
+            )
         first.setdefault(rule.prefix, i)
     return problems
 
@@ -253,8 +257,10 @@ def _check_shard_ids(groups: dict[str, GroupConfig]) -> list[str]:
             if s.id in owner:
                 other, j = owner[s.id]
                 used = f"shards[{j}]" if other == name else f"group {other!r}"
-                problems.append(f"{where} = {s.id!r}: {used} already uses this id; shard ids "
-                                f"must be unique across the project")
+                problems.append(
+                    f"{where} = {s.id!r}: {used} already uses this id; shard ids "
+                    f"must be unique across the project"
+                )
             owner.setdefault(s.id, (name, i))
     return problems
 
@@ -269,8 +275,10 @@ def _check_group(name: str, group: GroupConfig, regions: dict[str, RegionConfig]
     where = f"groups.{name}"
     for i, region in enumerate(group.regions):
         if region not in regions:
-            problems.append(f"{where}.regions[{i}] = {region!r}: not declared under [regions] "
-                            f"(declared: {_listing(sorted(regions))})")
+            problems.append(
+                f"{where}.regions[{i}] = {region!r}: not declared under [regions] "
+                f"(declared: {_listing(sorted(regions))})"
+            )
         elif regions[region].jurisdiction != group.jurisdiction:
             problems.append(
                 f"{where}.regions[{i}] = {region!r}: in jurisdiction "
@@ -281,12 +289,16 @@ def _check_group(name: str, group: GroupConfig, regions: dict[str, RegionConfig]
     ids = [s.id for s in shards]
     for sid in group.weights:
         if sid not in ids:
-            problems.append(f"{where}.weights.{sid}: {sid!r} is not a shard of this group "
-                            f"(its shards: {_listing(ids)})")
+            problems.append(
+                f"{where}.weights.{sid}: {sid!r} is not a shard of this group "
+                f"(its shards: {_listing(ids)})"
+            )
     for i, s in enumerate(shards):
         if s.region not in group.regions:
-            problems.append(f"{where}.shards[{i}].region = {s.region!r}: not one of the group's "
-                            f"regions ({_listing(group.regions)})")
+            problems.append(
+                f"{where}.shards[{i}].region = {s.region!r}: not one of the group's "
+                f"regions ({_listing(group.regions)})"
+            )
     domains = {s.region if group.failure_domain == "region" else s.id for s in shards}
     if group.replicas >= len(domains):
         problems.append(
@@ -306,6 +318,9 @@ def aws_regions() -> frozenset[str]:
 
     data = json.loads((files("botocore") / "data" / "partitions.json").read_text("utf-8"))
     return frozenset(
-        region for partition in data["partitions"]
+        region
+        for partition in data["partitions"]
         if partition["id"] in ("aws", "aws-us-gov", "aws-cn")
-        for region in partition["regions"] if not region.endswith("-global"))
+        for region in partition["regions"]
+        if not region.endswith("-global")
+    )

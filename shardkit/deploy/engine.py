@@ -52,8 +52,14 @@ class Target:
 class Deployer:
     """The deploy commands for one project and target."""
 
-    def __init__(self, project: Project, target: Target, *, progress: Progress | None = None,
-                 vendor: bool = False) -> None:
+    def __init__(
+        self,
+        project: Project,
+        target: Target,
+        *,
+        progress: Progress | None = None,
+        vendor: bool = False,
+    ) -> None:
         """``vendor``: put the data plane's dependency wheels in the code package (what real
         AWS needs; the local cloud runs functions with this machine's packages)."""
         self.project = project
@@ -75,14 +81,19 @@ class Deployer:
         try:
             return decode_map(data, trusted, now=float("-inf"))
         except MapError as exc:
-            raise DeployError(f"the deployed map {self.store.map_path} cannot be read: "
-                              f"{exc.message}", hint=exc.hint) from None
+            raise DeployError(
+                f"the deployed map {self.store.map_path} cannot be read: {exc.message}",
+                hint=exc.hint,
+            ) from None
 
     def needs_restore(self) -> bool:
         """The local cloud restarted since the last apply: what is recorded is not there."""
         m = self.manifest()
-        return (self.target.name == "local" and bool(m.resources)
-                and m.local_instance != self.target.instance)
+        return (
+            self.target.name == "local"
+            and bool(m.resources)
+            and m.local_instance != self.target.instance
+        )
 
     # -- planning --------------------------------------------------------------------------
 
@@ -100,9 +111,15 @@ class Deployer:
         if refresh:
             for key in self._missing(manifest):
                 manifest.resources.pop(key)
-        plan = make_plan(blueprint, manifest, project_root=str(self.project.root),
-                         artifact=_artifact_dict(package.artifact), map_envelope=envelope,
-                         map_version=shard_map.version, epochs=_epochs(shard_map))
+        plan = make_plan(
+            blueprint,
+            manifest,
+            project_root=str(self.project.root),
+            artifact=_artifact_dict(package.artifact),
+            map_envelope=envelope,
+            map_version=shard_map.version,
+            epochs=_epochs(shard_map),
+        )
         return replace(plan, base=base)  # what is recorded is still what the plan replaces
 
     def _dependencies(self) -> dict[str, bytes] | None:
@@ -111,19 +128,24 @@ class Deployer:
         from .vendor import fetch_wheels, wheel_files
 
         function = load_definition(self.project.config.proxy.blueprint)
-        props = next(item["props"] for item in function["shard"]
-                     if item["kind"] == "lambda_function")
+        props = next(
+            item["props"] for item in function["shard"] if item["kind"] == "lambda_function"
+        )
         return wheel_files(fetch_wheels(props["runtime"], props["architecture"]))
 
     def _missing(self, manifest: Manifest) -> list[str]:
         """Recorded resources that are gone - with what went with them (a deleted function
         takes its aliases and URL along)."""
-        gone = {key for key, rec in manifest.resources.items()
-                if not rec.get("retained") and not self._exists(rec)}
+        gone = {
+            key
+            for key, rec in manifest.resources.items()
+            if not rec.get("retained") and not self._exists(rec)
+        }
         for key, rec in manifest.resources.items():
             resource = Resource(rec["kind"], rec["name"], rec["region"], rec["props"])
             if rec["kind"] in ("lambda_alias", "function_url") and gone & set(
-                    resource.depends_on()):
+                resource.depends_on()
+            ):
                 gone.add(key)
         return sorted(gone)
 
@@ -132,54 +154,91 @@ class Deployer:
         privileged role can create it once and deploys need no rights to create buckets."""
         shard_map = build_map(self.project.config)
         blueprint = self._blueprint(shard_map, CodeArtifact(key="", sha256=""))
-        foundation = Blueprint(blueprint.project, blueprint.name, blueprint.account, tuple(
-            r for r in blueprint.resources if r.kind in BOOTSTRAP_KINDS))
-        plan = make_plan(foundation, self.manifest(), project_root=str(self.project.root),
-                         artifact=None, map_envelope=None, map_version=0, kind="bootstrap")
-        steps = tuple(replace(s, id=i) for i, s in enumerate(
-            s for s in plan.steps if s.action in ("create", "update")))
+        foundation = Blueprint(
+            blueprint.project,
+            blueprint.name,
+            blueprint.account,
+            tuple(r for r in blueprint.resources if r.kind in BOOTSTRAP_KINDS),
+        )
+        plan = make_plan(
+            foundation,
+            self.manifest(),
+            project_root=str(self.project.root),
+            artifact=None,
+            map_envelope=None,
+            map_version=0,
+            kind="bootstrap",
+        )
+        steps = tuple(
+            replace(s, id=i)
+            for i, s in enumerate(s for s in plan.steps if s.action in ("create", "update"))
+        )
         return replace(plan, steps=steps, deployment=self.manifest().deployment)
 
     def plan_destroy(self, *, delete_data: bool = False) -> Plan:
         empty = Blueprint(self.project.config.project.name, DEFAULT_BLUEPRINT, self.target.account)
-        return make_plan(empty, self.manifest(), project_root=str(self.project.root),
-                         artifact=None, map_envelope=None, map_version=0,
-                         delete_data=delete_data, kind="destroy")
+        return make_plan(
+            empty,
+            self.manifest(),
+            project_root=str(self.project.root),
+            artifact=None,
+            map_envelope=None,
+            map_version=0,
+            delete_data=delete_data,
+            kind="destroy",
+        )
 
     def plan_rollback(self) -> Plan:
         """Back to the deployment before the current one, as a new, higher map version."""
         manifest = self.manifest()
         earlier = [n for n in self.store.deployments() if n < manifest.deployment]
         if not earlier:
-            raise DeployError("there is no earlier successful deployment to roll back to",
-                              hint="`shardkit status` shows the deployment history")
+            raise DeployError(
+                "there is no earlier successful deployment to roll back to",
+                hint="`shardkit status` shows the deployment history",
+            )
         record = self.store.load_deployment(earlier[-1])
         blueprint = Blueprint.from_dict(record["blueprint"])
         current = self.deployed_map()
         envelope, version = None, manifest.map_version
         if record["map"] and current is not None:
-            old = decode_map(record["map"], load_trusted_keys(self.project.keys_dir),
-                             now=float("-inf"))
+            old = decode_map(
+                record["map"], load_trusted_keys(self.project.keys_dir), now=float("-inf")
+            )
             shard_map = rebase_map(old, current, ttl_s=self._ttl())
             envelope, version, epochs = self._sign(shard_map), shard_map.version, _epochs(shard_map)
         else:
             epochs = {}
         artifact = _blueprint_artifact(blueprint)
-        return make_plan(blueprint, manifest, project_root=str(self.project.root),
-                         artifact=artifact, map_envelope=envelope, map_version=version,
-                         epochs=epochs, kind="rollback")
+        return make_plan(
+            blueprint,
+            manifest,
+            project_root=str(self.project.root),
+            artifact=artifact,
+            map_envelope=envelope,
+            map_version=version,
+            epochs=epochs,
+            kind="rollback",
+        )
 
     def plan_restore(self) -> Plan:
         """Everything of the current deployment, onto a fresh (restarted) local cloud."""
         manifest = self.manifest()
         record = self.store.load_deployment(manifest.deployment)
         blueprint = Blueprint.from_dict(record["blueprint"])
-        empty = Manifest(project=manifest.project, target=manifest.target,
-                         deployment=manifest.deployment - 1)
-        plan = make_plan(blueprint, empty, project_root=str(self.project.root),
-                         artifact=_blueprint_artifact(blueprint),
-                         map_envelope=record["map"] or None, map_version=manifest.map_version,
-                         epochs=manifest.epochs, kind="restore")
+        empty = Manifest(
+            project=manifest.project, target=manifest.target, deployment=manifest.deployment - 1
+        )
+        plan = make_plan(
+            blueprint,
+            empty,
+            project_root=str(self.project.root),
+            artifact=_blueprint_artifact(blueprint),
+            map_envelope=record["map"] or None,
+            map_version=manifest.map_version,
+            epochs=manifest.epochs,
+            kind="restore",
+        )
         # A restore re-creates the same deployment, so it is based on the manifest as it stands.
         return replace(plan, base=manifest.fingerprint(), deployment=manifest.deployment)
 
@@ -188,8 +247,9 @@ class Deployer:
     def apply(self, plan: Plan) -> ApplyResult:
         self._check_plan(plan)
         data = self._load_artifact(plan.artifact) if _uploads(plan) else None
-        executor = Executor(self.target.aws, self.store, partition=self.target.partition,
-                            progress=self.progress)
+        executor = Executor(
+            self.target.aws, self.store, partition=self.target.partition, progress=self.progress
+        )
         return executor.apply(plan, artifact_data=data, local_instance=self.target.instance)
 
     def status(self) -> dict[str, Any]:
@@ -197,11 +257,15 @@ class Deployer:
         manifest = self.manifest()
         missing = self._missing(manifest)
         return {
-            "project": manifest.project, "target": self.target.name,
-            "account": manifest.account, "status": manifest.status,
-            "deployment": manifest.deployment, "map_version": manifest.map_version,
+            "project": manifest.project,
+            "target": self.target.name,
+            "account": manifest.account,
+            "status": manifest.status,
+            "deployment": manifest.deployment,
+            "map_version": manifest.map_version,
             "regions": sorted({r["region"] for r in manifest.resources.values()}),
-            "resources": len(manifest.resources), "missing": sorted(missing),
+            "resources": len(manifest.resources),
+            "missing": sorted(missing),
             "retained": sorted(k for k, r in manifest.resources.items() if r.get("retained")),
             "pending_applies": self.store.pending_journals(),
             "shards": self.outputs(manifest)["shards"],
@@ -224,9 +288,14 @@ class Deployer:
                     entry["url"] = rec["outputs"].get("url", "")
                 elif rec["kind"] == "lambda_alias":
                     entry["version"] = rec["outputs"].get("version", "")
-        return {"project": manifest.project, "target": manifest.target,
-                "map_version": manifest.map_version, "deployment": manifest.deployment,
-                "regions": dict(sorted(regions.items())), "shards": dict(sorted(shards.items()))}
+        return {
+            "project": manifest.project,
+            "target": manifest.target,
+            "map_version": manifest.map_version,
+            "deployment": manifest.deployment,
+            "regions": dict(sorted(regions.items())),
+            "shards": dict(sorted(shards.items())),
+        }
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -263,18 +332,28 @@ class Deployer:
     def _blueprint(self, shard_map: ShardMap, artifact: CodeArtifact) -> Blueprint:
         definition = load_definition(self.project.config.proxy.blueprint)
         keys = format_trusted_keys(self.project.keys_dir)
-        return expand(definition, config=self.project.config, shard_map=shard_map,
-                      account=self.target.account, code=artifact,
-                      partition=self.target.partition, trusted_keys=keys)
+        return expand(
+            definition,
+            config=self.project.config,
+            shard_map=shard_map,
+            account=self.target.account,
+            code=artifact,
+            partition=self.target.partition,
+            trusted_keys=keys,
+        )
 
     def _check_plan(self, plan: Plan) -> None:
         name = self.project.config.project.name
         if plan.project != name or Path(plan.project_root).resolve() != self.project.root.resolve():
-            raise PlanFileError(f"the plan is for project {plan.project!r} at {plan.project_root}, "
-                                f"not {name!r} at {self.project.root}")
+            raise PlanFileError(
+                f"the plan is for project {plan.project!r} at {plan.project_root}, "
+                f"not {name!r} at {self.project.root}"
+            )
         if plan.target != self.target.name or plan.account != self.target.account:
-            raise PlanFileError(f"the plan is for target {plan.target} (account {plan.account}), "
-                                f"not {self.target.name} (account {self.target.account})")
+            raise PlanFileError(
+                f"the plan is for target {plan.target} (account {plan.account}), "
+                f"not {self.target.name} (account {self.target.account})"
+            )
 
     def _cache_artifact(self, sha256: str, data: bytes) -> None:
         path = self.project.state_dir / "artifacts" / f"{sha256}.zip"
@@ -288,11 +367,15 @@ class Deployer:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise DeployError(f"code package {artifact['sha256'][:12]} is no longer cached at "
-                              f"{path}", hint="make a fresh plan with `shardkit plan`") from None
+            raise DeployError(
+                f"code package {artifact['sha256'][:12]} is no longer cached at {path}",
+                hint="make a fresh plan with `shardkit plan`",
+            ) from None
         if hashlib.sha256(data).hexdigest() != artifact["sha256"]:
-            raise DeployError(f"cached code package {path} does not match its hash",
-                              hint="delete it and make a fresh plan with `shardkit plan`")
+            raise DeployError(
+                f"cached code package {path} does not match its hash",
+                hint="delete it and make a fresh plan with `shardkit plan`",
+            )
         return data
 
     def _exists(self, rec: dict[str, Any]) -> bool:

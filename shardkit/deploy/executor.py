@@ -44,15 +44,22 @@ class ApplyResult:
 
 
 class Executor:
-    def __init__(self, aws: Aws, store: StateStore, *, partition: str = "aws",
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        aws: Aws,
+        store: StateStore,
+        *,
+        partition: str = "aws",
+        progress: Progress | None = None,
+    ) -> None:
         self.aws = aws
         self.store = store
         self.partition = partition
         self.progress = progress or (lambda step, event: None)
 
-    def apply(self, plan: Plan, *, artifact_data: bytes | None = None,
-              local_instance: str = "") -> ApplyResult:
+    def apply(
+        self, plan: Plan, *, artifact_data: bytes | None = None, local_instance: str = ""
+    ) -> ApplyResult:
         with self.store.lock():
             manifest = self.store.load_manifest(plan.project)
             done = self.store.read_journal(plan.plan_id)
@@ -60,15 +67,16 @@ class Executor:
             resumed = bool(done)
             if plan.is_noop and plan.base == manifest.fingerprint():
                 return ApplyResult(plan.plan_id, 0, 0, 0, manifest)  # nothing to do or record
-            if plan.base != manifest.fingerprint() and not (resumed and manifest.status == "failed"):
+            if plan.base != manifest.fingerprint() and not (
+                resumed and manifest.status == "failed"
+            ):
                 raise PlanStaleError(
                     f"the plan was made against deployed state {plan.base}, but the deployed "
                     f"state is now {manifest.fingerprint()} (deployment {manifest.deployment})"
                 )
             if not resumed:
                 self._supersede_unfinished()
-            ctx = Context(self.aws, plan.account, self.partition, artifact_data,
-                          plan.map_envelope)
+            ctx = Context(self.aws, plan.account, self.partition, artifact_data, plan.map_envelope)
             before = self.aws.mutating_calls
             errors = self._run(plan, done, ctx)
             _apply_to_manifest(manifest, plan, done)
@@ -83,10 +91,15 @@ class Executor:
                     f"and recorded"
                 ) from exc
             self._finish(plan, manifest)
-            return ApplyResult(plan.plan_id, len(done) - skipped, skipped,
-                               self.aws.mutating_calls - before,
-                               manifest, resumed,
-                               {k: v.get("outputs", {}) for k, v in manifest.resources.items()})
+            return ApplyResult(
+                plan.plan_id,
+                len(done) - skipped,
+                skipped,
+                self.aws.mutating_calls - before,
+                manifest,
+                resumed,
+                {k: v.get("outputs", {}) for k, v in manifest.resources.items()},
+            )
 
     def _supersede_unfinished(self) -> None:
         """A plan applied afresh changes the state any unfinished apply was based on, so those
@@ -94,8 +107,9 @@ class Executor:
         for plan_id in self.store.pending_journals():
             self.store.finish_journal(plan_id)
 
-    def _run(self, plan: Plan, done: dict[int, dict[str, Any]],
-             ctx: Context) -> list[tuple[Step, BaseException]]:
+    def _run(
+        self, plan: Plan, done: dict[int, dict[str, Any]], ctx: Context
+    ) -> list[tuple[Step, BaseException]]:
         by_region: dict[str, list[Step]] = {}
         for step in plan.steps:
             by_region.setdefault(step.region, []).append(step)
@@ -103,6 +117,7 @@ class Executor:
         stop = threading.Event()
         lock = threading.Lock()
         with self.store.journal(plan.plan_id) as record:
+
             def run_region(steps: list[Step]) -> None:
                 for step in steps:
                     if step.id in done:
@@ -131,15 +146,28 @@ class Executor:
         if step.action == "retain":
             return {}
         if step.action == "upload":
-            self.aws.call("s3", step.region, "put_object", resource=step.name,
-                          Bucket=step.props["bucket"], Key=step.name,
-                          Body=ctx.artifact_data or b"", ContentType="application/zip")
+            self.aws.call(
+                "s3",
+                step.region,
+                "put_object",
+                resource=step.name,
+                Bucket=step.props["bucket"],
+                Key=step.name,
+                Body=ctx.artifact_data or b"",
+                ContentType="application/zip",
+            )
             return {}
         if step.action == "publish":
-            out = self.aws.call("s3", step.region, "put_object", resource=step.name,
-                                Bucket=step.props["bucket"], Key=step.name,
-                                Body=ctx.map_envelope or b"",
-                                ContentType="application/vnd.shardkit.map")
+            out = self.aws.call(
+                "s3",
+                step.region,
+                "put_object",
+                resource=step.name,
+                Bucket=step.props["bucket"],
+                Key=step.name,
+                Body=ctx.map_envelope or b"",
+                ContentType="application/vnd.shardkit.map",
+            )
             return {"version_id": out.get("VersionId", "")}
         if step.action == "fence":
             fence(self.aws, step.region, step.name, step.props["table"], step.props["epoch"])
@@ -186,8 +214,13 @@ def _apply_to_manifest(manifest: Manifest, plan: Plan, done: dict[int, dict[str,
 
 def _record_resource(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
     manifest.resources[step.key] = {
-        "kind": step.kind, "name": step.name, "region": step.region, "shard": step.shard,
-        "fingerprint": step.fingerprint, "props": step.props, "outputs": outputs,
+        "kind": step.kind,
+        "name": step.name,
+        "region": step.region,
+        "shard": step.shard,
+        "fingerprint": step.fingerprint,
+        "props": step.props,
+        "outputs": outputs,
     }
 
 
@@ -215,9 +248,15 @@ def _record_publish(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> 
         manifest.map_regions.append(step.region)
 
 
-_RECORD = {"create": _record_resource, "update": _record_resource, "delete": _record_delete,
-           "retain": _record_retain, "upload": _record_upload, "fence": _record_fence,
-           "publish": _record_publish}
+_RECORD = {
+    "create": _record_resource,
+    "update": _record_resource,
+    "delete": _record_delete,
+    "retain": _record_retain,
+    "upload": _record_upload,
+    "fence": _record_fence,
+    "publish": _record_publish,
+}
 
 
 def _describe(exc: BaseException) -> str:

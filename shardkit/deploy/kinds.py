@@ -64,16 +64,47 @@ class Bucket(Kind):
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         call = ctx.aws.call
-        call("s3", region, "put_public_access_block", resource=name, Bucket=name,
-             PublicAccessBlockConfiguration=dict.fromkeys(
-                 ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
-                  "RestrictPublicBuckets"), bool(props.get("block_public_access", True))))
-        call("s3", region, "put_bucket_encryption", resource=name, Bucket=name,
-             ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {
-                 "SSEAlgorithm": props.get("encryption", "AES256")}}]})
+        call(
+            "s3",
+            region,
+            "put_public_access_block",
+            resource=name,
+            Bucket=name,
+            PublicAccessBlockConfiguration=dict.fromkeys(
+                (
+                    "BlockPublicAcls",
+                    "IgnorePublicAcls",
+                    "BlockPublicPolicy",
+                    "RestrictPublicBuckets",
+                ),
+                bool(props.get("block_public_access", True)),
+            ),
+        )
+        call(
+            "s3",
+            region,
+            "put_bucket_encryption",
+            resource=name,
+            Bucket=name,
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": {
+                            "SSEAlgorithm": props.get("encryption", "AES256")
+                        }
+                    }
+                ]
+            },
+        )
         status = "Enabled" if props.get("versioning", True) else "Suspended"
-        call("s3", region, "put_bucket_versioning", resource=name, Bucket=name,
-             VersioningConfiguration={"Status": status})
+        call(
+            "s3",
+            region,
+            "put_bucket_versioning",
+            resource=name,
+            Bucket=name,
+            VersioningConfiguration={"Status": status},
+        )
         return {"arn": f"arn:{ctx.partition}:s3:::{name}"}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
@@ -88,17 +119,28 @@ class Bucket(Kind):
         """Delete every object version: a versioned bucket must be empty to be deleted."""
         marker: dict[str, str] = {}
         while True:
-            page = ctx.aws.call("s3", region, "list_object_versions", resource=name,
-                                Bucket=name, **marker)
-            doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                      for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            page = ctx.aws.call(
+                "s3", region, "list_object_versions", resource=name, Bucket=name, **marker
+            )
+            doomed = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            ]
             if doomed:
-                ctx.aws.call("s3", region, "delete_objects", resource=name, Bucket=name,
-                             Delete={"Objects": doomed, "Quiet": True})
+                ctx.aws.call(
+                    "s3",
+                    region,
+                    "delete_objects",
+                    resource=name,
+                    Bucket=name,
+                    Delete={"Objects": doomed, "Quiet": True},
+                )
             if not page.get("IsTruncated"):
                 return
-            marker = {"KeyMarker": page["NextKeyMarker"],
-                      "VersionIdMarker": page["NextVersionIdMarker"]}
+            marker = {
+                "KeyMarker": page["NextKeyMarker"],
+                "VersionIdMarker": page["NextVersionIdMarker"],
+            }
 
 
 class Table(Kind):
@@ -109,7 +151,11 @@ class Table(Kind):
         # An existing table of our name is adopted: it is ours, and it may hold data.
         with contextlib.suppress(AwsConflictError):
             ctx.aws.call(
-                "dynamodb", region, "create_table", resource=name, TableName=name,
+                "dynamodb",
+                region,
+                "create_table",
+                resource=name,
+                TableName=name,
                 AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k, _ in keys],
                 KeySchema=[{"AttributeName": k, "KeyType": t} for k, t in keys],
                 BillingMode=props.get("billing_mode", "PAY_PER_REQUEST"),
@@ -119,10 +165,16 @@ class Table(Kind):
         return self.update(ctx, region, name, props)
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        ctx.aws.call("dynamodb", region, "update_continuous_backups", resource=name,
-                     TableName=name, PointInTimeRecoverySpecification={
-                         "PointInTimeRecoveryEnabled": bool(props.get("point_in_time_recovery",
-                                                                      True))})
+        ctx.aws.call(
+            "dynamodb",
+            region,
+            "update_continuous_backups",
+            resource=name,
+            TableName=name,
+            PointInTimeRecoverySpecification={
+                "PointInTimeRecoveryEnabled": bool(props.get("point_in_time_recovery", True))
+            },
+        )
         return {"arn": f"arn:{ctx.partition}:dynamodb:{region}:{ctx.account}:table/{name}"}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
@@ -133,13 +185,17 @@ class Table(Kind):
     def _wait_active(ctx: Context, region: str, name: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            table = ctx.aws.call("dynamodb", region, "describe_table", resource=name,
-                                 TableName=name)["Table"]
+            table = ctx.aws.call(
+                "dynamodb", region, "describe_table", resource=name, TableName=name
+            )["Table"]
             if table["TableStatus"] == "ACTIVE":
                 return
             if time.monotonic() > deadline:
-                raise DeployError(f"table {name} in {region} is still {table['TableStatus']} "
-                                  f"after {timeout:.0f} s", hint="run the command again to resume")
+                raise DeployError(
+                    f"table {name} in {region} is still {table['TableStatus']} "
+                    f"after {timeout:.0f} s",
+                    hint="run the command again to resume",
+                )
             time.sleep(1)
 
 
@@ -152,8 +208,14 @@ class LogGroup(Kind):
         return self.update(ctx, region, name, props)
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        ctx.aws.call("logs", region, "put_retention_policy", resource=name, logGroupName=name,
-                     retentionInDays=int(props.get("retention_days", 14)))
+        ctx.aws.call(
+            "logs",
+            region,
+            "put_retention_policy",
+            resource=name,
+            logGroupName=name,
+            retentionInDays=int(props.get("retention_days", 14)),
+        )
         return {"arn": f"arn:{ctx.partition}:logs:{region}:{ctx.account}:log-group:{name}"}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
@@ -165,28 +227,59 @@ class Role(Kind):
     service = "iam"
 
     def create(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        trust = json.dumps({"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": props["assume_service"]},
-            "Action": "sts:AssumeRole"}]})
+        trust = json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": props["assume_service"]},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+        )
         try:
-            ctx.aws.call("iam", region, "create_role", resource=name, RoleName=name,
-                         AssumeRolePolicyDocument=trust, Description=props.get("description", ""))
+            ctx.aws.call(
+                "iam",
+                region,
+                "create_role",
+                resource=name,
+                RoleName=name,
+                AssumeRolePolicyDocument=trust,
+                Description=props.get("description", ""),
+            )
         except AwsConflictError:
-            ctx.aws.call("iam", region, "update_assume_role_policy", resource=name,
-                         RoleName=name, PolicyDocument=trust)
+            ctx.aws.call(
+                "iam",
+                region,
+                "update_assume_role_policy",
+                resource=name,
+                RoleName=name,
+                PolicyDocument=trust,
+            )
         return self._policy(ctx, region, name, props)
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         return self._policy(ctx, region, name, props)
 
     def _policy(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        ctx.aws.call("iam", region, "put_role_policy", resource=name, RoleName=name,
-                     PolicyName="shardkit", PolicyDocument=json.dumps(props["policy"]))
+        ctx.aws.call(
+            "iam",
+            region,
+            "put_role_policy",
+            resource=name,
+            RoleName=name,
+            PolicyName="shardkit",
+            PolicyDocument=json.dumps(props["policy"]),
+        )
         return {"arn": role_arn(ctx, name)}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        for operation, extra in (("delete_role_policy", {"PolicyName": "shardkit"}),
-                                 ("delete_role", {})):
+        for operation, extra in (
+            ("delete_role_policy", {"PolicyName": "shardkit"}),
+            ("delete_role", {}),
+        ):
             with contextlib.suppress(AwsNotFoundError):
                 ctx.aws.call("iam", region, operation, resource=name, RoleName=name, **extra)
 
@@ -213,9 +306,15 @@ class Function(Kind):
     def create(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         code = {"S3Bucket": props["code"]["bucket"], "S3Key": props["code"]["key"]}
         try:
-            out = ctx.aws.call("lambda", region, "create_function", resource=name,
-                               Code=code, Architectures=[props["architecture"]],
-                               **self._config(ctx, name, props))
+            out = ctx.aws.call(
+                "lambda",
+                region,
+                "create_function",
+                resource=name,
+                Code=code,
+                Architectures=[props["architecture"]],
+                **self._config(ctx, name, props),
+            )
         except AwsConflictError:
             return self.update(ctx, region, name, props)
         self._settle(ctx, region, name)
@@ -225,17 +324,34 @@ class Function(Kind):
     @staticmethod
     def _concurrency(ctx: Context, region: str, name: str, props: Props) -> None:
         if props.get("reserved_concurrency") is not None:
-            ctx.aws.call("lambda", region, "put_function_concurrency", resource=name,
-                         FunctionName=name,
-                         ReservedConcurrentExecutions=int(props["reserved_concurrency"]))
+            ctx.aws.call(
+                "lambda",
+                region,
+                "put_function_concurrency",
+                resource=name,
+                FunctionName=name,
+                ReservedConcurrentExecutions=int(props["reserved_concurrency"]),
+            )
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        ctx.aws.call("lambda", region, "update_function_code", resource=name, FunctionName=name,
-                     S3Bucket=props["code"]["bucket"], S3Key=props["code"]["key"],
-                     Architectures=[props["architecture"]])
+        ctx.aws.call(
+            "lambda",
+            region,
+            "update_function_code",
+            resource=name,
+            FunctionName=name,
+            S3Bucket=props["code"]["bucket"],
+            S3Key=props["code"]["key"],
+            Architectures=[props["architecture"]],
+        )
         self._settle(ctx, region, name)
-        out = ctx.aws.call("lambda", region, "update_function_configuration", resource=name,
-                           **self._config(ctx, name, props))
+        out = ctx.aws.call(
+            "lambda",
+            region,
+            "update_function_configuration",
+            resource=name,
+            **self._config(ctx, name, props),
+        )
         self._settle(ctx, region, name)
         self._concurrency(ctx, region, name, props)
         return {"arn": out["FunctionArn"]}
@@ -246,14 +362,17 @@ class Function(Kind):
         next change (or a version publication) until then."""
         deadline = time.monotonic() + timeout
         while True:
-            conf = ctx.aws.call("lambda", region, "get_function_configuration", resource=name,
-                                FunctionName=name)
+            conf = ctx.aws.call(
+                "lambda", region, "get_function_configuration", resource=name, FunctionName=name
+            )
             busy = conf.get("State") == "Pending" or conf.get("LastUpdateStatus") == "InProgress"
             if not busy:
                 return
             if time.monotonic() > deadline:
-                raise DeployError(f"function {name} in {region} is still updating after "
-                                  f"{timeout:.0f} s", hint="run the command again to resume")
+                raise DeployError(
+                    f"function {name} in {region} is still updating after {timeout:.0f} s",
+                    hint="run the command again to resume",
+                )
             time.sleep(1)
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
@@ -268,14 +387,29 @@ class Alias(Kind):
 
     def create(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         function, alias = props["function"], props["alias"]
-        version = ctx.aws.call("lambda", region, "publish_version", resource=function,
-                               FunctionName=function)["Version"]
+        version = ctx.aws.call(
+            "lambda", region, "publish_version", resource=function, FunctionName=function
+        )["Version"]
         try:
-            out = ctx.aws.call("lambda", region, "create_alias", resource=name,
-                               FunctionName=function, Name=alias, FunctionVersion=version)
+            out = ctx.aws.call(
+                "lambda",
+                region,
+                "create_alias",
+                resource=name,
+                FunctionName=function,
+                Name=alias,
+                FunctionVersion=version,
+            )
         except AwsConflictError:
-            out = ctx.aws.call("lambda", region, "update_alias", resource=name,
-                               FunctionName=function, Name=alias, FunctionVersion=version)
+            out = ctx.aws.call(
+                "lambda",
+                region,
+                "update_alias",
+                resource=name,
+                FunctionName=function,
+                Name=alias,
+                FunctionVersion=version,
+            )
         return {"arn": out["AliasArn"], "version": version}
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
@@ -283,34 +417,57 @@ class Alias(Kind):
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
         with contextlib.suppress(AwsNotFoundError):
-            ctx.aws.call("lambda", region, "delete_alias", resource=name,
-                         FunctionName=props["function"], Name=props["alias"])
+            ctx.aws.call(
+                "lambda",
+                region,
+                "delete_alias",
+                resource=name,
+                FunctionName=props["function"],
+                Name=props["alias"],
+            )
 
 
 class Url(Kind):
     service = "lambda"
 
     def create(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        params = {"FunctionName": props["function"], "Qualifier": props["qualifier"],
-                  "AuthType": props["auth_type"]}
+        params = {
+            "FunctionName": props["function"],
+            "Qualifier": props["qualifier"],
+            "AuthType": props["auth_type"],
+        }
         try:
-            out = ctx.aws.call("lambda", region, "create_function_url_config", resource=name,
-                               **params)
+            out = ctx.aws.call(
+                "lambda", region, "create_function_url_config", resource=name, **params
+            )
         except AwsConflictError:
-            out = ctx.aws.call("lambda", region, "update_function_url_config", resource=name,
-                               **params)
+            out = ctx.aws.call(
+                "lambda", region, "update_function_url_config", resource=name, **params
+            )
         return {"url": out["FunctionUrl"]}
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        out = ctx.aws.call("lambda", region, "update_function_url_config", resource=name,
-                           FunctionName=props["function"], Qualifier=props["qualifier"],
-                           AuthType=props["auth_type"])
+        out = ctx.aws.call(
+            "lambda",
+            region,
+            "update_function_url_config",
+            resource=name,
+            FunctionName=props["function"],
+            Qualifier=props["qualifier"],
+            AuthType=props["auth_type"],
+        )
         return {"url": out["FunctionUrl"]}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
         with contextlib.suppress(AwsNotFoundError):
-            ctx.aws.call("lambda", region, "delete_function_url_config", resource=name,
-                         FunctionName=props["function"], Qualifier=props["qualifier"])
+            ctx.aws.call(
+                "lambda",
+                region,
+                "delete_function_url_config",
+                resource=name,
+                FunctionName=props["function"],
+                Qualifier=props["qualifier"],
+            )
 
 
 class Alarm(Kind):
@@ -318,13 +475,20 @@ class Alarm(Kind):
 
     def create(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         ctx.aws.call(
-            "cloudwatch", region, "put_metric_alarm", resource=name, AlarmName=name,
-            Namespace="AWS/Lambda", MetricName=props["metric"],
+            "cloudwatch",
+            region,
+            "put_metric_alarm",
+            resource=name,
+            AlarmName=name,
+            Namespace="AWS/Lambda",
+            MetricName=props["metric"],
             Dimensions=[{"Name": "FunctionName", "Value": props["function"]}],
-            Statistic=props.get("statistic", "Sum"), Period=int(props.get("period_s", 60)),
+            Statistic=props.get("statistic", "Sum"),
+            Period=int(props.get("period_s", 60)),
             EvaluationPeriods=int(props.get("evaluation_periods", 1)),
             Threshold=float(props.get("threshold", 1)),
-            ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching",
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+            TreatMissingData="notBreaching",
         )
         return {"arn": f"arn:{ctx.partition}:cloudwatch:{region}:{ctx.account}:alarm:{name}"}
 
@@ -337,10 +501,16 @@ def fence(aws: Aws, region: str, shard: str, table: str, epoch: int) -> None:
     from ..proxy.state import fence_item
 
     try:
-        aws.call("dynamodb", region, "put_item", resource=f"{table} ({shard} epoch)",
-                 TableName=table, Item=fence_item(shard, epoch),
-                 ConditionExpression="attribute_not_exists(pk) OR epoch < :epoch",
-                 ExpressionAttributeValues={":epoch": {"N": str(epoch)}})
+        aws.call(
+            "dynamodb",
+            region,
+            "put_item",
+            resource=f"{table} ({shard} epoch)",
+            TableName=table,
+            Item=fence_item(shard, epoch),
+            ConditionExpression="attribute_not_exists(pk) OR epoch < :epoch",
+            ExpressionAttributeValues={":epoch": {"N": str(epoch)}},
+        )
     except AwsError as exc:
         if exc.code != "ConditionalCheckFailedException":
             raise

@@ -21,11 +21,18 @@ from ..config.loader import Project
 __all__ = ["DATA_PLANE", "Package", "build_package"]
 
 #: What of shardkit runs inside a shard function: the data plane, nothing else.
-DATA_PLANE = ("shardkit/__init__.py", "shardkit/errors.py", "shardkit/py.typed",
-              "shardkit/sharding/__init__.py", "shardkit/sharding/hashing.py",
-              "shardkit/sharding/shardmap.py", "shardkit/sharding/codec.py",
-              "shardkit/sharding/holder.py",
-              "shardkit/proxy/", "shardkit/routing/")
+DATA_PLANE = (
+    "shardkit/__init__.py",
+    "shardkit/errors.py",
+    "shardkit/py.typed",
+    "shardkit/sharding/__init__.py",
+    "shardkit/sharding/hashing.py",
+    "shardkit/sharding/shardmap.py",
+    "shardkit/sharding/codec.py",
+    "shardkit/sharding/holder.py",
+    "shardkit/proxy/",
+    "shardkit/routing/",
+)
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 _SKIP_DIRS = {"__pycache__", ".shardkit", ".git", ".venv", ".pytest_cache", ".mypy_cache"}

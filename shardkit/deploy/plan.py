@@ -49,9 +49,18 @@ class Step:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "action": self.action, "kind": self.kind, "region": self.region,
-                "name": self.name, "key": self.key, "props": self.props, "shard": self.shard,
-                "fingerprint": self.fingerprint, "reason": self.reason}
+        return {
+            "id": self.id,
+            "action": self.action,
+            "kind": self.kind,
+            "region": self.region,
+            "name": self.name,
+            "key": self.key,
+            "props": self.props,
+            "shard": self.shard,
+            "fingerprint": self.fingerprint,
+            "reason": self.reason,
+        }
 
     @property
     def mutating(self) -> bool:
@@ -89,12 +98,20 @@ class Plan:
 
     def _body(self) -> dict[str, Any]:
         return {
-            "format": PLAN_FORMAT, "kind": self.kind, "project": self.project,
-            "project_root": self.project_root, "target": self.target, "account": self.account,
-            "base": self.base, "deployment": self.deployment, "map_version": self.map_version,
+            "format": PLAN_FORMAT,
+            "kind": self.kind,
+            "project": self.project,
+            "project_root": self.project_root,
+            "target": self.target,
+            "account": self.account,
+            "base": self.base,
+            "deployment": self.deployment,
+            "map_version": self.map_version,
             "map_envelope": base64.b64encode(self.map_envelope).decode()
-            if self.map_envelope else None,
-            "artifact": self.artifact, "blueprint": self.blueprint,
+            if self.map_envelope
+            else None,
+            "artifact": self.artifact,
+            "blueprint": self.blueprint,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -115,8 +132,10 @@ class Plan:
         checksum = data.pop("checksum", None)
         data.pop("plan_id", None)
         if checksum != _digest(data):
-            raise PlanFileError(f"{source} was changed after it was made (checksum mismatch)",
-                                hint="never edit a plan; make a new one with `shardkit plan`")
+            raise PlanFileError(
+                f"{source} was changed after it was made (checksum mismatch)",
+                hint="never edit a plan; make a new one with `shardkit plan`",
+            )
         try:
             return cls._from_body(data)
         except (KeyError, TypeError, ValueError) as exc:
@@ -126,11 +145,18 @@ class Plan:
     def _from_body(cls, d: dict[str, Any]) -> Plan:
         envelope = d["map_envelope"]
         return cls(
-            project=d["project"], project_root=d["project_root"], target=d["target"],
-            account=d["account"], base=d["base"], blueprint=d["blueprint"],
-            steps=tuple(Step(**s) for s in d["steps"]), artifact=d["artifact"],
+            project=d["project"],
+            project_root=d["project_root"],
+            target=d["target"],
+            account=d["account"],
+            base=d["base"],
+            blueprint=d["blueprint"],
+            steps=tuple(Step(**s) for s in d["steps"]),
+            artifact=d["artifact"],
             map_envelope=base64.b64decode(envelope) if envelope else None,
-            map_version=d["map_version"], deployment=d["deployment"], kind=d["kind"],
+            map_version=d["map_version"],
+            deployment=d["deployment"],
+            kind=d["kind"],
         )
 
     @classmethod
@@ -169,9 +195,17 @@ def make_plan(
     buckets = {r.region: r.name for r in desired.of_kind("s3_bucket")}
     for region in desired.regions:
         if artifact and not deployed.has_artifact(region, artifact["key"]):
-            steps.append(_step(len(steps), "upload", "artifact", region, artifact["key"],
-                               {"bucket": buckets[region], "sha256": artifact["sha256"]},
-                               "code package not yet uploaded"))
+            steps.append(
+                _step(
+                    len(steps),
+                    "upload",
+                    "artifact",
+                    region,
+                    artifact["key"],
+                    {"bucket": buckets[region], "sha256": artifact["sha256"]},
+                    "code package not yet uploaded",
+                )
+            )
     for r in desired.resources:
         record = deployed.resources.get(r.key)
         if record is None:
@@ -183,9 +217,17 @@ def make_plan(
     steps += _fences(desired, deployed, epochs or {})
     if map_envelope is not None:
         for region in desired.regions:
-            steps.append(_step(len(steps), "publish", "map", region, "registry/map.skm",
-                               {"bucket": buckets[region], "version": map_version},
-                               f"map version {map_version}"))
+            steps.append(
+                _step(
+                    len(steps),
+                    "publish",
+                    "map",
+                    region,
+                    "registry/map.skm",
+                    {"bucket": buckets[region], "version": map_version},
+                    f"map version {map_version}",
+                )
+            )
     doomed = [k for k in deployed.resources if k not in wanted]
     doomed.sort(key=lambda k: (-KINDS.index(deployed.resources[k]["kind"]), k))
     for key in doomed:
@@ -193,17 +235,37 @@ def make_plan(
         if record.get("retained") and not delete_data:
             continue  # kept by an earlier destroy; only --delete-data removes it
         action = "retain" if record["kind"] in RETAINED_KINDS and not delete_data else "delete"
-        steps.append(Step(len(steps), action, record["kind"], record["region"], record["name"],
-                          key, record.get("props", {}), record.get("shard"), "",
-                          "holds data: kept (use --delete-data to delete)"
-                          if action == "retain" else "no longer in the blueprint"))
+        steps.append(
+            Step(
+                len(steps),
+                action,
+                record["kind"],
+                record["region"],
+                record["name"],
+                key,
+                record.get("props", {}),
+                record.get("shard"),
+                "",
+                "holds data: kept (use --delete-data to delete)"
+                if action == "retain"
+                else "no longer in the blueprint",
+            )
+        )
     ordered = sorted(steps, key=_phase)
     steps = [replace(step, id=i) for i, step in enumerate(ordered)]
     return Plan(
-        project=desired.project, project_root=project_root, target=deployed.target,
-        account=desired.account, base=deployed.fingerprint(), blueprint=desired.to_dict(),
-        steps=tuple(steps), artifact=artifact, map_envelope=map_envelope,
-        map_version=map_version, deployment=deployed.deployment + 1, kind=kind,
+        project=desired.project,
+        project_root=project_root,
+        target=deployed.target,
+        account=desired.account,
+        base=deployed.fingerprint(),
+        blueprint=desired.to_dict(),
+        steps=tuple(steps),
+        artifact=artifact,
+        map_envelope=map_envelope,
+        map_version=map_version,
+        deployment=deployed.deployment + 1,
+        kind=kind,
     )
 
 
@@ -211,9 +273,15 @@ def _fences(desired: Blueprint, deployed: Manifest, epochs: Mapping[str, int]) -
     tables = {r.region: r.name for r in desired.of_kind("dynamodb_table")}
     regions = {r.shard: r.region for r in desired.of_kind("lambda_function")}
     return [
-        _step(0, "fence", "epoch", regions[shard], shard,
-              {"table": tables[regions[shard]], "epoch": epoch},
-              f"epoch {deployed.epochs.get(shard, 0)} -> {epoch}")
+        _step(
+            0,
+            "fence",
+            "epoch",
+            regions[shard],
+            shard,
+            {"table": tables[regions[shard]], "epoch": epoch},
+            f"epoch {deployed.epochs.get(shard, 0)} -> {epoch}",
+        )
         for shard, epoch in sorted(epochs.items())
         if shard in regions and deployed.epochs.get(shard) != epoch
     ]
@@ -234,14 +302,14 @@ def _phase(step: Step) -> tuple[int, int]:
     return (2 * KINDS.index(step.kind), step.id)
 
 
-def _step(i: int, action: str, kind: str, region: str, name: str, props: dict[str, Any],
-          reason: str) -> Step:
+def _step(
+    i: int, action: str, kind: str, region: str, name: str, props: dict[str, Any], reason: str
+) -> Step:
     return Step(i, action, kind, region, name, f"{region}/{kind}/{name}", props, None, "", reason)
 
 
 def _resource_step(i: int, action: str, r: Resource, reason: str) -> Step:
-    return Step(i, action, r.kind, r.region, r.name, r.key, r.props, r.shard, r.fingerprint,
-                reason)
+    return Step(i, action, r.kind, r.region, r.name, r.key, r.props, r.shard, r.fingerprint, reason)
 
 
 def _changed(record: Mapping[str, Any], r: Resource) -> str:

@@ -55,13 +55,19 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "project": self.project, "target": self.target, "account": self.account,
-            "resources": self.resources, "artifacts": self.artifacts,
-            "map_version": self.map_version, "map_version_max": self.map_version_max,
+            "project": self.project,
+            "target": self.target,
+            "account": self.account,
+            "resources": self.resources,
+            "artifacts": self.artifacts,
+            "map_version": self.map_version,
+            "map_version_max": self.map_version_max,
             "map_sha256": self.map_sha256,
-            "map_regions": self.map_regions, "epochs": self.epochs,
+            "map_regions": self.map_regions,
+            "epochs": self.epochs,
             "deployment": self.deployment,
-            "status": self.status, "local_instance": self.local_instance,
+            "status": self.status,
+            "local_instance": self.local_instance,
         }
 
     @classmethod
@@ -115,10 +121,14 @@ class StateStore:
     # -- deployments (rollback history) ----------------------------------------------------
 
     def record_deployment(self, number: int, blueprint: dict[str, Any], map_bytes: bytes) -> None:
-        write_json_atomic(self.root / "deployments" / f"{number:06d}.json", {
-            "deployment": number, "blueprint": blueprint,
-            "map": base64.b64encode(map_bytes).decode(),
-        })
+        write_json_atomic(
+            self.root / "deployments" / f"{number:06d}.json",
+            {
+                "deployment": number,
+                "blueprint": blueprint,
+                "map": base64.b64encode(map_bytes).decode(),
+            },
+        )
 
     def deployments(self) -> list[int]:
         folder = self.root / "deployments"
@@ -157,10 +167,12 @@ class StateStore:
         path = self.journal_path(plan_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
+
             def record(step: int, outputs: dict[str, Any]) -> None:
                 f.write(json.dumps({"step": step, "outputs": outputs}) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+
             yield record
 
     def finish_journal(self, plan_id: str) -> None:
@@ -189,6 +201,8 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DeployError(f"{path} is unreadable: {exc}",
-                          hint="restore it from a backup, or remove the project's .shardkit/deploy "
-                          "to start over (deployed resources are then unmanaged)") from None
+        raise DeployError(
+            f"{path} is unreadable: {exc}",
+            hint="restore it from a backup, or remove the project's .shardkit/deploy "
+            "to start over (deployed resources are then unmanaged)",
+        ) from None

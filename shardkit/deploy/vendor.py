@@ -29,8 +29,13 @@ from ..errors import DeployError
 __all__ = ["RUNTIME_REQUIREMENTS", "fetch_wheels", "platform_for", "wheel_files"]
 
 #: What the proxy imports that the Lambda runtime does not provide.
-RUNTIME_REQUIREMENTS = ("msgpack", "xxhash", "jump-consistent-hash", "cryptography",
-                        "aws-lambda-powertools")
+RUNTIME_REQUIREMENTS = (
+    "msgpack",
+    "xxhash",
+    "jump-consistent-hash",
+    "cryptography",
+    "aws-lambda-powertools",
+)
 _PLATFORMS = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}
 
 Runner = Callable[..., Any]
@@ -40,8 +45,10 @@ def platform_for(architecture: str) -> str:
     try:
         return _PLATFORMS[architecture]
     except KeyError:
-        raise DeployError(f"unknown Lambda architecture {architecture!r}",
-                          hint=f"use one of {', '.join(_PLATFORMS)}") from None
+        raise DeployError(
+            f"unknown Lambda architecture {architecture!r}",
+            hint=f"use one of {', '.join(_PLATFORMS)}",
+        ) from None
 
 
 def pinned_requirements() -> list[str]:
@@ -51,8 +58,10 @@ def pinned_requirements() -> list[str]:
         try:
             pins.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
-            raise DeployError(f"{name} is not installed, so its version cannot be pinned",
-                              hint="reinstall shardkit (pip install shardkit)") from None
+            raise DeployError(
+                f"{name} is not installed, so its version cannot be pinned",
+                hint="reinstall shardkit (pip install shardkit)",
+            ) from None
     return pins
 
 
@@ -61,8 +70,9 @@ def default_cache() -> Path:
     return Path(base) / "shardkit" / "wheels"
 
 
-def fetch_wheels(runtime: str, architecture: str, *, cache: Path | None = None,
-                 run: Runner = subprocess.run) -> list[Path]:
+def fetch_wheels(
+    runtime: str, architecture: str, *, cache: Path | None = None, run: Runner = subprocess.run
+) -> list[Path]:
     """The wheels for ``runtime`` (e.g. ``python3.12``) and ``architecture``, downloaded once."""
     python_version = runtime.removeprefix("python")
     platform = platform_for(architecture)
@@ -74,15 +84,34 @@ def fetch_wheels(runtime: str, architecture: str, *, cache: Path | None = None,
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    result = run([sys.executable, "-m", "pip", "download", "--only-binary=:all:",
-                  "--platform", platform, "--python-version", python_version,
-                  "--implementation", "cp", "--dest", str(partial), "--quiet", *pins],
-                 capture_output=True, text=True)
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--only-binary=:all:",
+            "--platform",
+            platform,
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            "--dest",
+            str(partial),
+            "--quiet",
+            *pins,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         tail = " ".join(str(result.stderr).strip().splitlines()[-2:])
-        raise DeployError(f"could not fetch {platform} wheels for {runtime}: {tail}",
-                          hint="the AWS target needs the package index (PyPI) once per set of "
-                          "versions; check the network or pip's index settings")
+        raise DeployError(
+            f"could not fetch {platform} wheels for {runtime}: {tail}",
+            hint="the AWS target needs the package index (PyPI) once per set of "
+            "versions; check the network or pip's index settings",
+        )
     (partial / "COMPLETE").write_text("\n".join(pins) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)

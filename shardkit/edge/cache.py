@@ -59,11 +59,30 @@ def _encode(obj: Any) -> bytes | None:
 class Entry:
     """One cached answer and what it was valid for."""
 
-    __slots__ = ("epoch", "error_until", "fresh_until", "jurisdiction", "map_version", "region",
-                 "shard", "size", "stale_until", "value", "version")
+    __slots__ = (
+        "epoch",
+        "error_until",
+        "fresh_until",
+        "jurisdiction",
+        "map_version",
+        "region",
+        "shard",
+        "size",
+        "stale_until",
+        "value",
+        "version",
+    )
 
-    def __init__(self, value: bytes, shard: Shard, map_version: int, version: str,
-                 policy: CachePolicy, now: float, size: int) -> None:
+    def __init__(
+        self,
+        value: bytes,
+        shard: Shard,
+        map_version: int,
+        version: str,
+        policy: CachePolicy,
+        now: float,
+        size: int,
+    ) -> None:
         self.value = value
         self.shard, self.region, self.epoch = shard.id, shard.region, shard.epoch
         self.jurisdiction = shard.jurisdiction
@@ -84,11 +103,17 @@ class Entry:
 class EdgeCache:
     """A thread-safe LRU of :class:`Entry`, bounded by ``max_entries`` and ``max_bytes``."""
 
-    def __init__(self, max_entries: int = 10_000, max_bytes: int = 32 * 1024 * 1024, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_entries: int = 10_000,
+        max_bytes: int = 32 * 1024 * 1024,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_entries < 1 or max_bytes < 1:
-            raise EdgePolicyError(f"cache bounds max_entries={max_entries}, "
-                                  f"max_bytes={max_bytes} must both be >= 1")
+            raise EdgePolicyError(
+                f"cache bounds max_entries={max_entries}, max_bytes={max_bytes} must both be >= 1"
+            )
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self.clock = clock
         self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
@@ -97,7 +122,8 @@ class EdgeCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(
-            ("evicted", "invalidated", "expired", "rejected", "raced", "dropped_by_write"), 0)
+            ("evicted", "invalidated", "expired", "rejected", "raced", "dropped_by_write"), 0
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -130,8 +156,17 @@ class EdgeCache:
         (:meth:`invalidate_key`) in between, so a read racing a write cannot cache old data."""
         return self._tickets[hash(key) % _BUCKETS]
 
-    def put(self, ck: CacheKey, answer: Any, *, shard: Shard, map_version: int, version: str,
-            policy: CachePolicy, ticket: int) -> bool:
+    def put(
+        self,
+        ck: CacheKey,
+        answer: Any,
+        *,
+        shard: Shard,
+        map_version: int,
+        version: str,
+        policy: CachePolicy,
+        ticket: int,
+    ) -> bool:
         """Keep ``answer`` (made by ``shard`` at its epoch). False if it was not kept."""
         value = _encode(answer)
         size = len(ck[0]) + len(ck[1]) + (len(value) if value is not None else 0)
@@ -170,8 +205,13 @@ class EdgeCache:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"entries": len(self._entries), "bytes": self._bytes,
-                    "max_entries": self.max_entries, "max_bytes": self.max_bytes, **self.counts}
+            return {
+                "entries": len(self._entries),
+                "bytes": self._bytes,
+                "max_entries": self.max_entries,
+                "max_bytes": self.max_bytes,
+                **self.counts,
+            }
 
     # -- internals (call with the lock held) ---------------------------------------------------
 

@@ -26,15 +26,25 @@ __all__ = ["DivergenceMonitor"]
 class DivergenceMonitor:
     """Samples cache hits, records check outcomes, raises the alarm beyond ``budget``."""
 
-    def __init__(self, sample_rate: float = 0.01, budget: float = 0.02, *, window: int = 500,
-                 min_checks: int = 20,
-                 on_alarm: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        sample_rate: float = 0.01,
+        budget: float = 0.02,
+        *,
+        window: int = 500,
+        min_checks: int = 20,
+        on_alarm: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         if not 0 <= sample_rate <= 1 or not 0 <= budget <= 1:
-            raise EdgePolicyError(f"divergence sample_rate={sample_rate} and budget={budget} "
-                                  "must be fractions between 0 and 1")
+            raise EdgePolicyError(
+                f"divergence sample_rate={sample_rate} and budget={budget} "
+                "must be fractions between 0 and 1"
+            )
         if window < 1 or not 1 <= min_checks <= window:
-            raise EdgePolicyError(f"divergence window={window}, min_checks={min_checks}: "
-                                  "need 1 <= min_checks <= window")
+            raise EdgePolicyError(
+                f"divergence window={window}, min_checks={min_checks}: "
+                "need 1 <= min_checks <= window"
+            )
         self.sample_rate, self.budget = sample_rate, budget
         self.min_checks = min_checks
         self.on_alarm = on_alarm
@@ -88,5 +98,10 @@ class DivergenceMonitor:
             return self._stats_locked()
 
     def _stats_locked(self) -> dict[str, Any]:
-        return {**self.counts, "rate": self.rate, "budget": self.budget,
-                "window": len(self._window), "alarming": self.alarming}
+        return {
+            **self.counts,
+            "rate": self.rate,
+            "budget": self.budget,
+            "window": len(self._window),
+            "alarming": self.alarming,
+        }

@@ -20,8 +20,14 @@ from typing import Any
 
 from ..errors import ShardkitError
 
-__all__ = ["CachePolicy", "CacheRules", "EdgePolicyError", "KeyPattern", "Location",
-           "payload_field"]
+__all__ = [
+    "CachePolicy",
+    "CacheRules",
+    "EdgePolicyError",
+    "KeyPattern",
+    "Location",
+    "payload_field",
+]
 
 _GLOB = frozenset("*?[")
 
@@ -93,8 +99,16 @@ class CachePolicy:
       drops the key's cached entries, since it may change the answers.
     """
 
-    __slots__ = ("cacheable", "invalidate_on_bypass", "max_entry_bytes", "max_stale_s",
-                 "pattern", "resident_only", "stale_if_error_s", "ttl_s")
+    __slots__ = (
+        "cacheable",
+        "invalidate_on_bypass",
+        "max_entry_bytes",
+        "max_stale_s",
+        "pattern",
+        "resident_only",
+        "stale_if_error_s",
+        "ttl_s",
+    )
 
     def __init__(
         self,
@@ -109,8 +123,11 @@ class CachePolicy:
         invalidate_on_bypass: bool = True,
     ) -> None:
         self.pattern = KeyPattern(pattern)
-        for name, value in (("ttl_s", ttl_s), ("max_stale_s", max_stale_s),
-                            ("stale_if_error_s", stale_if_error_s)):
+        for name, value in (
+            ("ttl_s", ttl_s),
+            ("max_stale_s", max_stale_s),
+            ("stale_if_error_s", stale_if_error_s),
+        ):
             _non_negative(pattern, name, value)
         _non_negative(pattern, "max_entry_bytes", max_entry_bytes)
         self.ttl_s = float(ttl_s)
@@ -124,8 +141,9 @@ class CachePolicy:
     @property
     def stores(self) -> bool:
         """Whether this policy keeps anything at all (some window is open)."""
-        return (self.ttl_s > 0 or self.max_stale_s > 0 or self.stale_if_error_s > 0) \
-            and self.max_entry_bytes > 0
+        return (
+            self.ttl_s > 0 or self.max_stale_s > 0 or self.stale_if_error_s > 0
+        ) and self.max_entry_bytes > 0
 
     def allows(self, payload: Any, key_jurisdiction: str, location: Location) -> bool:
         """May an answer to ``payload`` for a key of ``key_jurisdiction`` be cached here?"""
@@ -137,8 +155,10 @@ class CachePolicy:
         return self.cacheable is None or bool(self.cacheable(payload))
 
     def __repr__(self) -> str:
-        return (f"CachePolicy({self.pattern.text!r}, ttl_s={self.ttl_s}, "
-                f"max_stale_s={self.max_stale_s}, stale_if_error_s={self.stale_if_error_s})")
+        return (
+            f"CachePolicy({self.pattern.text!r}, ttl_s={self.ttl_s}, "
+            f"max_stale_s={self.max_stale_s}, stale_if_error_s={self.stale_if_error_s})"
+        )
 
 
 class CacheRules:
@@ -146,8 +166,9 @@ class CacheRules:
 
     __slots__ = ("default", "policies")
 
-    def __init__(self, policies: Iterable[CachePolicy] = (), *,
-                 default: CachePolicy | None = None) -> None:
+    def __init__(
+        self, policies: Iterable[CachePolicy] = (), *, default: CachePolicy | None = None
+    ) -> None:
         self.policies = tuple(policies)
         for p in self.policies:
             if not isinstance(p, CachePolicy):
@@ -185,6 +206,8 @@ def _jurisdictions(pattern: str, value: Collection[str] | str) -> frozenset[str]
     if value == "all":
         return None
     if isinstance(value, str) or not all(isinstance(j, str) for j in value):
-        raise EdgePolicyError(f"cache policy {pattern!r}: resident_only = {value!r} must be "
-                              "'all' or a collection of jurisdiction names")
+        raise EdgePolicyError(
+            f"cache policy {pattern!r}: resident_only = {value!r} must be "
+            "'all' or a collection of jurisdiction names"
+        )
     return frozenset(value)

@@ -22,12 +22,36 @@ CACHE_STATUSES = ("hit", "miss", "stale", "bypass", "coalesced")
 class Decision:
     """One answer and how it was obtained."""
 
-    __slots__ = ("answer", "cache", "confidence", "epoch", "error", "jurisdiction", "key",
-                 "latency_s", "map_version", "path", "region", "shard")
+    __slots__ = (
+        "answer",
+        "cache",
+        "confidence",
+        "epoch",
+        "error",
+        "jurisdiction",
+        "key",
+        "latency_s",
+        "map_version",
+        "path",
+        "region",
+        "shard",
+    )
 
-    def __init__(self, key: str, answer: Any, path: str, cache: str, *, shard: str | None,
-                 region: str | None, jurisdiction: str, epoch: int | None, map_version: int,
-                 confidence: float | None = None, error: str | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        answer: Any,
+        path: str,
+        cache: str,
+        *,
+        shard: str | None,
+        region: str | None,
+        jurisdiction: str,
+        epoch: int | None,
+        map_version: int,
+        confidence: float | None = None,
+        error: str | None = None,
+    ) -> None:
         self.key = key
         self.answer = answer
         self.path = path
@@ -45,9 +69,11 @@ class Decision:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def __repr__(self) -> str:
-        return (f"Decision({self.key!r}, path={self.path!r}, cache={self.cache!r}, "
-                f"shard={self.shard!r}, epoch={self.epoch}, "
-                f"latency_ms={self.latency_s * 1000:.3f})")
+        return (
+            f"Decision({self.key!r}, path={self.path!r}, cache={self.cache!r}, "
+            f"shard={self.shard!r}, epoch={self.epoch}, "
+            f"latency_ms={self.latency_s * 1000:.3f})"
+        )
 
 
 class Counters:
@@ -56,7 +82,8 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
-            [f"path.{p}" for p in PATHS] + [f"cache.{s}" for s in CACHE_STATUSES], 0)
+            [f"path.{p}" for p in PATHS] + [f"cache.{s}" for s in CACHE_STATUSES], 0
+        )
 
     def count(self, decision: Decision) -> None:
         with self._lock:

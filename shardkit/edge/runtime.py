@@ -95,13 +95,21 @@ class EdgeRuntime:
         self.trust.start()
 
     @classmethod
-    def create(cls, holder: MapHolder, transport: Transport, *, retry: RetryPolicy | None = None,
-               hedge_after_s: float | None = None, **options: Any) -> EdgeRuntime:
+    def create(
+        cls,
+        holder: MapHolder,
+        transport: Transport,
+        *,
+        retry: RetryPolicy | None = None,
+        hedge_after_s: float | None = None,
+        **options: Any,
+    ) -> EdgeRuntime:
         """A runtime over a new :class:`RoutingClient` for ``holder`` and ``transport``."""
         from ..routing.client import RoutingClient
 
-        return cls(RoutingClient(holder, transport, retry=retry, hedge_after_s=hedge_after_s),
-                   **options)
+        return cls(
+            RoutingClient(holder, transport, retry=retry, hedge_after_s=hedge_after_s), **options
+        )
 
     # -- the request path --------------------------------------------------------------------------
 
@@ -132,8 +140,14 @@ class EdgeRuntime:
             return self._bypass(key, payload, jurisdiction, policy)
         return self._cached((key, fp), payload, jurisdiction, owner, policy)
 
-    def _local(self, model: LocalModel, key: str, payload: Any, jurisdiction: str | None,
-               shard_map: ShardMap) -> Decision | None:
+    def _local(
+        self,
+        model: LocalModel,
+        key: str,
+        payload: Any,
+        jurisdiction: str | None,
+        shard_map: ShardMap,
+    ) -> Decision | None:
         request = EdgeRequest(key, payload, jurisdiction)
         try:
             confidence = float(model.can_serve(request))
@@ -143,12 +157,27 @@ class EdgeRuntime:
         except Exception:  # the local model is an optimisation: if it fails, the shard answers
             self.counters.add("local_errors")
             return None
-        return Decision(key, answer, "local", "bypass", shard=None, region=self.location.region,
-                        jurisdiction=shard_map.jurisdiction_of(key, jurisdiction), epoch=None,
-                        map_version=shard_map.version, confidence=confidence)
+        return Decision(
+            key,
+            answer,
+            "local",
+            "bypass",
+            shard=None,
+            region=self.location.region,
+            jurisdiction=shard_map.jurisdiction_of(key, jurisdiction),
+            epoch=None,
+            map_version=shard_map.version,
+            confidence=confidence,
+        )
 
-    def _cached(self, ck: CacheKey, payload: Any, jurisdiction: str | None, owner: Shard,
-                policy: CachePolicy) -> Decision:
+    def _cached(
+        self,
+        ck: CacheKey,
+        payload: Any,
+        jurisdiction: str | None,
+        owner: Shard,
+        policy: CachePolicy,
+    ) -> Decision:
         version = self.versions.for_key(ck[0])
         entry, state = self.cache.lookup(ck, owner, version)
         if entry is not None and state == FRESH:
@@ -160,25 +189,36 @@ class EdgeRuntime:
         try:
             return self._fetch(ck, payload, jurisdiction, policy, version)
         except ShardkitError as exc:
-            if entry is None or not _shard_failure(exc) \
-                    or not entry.servable_on_error(self.cache.clock()):
+            if (
+                entry is None
+                or not _shard_failure(exc)
+                or not entry.servable_on_error(self.cache.clock())
+            ):
                 raise
             self.counters.add("stale_if_error")
             return _from_entry(ck[0], entry, "stale", error=exc.message)
 
-    def _fetch(self, ck: CacheKey, payload: Any, jurisdiction: str | None, policy: CachePolicy,
-               version: str) -> Decision:
+    def _fetch(
+        self,
+        ck: CacheKey,
+        payload: Any,
+        jurisdiction: str | None,
+        policy: CachePolicy,
+        version: str,
+    ) -> Decision:
         """Ask the shard, coalesced with identical requests in flight; cache the answer."""
         key = ck[0]
         ticket = self.cache.ticket(key)
         result, shared = self._flights.run(
-            ck, lambda: self.client.infer(key, payload, jurisdiction=jurisdiction))
+            ck, lambda: self.client.infer(key, payload, jurisdiction=jurisdiction)
+        )
         if not shared:
             self._fill(ck, result, jurisdiction, policy, version, ticket)
         return _from_result(result, "coalesced" if shared else "miss")
 
-    def _bypass(self, key: str, payload: Any, jurisdiction: str | None,
-                policy: CachePolicy) -> Decision:
+    def _bypass(
+        self, key: str, payload: Any, jurisdiction: str | None, policy: CachePolicy
+    ) -> Decision:
         drop = policy.invalidate_on_bypass and policy.stores
         if drop:
             self.cache.invalidate_key(key)  # before: voids reads and checks racing the write
@@ -192,13 +232,27 @@ class EdgeRuntime:
 
     # -- filling, checking, revalidating -----------------------------------------------------------
 
-    def _fill(self, ck: CacheKey, result: Result, jurisdiction: str | None, policy: CachePolicy,
-              version: str, ticket: int) -> bool:
+    def _fill(
+        self,
+        ck: CacheKey,
+        result: Result,
+        jurisdiction: str | None,
+        policy: CachePolicy,
+        version: str,
+        ticket: int,
+    ) -> bool:
         owner = self._confirmed_owner(result, ck[0], jurisdiction)
         if owner is None:
             return False
-        return self.cache.put(ck, result.answer, shard=owner, map_version=result.map_version,
-                              version=version, policy=policy, ticket=ticket)
+        return self.cache.put(
+            ck,
+            result.answer,
+            shard=owner,
+            map_version=result.map_version,
+            version=version,
+            policy=policy,
+            ticket=ticket,
+        )
 
     def _confirmed_owner(self, result: Result, key: str, jurisdiction: str | None) -> Shard | None:
         """The key's owner if ``result`` is its answer at the epoch the map names, else None.
@@ -215,16 +269,32 @@ class EdgeRuntime:
         self._refresh_soon()
         return None
 
-    def _maybe_check(self, ck: CacheKey, entry: Entry, payload: Any, jurisdiction: str | None,
-                     policy: CachePolicy, version: str) -> None:
+    def _maybe_check(
+        self,
+        ck: CacheKey,
+        entry: Entry,
+        payload: Any,
+        jurisdiction: str | None,
+        policy: CachePolicy,
+        version: str,
+    ) -> None:
         monitor = self.divergence
         if monitor is not None and monitor.sample():
             ticket = self.cache.ticket(ck[0])  # as of the hit
-            self._submit(lambda: self._check(ck, entry, payload, jurisdiction, policy, version,
-                                             ticket))
+            self._submit(
+                lambda: self._check(ck, entry, payload, jurisdiction, policy, version, ticket)
+            )
 
-    def _check(self, ck: CacheKey, entry: Entry, payload: Any, jurisdiction: str | None,
-               policy: CachePolicy, version: str, ticket: int) -> None:
+    def _check(
+        self,
+        ck: CacheKey,
+        entry: Entry,
+        payload: Any,
+        jurisdiction: str | None,
+        policy: CachePolicy,
+        version: str,
+        ticket: int,
+    ) -> None:
         """Re-ask the origin for a sampled hit; a different answer is divergence (and heals).
         A write to the key through this node since the hit voids the check: the entry is gone
         and the origin has moved on for a reason the edge knows about."""
@@ -244,8 +314,14 @@ class EdgeRuntime:
             self._fill(ck, result, jurisdiction, policy, version, ticket)
         monitor.record(diverged)
 
-    def _revalidate(self, ck: CacheKey, payload: Any, jurisdiction: str | None,
-                    policy: CachePolicy, version: str) -> None:
+    def _revalidate(
+        self,
+        ck: CacheKey,
+        payload: Any,
+        jurisdiction: str | None,
+        policy: CachePolicy,
+        version: str,
+    ) -> None:
         """One background refresh per stale entry, however many requests see it stale."""
         with self._lock:
             if ck in self._revalidating:
@@ -325,16 +401,32 @@ class EdgeRuntime:
 
 
 def _from_entry(key: str, entry: Entry, status: str, error: str | None = None) -> Decision:
-    return Decision(key, entry.answer(), "cache", status, shard=entry.shard, region=entry.region,
-                    jurisdiction=entry.jurisdiction, epoch=entry.epoch,
-                    map_version=entry.map_version, error=error)
+    return Decision(
+        key,
+        entry.answer(),
+        "cache",
+        status,
+        shard=entry.shard,
+        region=entry.region,
+        jurisdiction=entry.jurisdiction,
+        epoch=entry.epoch,
+        map_version=entry.map_version,
+        error=error,
+    )
 
 
 def _from_result(result: Result, status: str) -> Decision:
-    return Decision(result.key, result.answer, "failover" if result.failover else "shard",
-                    status, shard=result.shard, region=result.region,
-                    jurisdiction=result.jurisdiction, epoch=result.epoch,
-                    map_version=result.map_version)
+    return Decision(
+        result.key,
+        result.answer,
+        "failover" if result.failover else "shard",
+        status,
+        shard=result.shard,
+        region=result.region,
+        jurisdiction=result.jurisdiction,
+        epoch=result.epoch,
+        map_version=result.map_version,
+    )
 
 
 def _shard_failure(exc: ShardkitError) -> bool:

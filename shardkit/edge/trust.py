@@ -51,9 +51,12 @@ class MapTrust:
                 f"the last good shard map (version {self.holder.version}) has expired"
                 f"{self._offline_note()}; the edge no longer routes with it",
                 hint="restore access to the map registry (or offer() a fresh signed map); "
-                     "an expired map is never used")
-        raise MapError("no shard map is loaded yet" + self._offline_note(),
-                       hint="call refresh() or offer() with a signed map before serving requests")
+                "an expired map is never used",
+            )
+        raise MapError(
+            "no shard map is loaded yet" + self._offline_note(),
+            hint="call refresh() or offer() with a signed map before serving requests",
+        )
 
     def offer(self, data: bytes) -> bool:
         """Verify ``data`` and swap it in if newer (True). Refused maps raise MapError."""
@@ -117,8 +120,13 @@ class MapTrust:
             self.last_error = f"{type(exc).__name__}: {exc.message}"
 
     def stats(self) -> dict[str, Any]:
-        return {"version": self.holder.version, "refused": self.holder.refused,
-                "offline": self.offline, "last_error": self.last_error, **self.counts}
+        return {
+            "version": self.holder.version,
+            "refused": self.holder.refused,
+            "offline": self.offline,
+            "last_error": self.last_error,
+            **self.counts,
+        }
 
     def _offline_note(self) -> str:
         if self.unreachable_since is None:

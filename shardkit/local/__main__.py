@@ -75,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     gateway = _gateway(root, endpoint)
     try:
         _log(f"moto config: {json.dumps(configure(endpoint))}")
-        write_record(root, {"endpoint": endpoint, "gateway": gateway.endpoint,
-                            "pid": os.getpid(), "started_at": time.time(),
-                            "instance": instance})
+        write_record(
+            root,
+            {
+                "endpoint": endpoint,
+                "gateway": gateway.endpoint,
+                "pid": os.getpid(),
+                "started_at": time.time(),
+                "instance": instance,
+            },
+        )
         _log(f"serving {endpoint} for {root} (instance {instance}, pid {os.getpid()})")
         reason = watch(root, instance, stop, activity, args.idle_timeout, args.max_lifetime)
         _log(f"stopping: {reason}")
@@ -92,9 +99,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: DynamoDB operations that read or write items in moto's backend.
-_DYNAMODB_ITEM_OPERATIONS = ("put_item", "update_item", "delete_item", "get_item", "query",
-                             "scan", "transact_write_items", "transact_get_items",
-                             "batch_write_item", "batch_get_item")
+_DYNAMODB_ITEM_OPERATIONS = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "get_item",
+    "query",
+    "scan",
+    "transact_write_items",
+    "transact_get_items",
+    "batch_write_item",
+    "batch_get_item",
+)
 
 
 def serialise_dynamodb() -> None:
@@ -132,16 +148,20 @@ def _gateway(root: Path, endpoint: str) -> Any:
     from .server import client
 
     state = root / ".shardkit"
-    executor = LocalLambda(endpoint, state, lambda service, region: client(service, region,
-                                                                           endpoint))
+    executor = LocalLambda(
+        endpoint, state, lambda service, region: client(service, region, endpoint)
+    )
     return Gateway(executor, state / "deploy" / "local" / "manifest.json", HOST).start()
 
 
 def configure(endpoint: str) -> dict[str, Any]:
     """Switch Lambda and Batch to moto's no-Docker backends; return moto's config after."""
     request = urllib.request.Request(
-        endpoint + CONFIG_PATH, data=json.dumps(NO_DOCKER_CONFIG).encode(), method="POST",
-        headers={"Content-Type": "application/json"})
+        endpoint + CONFIG_PATH,
+        data=json.dumps(NO_DOCKER_CONFIG).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=5) as resp:
         config = json.loads(resp.read())
@@ -151,8 +171,14 @@ def configure(endpoint: str) -> dict[str, Any]:
     return config
 
 
-def watch(root: Path, instance: str, stop: threading.Event, activity: Activity,
-          idle_timeout: float, max_lifetime: float) -> str:
+def watch(
+    root: Path,
+    instance: str,
+    stop: threading.Event,
+    activity: Activity,
+    idle_timeout: float,
+    max_lifetime: float,
+) -> str:
     """Block until the server should stop; return why."""
     born = time.monotonic()
     while not stop.wait(POLL_S):
@@ -192,8 +218,9 @@ def _stop(server: Any, endpoint: str) -> None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m shardkit.local",
-                                     description="shardkit's local cloud server (internal)")
+    parser = argparse.ArgumentParser(
+        prog="python -m shardkit.local", description="shardkit's local cloud server (internal)"
+    )
     parser.add_argument("--project", required=True)
     parser.add_argument("--instance", required=True)
     parser.add_argument("--idle-timeout", type=float, default=0.0)

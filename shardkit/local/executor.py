@@ -71,16 +71,27 @@ class FunctionSpec:
 class Worker:
     """One warm process of one function version."""
 
-    def __init__(self, spec: FunctionSpec, code_dir: Path, env: dict[str, str],
-                 sink: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        code_dir: Path,
+        env: dict[str, str],
+        sink: Callable[[str, str], None],
+    ) -> None:
         self.spec = spec
         parent_r, child_w = os.pipe()
         child_r, parent_w = os.pipe()
         env = {**env, "SHARDKIT_WORKER_FDS": f"{child_r},{child_w}"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT], cwd=code_dir, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(child_r, child_w),
-            start_new_session=True)
+            [sys.executable, "-c", _BOOT],
+            cwd=code_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(child_r, child_w),
+            start_new_session=True,
+        )
         os.close(child_r)
         os.close(child_w)
         self.rfd, self.wfd = parent_r, parent_w
@@ -100,8 +111,9 @@ class Worker:
             os.write(self.wfd, struct.pack(">I", len(frame)) + frame.encode())
         except OSError:  # it died while idle (EPIPE): a clean function error, not a dropped call
             self.kill()
-            raise ChildProcessError(f"Runtime exited with error: exit status "
-                                    f"{self.proc.poll()}") from None
+            raise ChildProcessError(
+                f"Runtime exited with error: exit status {self.proc.poll()}"
+            ) from None
         return self._read(timeout=self.spec.timeout_s)
 
     def _read(self, timeout: float) -> dict[str, Any]:
@@ -116,15 +128,18 @@ class Worker:
             ready, _, _ = select.select([self.rfd], [], [], min(left, 0.05))
             if self._rss_mb() > self.spec.memory_mb:
                 self.kill()
-                raise MemoryError(f"Runtime exited with error: signal: killed (memory limit of "
-                                  f"{self.spec.memory_mb} MB exceeded)")
+                raise MemoryError(
+                    f"Runtime exited with error: signal: killed (memory limit of "
+                    f"{self.spec.memory_mb} MB exceeded)"
+                )
             if not ready:
                 continue
             chunk = os.read(self.rfd, 1 << 20)
             if not chunk:
                 self.kill()
-                raise ChildProcessError(f"Runtime exited with error: exit status "
-                                        f"{self.proc.poll()}")
+                raise ChildProcessError(
+                    f"Runtime exited with error: exit status {self.proc.poll()}"
+                )
             buf += chunk
             if len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
                 return json.loads(buf[4:])
@@ -192,8 +207,7 @@ class Pool:
 class LocalLambda:
     """Invoke functions of the local cloud at ``endpoint`` with their deployed code."""
 
-    def __init__(self, endpoint: str, state_dir: Path,
-                 client: Callable[[str, str], Any]) -> None:
+    def __init__(self, endpoint: str, state_dir: Path, client: Callable[[str, str], Any]) -> None:
         self.endpoint = endpoint
         self.code_root = state_dir / "local" / "code"
         self.manifest_path = state_dir / "deploy" / "local" / "manifest.json"
@@ -209,14 +223,21 @@ class LocalLambda:
         try:
             spec = self._spec(region, name, qualifier)
         except LookupError as exc:
-            return Invocation(404, {"Type": "User", "message": str(exc)},
-                              error_type="ResourceNotFoundException")
+            return Invocation(
+                404, {"Type": "User", "message": str(exc)}, error_type="ResourceNotFoundException"
+            )
         pool = self._pool(spec)
         got = pool.acquire()
         if got is None:
-            return Invocation(429, {"Type": "User", "message": "Rate Exceeded.",
-                                    "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded"},
-                              error_type="TooManyRequestsException")
+            return Invocation(
+                429,
+                {
+                    "Type": "User",
+                    "message": "Rate Exceeded.",
+                    "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+                },
+                error_type="TooManyRequestsException",
+            )
         worker: Worker | None = None
         try:
             worker = got if isinstance(got, Worker) else self._start(pool)
@@ -242,17 +263,26 @@ class LocalLambda:
 
     @staticmethod
     def _failed(exc: Exception, started: float) -> Invocation:
-        error = {"errorType": "Runtime.ExitError" if not isinstance(exc, TimeoutError)
-                 else "Sandbox.Timedout", "errorMessage": str(exc)}
+        error = {
+            "errorType": "Runtime.ExitError"
+            if not isinstance(exc, TimeoutError)
+            else "Sandbox.Timedout",
+            "errorMessage": str(exc),
+        }
         if isinstance(exc, InitError):
             error = exc.error
-        return Invocation(200, error, function_error="Unhandled",
-                          duration_ms=(time.perf_counter() - started) * 1000)
+        return Invocation(
+            200,
+            error,
+            function_error="Unhandled",
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
 
     def _start(self, pool: Pool) -> Worker:
         spec = pool.spec
-        worker = Worker(spec, pool.code_dir, pool.env,
-                        lambda stream, line: self._logs.line(spec, stream, line))
+        worker = Worker(
+            spec, pool.code_dir, pool.env, lambda stream, line: self._logs.line(spec, stream, line)
+        )
         if not worker.ready.get("ready"):
             worker.kill()
             raise InitError(worker.ready.get("error", {"errorMessage": "init failed"}))
@@ -270,15 +300,21 @@ class LocalLambda:
             raise LookupError(f"Function not found: {name}:{qualifier} in {region}") from None
         try:
             reserved = lam.get_function_concurrency(FunctionName=name).get(
-                "ReservedConcurrentExecutions")
+                "ReservedConcurrentExecutions"
+            )
         except Exception:  # a passing failure must not resize (and so replace) a warm pool
             reserved = cached[1].concurrency if cached else None
         spec = FunctionSpec(
-            region=region, name=name, version=conf.get("Version", "$LATEST"),
-            code_sha256=conf["CodeSha256"], handler=conf["Handler"],
-            memory_mb=int(conf.get("MemorySize", 128)), timeout_s=int(conf.get("Timeout", 3)),
+            region=region,
+            name=name,
+            version=conf.get("Version", "$LATEST"),
+            code_sha256=conf["CodeSha256"],
+            handler=conf["Handler"],
+            memory_mb=int(conf.get("MemorySize", 128)),
+            timeout_s=int(conf.get("Timeout", 3)),
             concurrency=_UNRESERVED if reserved is None else int(reserved),
-            env=tuple(sorted(conf.get("Environment", {}).get("Variables", {}).items())))
+            env=tuple(sorted(conf.get("Environment", {}).get("Variables", {}).items())),
+        )
         self._specs[key] = (time.monotonic(), spec)
         return spec
 
@@ -294,19 +330,29 @@ class LocalLambda:
             return pool
 
     def _env(self, spec: FunctionSpec) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONHASHSEED")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONHASHSEED")
+        }
         env.update(dict(spec.env))
-        env.update({
-            "_HANDLER": spec.handler, "AWS_REGION": spec.region,
-            "AWS_DEFAULT_REGION": spec.region, "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_LAMBDA_FUNCTION_NAME": spec.name, "AWS_LAMBDA_FUNCTION_VERSION": spec.version,
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
-            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
-            "AWS_EXECUTION_ENV": "shardkit-local", "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "_HANDLER": spec.handler,
+                "AWS_REGION": spec.region,
+                "AWS_DEFAULT_REGION": spec.region,
+                "AWS_ENDPOINT_URL": self.endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+                "AWS_LAMBDA_FUNCTION_VERSION": spec.version,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+                "AWS_EXECUTION_ENV": "shardkit-local",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         return env
 
     def _code(self, spec: FunctionSpec) -> Path:
@@ -335,8 +381,10 @@ class LocalLambda:
         code = record.get("props", {}).get("code", {})
         if code.get("sha256") == digest:
             return code["bucket"], code["key"]
-        raise LookupError(f"the code of {spec.name} ({digest[:12]}) is not a package shardkit "
-                          f"deployed; redeploy with `shardkit deploy`")
+        raise LookupError(
+            f"the code of {spec.name} ({digest[:12]}) is not a package shardkit "
+            f"deployed; redeploy with `shardkit deploy`"
+        )
 
 
 class InitError(Exception):
@@ -384,7 +432,8 @@ class LogForwarder:
         key = (spec.region, f"/aws/lambda/{spec.name}", stream)
         with self._lock:
             self._pending.setdefault(key, []).append(
-                {"timestamp": int(time.time() * 1000), "message": text})
+                {"timestamp": int(time.time() * 1000), "message": text}
+            )
 
     def close(self) -> None:
         self._stop.set()
@@ -414,14 +463,26 @@ class LogForwarder:
         try:
             doc = json.loads(text)
             for directive in doc["_aws"]["CloudWatchMetrics"]:
-                dims = [{"Name": d, "Value": str(doc[d])}
-                        for group in directive.get("Dimensions", []) for d in group if d in doc]
-                data = [{"MetricName": m["Name"], "Unit": m.get("Unit", "None"),
-                         "Dimensions": dims, "Values": _values(doc.get(m["Name"]))}
-                        for m in directive["Metrics"] if doc.get(m["Name"]) is not None]
+                dims = [
+                    {"Name": d, "Value": str(doc[d])}
+                    for group in directive.get("Dimensions", [])
+                    for d in group
+                    if d in doc
+                ]
+                data = [
+                    {
+                        "MetricName": m["Name"],
+                        "Unit": m.get("Unit", "None"),
+                        "Dimensions": dims,
+                        "Values": _values(doc.get(m["Name"])),
+                    }
+                    for m in directive["Metrics"]
+                    if doc.get(m["Name"]) is not None
+                ]
                 if data:
                     self._client("cloudwatch", spec.region).put_metric_data(
-                        Namespace=directive["Namespace"], MetricData=data)
+                        Namespace=directive["Namespace"], MetricData=data
+                    )
         except Exception as exc:  # a malformed EMF line stays a log line
             print(f"EMF forwarding failed: {exc}", file=sys.stderr)
 

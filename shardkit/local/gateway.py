@@ -99,10 +99,16 @@ def _limit_response(result: Invocation) -> Invocation:
     """Lambda refuses a synchronous response over 6 MB, after the function ran."""
     if result.status != 200 or len(json.dumps(result.payload)) <= MAX_PAYLOAD:
         return result
-    return Invocation(200, {"errorType": "Function.ResponseSizeTooLarge",
-                            "errorMessage": f"Response payload size exceeded maximum allowed "
-                                            f"payload size ({MAX_PAYLOAD} bytes)."},
-                      function_error="Unhandled", duration_ms=result.duration_ms)
+    return Invocation(
+        200,
+        {
+            "errorType": "Function.ResponseSizeTooLarge",
+            "errorMessage": f"Response payload size exceeded maximum allowed "
+            f"payload size ({MAX_PAYLOAD} bytes).",
+        },
+        function_error="Unhandled",
+        duration_ms=result.duration_ms,
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -137,16 +143,24 @@ class _Handler(BaseHTTPRequestHandler):
         if url:
             self._function_url(url.group("id"), url.group("path") or "/", parts.query, body)
             return
-        self._send(404, {"message": f"no route for {self.command} {parts.path}"},
-                   {"x-amzn-ErrorType": "ResourceNotFoundException"})
+        self._send(
+            404,
+            {"message": f"no route for {self.command} {parts.path}"},
+            {"x-amzn-ErrorType": "ResourceNotFoundException"},
+        )
 
     def _body(self) -> bytes | None:
         size = int(self.headers.get("content-length") or 0)
         if size > MAX_PAYLOAD:
             self.rfile.read(size)
-            self._send(413, {"message": f"Request must be smaller than {MAX_PAYLOAD} bytes for "
-                             "the InvokeFunction operation"},
-                       {"x-amzn-ErrorType": "RequestTooLargeException"})
+            self._send(
+                413,
+                {
+                    "message": f"Request must be smaller than {MAX_PAYLOAD} bytes for "
+                    "the InvokeFunction operation"
+                },
+                {"x-amzn-ErrorType": "RequestTooLargeException"},
+            )
             return None
         return self.rfile.read(size) if size else b""
 
@@ -158,8 +172,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             event = json.loads(body or b"{}")
         except ValueError:
-            self._send(400, {"message": "Could not parse request body into json"},
-                       {"x-amzn-ErrorType": "InvalidRequestContentException"})
+            self._send(
+                400,
+                {"message": "Could not parse request body into json"},
+                {"x-amzn-ErrorType": "InvalidRequestContentException"},
+            )
             return
         result = _limit_response(self.gateway.executor.invoke(region, name, qualifier, event))
         headers = {"X-Amz-Executed-Version": qualifier}
@@ -175,25 +192,41 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"Message": f"no function URL {uid}"})
             return
         if not self.headers.get("authorization", "").startswith("AWS4-HMAC-SHA256"):
-            self._send(403, {"Message": "Forbidden: this Function URL uses AWS_IAM auth; sign "
-                             "the request with SigV4"})
+            self._send(
+                403,
+                {
+                    "Message": "Forbidden: this Function URL uses AWS_IAM auth; sign "
+                    "the request with SigV4"
+                },
+            )
             return
         region, function, qualifier = target
-        result = self.gateway.executor.invoke(region, function, qualifier,
-                                              self._url_event(uid, path, query, body))
+        result = self.gateway.executor.invoke(
+            region, function, qualifier, self._url_event(uid, path, query, body)
+        )
         self._url_reply(result)
 
     def _url_event(self, uid: str, path: str, query: str, body: bytes) -> dict[str, Any]:
         headers = {k.lower(): v for k, v in self.headers.items()}
         text = headers.get("content-type", "").startswith(("text/", "application/json"))
         return {
-            "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": query,
             "headers": headers,
-            "requestContext": {"domainName": headers.get("host", ""), "domainPrefix": uid,
-                               "http": {"method": self.command, "path": path,
-                                        "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"},
-                               "requestId": f"{time.time_ns():x}", "timeEpoch":
-                               int(time.time() * 1000)},
+            "requestContext": {
+                "domainName": headers.get("host", ""),
+                "domainPrefix": uid,
+                "http": {
+                    "method": self.command,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                },
+                "requestId": f"{time.time_ns():x}",
+                "timeEpoch": int(time.time() * 1000),
+            },
             "body": body.decode() if text else base64.b64encode(body).decode(),
             "isBase64Encoded": not text,
         }

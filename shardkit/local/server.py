@@ -117,8 +117,9 @@ def local_dir(project_root: str | os.PathLike[str]) -> Path:
 def _root(project_root: str | os.PathLike[str]) -> Path:
     root = Path(project_root).resolve()
     if not root.is_dir():
-        raise LocalCloudError(f"no project directory {root}",
-                              hint="pass the directory that holds shardkit.toml")
+        raise LocalCloudError(
+            f"no project directory {root}", hint="pass the directory that holds shardkit.toml"
+        )
     return root
 
 
@@ -197,8 +198,9 @@ def _cmdline(pid: int) -> str:
         with contextlib.suppress(OSError):
             return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         return ""
-    out = subprocess.run(["ps", "-p", str(pid), "-o", "command="],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, check=False
+    )
     return out.stdout
 
 
@@ -228,8 +230,10 @@ def _terminate(pid: int, timeout: float = STOP_TIMEOUT) -> str:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     if not _wait_gone(pid, 2.0):
-        raise LocalCloudError(f"the local cloud server (pid {pid}) does not stop",
-                              hint=f"stop it by hand: kill -9 {pid}")
+        raise LocalCloudError(
+            f"the local cloud server (pid {pid}) does not stop",
+            hint=f"stop it by hand: kill -9 {pid}",
+        )
     return "killed"
 
 
@@ -252,14 +256,23 @@ def status(project_root: str | os.PathLike[str]) -> dict[str, Any]:
     root = _root(project_root)
     record, problem = read_record(root)
     result: dict[str, Any] = {
-        "project": str(root), "state": "stopped", "endpoint": None, "gateway": None, "pid": None,
-        "instance": None, "started_at": None, "uptime_s": None, "reason": problem,
+        "project": str(root),
+        "state": "stopped",
+        "endpoint": None,
+        "gateway": None,
+        "pid": None,
+        "instance": None,
+        "started_at": None,
+        "uptime_s": None,
+        "reason": problem,
         "log": str(local_dir(root) / LOG_FILE),
     }
     if record is None:
         result["state"] = "stale" if problem else "stopped"
         return result
-    result.update({k: record.get(k) for k in ("endpoint", "gateway", "pid", "instance", "started_at")})
+    result.update(
+        {k: record.get(k) for k in ("endpoint", "gateway", "pid", "instance", "started_at")}
+    )
     result["reason"] = _stale_reason(record)
     result["state"] = "stale" if result["reason"] else "running"
     if result["state"] == "running" and isinstance(record.get("started_at"), int | float):
@@ -278,8 +291,13 @@ def _stale_reason(record: dict[str, Any]) -> str | None:
     return None
 
 
-def up(project_root: str | os.PathLike[str], *, timeout: float = START_TIMEOUT,
-       idle_timeout: float | None = None, max_lifetime: float | None = None) -> LocalCloud:
+def up(
+    project_root: str | os.PathLike[str],
+    *,
+    timeout: float = START_TIMEOUT,
+    idle_timeout: float | None = None,
+    max_lifetime: float | None = None,
+) -> LocalCloud:
     """Start the project's local cloud, or return the one already running.
 
     A stale record is cleared first (its process is stopped if it is still ours). Waits at most
@@ -293,8 +311,10 @@ def up(project_root: str | os.PathLike[str], *, timeout: float = START_TIMEOUT,
             return _cloud(root, current, started=False)
         if current["state"] == "stale":
             _clear(root, current)
-        limits = (IDLE_TIMEOUT if idle_timeout is None else idle_timeout,
-                  MAX_LIFETIME if max_lifetime is None else max_lifetime)
+        limits = (
+            IDLE_TIMEOUT if idle_timeout is None else idle_timeout,
+            MAX_LIFETIME if max_lifetime is None else max_lifetime,
+        )
         return _cloud(root, _start(root, timeout, *limits), started=True)
 
 
@@ -310,13 +330,19 @@ def require(project_root: str | os.PathLike[str]) -> str:
     if current["state"] == "running":
         return str(current["endpoint"])
     if current["state"] == "stale":
-        raise LocalCloudError(f"the local cloud of {current['project']} is stale: "
-                              f"{current['reason']}")
+        raise LocalCloudError(
+            f"the local cloud of {current['project']} is stale: {current['reason']}"
+        )
     raise LocalCloudError(f"the local cloud of {current['project']} is not running")
 
 
-def down(project_root: str | os.PathLike[str], *, regions: Sequence[str] | None = None,
-         save_tables: bool = True, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
+def down(
+    project_root: str | os.PathLike[str],
+    *,
+    regions: Sequence[str] | None = None,
+    save_tables: bool = True,
+    timeout: float = STOP_TIMEOUT,
+) -> dict[str, Any]:
     """Stop the local cloud and remove its record; saying "not running" is not an error.
 
     Before stopping a running server, the items of every DynamoDB table in ``regions`` (default:
@@ -327,10 +353,15 @@ def down(project_root: str | os.PathLike[str], *, regions: Sequence[str] | None 
     with lock(root):
         current = status(root)
         result: dict[str, Any] = {
-            "project": str(root), "was": current["state"], "stopped": False,
-            "pid": current["pid"], "endpoint": current["endpoint"], "reason": current["reason"],
+            "project": str(root),
+            "was": current["state"],
+            "stopped": False,
+            "pid": current["pid"],
+            "endpoint": current["endpoint"],
+            "reason": current["reason"],
             "stop": None,
-            "snapshot": None, "snapshot_error": None,
+            "snapshot": None,
+            "snapshot_error": None,
         }
         if current["state"] == "stopped":
             return result
@@ -342,10 +373,15 @@ def down(project_root: str | os.PathLike[str], *, regions: Sequence[str] | None 
 
 
 def _cloud(root: Path, record: dict[str, Any], *, started: bool) -> LocalCloud:
-    return LocalCloud(project=root, endpoint=record["endpoint"], pid=record["pid"],
-                      started_at=record.get("started_at") or 0.0,
-                      instance=record["instance"], started=started,
-                      gateway=record.get("gateway") or "")
+    return LocalCloud(
+        project=root,
+        endpoint=record["endpoint"],
+        pid=record["pid"],
+        started_at=record.get("started_at") or 0.0,
+        instance=record["instance"],
+        started=started,
+        gateway=record.get("gateway") or "",
+    )
 
 
 def _clear(root: Path, current: dict[str, Any], timeout: float = STOP_TIMEOUT) -> str | None:
@@ -358,17 +394,22 @@ def _clear(root: Path, current: dict[str, Any], timeout: float = STOP_TIMEOUT) -
     return outcome
 
 
-def _start(root: Path, timeout: float, idle_timeout: float, max_lifetime: float
-           ) -> dict[str, Any]:
+def _start(root: Path, timeout: float, idle_timeout: float, max_lifetime: float) -> dict[str, Any]:
     instance = secrets.token_hex(8)
     directory = local_dir(root)
     log = directory / LOG_FILE
     if log.exists():
         log.replace(directory / (LOG_FILE + ".1"))
     with open(log, "ab") as out:
-        proc = subprocess.Popen(_command(root, instance, idle_timeout, max_lifetime),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=root, env=_server_env())
+        proc = subprocess.Popen(
+            _command(root, instance, idle_timeout, max_lifetime),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=root,
+            env=_server_env(),
+        )
     _children[proc.pid] = proc
     try:
         return _wait_ready(root, proc, instance, timeout)
@@ -380,9 +421,19 @@ def _start(root: Path, timeout: float, idle_timeout: float, max_lifetime: float
 
 
 def _command(root: Path, instance: str, idle_timeout: float, max_lifetime: float) -> list[str]:
-    return [sys.executable, "-m", "shardkit.local", "--project", str(root),
-            "--instance", instance, "--idle-timeout", str(idle_timeout),
-            "--max-lifetime", str(max_lifetime)]
+    return [
+        sys.executable,
+        "-m",
+        "shardkit.local",
+        "--project",
+        str(root),
+        "--instance",
+        instance,
+        "--idle-timeout",
+        str(idle_timeout),
+        "--max-lifetime",
+        str(max_lifetime),
+    ]
 
 
 def _server_env() -> dict[str, str]:
@@ -399,27 +450,33 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _wait_ready(root: Path, proc: subprocess.Popen[bytes], instance: str, timeout: float
-                ) -> dict[str, Any]:
+def _wait_ready(
+    root: Path, proc: subprocess.Popen[bytes], instance: str, timeout: float
+) -> dict[str, Any]:
     log = local_dir(root) / LOG_FILE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise LocalCloudError(
                 f"the local cloud server exited with code {proc.returncode} before it was "
-                f"ready; {log} ends with: {_tail(log)}", hint=_log_hint(log))
+                f"ready; {log} ends with: {_tail(log)}",
+                hint=_log_hint(log),
+            )
         record, _ = read_record(root)
         if record and record.get("instance") == instance and probe(record["endpoint"]):
             return record
         time.sleep(0.05)
     raise LocalCloudError(
-        f"the local cloud server did not answer within {timeout:g}s; {log} ends with: "
-        f"{_tail(log)}", hint=_log_hint(log))
+        f"the local cloud server did not answer within {timeout:g}s; {log} ends with: {_tail(log)}",
+        hint=_log_hint(log),
+    )
 
 
 def _log_hint(log: Path) -> str:
-    return (f"read {log}; check that `moto[server]` is installed for {sys.executable}, "
-            "then retry `shardkit local up PROJECT_DIR`")
+    return (
+        f"read {log}; check that `moto[server]` is installed for {sys.executable}, "
+        "then retry `shardkit local up PROJECT_DIR`"
+    )
 
 
 def _tail(path: Path, lines: int = 8) -> str:
@@ -442,8 +499,13 @@ def boto3_client_kwargs(endpoint: str) -> dict[str, Any]:
     """
     from botocore.config import Config
 
-    config = Config(proxies={}, s3={"addressing_style": "path"}, connect_timeout=2,
-                    read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+    config = Config(
+        proxies={},
+        s3={"addressing_style": "path"},
+        connect_timeout=2,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+    )
     return {"endpoint_url": endpoint, "config": config, **CREDENTIALS}
 
 
@@ -486,8 +548,12 @@ def tables_path(project_root: str | os.PathLike[str]) -> Path:
     return local_dir(project_root) / TABLES_FILE
 
 
-def snapshot(project_root: str | os.PathLike[str], tables: Iterable[tuple[str, str]], *,
-             endpoint: str | None = None) -> Path:
+def snapshot(
+    project_root: str | os.PathLike[str],
+    tables: Iterable[tuple[str, str]],
+    *,
+    endpoint: str | None = None,
+) -> Path:
     """Save every item of ``tables`` ((region, table name) pairs) to ``tables.json``.
 
     Items are kept in DynamoDB's typed JSON (``{"S": ...}``, numbers as strings, binary as
@@ -501,8 +567,12 @@ def snapshot(project_root: str | os.PathLike[str], tables: Iterable[tuple[str, s
     return path
 
 
-def restore_items(project_root: str | os.PathLike[str], *, endpoint: str | None = None,
-                  tables: Iterable[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+def restore_items(
+    project_root: str | os.PathLike[str],
+    *,
+    endpoint: str | None = None,
+    tables: Iterable[tuple[str, str]] | None = None,
+) -> list[dict[str, Any]]:
     """Write the items of ``tables.json`` back into their tables (which must exist again).
 
     Returns one entry per saved table: region, table, items, and status "restored" or
@@ -529,16 +599,19 @@ def _scan(endpoint: str, region: str, name: str) -> dict[str, Any]:
     return {"region": region, "table": name, "items": items}
 
 
-def _restore_table(endpoint: str, region: str, name: str, items: list[dict[str, Any]]
-                   ) -> dict[str, Any]:
+def _restore_table(
+    endpoint: str, region: str, name: str, items: list[dict[str, Any]]
+) -> dict[str, Any]:
     ddb = client("dynamodb", region, endpoint)
     try:
         ddb.describe_table(TableName=name)
     except ddb.exceptions.ResourceNotFoundException:
         return {"region": region, "table": name, "items": 0, "status": "missing"}
     for start in range(0, len(items), 25):
-        chunk = [{"PutRequest": {"Item": _binary_map(item, base64.b64decode)}}
-                 for item in items[start:start + 25]]
+        chunk = [
+            {"PutRequest": {"Item": _binary_map(item, base64.b64decode)}}
+            for item in items[start : start + 25]
+        ]
         _batch_write(ddb, name, chunk)
     return {"region": region, "table": name, "items": len(items), "status": "restored"}
 
@@ -550,8 +623,11 @@ def _batch_write(ddb: BaseClient, name: str, requests: list[dict[str, Any]]) -> 
         if not pending:
             return
         time.sleep(0.05 * 2**attempt)
-    raise LocalCloudError(f"could not restore every item of {name}: the local cloud keeps "
-                          "returning unprocessed items", hint="retry the restore")
+    raise LocalCloudError(
+        f"could not restore every item of {name}: the local cloud keeps "
+        "returning unprocessed items",
+        hint="retry the restore",
+    )
 
 
 def _load_tables(root: Path) -> list[dict[str, Any]]:
@@ -561,11 +637,14 @@ def _load_tables(root: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
-        raise LocalCloudError(f"{path} is unreadable ({exc})",
-                              hint=f"delete {path} to start with empty tables") from None
+        raise LocalCloudError(
+            f"{path} is unreadable ({exc})", hint=f"delete {path} to start with empty tables"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != TABLES_FORMAT:
-        raise LocalCloudError(f"{path} is not a shardkit table snapshot",
-                              hint=f"delete {path} to start with empty tables")
+        raise LocalCloudError(
+            f"{path} is not a shardkit table snapshot",
+            hint=f"delete {path} to start with empty tables",
+        )
     return list(data["tables"])
 
 
@@ -591,12 +670,16 @@ def _binary_value(value: dict[str, Any], convert: Callable[[Any], Any]) -> dict[
     return value
 
 
-def _save_all(root: Path, endpoint: str, regions: Sequence[str] | None,
-              result: dict[str, Any]) -> None:
+def _save_all(
+    root: Path, endpoint: str, regions: Sequence[str] | None, result: dict[str, Any]
+) -> None:
     """Snapshot every table found in ``regions`` into ``result`` (errors are reported there)."""
     try:
-        found = [(region, name) for region in (regions or _default_regions(root))
-                 for name in _list_tables(endpoint, region)]
+        found = [
+            (region, name)
+            for region in (regions or _default_regions(root))
+            for name in _list_tables(endpoint, region)
+        ]
         if found:
             path = snapshot(root, found, endpoint=endpoint)
             counts = {f"{e['region']}/{e['table']}": len(e["items"]) for e in _load_tables(root)}
@@ -609,8 +692,11 @@ def _save_all(root: Path, endpoint: str, regions: Sequence[str] | None,
 
 def _list_tables(endpoint: str, region: str) -> list[str]:
     ddb = client("dynamodb", region, endpoint)
-    return [name for page in ddb.get_paginator("list_tables").paginate()
-            for name in page.get("TableNames", [])]
+    return [
+        name
+        for page in ddb.get_paginator("list_tables").paginate()
+        for name in page.get("TableNames", [])
+    ]
 
 
 def _default_regions(root: Path) -> list[str]:

@@ -58,8 +58,11 @@ def _send(fd, message):
 
 
 def _error(exc):
-    return {"errorType": type(exc).__name__, "errorMessage": str(exc),
-            "stackTrace": traceback.format_tb(exc.__traceback__)}
+    return {
+        "errorType": type(exc).__name__,
+        "errorMessage": str(exc),
+        "stackTrace": traceback.format_tb(exc.__traceback__),
+    }
 
 
 def main():

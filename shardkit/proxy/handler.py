@@ -60,8 +60,7 @@ class _Powertools:
         from aws_lambda_powertools.metrics import Metrics
 
         self.logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "shardkit-proxy"))
-        self.metrics = Metrics(
-            namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "shardkit"))
+        self.metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "shardkit"))
 
 
 def _powertools() -> _Powertools:
@@ -77,6 +76,7 @@ def __getattr__(name: str) -> Any:
         return getattr(_powertools(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 InferFn = Callable[[str, Any, Any], tuple[Any, Any]]
 _WRITE_ATTEMPTS = 4
 
@@ -84,8 +84,15 @@ _WRITE_ATTEMPTS = 4
 class Proxy:
     """The proxy of one shard; everything it talks to is passed in (easy to test)."""
 
-    def __init__(self, *, shard: str, holder: MapHolder, store: StateStore, infer: InferFn,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        *,
+        shard: str,
+        holder: MapHolder,
+        store: StateStore,
+        infer: InferFn,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.shard = shard
         self.holder = holder
         self.store = store
@@ -95,7 +102,9 @@ class Proxy:
     def handle(self, event: Any) -> Any:
         started = self.clock()
         request = None
-        _powertools().logger.remove_keys(["key_hash", "map_version"])  # a warm logger still has the last key's
+        _powertools().logger.remove_keys(
+            ["key_hash", "map_version"]
+        )  # a warm logger still has the last key's
         try:
             request = decode_event(event)
             reply = self._serve(request)
@@ -114,12 +123,18 @@ class Proxy:
             owner = shard_map.route(request.key, request.jurisdiction)
         except ResidencyError as exc:
             raise ProxyError(422, "residency", exc.message) from None
-        _powertools().logger.append_keys(key_hash=f"{hash_key(request.key):016x}", map_version=shard_map.version)
+        _powertools().logger.append_keys(
+            key_hash=f"{hash_key(request.key):016x}", map_version=shard_map.version
+        )
         if owner.id != self.shard:
             if request.failover and self._is_replica(shard_map, request):
                 return self._degraded(request, shard_map.version)
-            return {"status": 421, "error": "moved", "owner": owner.id,
-                    "map_version": shard_map.version}
+            return {
+                "status": 421,
+                "error": "moved",
+                "owner": owner.id,
+                "map_version": shard_map.version,
+            }
         return self._run(request, owner.epoch, shard_map.version)
 
     def _is_replica(self, shard_map: Any, request: Request) -> bool:
@@ -147,22 +162,26 @@ class Proxy:
         for _ in range(_WRITE_ATTEMPTS):
             state = self.store.load(request.key)
             if request.request_id is not None and request.request_id in state.applied:
-                return self._answer(state.applied[request.request_id], state.seq, epoch, version,
-                                    replayed=True)
+                return self._answer(
+                    state.applied[request.request_id], state.seq, epoch, version, replayed=True
+                )
             answer, new_state = self._infer(request, _private_copy(state.value))
             reply = self._answer(answer, state.seq + (new_state is not None), epoch, version)
             if reply_size(reply, request) > MAX_PAYLOAD:
-                raise ProxyError(413, "answer_too_large",
-                                 f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written")
+                raise ProxyError(
+                    413,
+                    "answer_too_large",
+                    f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written",
+                )
             if new_state is None:
                 if not self.store.is_current(request.key, state):
                     continue  # another instance wrote this key: answer from what it wrote
                 return reply
             try:
-                saved = self.store.save(request.key, state, new_state, request.request_id,
-                                        answer, epoch)
-                _powertools().metrics.add_metric(name="state_bytes", unit="Bytes",
-                                                 value=saved.size)
+                saved = self.store.save(
+                    request.key, state, new_state, request.request_id, answer, epoch
+                )
+                _powertools().metrics.add_metric(name="state_bytes", unit="Bytes", value=saved.size)
                 return reply
             except Conflict:
                 continue  # someone else wrote this key first: re-read and run again
@@ -178,8 +197,12 @@ class Proxy:
         shard_map = self.holder.require()
         owner = shard_map.route(request.key, request.jurisdiction)
         if owner.id != self.shard:
-            return {"status": 421, "error": "moved", "owner": owner.id,
-                    "map_version": shard_map.version}
+            return {
+                "status": 421,
+                "error": "moved",
+                "owner": owner.id,
+                "map_version": shard_map.version,
+            }
         if owner.epoch != epoch:
             return self._run(request, owner.epoch, shard_map.version)
         raise ProxyError(503, "resharding", "the shard's epoch is changing; retry shortly")
@@ -195,10 +218,18 @@ class Proxy:
             raise ProxyError(500, "handler_error", f"{type(exc).__name__}: {exc}") from None
         return answer, new_state
 
-    def _answer(self, answer: Any, seq: int, epoch: int, version: int, *,
-                replayed: bool = False) -> dict[str, Any]:
-        return {"status": 200, "answer": answer, "shard": self.shard, "epoch": epoch,
-                "map_version": version, "seq": seq, "replayed": replayed}
+    def _answer(
+        self, answer: Any, seq: int, epoch: int, version: int, *, replayed: bool = False
+    ) -> dict[str, Any]:
+        return {
+            "status": 200,
+            "answer": answer,
+            "shard": self.shard,
+            "epoch": epoch,
+            "map_version": version,
+            "seq": seq,
+            "replayed": replayed,
+        }
 
 
 def _private_copy(value: Any) -> Any:
@@ -238,11 +269,19 @@ def build_from_environment(env: dict[str, str] | None = None) -> Proxy:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
     holder = MapHolder(parse_trusted_keys(env["SHARDKIT_TRUSTED_KEYS"]), fetch)
-    store = StateStore(boto3.client("dynamodb"), env["SHARDKIT_TABLE"], shard,
-                       int(env.get("SHARDKIT_STATE_CACHE", "1024")))
+    store = StateStore(
+        boto3.client("dynamodb"),
+        env["SHARDKIT_TABLE"],
+        shard,
+        int(env.get("SHARDKIT_STATE_CACHE", "1024")),
+    )
     _powertools().metrics.set_default_dimensions(shard=shard)
-    return Proxy(shard=shard, holder=holder, store=store,
-                 infer=load_infer(env.get("SHARDKIT_HANDLER", "app.model:infer")))
+    return Proxy(
+        shard=shard,
+        holder=holder,
+        store=store,
+        infer=load_infer(env.get("SHARDKIT_HANDLER", "app.model:infer")),
+    )
 
 
 def load_infer(spec: str) -> InferFn:

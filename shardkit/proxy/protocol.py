@@ -24,8 +24,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["MAX_PAYLOAD", "ProxyError", "Request", "decode_event", "encode_reply",
-           "error_request"]
+__all__ = ["MAX_PAYLOAD", "ProxyError", "Request", "decode_event", "encode_reply", "error_request"]
 
 #: Lambda's limit for a synchronous request or response.
 MAX_PAYLOAD = 6 * 1024 * 1024
@@ -46,12 +45,28 @@ class ProxyError(Exception):
 
 
 class Request:
-    __slots__ = ("content_type", "failover", "http", "jurisdiction", "key", "map_version",
-                 "payload", "request_id")
+    __slots__ = (
+        "content_type",
+        "failover",
+        "http",
+        "jurisdiction",
+        "key",
+        "map_version",
+        "payload",
+        "request_id",
+    )
 
-    def __init__(self, key: str, payload: Any, map_version: int, jurisdiction: str | None,
-                 request_id: str | None, http: bool, content_type: str,
-                 failover: bool = False) -> None:
+    def __init__(
+        self,
+        key: str,
+        payload: Any,
+        map_version: int,
+        jurisdiction: str | None,
+        request_id: str | None,
+        http: bool,
+        content_type: str,
+        failover: bool = False,
+    ) -> None:
         self.key = key
         self.payload = payload
         self.map_version = map_version
@@ -97,39 +112,51 @@ def _from_http(event: dict[str, Any]) -> Request:
     if not isinstance(body, str):
         raise ProxyError(400, "bad_event", "the Function URL event body is not a string")
     try:
-        raw = base64.b64decode(body, validate=True) if event.get("isBase64Encoded") else body.encode()
+        raw = (
+            base64.b64decode(body, validate=True) if event.get("isBase64Encoded") else body.encode()
+        )
     except (binascii.Error, ValueError):
-        raise ProxyError(400, "bad_body", "isBase64Encoded is set but the body is not base64") from None
+        raise ProxyError(
+            400, "bad_body", "isBase64Encoded is set but the body is not base64"
+        ) from None
     if len(raw) > MAX_PAYLOAD:
-        raise ProxyError(413, "too_large", f"request body is {len(raw):,} bytes; the limit is "
-                         f"{MAX_PAYLOAD:,}")
+        raise ProxyError(
+            413, "too_large", f"request body is {len(raw):,} bytes; the limit is {MAX_PAYLOAD:,}"
+        )
     if ctype == MSGPACK:
         try:
             data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-            raise ProxyError(400, "bad_body", f"body is not valid msgpack: {type(exc).__name__}") from None
+            raise ProxyError(
+                400, "bad_body", f"body is not valid msgpack: {type(exc).__name__}"
+            ) from None
     elif ctype == JSON:
         try:
             data = json.loads(raw or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ProxyError(400, "bad_body", f"body is not valid JSON: {exc}") from None
     else:
-        raise ProxyError(415, "bad_content_type", f"content-type {ctype!r} is not supported; use "
-                         f"{MSGPACK} or {JSON}")
+        raise ProxyError(
+            415,
+            "bad_content_type",
+            f"content-type {ctype!r} is not supported; use {MSGPACK} or {JSON}",
+        )
     return _from_body(data, http=True, content_type=ctype)
 
 
 def _from_body(data: Any, *, http: bool, content_type: str) -> Request:
     if not isinstance(data, dict):
         raise ProxyError(400, "bad_request", "a request is an object with 'key' and 'payload'")
-    unknown = sorted(set(data) - {"key", "payload", "map_version", "jurisdiction", "request_id",
-                                  "failover"})
+    unknown = sorted(
+        set(data) - {"key", "payload", "map_version", "jurisdiction", "request_id", "failover"}
+    )
     if unknown:
         raise ProxyError(400, "bad_request", f"unknown request field(s): {', '.join(unknown)}")
     key = data.get("key")
     if not _is_key(key):
-        raise ProxyError(400, "bad_key", "'key' must be a non-empty UTF-8 string of at most 1024 "
-                         "bytes")
+        raise ProxyError(
+            400, "bad_key", "'key' must be a non-empty UTF-8 string of at most 1024 bytes"
+        )
     version = data.get("map_version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise ProxyError(400, "bad_request", "'map_version' must be a non-negative integer")
@@ -141,8 +168,9 @@ def _from_body(data: Any, *, http: bool, content_type: str) -> Request:
     failover = data.get("failover", False)
     if not isinstance(failover, bool):
         raise ProxyError(400, "bad_request", "'failover' must be true or false")
-    return Request(key, data.get("payload"), version, jurisdiction, request_id, http, content_type,
-                   failover)
+    return Request(
+        key, data.get("payload"), version, jurisdiction, request_id, http, content_type, failover
+    )
 
 
 def _is_key(key: Any) -> bool:
@@ -163,10 +191,18 @@ def encode_reply(reply: dict[str, Any], request: Request | None) -> Any:
         return reply
     if request.content_type == MSGPACK:
         body = base64.b64encode(msgpack.packb(reply, use_bin_type=True)).decode()
-        return {"statusCode": reply["status"], "headers": {"content-type": MSGPACK},
-                "body": body, "isBase64Encoded": True}
-    return {"statusCode": reply["status"], "headers": {"content-type": JSON},
-            "body": json.dumps(reply), "isBase64Encoded": False}
+        return {
+            "statusCode": reply["status"],
+            "headers": {"content-type": MSGPACK},
+            "body": body,
+            "isBase64Encoded": True,
+        }
+    return {
+        "statusCode": reply["status"],
+        "headers": {"content-type": JSON},
+        "body": json.dumps(reply),
+        "isBase64Encoded": False,
+    }
 
 
 def reply_size(reply: dict[str, Any], request: Request | None) -> int:
@@ -176,5 +212,9 @@ def reply_size(reply: dict[str, Any], request: Request | None) -> int:
     5 MB msgpack answer is 6.7 MB on the wire."""
     try:
         return len(json.dumps(encode_reply(reply, request)))
-    except (TypeError, ValueError, OverflowError) as exc:  # not JSON/msgpack-able: the handler's bug, not a 503
+    except (
+        TypeError,
+        ValueError,
+        OverflowError,
+    ) as exc:  # not JSON/msgpack-able: the handler's bug, not a 503
         raise ProxyError(500, "bad_answer", f"the answer cannot be encoded: {exc}") from None

@@ -44,8 +44,9 @@ class StateTooLarge(Exception):
 class KeyState:
     __slots__ = ("applied", "cached", "seq", "size", "value")
 
-    def __init__(self, seq: int, value: Any, applied: dict[str, Any], cached: bool = False,
-                 size: int = 0) -> None:
+    def __init__(
+        self, seq: int, value: Any, applied: dict[str, Any], cached: bool = False, size: int = 0
+    ) -> None:
         self.seq = seq
         self.value = value
         self.applied = applied
@@ -66,13 +67,13 @@ class StateStore:
         if cached is not None:
             self._cache.move_to_end(key)
             return KeyState(cached.seq, cached.value, cached.applied, cached=True)
-        item = self._client.get_item(TableName=self._table, Key=self._key(key),
-                                     ConsistentRead=True).get("Item")
+        item = self._client.get_item(
+            TableName=self._table, Key=self._key(key), ConsistentRead=True
+        ).get("Item")
         if item is None:
             return KeyState(0, None, {})
         data = msgpack.unpackb(item["data"]["B"], raw=False)
-        return self._remember(key, KeyState(int(item["seq"]["N"]), data["state"],
-                                            data["applied"]))
+        return self._remember(key, KeyState(int(item["seq"]["N"]), data["state"], data["applied"]))
 
     def is_current(self, key: str, state: KeyState) -> bool:
         """Whether ``state`` is still what the table holds. A state just read is; a cached one
@@ -81,15 +82,26 @@ class StateStore:
         key as it was before another instance's acknowledged write."""
         if not state.cached:
             return True
-        item = self._client.get_item(TableName=self._table, Key=self._key(key),
-                                     ConsistentRead=True, ProjectionExpression="seq").get("Item")
+        item = self._client.get_item(
+            TableName=self._table,
+            Key=self._key(key),
+            ConsistentRead=True,
+            ProjectionExpression="seq",
+        ).get("Item")
         if (int(item["seq"]["N"]) if item else 0) == state.seq:
             return True
         self._cache.pop(key, None)
         return False
 
-    def save(self, key: str, before: KeyState, value: Any, request_id: str | None,
-             answer: Any, epoch: int) -> KeyState:
+    def save(
+        self,
+        key: str,
+        before: KeyState,
+        value: Any,
+        request_id: str | None,
+        answer: Any,
+        epoch: int,
+    ) -> KeyState:
         applied = dict(before.applied)
         if request_id is not None:
             applied[request_id] = answer
@@ -99,8 +111,10 @@ class StateStore:
         if len(blob) > MAX_ITEM:
             raise StateTooLarge(f"state of {len(blob):,} bytes exceeds {MAX_ITEM:,}")
         after = KeyState(before.seq + 1, value, applied, size=len(blob))
-        put = {"TableName": self._table, "Item": {
-            **self._key(key), "seq": {"N": str(after.seq)}, "data": {"B": blob}}}
+        put = {
+            "TableName": self._table,
+            "Item": {**self._key(key), "seq": {"N": str(after.seq)}, "data": {"B": blob}},
+        }
         if before.seq == 0:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
         else:
@@ -110,13 +124,16 @@ class StateStore:
         return self._remember(key, after)
 
     def _transact(self, key: str, put: dict[str, Any], epoch: int) -> None:
-        fence = {"TableName": self._table,
-                 "Key": {"pk": {"S": f"{self._shard}#epoch"}, "sk": {"S": "epoch"}},
-                 "ConditionExpression": "epoch = :epoch",
-                 "ExpressionAttributeValues": {":epoch": {"N": str(epoch)}}}
+        fence = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": f"{self._shard}#epoch"}, "sk": {"S": "epoch"}},
+            "ConditionExpression": "epoch = :epoch",
+            "ExpressionAttributeValues": {":epoch": {"N": str(epoch)}},
+        }
         try:
-            self._client.transact_write_items(TransactItems=[{"ConditionCheck": fence},
-                                                             {"Put": put}])
+            self._client.transact_write_items(
+                TransactItems=[{"ConditionCheck": fence}, {"Put": put}]
+            )
         except self._client.exceptions.TransactionCanceledException as exc:
             self._cache.pop(key, None)
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]

@@ -9,5 +9,14 @@ from .transports import (
     TransportError,
 )
 
-__all__ = ["FunctionUrlTransport", "InferenceError", "LambdaTransport", "MockTransport",
-           "Result", "RetryPolicy", "RoutingClient", "Transport", "TransportError"]
+__all__ = [
+    "FunctionUrlTransport",
+    "InferenceError",
+    "LambdaTransport",
+    "MockTransport",
+    "Result",
+    "RetryPolicy",
+    "RoutingClient",
+    "Transport",
+    "TransportError",
+]

@@ -87,10 +87,16 @@ class _Budget:
 
 
 class RoutingClient:
-    def __init__(self, holder: MapHolder, transport: Transport, *,
-                 retry: RetryPolicy | None = None, hedge_after_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        holder: MapHolder,
+        transport: Transport,
+        *,
+        retry: RetryPolicy | None = None,
+        hedge_after_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.holder = holder
         self.transport = transport
         self.retry = retry or RetryPolicy()
@@ -101,8 +107,14 @@ class RoutingClient:
         self._failures: dict[str, int] = {}
         self._pool = _hedging_pool() if hedge_after_s is not None else None
 
-    def infer(self, key: str, payload: Any = None, *, jurisdiction: str | None = None,
-              request_id: str | None = None) -> Result:
+    def infer(
+        self,
+        key: str,
+        payload: Any = None,
+        *,
+        jurisdiction: str | None = None,
+        request_id: str | None = None,
+    ) -> Result:
         """Send ``payload`` for ``key`` to its shard and return the answer with its record."""
         started = time.perf_counter()
         request_id = request_id or _new_request_id()
@@ -114,8 +126,12 @@ class RoutingClient:
             shard_map = self.holder.require()
             shard = self._pick(key, jurisdiction, shard_map)
             failover = failover or shard.id != shard_map.route(key, jurisdiction).id
-            request = {"key": key, "payload": payload, "map_version": shard_map.version,
-                       "request_id": request_id}
+            request = {
+                "key": key,
+                "payload": payload,
+                "map_version": shard_map.version,
+                "request_id": request_id,
+            }
             if jurisdiction is not None:
                 request["jurisdiction"] = jurisdiction
             if failover:
@@ -133,22 +149,32 @@ class RoutingClient:
             self._failures.pop(shard.id, None)
             status = reply.get("status")
             if status == 200:
-                return self._result(key, reply, shard, started, attempts, redirected,
-                                    failover, hedged)
+                return self._result(
+                    key, reply, shard, started, attempts, redirected, failover, hedged
+                )
             if status == 421 and not redirected:
                 redirected = True
                 self._refresh(reply)
                 continue
             if status in _TRANSIENT and self._backoff(attempts):
-                last_error = InferenceError(str(reply.get("message", "")), status=status,
-                                            code=str(reply.get("error")), shard=shard.id)
+                last_error = InferenceError(
+                    str(reply.get("message", "")),
+                    status=status,
+                    code=str(reply.get("error")),
+                    shard=shard.id,
+                )
                 continue
             raise InferenceError(
                 f"shard {shard.id} answered {status} {reply.get('error')}: "
                 f"{reply.get('message', reply.get('owner', ''))}",
-                status=int(status or 0), code=str(reply.get("error")), shard=shard.id)
-        raise RoutingError(f"no answer for key {key!r} after {attempts} attempt(s): {last_error}",
-                           hint="the shard may be down; check `shardkit status`")
+                status=int(status or 0),
+                code=str(reply.get("error")),
+                shard=shard.id,
+            )
+        raise RoutingError(
+            f"no answer for key {key!r} after {attempts} attempt(s): {last_error}",
+            hint="the shard may be down; check `shardkit status`",
+        )
 
     def close(self) -> None:
         if self._pool is not None:
@@ -187,7 +213,8 @@ class RoutingClient:
             raise RoutingError(
                 f"the shard reports map version {reply.get('map_version')}, but the registry "
                 f"still serves version {before}",
-                hint="the new map is not yet published everywhere; retry shortly")
+                hint="the new map is not yet published everywhere; retry shortly",
+            )
 
     def _send(self, shard: Shard, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         timeout = self.retry.timeout_s
@@ -208,16 +235,34 @@ class RoutingClient:
             other = second if winner is first else first
             return other.result(), True
 
-    def _result(self, key: str, reply: dict[str, Any], shard: Shard, started: float,
-                attempts: int, redirected: bool, failover: bool, hedged: bool) -> Result:
+    def _result(
+        self,
+        key: str,
+        reply: dict[str, Any],
+        shard: Shard,
+        started: float,
+        attempts: int,
+        redirected: bool,
+        failover: bool,
+        hedged: bool,
+    ) -> Result:
         if reply.get("shard") != shard.id:
             raise RoutingError(f"shard {shard.id} answered as {reply.get('shard')!r}")
         return Result(
-            key=key, answer=reply.get("answer"), shard=shard.id, region=shard.region,
-            jurisdiction=shard.jurisdiction, epoch=int(reply.get("epoch", 0)),
-            map_version=int(reply.get("map_version", 0)), seq=int(reply.get("seq", 0)),
-            latency_s=time.perf_counter() - started, attempts=attempts, redirected=redirected,
-            failover=failover, hedged=hedged, replayed=bool(reply.get("replayed")),
+            key=key,
+            answer=reply.get("answer"),
+            shard=shard.id,
+            region=shard.region,
+            jurisdiction=shard.jurisdiction,
+            epoch=int(reply.get("epoch", 0)),
+            map_version=int(reply.get("map_version", 0)),
+            seq=int(reply.get("seq", 0)),
+            latency_s=time.perf_counter() - started,
+            attempts=attempts,
+            redirected=redirected,
+            failover=failover,
+            hedged=hedged,
+            replayed=bool(reply.get("replayed")),
             degraded=bool(reply.get("degraded")),
         )
 

@@ -26,9 +26,14 @@ from .transports import FunctionUrlTransport, LambdaTransport, Transport
 __all__ = ["client_for_project"]
 
 
-def client_for_project(project_dir: str | os.PathLike[str], *, local: bool | None = None,
-                       transport: str = "invoke", retry: RetryPolicy | None = None,
-                       hedge_after_s: float | None = None) -> RoutingClient:
+def client_for_project(
+    project_dir: str | os.PathLike[str],
+    *,
+    local: bool | None = None,
+    transport: str = "invoke",
+    retry: RetryPolicy | None = None,
+    hedge_after_s: float | None = None,
+) -> RoutingClient:
     """A :class:`RoutingClient` for the deployed project. ``transport``: "invoke" or "url"."""
     from ..deploy.targets import target_name
 
@@ -37,8 +42,10 @@ def client_for_project(project_dir: str | os.PathLike[str], *, local: bool | Non
     store, name = StateStore(project.state_dir, target), project.config.project.name
     manifest = store.load_manifest(name)
     if not manifest.map_regions:
-        raise DeployError(f"project {project.config.project.name!r} has no published map on "
-                          f"target {target}", hint=f"deploy it first: `shardkit deploy {project_dir}`")
+        raise DeployError(
+            f"project {project.config.project.name!r} has no published map on target {target}",
+            hint=f"deploy it first: `shardkit deploy {project_dir}`",
+        )
     _, _, buckets = _records(manifest.resources)
     gateway, client = _clients(project.root, target)
     region = manifest.map_regions[0]
@@ -127,10 +134,14 @@ def _transport(kind: str, deployed: _Deployed, gateway: str | None, client: Any)
         from ..local import server
 
         # The routing client retries by itself, within its budget: botocore must not too.
-        config = _config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=65,
-                         max_pool_connections=64)
-        return LambdaTransport(function_for, client_for=lambda region: server.client(
-            "lambda", region, gateway, config))
+        config = _config(
+            retries={"max_attempts": 1, "mode": "standard"},
+            read_timeout=65,
+            max_pool_connections=64,
+        )
+        return LambdaTransport(
+            function_for, client_for=lambda region: server.client("lambda", region, gateway, config)
+        )
     if kind == "url":
         if gateway is not None:
             from botocore.credentials import Credentials

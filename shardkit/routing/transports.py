@@ -20,8 +20,13 @@ from typing import Any
 
 from ..sharding.shardmap import Shard
 
-__all__ = ["FunctionUrlTransport", "LambdaTransport", "MockTransport", "Transport",
-           "TransportError"]
+__all__ = [
+    "FunctionUrlTransport",
+    "LambdaTransport",
+    "MockTransport",
+    "Transport",
+    "TransportError",
+]
 
 
 class TransportError(Exception):
@@ -55,9 +60,14 @@ class MockTransport(Transport):
 class LambdaTransport(Transport):
     """Invoke each shard's function (``function_for(shard)`` names it) via boto3."""
 
-    def __init__(self, function_for: Callable[[Shard], str], *,
-                 client_for: Callable[[str], Any] | None = None, endpoint: str | None = None,
-                 qualifier: str = "live") -> None:
+    def __init__(
+        self,
+        function_for: Callable[[Shard], str],
+        *,
+        client_for: Callable[[str], Any] | None = None,
+        endpoint: str | None = None,
+        qualifier: str = "live",
+    ) -> None:
         self.function_for = function_for
         self.qualifier = qualifier
         self._endpoint = endpoint
@@ -78,24 +88,35 @@ class LambdaTransport(Transport):
         import boto3
         from botocore.config import Config
 
-        config = Config(retries={"max_attempts": 1}, read_timeout=65, connect_timeout=3,
-                        max_pool_connections=64)
-        return boto3.client("lambda", region_name=region, endpoint_url=self._endpoint,
-                            config=config)
+        config = Config(
+            retries={"max_attempts": 1}, read_timeout=65, connect_timeout=3, max_pool_connections=64
+        )
+        return boto3.client(
+            "lambda", region_name=region, endpoint_url=self._endpoint, config=config
+        )
 
     def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             out = self._client(shard.region).invoke(
-                FunctionName=self.function_for(shard), Qualifier=self.qualifier,
-                Payload=json.dumps(request).encode())
+                FunctionName=self.function_for(shard),
+                Qualifier=self.qualifier,
+                Payload=json.dumps(request).encode(),
+            )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            retryable = code in {"TooManyRequestsException", "ServiceException",
-                                 "ResourceNotReadyException", "EC2ThrottledException"}
-            raise TransportError(f"invoke {shard.id}: {code}", retryable=retryable,
-                                 throttled=code == "TooManyRequestsException") from None
+            retryable = code in {
+                "TooManyRequestsException",
+                "ServiceException",
+                "ResourceNotReadyException",
+                "EC2ThrottledException",
+            }
+            raise TransportError(
+                f"invoke {shard.id}: {code}",
+                retryable=retryable,
+                throttled=code == "TooManyRequestsException",
+            ) from None
         except BotoCoreError as exc:
             raise TransportError(f"invoke {shard.id}: {exc}") from None
         body = out["Payload"].read()
@@ -136,9 +157,11 @@ class FunctionUrlTransport(Transport):
             data = exc.read()
             if exc.headers.get("content-type", "").startswith("application/msgpack"):
                 return msgpack.unpackb(data, raw=False)
-            raise TransportError(f"{shard.id}: HTTP {exc.code}",
-                                 retryable=exc.code in (429, 502, 503, 504),
-                                 throttled=exc.code == 429) from None
+            raise TransportError(
+                f"{shard.id}: HTTP {exc.code}",
+                retryable=exc.code in (429, 502, 503, 504),
+                throttled=exc.code == 429,
+            ) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise TransportError(f"{shard.id}: {exc}") from None
 

@@ -114,26 +114,42 @@ def _build_group(
     return list(shards.values()), group_obj
 
 
-def rebase_map(content: ShardMap, current: ShardMap, *, ttl_s: int,
-               now: float | None = None) -> ShardMap:
+def rebase_map(
+    content: ShardMap, current: ShardMap, *, ttl_s: int, now: float | None = None
+) -> ShardMap:
     """``content``'s routing as a new version after ``current``: how a rollback is published.
 
     Maps only move forward (DESIGN.md §4.5), so returning to old routing means publishing the old
     tables under a higher version, with epochs bumped for every shard whose slots change back.
     """
     created = int(time.time() if now is None else now)
-    shards = {s.id: Shard(s.id, s.group, s.region, s.jurisdiction, s.weight, s.domain, 0)
-              for s in content.shards}
-    groups = [Group(g.name, g.jurisdiction, g.positions, [shards[s.id] for s in g.primary],
-                    tuple([shards[s.id] for s in column] for column in g.replicas))
-              for g in content.groups.values()]
+    shards = {
+        s.id: Shard(s.id, s.group, s.region, s.jurisdiction, s.weight, s.domain, 0)
+        for s in content.shards
+    }
+    groups = [
+        Group(
+            g.name,
+            g.jurisdiction,
+            g.positions,
+            [shards[s.id] for s in g.primary],
+            tuple([shards[s.id] for s in column] for column in g.replicas),
+        )
+        for g in content.groups.values()
+    ]
     version = current.version + 1
     _set_epochs(list(shards.values()), groups, current, version)
     return ShardMap(
-        project=content.project, version=version, created_at=created, expires_at=created + ttl_s,
-        hash=content.hash, slot_bits=content.slot_bits, regions=content.regions,
+        project=content.project,
+        version=version,
+        created_at=created,
+        expires_at=created + ttl_s,
+        hash=content.hash,
+        slot_bits=content.slot_bits,
+        regions=content.regions,
         residency_rules=content.residency_rules,
-        default_jurisdiction=content.default_jurisdiction, shards=list(shards.values()),
+        default_jurisdiction=content.default_jurisdiction,
+        shards=list(shards.values()),
         groups=groups,
     )
 
@@ -174,7 +190,10 @@ def _set_epochs(
 def signing_key_for(project: Project) -> SigningKey:
     """The project's signing key; created first when ``signing.create_if_missing`` says so."""
     key_id = project.config.signing.key_id
-    if project.config.signing.create_if_missing and not (project.keys_dir / f"{key_id}.key").exists():
+    if (
+        project.config.signing.create_if_missing
+        and not (project.keys_dir / f"{key_id}.key").exists()
+    ):
         create_key(key_id, project.keys_dir)
     return load_signing_key(key_id, project.keys_dir)
 

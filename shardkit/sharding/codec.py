@@ -37,8 +37,18 @@ __all__ = ["FORMAT", "MAGIC", "decode_map", "encode_body", "encode_map", "peek_e
 MAGIC = "shardkit-map"
 FORMAT = 1
 _BODY_KEYS = (
-    "created_at", "default_jurisdiction", "expires_at", "format", "groups", "hash", "project",
-    "regions", "residency_rules", "shards", "slot_bits", "version",
+    "created_at",
+    "default_jurisdiction",
+    "expires_at",
+    "format",
+    "groups",
+    "hash",
+    "project",
+    "regions",
+    "residency_rules",
+    "shards",
+    "slot_bits",
+    "version",
 )
 
 
@@ -73,8 +83,10 @@ def _body_obj(m: ShardMap) -> dict[str, Any]:
         "project": m.project,
         "regions": m.regions,
         "residency_rules": [list(r) for r in m.residency_rules],
-        "shards": [[s.id, s.group, s.region, s.jurisdiction, float(s.weight), s.domain, s.epoch]
-                   for s in m.shards],
+        "shards": [
+            [s.id, s.group, s.region, s.jurisdiction, float(s.weight), s.domain, s.epoch]
+            for s in m.shards
+        ],
         "slot_bits": m.slot_bits,
         "version": m.version,
     }
@@ -130,8 +142,13 @@ def peek_envelope(data: bytes) -> Envelope:
             f"map envelope format {fmt!r} is not supported (this shardkit reads format {FORMAT})",
             hint="upgrade shardkit to read this map",
         )
-    if not (isinstance(key_id, str) and _is_int(version) and _is_int(expires_at)
-            and isinstance(body, bytes) and isinstance(signature, bytes)):
+    if not (
+        isinstance(key_id, str)
+        and _is_int(version)
+        and _is_int(expires_at)
+        and isinstance(body, bytes)
+        and isinstance(signature, bytes)
+    ):
         raise MapDecodeError("not a shardkit map: the envelope header has the wrong types")
     return Envelope(key_id, version, expires_at, body, signature)
 
@@ -199,9 +216,12 @@ def _canonical(obj: dict[str, Any], body: bytes) -> bool:
     (so every integer, float and string has its canonical msgpack form), every map's keys are
     sorted, and so are the shards and the rules the encoder sorts."""
     ids = [row[0] for row in obj["shards"]]
-    return (_keys_sorted(obj) and ids == sorted(set(ids))
-            and obj["residency_rules"] == sorted(obj["residency_rules"])
-            and msgpack.packb(obj, use_bin_type=True) == body)
+    return (
+        _keys_sorted(obj)
+        and ids == sorted(set(ids))
+        and obj["residency_rules"] == sorted(obj["residency_rules"])
+        and msgpack.packb(obj, use_bin_type=True) == body
+    )
 
 
 def _keys_sorted(obj: dict[str, Any]) -> bool:
@@ -217,8 +237,9 @@ def _from_obj(obj: Any) -> ShardMap:
     bits = obj["slot_bits"]
     _need(_is_int(bits) and MIN_SLOT_BITS <= bits <= MAX_SLOT_BITS, "slot_bits")
     regions = obj["regions"]
-    _need(isinstance(regions, dict) and all(isinstance(v, str) for v in regions.values()),
-          "regions")
+    _need(
+        isinstance(regions, dict) and all(isinstance(v, str) for v in regions.values()), "regions"
+    )
     rules = obj["residency_rules"]
     _need(isinstance(rules, list) and all(_is_pair(r) for r in rules), "residency_rules")
     default = obj["default_jurisdiction"]
@@ -232,10 +253,17 @@ def _from_obj(obj: Any) -> ShardMap:
     for name in ("version", "created_at", "expires_at"):
         _need(_is_int(obj[name]), name)
     return ShardMap(
-        project=obj["project"], version=obj["version"], created_at=obj["created_at"],
-        expires_at=obj["expires_at"], hash=obj["hash"], slot_bits=bits, regions=regions,
-        residency_rules=[tuple(r) for r in rules], default_jurisdiction=default,
-        shards=shards, groups=groups,
+        project=obj["project"],
+        version=obj["version"],
+        created_at=obj["created_at"],
+        expires_at=obj["expires_at"],
+        hash=obj["hash"],
+        slot_bits=bits,
+        regions=regions,
+        residency_rules=[tuple(r) for r in rules],
+        default_jurisdiction=default,
+        shards=shards,
+        groups=groups,
     )
 
 
@@ -252,26 +280,36 @@ def _shards(rows: list[Any]) -> list[Shard]:
 
 
 def _group(name: Any, g: Any, shards: list[Shard], bits: int) -> Group:
-    _need(isinstance(name, str) and isinstance(g, dict)
-          and sorted(g) == ["jurisdiction", "positions", "primary", "replicas"], f"group {name}")
+    _need(
+        isinstance(name, str)
+        and isinstance(g, dict)
+        and sorted(g) == ["jurisdiction", "positions", "primary", "replicas"],
+        f"group {name}",
+    )
     positions = _list(g["positions"], f"groups.{name}.positions")
     _need(all(isinstance(p, str) for p in positions), f"groups.{name}.positions")
     columns = [g["primary"], *_list(g["replicas"], f"groups.{name}.replicas")]
     # Defence in depth for residency: a table may only name shards of its own group and
     # jurisdiction. Looking indices up in a dict of exactly those shards checks range and
     # residency in the same C-level pass that builds the table.
-    allowed = {s.index: s for s in shards if s.group == name
-               and s.jurisdiction == g["jurisdiction"]}
+    allowed = {
+        s.index: s for s in shards if s.group == name and s.jurisdiction == g["jurisdiction"]
+    }
     try:
-        tables = [list(map(allowed.__getitem__, _indices(c, len(shards), bits,
-                                                          f"groups.{name}")))
-                  for c in columns]
+        tables = [
+            list(map(allowed.__getitem__, _indices(c, len(shards), bits, f"groups.{name}")))
+            for c in columns
+        ]
     except KeyError as exc:
-        problem = ("shard index out of range" if exc.args[0] >= len(shards)
-                   else "a shard of another group or jurisdiction")
+        problem = (
+            "shard index out of range"
+            if exc.args[0] >= len(shards)
+            else "a shard of another group or jurisdiction"
+        )
         raise MapDecodeError(f"malformed map body: bad groups.{name}: {problem}") from None
-    return Group(name, g["jurisdiction"], tuple(p or None for p in positions), tables[0],
-                 tuple(tables[1:]))
+    return Group(
+        name, g["jurisdiction"], tuple(p or None for p in positions), tables[0], tuple(tables[1:])
+    )
 
 
 def _indices(raw: Any, shard_count: int, bits: int, where: str) -> array[int]:

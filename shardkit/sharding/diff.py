@@ -39,8 +39,9 @@ class MapDiff:
     def by_pair(self) -> list[tuple[str | None, str | None, int]]:
         """(source, destination, slots moved), largest first."""
         counts = Counter((m.source, m.destination) for m in self.moves)
-        return sorted(((s, d, n) for (s, d), n in counts.items()),
-                      key=lambda t: (-t[2], str(t[0]), str(t[1])))
+        return sorted(
+            ((s, d, n) for (s, d), n in counts.items()), key=lambda t: (-t[2], str(t[0]), str(t[1]))
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,8 +60,9 @@ class MapDiff:
 def diff_maps(old: ShardMap, new: ShardMap) -> MapDiff:
     """Every moved slot between ``old`` and ``new`` (same project and hashing)."""
     if old.project != new.project:
-        raise PlanningError(f"cannot diff maps of different projects: {old.project!r} and "
-                            f"{new.project!r}")
+        raise PlanningError(
+            f"cannot diff maps of different projects: {old.project!r} and {new.project!r}"
+        )
     if (old.hash, old.slot_bits) != (new.hash, new.slot_bits):
         raise PlanningError(
             f"cannot diff maps with different hashing ({old.hash}/{old.slot_bits} bits vs "
@@ -72,8 +74,11 @@ def diff_maps(old: ShardMap, new: ShardMap) -> MapDiff:
         a, b = old.groups.get(name), new.groups.get(name)
         a_ids = [s.id for s in a.primary] if a else [None] * old.slot_count
         b_ids = [s.id for s in b.primary] if b else [None] * new.slot_count
-        moves.extend(SlotMove(name, i, x, y)
-                     for i, (x, y) in enumerate(zip(a_ids, b_ids, strict=True)) if x != y)
+        moves.extend(
+            SlotMove(name, i, x, y)
+            for i, (x, y) in enumerate(zip(a_ids, b_ids, strict=True))
+            if x != y
+        )
         if a and b:
             for ca, cb in zip(a.replicas, b.replicas, strict=False):
                 replica_changes += sum(x.id != y.id for x, y in zip(ca, cb, strict=True))
@@ -87,8 +92,11 @@ def diff_maps(old: ShardMap, new: ShardMap) -> MapDiff:
         moves=tuple(moves),
         added=tuple(sorted(set(new_ids) - set(old_ids))),
         removed=tuple(sorted(set(old_ids) - set(new_ids))),
-        epochs={k: (old_ids[k], new_ids[k]) for k in sorted(set(old_ids) & set(new_ids))
-                if old_ids[k] != new_ids[k]},
+        epochs={
+            k: (old_ids[k], new_ids[k])
+            for k in sorted(set(old_ids) & set(new_ids))
+            if old_ids[k] != new_ids[k]
+        },
         replica_changes=replica_changes,
     )
 

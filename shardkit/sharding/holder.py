@@ -62,8 +62,10 @@ class MapHolder:
         if held is None:
             last = self._current
             if last is not None:
-                raise MapExpiredError(f"the last good map (version {last.version}) has expired "
-                                      "and no newer one could be fetched")
+                raise MapExpiredError(
+                    f"the last good map (version {last.version}) has expired "
+                    "and no newer one could be fetched"
+                )
             raise MapError("no shard map is loaded", hint="check the registry location and keys")
         return held
 
@@ -84,11 +86,13 @@ class MapHolder:
                     self.refused += 1
                     raise MapRollbackError(
                         f"map version {header.version} is older than version "
-                        f"{self._current.version} already held")
+                        f"{self._current.version} already held"
+                    )
                 return False
             try:
-                candidate = decode_map(data, self._trusted, min_version=self.version,
-                                       now=self._clock())
+                candidate = decode_map(
+                    data, self._trusted, min_version=self.version, now=self._clock()
+                )
             except MapError:
                 self.refused += 1
                 raise
@@ -115,7 +119,9 @@ def parse_trusted_keys(text: str) -> dict[str, bytes]:
         except binascii.Error:
             raw = b""
         if len(raw) != 32:
-            raise MapError(f"trusted key {key_id!r} is not id=<base64 of a 32-byte ed25519 key>",
-                           hint="copy the value from `shardkit keys show KEY_ID --json`")
+            raise MapError(
+                f"trusted key {key_id!r} is not id=<base64 of a 32-byte ed25519 key>",
+                hint="copy the value from `shardkit keys show KEY_ID --json`",
+            )
         out[key_id] = raw
     return out

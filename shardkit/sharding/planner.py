@@ -84,8 +84,7 @@ def plan_group(
     for p, q in quota.items():
         if q == 0:
             raise PlanningError(
-                f"shard {positions[p]!r} gets no slot: its weight is too small for "
-                f"{n_slots} slots",
+                f"shard {positions[p]!r} gets no slot: its weight is too small for {n_slots} slots",
                 hint="raise its weight, or raise hashing.slot_bits",
             )
     hashes = [mix64(s, 0) for s in range(n_slots)]

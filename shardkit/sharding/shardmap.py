@@ -48,8 +48,15 @@ class Shard:
         self.index = index  # position in ShardMap.shards (sorted by id)
 
     def _key(self) -> tuple[Any, ...]:
-        return (self.id, self.group, self.region, self.jurisdiction, self.weight, self.domain,
-                self.epoch)
+        return (
+            self.id,
+            self.group,
+            self.region,
+            self.jurisdiction,
+            self.weight,
+            self.domain,
+            self.epoch,
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Shard) and self._key() == other._key()
@@ -284,18 +291,20 @@ class ShardMap:
     def _batch_offsets(self, np: Any, keys: Sequence[str], offsets: dict[str, int]) -> Any:
         """Table offsets for untagged keys under one prefix length, all in C-level loops:
         prefix -> offset, with -1 where a key's jurisdiction has no table (or no default)."""
-        (length, rules), = self._rules
+        ((length, rules),) = self._rules
         by_prefix = {p: offsets.get(j, -1) for p, j in rules.items()}
         default = offsets.get(self.default_jurisdiction, -1) if self.default_jurisdiction else -1
         if len(by_prefix) == 1:  # one rule: a C-level startswith per key, then arithmetic
             ((prefix, ruled),) = by_prefix.items()
-            hit = np.fromiter(map(str.startswith, keys, repeat(prefix)), dtype=bool,
-                              count=len(keys))
+            hit = np.fromiter(
+                map(str.startswith, keys, repeat(prefix)), dtype=bool, count=len(keys)
+            )
             base = np.where(hit, ruled, default).astype(np.int64)
         else:
             prefixes = map(itemgetter(slice(None, length)), keys)
-            base = np.fromiter(map(by_prefix.get, prefixes, repeat(default)), dtype=np.int64,
-                               count=len(keys))
+            base = np.fromiter(
+                map(by_prefix.get, prefixes, repeat(default)), dtype=np.int64, count=len(keys)
+            )
         if (base < 0).any():
             self.route(keys[int(np.argmax(base < 0))])  # raises the residency error for it
         return base
@@ -372,8 +381,10 @@ class ShardMap:
         return out
 
     def __repr__(self) -> str:
-        return (f"ShardMap(project={self.project!r}, version={self.version}, "
-                f"shards={len(self.shards)}, slots={self.slot_count})")
+        return (
+            f"ShardMap(project={self.project!r}, version={self.version}, "
+            f"shards={len(self.shards)}, slots={self.slot_count})"
+        )
 
 
 def _router(m: ShardMap) -> Any:

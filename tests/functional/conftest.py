@@ -40,8 +40,15 @@ READ_VERBS = ("get", "list", "describe", "head")
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Dummy credentials; nothing from the machine's AWS configuration leaks in."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                 "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -114,8 +121,9 @@ class Recorder:
                 self.calls.append(call)
                 fault = self._fault_for(call)
             if fault is not None:
-                raise ClientError({"Error": {"Code": fault.code, "Message": "injected by test"}},
-                                  model.name)
+                raise ClientError(
+                    {"Error": {"Code": fault.code, "Message": "injected by test"}}, model.name
+                )
 
         return on_call
 
@@ -130,15 +138,27 @@ class Recorder:
                 return fault
         return None
 
-    def fail(self, service: str, operation: str, code: str, *,
-             when: Callable[[Call], bool] = lambda call: True,
-             times: int | None = 1) -> _Fault:
+    def fail(
+        self,
+        service: str,
+        operation: str,
+        code: str,
+        *,
+        when: Callable[[Call], bool] = lambda call: True,
+        times: int | None = 1,
+    ) -> _Fault:
         fault = _Fault(service, operation, code, when, times)
         self.faults.append(fault)
         return fault
 
-    def throttle_http(self, service: str, operation: str, *, times: int = 1,
-                      when: Callable[[Any], bool] = lambda request: True) -> list[str]:
+    def throttle_http(
+        self,
+        service: str,
+        operation: str,
+        *,
+        times: int = 1,
+        when: Callable[[Any], bool] = lambda request: True,
+    ) -> list[str]:
         """Answer the next ``times`` HTTP requests of ``operation`` (CamelCase) that match
         ``when`` with a throttling error *below* botocore's retry handler, as AWS would; returns
         the log of matching attempts."""
@@ -151,8 +171,9 @@ class Recorder:
             if len(attempts) > times:
                 return None  # let moto answer
             body = json.dumps({"__type": "ThrottlingException", "message": "slow down"}).encode()
-            return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.0"},
-                               _Raw(body))
+            return AWSResponse(
+                request.url, 400, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body)
+            )
 
         self.http_hooks.append((service, f"before-send.{service}.{operation}", on_send))
         return attempts

@@ -28,14 +28,18 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "
 KEYS = ["alice", "eu:bob", "carol", "eu:dave", "zoë", ""]  # "" and non-ASCII keys route too
 
 
-def run(*args: str | Path, cwd: Path, code: int = 0, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items()
-                   if k not in ("SHARDKIT_KEYS_DIR", "COLUMNS")}
+def run(
+    *args: str | Path, cwd: Path, code: int = 0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("SHARDKIT_KEYS_DIR", "COLUMNS")}
     environment.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-m", "shardkit.cli.main", *map(str, args)],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=60,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
@@ -69,8 +73,11 @@ def read_map(path: Path, keys: Path) -> shardkit.ShardMap:
 
 def table_rows(text: str) -> list[list[str]]:
     """The body rows of rich tables in ``text``, as lists of cell strings."""
-    return [[cell.strip() for cell in line.strip().strip("│").split("│")]
-            for line in text.splitlines() if line.startswith("│")]
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in text.splitlines()
+        if line.startswith("│")
+    ]
 
 
 @pytest.fixture
@@ -96,14 +103,21 @@ def test_build_writes_a_signed_map_and_rebuilds_move_nothing(project: Path) -> N
     out = run("map", "build", project.name, cwd=cwd).stdout
     first = read_map(map_path, keys)
     assert first.version == 1
-    assert f"wrote {project.name}/.shardkit/map.skm ({map_path.stat().st_size:,} bytes): " \
-           f"version 1, 8 shards, expires " in out
+    assert (
+        f"wrote {project.name}/.shardkit/map.skm ({map_path.stat().st_size:,} bytes): "
+        f"version 1, 8 shards, expires " in out
+    )
     rows = {r[0]: r for r in table_rows(out)}
     counts = first.slot_counts()
     assert sorted(rows) == sorted(s.id for s in first.shards)
     for s in first.shards:  # full values: piped output is never truncated
-        assert rows[s.id][1:6] == [s.group, s.jurisdiction, s.region, f"{s.weight:g}",
-                                   f"{counts[s.id]:,}"]
+        assert rows[s.id][1:6] == [
+            s.group,
+            s.jurisdiction,
+            s.region,
+            f"{s.weight:g}",
+            f"{counts[s.id]:,}",
+        ]
     # create_if_missing made the development key; the private half is for the owner only
     assert (keys / "quickstart-dev.key").stat().st_mode & 0o777 == 0o600
     assert map_path.stat().st_mode & 0o777 == 0o644  # a map is public, signed data
@@ -155,16 +169,17 @@ def test_adding_a_shard_moves_slots_only_to_it(project: Path) -> None:
     assert f"version 1 -> 2: {diff['moved_slots']:,} slot(s) move" in text
     assert "added: eu-4   removed: -" in text
     pairs = {(r[0], r[1]): r[2] for r in table_rows(text)}
-    assert pairs == {(p["source"], p["destination"]): f"{p['slots']:,}"
-                     for p in diff["by_pair"]}
+    assert pairs == {(p["source"], p["destination"]): f"{p['slots']:,}" for p in diff["by_pair"]}
 
 
 def test_build_refuses_an_out_path_that_cannot_be_a_file(project: Path) -> None:
     cwd = project.parent
     line = fails("map", "build", project, "--out", project / "shardkit.toml" / "map.skm", cwd=cwd)
-    assert line == (f"error: cannot write the map to {project}/shardkit.toml/map.skm: "
-                    f"{project}/shardkit.toml is a file, not a directory — pass --out with a "
-                    f"path inside a directory")
+    assert line == (
+        f"error: cannot write the map to {project}/shardkit.toml/map.skm: "
+        f"{project}/shardkit.toml is a file, not a directory — pass --out with a "
+        f"path inside a directory"
+    )
     line = fails("map", "build", project, "--out", project, cwd=cwd)
     assert line.startswith(f"error: cannot write the map to {project}: it is a directory")
     assert sorted(p.name for p in project.iterdir()) == ["shardkit.toml"]  # nothing was made
@@ -184,8 +199,9 @@ def test_show(built: Path) -> None:
     assert sorted(r[0] for r in table_rows(text)) == sorted(s.id for s in held.shards)
 
     assert run_json("map", "show", built, cwd=cwd) == held.to_dict()
-    tables = run_json("map", "show", built / ".shardkit" / "map.skm", "--keys", keys, "--tables",
-                      cwd=cwd)
+    tables = run_json(
+        "map", "show", built / ".shardkit" / "map.skm", "--keys", keys, "--tables", cwd=cwd
+    )
     assert tables == held.to_dict(tables=True)
     eu = tables["groups"]["eu"]
     assert len(eu["primary"]) == 16384 and len(eu["replica_columns"]) == 1
@@ -202,8 +218,12 @@ def test_route_matches_the_library(built: Path) -> None:
     for row in out["routes"]:
         owner = held.route(row["key"])
         assert row == {
-            "key": row["key"], "jurisdiction": owner.jurisdiction, "slot": held.slot(row["key"]),
-            "shard": owner.id, "region": owner.region, "epoch": owner.epoch,
+            "key": row["key"],
+            "jurisdiction": owner.jurisdiction,
+            "slot": held.slot(row["key"]),
+            "shard": owner.id,
+            "region": owner.region,
+            "epoch": owner.epoch,
             "failover": [s.id for s in held.preference_list(row["key"])[1:]],
         }
         # residency: "eu:" keys stay in eu, everything else takes the default (us)
@@ -214,8 +234,16 @@ def test_route_matches_the_library(built: Path) -> None:
     assert "map version 1" in text
     rows = table_rows(text)
     assert [r[:6] for r in rows] == [
-        [k, held.route(k).jurisdiction, str(held.slot(k)), held.route(k).id, held.route(k).region,
-         str(held.route(k).epoch)] for k in ("alice", "eu:bob")]
+        [
+            k,
+            held.route(k).jurisdiction,
+            str(held.slot(k)),
+            held.route(k).id,
+            held.route(k).region,
+            str(held.route(k).epoch),
+        ]
+        for k in ("alice", "eu:bob")
+    ]
 
     tagged = run_json("map", "route", built, "alice", "--jurisdiction", "eu", cwd=cwd)
     assert tagged["routes"][0]["jurisdiction"] == "eu"
@@ -225,8 +253,10 @@ def test_route_matches_the_library(built: Path) -> None:
 def test_route_jurisdiction_errors(built: Path) -> None:
     cwd = built.parent
     line = fails("map", "route", built, "eu:bob", "--jurisdiction", "us", cwd=cwd)
-    assert line == ("error: key 'eu:bob' is tagged 'us' but its prefix 'eu:' belongs to 'eu' — "
-                    "fix the tag or the key; a key never changes jurisdiction")
+    assert line == (
+        "error: key 'eu:bob' is tagged 'us' but its prefix 'eu:' belongs to 'eu' — "
+        "fix the tag or the key; a key never changes jurisdiction"
+    )
     line = fails("map", "route", built, "alice", "--jurisdiction", "ap", cwd=cwd)
     assert line.startswith("error: jurisdiction 'ap' has no shards in map version 1")
 
@@ -236,8 +266,15 @@ def test_trusted_keys_come_from_keys_option_or_environment(built: Path, tmp_path
     line = fails("map", "show", map_file, cwd=tmp_path)  # ./.shardkit/keys does not exist here
     assert line.startswith(f"error: cannot verify {map_file}: no key directory .shardkit/keys — ")
     assert "--keys DIR" in line
-    out = run("map", "route", map_file, "alice", "--json", cwd=tmp_path,
-              env={"SHARDKIT_KEYS_DIR": str(keys)}).stdout
+    out = run(
+        "map",
+        "route",
+        map_file,
+        "alice",
+        "--json",
+        cwd=tmp_path,
+        env={"SHARDKIT_KEYS_DIR": str(keys)},
+    ).stdout
     assert json.loads(out)["version"] == 1
 
 
@@ -249,8 +286,10 @@ def test_keys_create_show_list(tmp_path: Path) -> None:
     created = run_json("keys", "create", "ops-1", "--dir", keys, cwd=tmp_path)
     raw = load_public_key(keys / "ops-1.pub")
     assert created == {
-        "key_id": "ops-1", "public_key": base64.b64encode(raw).decode(),
-        "fingerprint": hashlib.sha256(raw).hexdigest()[:16], "path": f"{keys}/ops-1.pub",
+        "key_id": "ops-1",
+        "public_key": base64.b64encode(raw).decode(),
+        "fingerprint": hashlib.sha256(raw).hexdigest()[:16],
+        "path": f"{keys}/ops-1.pub",
         "has_private": True,
     }
     assert (keys / "ops-1.key").stat().st_mode & 0o777 == 0o600
@@ -267,8 +306,10 @@ def test_keys_create_show_list(tmp_path: Path) -> None:
     assert (keys / "ops-1.key").read_bytes() == private  # never overwritten
 
     line = fails("keys", "show", "ops-2", "--dir", keys, cwd=tmp_path)
-    assert line == (f"error: no key 'ops-2' in {keys} — create it with "
-                    f"`shardkit keys create ops-2 --dir {keys}`")
+    assert line == (
+        f"error: no key 'ops-2' in {keys} — create it with "
+        f"`shardkit keys create ops-2 --dir {keys}`"
+    )
     line = fails("keys", "create", "Ops 1", "--dir", keys, cwd=tmp_path)
     assert line.startswith("error: key id 'Ops 1' is not allowed — use 1-63 characters")
     assert sorted(p.name for p in keys.iterdir()) == ["ops-1.key", "ops-1.pub"]
@@ -283,13 +324,14 @@ def test_keys_list_of_an_empty_directory(tmp_path: Path) -> None:
 
 def test_missing_project_directory(tmp_path: Path) -> None:
     line = fails("map", "build", "nowhere", cwd=tmp_path)
-    assert line == ("error: nowhere: no such project directory — pass the directory that holds "
-                    "shardkit.toml")
+    assert line == (
+        "error: nowhere: no such project directory — pass the directory that holds shardkit.toml"
+    )
 
 
 def test_bad_toml(project: Path) -> None:
     toml = project / "shardkit.toml"
-    toml.write_text(toml.read_text().replace('[project]', '[project', 1))
+    toml.write_text(toml.read_text().replace("[project]", "[project", 1))
     line = fails("map", "build", project.name, cwd=project.parent)
     assert line.startswith(f"error: {project.name}/shardkit.toml: invalid TOML: ")
     assert "(at line 4, column 9)" in line
@@ -299,8 +341,11 @@ def test_bad_toml(project: Path) -> None:
 
 def test_invalid_config_lists_every_problem_on_one_line(project: Path) -> None:
     toml = project / "shardkit.toml"
-    toml.write_text(toml.read_text().replace("slot_bits = 14", "slot_bits = 3")
-                    .replace('eu-central-1 = {', 'eu-centrall-1 = {'))
+    toml.write_text(
+        toml.read_text()
+        .replace("slot_bits = 14", "slot_bits = 3")
+        .replace("eu-central-1 = {", "eu-centrall-1 = {")
+    )
     line = fails("map", "build", project.name, cwd=project.parent)
     assert line.startswith(f"error: {project.name}/shardkit.toml: ")
     assert "hashing.slot_bits = 3: Input should be greater than or equal to 8; " in line
@@ -322,7 +367,9 @@ def test_map_signed_by_an_untrusted_key(built: Path, tmp_path: Path) -> None:
     other = tmp_path / "other-keys"
     shardkit.create_key("other", other)
     line = fails("map", "route", built, "alice", "--keys", other, cwd=tmp_path)
-    assert line.startswith("error: map signed by untrusted key 'quickstart-dev' (trusted: other) — ")
+    assert line.startswith(
+        "error: map signed by untrusted key 'quickstart-dev' (trusted: other) — "
+    )
 
 
 def test_expired_map(project: Path) -> None:
@@ -333,8 +380,9 @@ def test_expired_map(project: Path) -> None:
     key = shardkit.create_key("quickstart-dev", loaded.keys_dir)
     assert old.expires_at < time.time()
     expired = cwd / "expired.skm"
-    expired.write_bytes(encode_map(old, key.key_id,
-                                   shardkit.load_signing_key(key.key_id, loaded.keys_dir).sign))
+    expired.write_bytes(
+        encode_map(old, key.key_id, shardkit.load_signing_key(key.key_id, loaded.keys_dir).sign)
+    )
 
     line = fails("map", "route", expired, "alice", "--keys", loaded.keys_dir, cwd=cwd)
     assert line.startswith("error: map version 1 expired at ")
@@ -349,18 +397,24 @@ def test_expired_map(project: Path) -> None:
 
 def test_missing_map(project: Path) -> None:
     line = fails("map", "show", project.name, cwd=project.parent)
-    assert line == (f"error: no map at {project.name}/.shardkit/map.skm — build one with "
-                    f"`shardkit map build PROJECT_DIR`")
+    assert line == (
+        f"error: no map at {project.name}/.shardkit/map.skm — build one with "
+        f"`shardkit map build PROJECT_DIR`"
+    )
 
 
-@pytest.mark.parametrize(("args", "start", "named", "command"), [
-    (["map", "show"], "error: Missing argument", "'TARGET'", "map show"),
-    (["map", "route", "qs"], "error: Missing argument", "'KEY...'", "map route"),
-    (["map", "show", "qs", "--bogus"], "error: No such option", "--bogus", "map show"),
-    (["map", "frobnicate"], "error: No such command", "'frobnicate'", "map"),
-])
-def test_usage_errors(tmp_path: Path, args: list[str], start: str, named: str,
-                      command: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "start", "named", "command"),
+    [
+        (["map", "show"], "error: Missing argument", "'TARGET'", "map show"),
+        (["map", "route", "qs"], "error: Missing argument", "'KEY...'", "map route"),
+        (["map", "show", "qs", "--bogus"], "error: No such option", "--bogus", "map show"),
+        (["map", "frobnicate"], "error: No such command", "'frobnicate'", "map"),
+    ],
+)
+def test_usage_errors(
+    tmp_path: Path, args: list[str], start: str, named: str, command: str
+) -> None:
     line = fails(*args, cwd=tmp_path)
     assert line.startswith(start)
     assert named in line

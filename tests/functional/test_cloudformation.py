@@ -60,7 +60,9 @@ def rendered() -> dict[str, tuple[Any, Blueprint, dict[str, dict[str, Any]]]]:
 def shard_ids(shard_id: str) -> set[str]:
     camel = "".join(p.capitalize() for p in shard_id.split("-"))
     return {prefix + camel for prefix in PER_SHARD} | {
-        f"Alarm{camel}Errors", f"Alarm{camel}Throttles"}
+        f"Alarm{camel}Errors",
+        f"Alarm{camel}Throttles",
+    }
 
 
 def lint_template(template: dict[str, Any], region: str) -> list[Any]:
@@ -69,6 +71,7 @@ def lint_template(template: dict[str, Any], region: str) -> list[Any]:
 
 
 # --- cfn-lint --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(PROJECTS))
 def test_every_template_passes_cfn_lint(rendered, name):
@@ -94,20 +97,32 @@ def test_cfn_lint_would_catch_a_broken_template(rendered):
 
 
 def test_colliding_shard_ids_get_distinct_valid_logical_ids():
-    config = ProjectConfig.model_validate({
-        "project": {"name": "clash"},
-        "signing": {"key_id": "clash"},
-        "regions": {"eu-west-1": {"jurisdiction": "eu"}},
-        "groups": {"eu": {"jurisdiction": "eu", "regions": ["eu-west-1"], "shards": [
-            {"id": "a-0", "region": "eu-west-1"}, {"id": "a0", "region": "eu-west-1"},
-            {"id": "b", "region": "eu-west-1"}]}},
-    })
+    config = ProjectConfig.model_validate(
+        {
+            "project": {"name": "clash"},
+            "signing": {"key_id": "clash"},
+            "regions": {"eu-west-1": {"jurisdiction": "eu"}},
+            "groups": {
+                "eu": {
+                    "jurisdiction": "eu",
+                    "regions": ["eu-west-1"],
+                    "shards": [
+                        {"id": "a-0", "region": "eu-west-1"},
+                        {"id": "a0", "region": "eu-west-1"},
+                        {"id": "b", "region": "eu-west-1"},
+                    ],
+                }
+            },
+        }
+    )
     bp = blueprint_for_render(Project(Path("."), config), build_map(config, now=NOW), CODE)
     ids = logical_ids(bp.resources)
     assert len(set(ids.values())) == len(ids) == len(bp.resources)
     assert ids["eu-west-1/lambda_function/shardkit-clash-b"] == "FunctionB"  # no clash: readable
-    clashed = [ids["eu-west-1/lambda_function/shardkit-clash-a-0"],
-               ids["eu-west-1/lambda_function/shardkit-clash-a0"]]
+    clashed = [
+        ids["eu-west-1/lambda_function/shardkit-clash-a-0"],
+        ids["eu-west-1/lambda_function/shardkit-clash-a0"],
+    ]
     assert all(re.fullmatch(r"FunctionA0[0-9A-F]{8}", lid) for lid in clashed)
     template = render(bp)["eu-west-1"]
     assert [m for m in lint_template(template, "eu-west-1") if m.rule.id.startswith("E")] == []
@@ -115,14 +130,15 @@ def test_colliding_shard_ids_get_distinct_valid_logical_ids():
 
 # --- shape -----------------------------------------------------------------------------------
 
+
 def test_quickstart_eu_west_1_has_exactly_the_expected_resources(rendered):
     _, _, templates = rendered["quickstart"]
     assert sorted(templates) == ["eu-central-1", "eu-west-1", "us-east-1", "us-west-2"]
     template = templates["eu-west-1"]
     assert set(template["Resources"]) == (
-        {"ArtifactBucket", "StateTable"} | shard_ids("eu-0") | shard_ids("eu-2"))
-    assert set(template["Outputs"]) == {"ArtifactBucketName", "StateTableName", "UrlEu0",
-                                        "UrlEu2"}
+        {"ArtifactBucket", "StateTable"} | shard_ids("eu-0") | shard_ids("eu-2")
+    )
+    assert set(template["Outputs"]) == {"ArtifactBucketName", "StateTableName", "UrlEu0", "UrlEu2"}
     assert template["Metadata"]["shardkit"]["shards"] == ["eu-0", "eu-2"]
 
 
@@ -133,7 +149,11 @@ def test_kinds_map_to_cloudformation_as_documented(rendered):
     assert fn["Code"] == {"S3Bucket": {"Ref": "ArtifactBucket"}, "S3Key": CODE.key}
     assert fn["LoggingConfig"] == {"LogGroup": {"Ref": "LogGroupEu0"}}
     assert (fn["Runtime"], fn["Architectures"], fn["MemorySize"], fn["Timeout"]) == (
-        "python3.12", ["arm64"], 512, 30)
+        "python3.12",
+        ["arm64"],
+        512,
+        30,
+    )
     assert fn["ReservedConcurrentExecutions"] == 4  # groups.*.concurrency, default
     assert res["VersionEu0"]["Properties"]["FunctionName"] == {"Ref": "FunctionEu0"}
     assert res["AliasEu0"]["Properties"] == {
@@ -142,12 +162,16 @@ def test_kinds_map_to_cloudformation_as_documented(rendered):
         "Name": "live",
         "Description": res["VersionEu0"]["Properties"]["Description"],
     }
-    assert res["FunctionUrlEu0"]["Properties"] == {"AuthType": "AWS_IAM",
-                                                   "TargetFunctionArn": {"Ref": "AliasEu0"}}
+    assert res["FunctionUrlEu0"]["Properties"] == {
+        "AuthType": "AWS_IAM",
+        "TargetFunctionArn": {"Ref": "AliasEu0"},
+    }
     table = res["StateTable"]
     assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
-    assert table["Properties"]["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
-                                                {"AttributeName": "sk", "KeyType": "RANGE"}]
+    assert table["Properties"]["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
     assert table["Properties"]["BillingMode"] == "PAY_PER_REQUEST"
     bucket = res["ArtifactBucket"]["Properties"]
     assert bucket["BucketName"] == {"Fn::Sub": "shardkit-quickstart-${AWS::AccountId}-eu-west-1"}
@@ -155,14 +179,20 @@ def test_kinds_map_to_cloudformation_as_documented(rendered):
     assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True}
     alarm = res["AlarmEu0Errors"]["Properties"]
     assert (alarm["Namespace"], alarm["MetricName"], alarm["TreatMissingData"]) == (
-        "AWS/Lambda", "Errors", "notBreaching")
+        "AWS/Lambda",
+        "Errors",
+        "notBreaching",
+    )
     assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "FunctionEu0"}}]
 
 
 def test_weights_and_group_settings_reach_the_functions(rendered):
     res = rendered["solo"][2]["eu-west-1"]["Resources"]
     assert {lid for lid in res if lid.startswith("Function") and "Url" not in lid} == {
-        "FunctionAlpha", "FunctionBeta", "FunctionGamma"}
+        "FunctionAlpha",
+        "FunctionBeta",
+        "FunctionGamma",
+    }
     assert {res[f]["Properties"]["MemorySize"] for f in ("FunctionAlpha", "FunctionBeta")} == {1024}
     tri = rendered["tri"][2]
     assert tri["us-east-2"]["Resources"]["FunctionUs3"]["Properties"]["MemorySize"] == 2048
@@ -191,6 +221,7 @@ def test_templates_are_account_independent(rendered, name):
 
 
 # --- residency -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(PROJECTS))
 def test_each_template_holds_only_its_own_regions_shards(rendered, name):
@@ -224,6 +255,7 @@ def test_no_eu_shard_resources_in_a_us_template(rendered):
 
 # --- determinism and ids ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(PROJECTS))
 def test_rendering_is_deterministic(name):
     project = load_project(PROJECTS[name])
@@ -247,6 +279,7 @@ def test_logical_ids_are_unique_alphanumeric_and_cover_every_resource(rendered, 
 
 # --- reshard ---------------------------------------------------------------------------------
 
+
 def _with_shards(path: Path, group: str, shards: Any, **settings: Any) -> Project:
     data = tomllib.loads((path / "shardkit.toml").read_text())
     data["groups"][group].update(shards=shards, **settings)
@@ -255,10 +288,17 @@ def _with_shards(path: Path, group: str, shards: Any, **settings: Any) -> Projec
 
 def _keys(region: str, project: str, shard: str) -> list[str]:
     fn = f"shardkit-{project}-{shard}"
-    return sorted([f"{region}/log_group//aws/lambda/{fn}", f"{region}/iam_role/{fn}",
-                   f"{region}/lambda_function/{fn}", f"{region}/lambda_alias/{fn}:live",
-                   f"{region}/function_url/{fn}", f"{region}/alarm/{fn}-errors",
-                   f"{region}/alarm/{fn}-throttles"])
+    return sorted(
+        [
+            f"{region}/log_group//aws/lambda/{fn}",
+            f"{region}/iam_role/{fn}",
+            f"{region}/lambda_function/{fn}",
+            f"{region}/lambda_alias/{fn}:live",
+            f"{region}/function_url/{fn}",
+            f"{region}/alarm/{fn}-errors",
+            f"{region}/alarm/{fn}-throttles",
+        ]
+    )
 
 
 def test_adding_a_shard_is_a_blueprint_diff_and_added_resources(rendered):
@@ -266,8 +306,11 @@ def test_adding_a_shard_is_a_blueprint_diff_and_added_resources(rendered):
     project = _with_shards(PROJECTS["quickstart"], "eu", 5)  # eu-4 lands in eu-west-1
     new_map, new_bp = blueprint_of(project, old_map)
     assert new_map.version == old_map.version + 1
-    assert old_bp.diff(new_bp) == {"added": _keys("eu-west-1", "quickstart", "eu-4"),
-                                   "removed": [], "changed": []}
+    assert old_bp.diff(new_bp) == {
+        "added": _keys("eu-west-1", "quickstart", "eu-4"),
+        "removed": [],
+        "changed": [],
+    }
     new_templates = render(new_bp)
     old_eu, new_eu = old_templates["eu-west-1"], new_templates["eu-west-1"]
     assert set(new_eu["Resources"]) - set(old_eu["Resources"]) == shard_ids("eu-4")
@@ -281,18 +324,26 @@ def test_adding_a_shard_is_a_blueprint_diff_and_added_resources(rendered):
 
 def test_removing_a_shard_is_a_blueprint_diff_and_removed_resources(rendered):
     old_map, old_bp, old_templates = rendered["solo"]
-    project = _with_shards(PROJECTS["solo"], "eu", [{"id": "alpha", "region": "eu-west-1"},
-                                                    {"id": "beta", "region": "eu-west-1"}],
-                           weights={})
+    project = _with_shards(
+        PROJECTS["solo"],
+        "eu",
+        [{"id": "alpha", "region": "eu-west-1"}, {"id": "beta", "region": "eu-west-1"}],
+        weights={},
+    )
     _, new_bp = blueprint_of(project, old_map)
-    assert old_bp.diff(new_bp) == {"added": [], "removed": _keys("eu-west-1", "solo", "gamma"),
-                                   "changed": []}
-    gone = set(old_templates["eu-west-1"]["Resources"]) - set(render(new_bp)["eu-west-1"]
-                                                               ["Resources"])
+    assert old_bp.diff(new_bp) == {
+        "added": [],
+        "removed": _keys("eu-west-1", "solo", "gamma"),
+        "changed": [],
+    }
+    gone = set(old_templates["eu-west-1"]["Resources"]) - set(
+        render(new_bp)["eu-west-1"]["Resources"]
+    )
     assert gone == shard_ids("gamma")
 
 
 # --- CLI -------------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def quickstart(tmp_path: Path) -> Path:
@@ -321,8 +372,9 @@ def test_cli_render_writes_one_sorted_file_per_region(quickstart, tmp_path):
     result = invoke("render", quickstart, "--out", out)
     assert result.exit_code == 0, result.output
     files = sorted(p.name for p in out.iterdir())
-    assert files == [f"{r}.template.json" for r in
-                     ("eu-central-1", "eu-west-1", "us-east-1", "us-west-2")]
+    assert files == [
+        f"{r}.template.json" for r in ("eu-central-1", "eu-west-1", "us-east-1", "us-west-2")
+    ]
     for path in out.iterdir():
         text = path.read_text()
         assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
@@ -344,7 +396,11 @@ def test_cli_render_json_uses_the_current_map(quickstart, tmp_path):
     assert data["blueprint"] == "stateful-inference-proxy"
     assert re.fullmatch(r"[0-9a-f]{64}", data["code"]["sha256"])
     assert [(t["region"], t["shards"], t["resources"]) for t in data["templates"]] == [
-        ("eu-central-1", 2, 18), ("eu-west-1", 2, 18), ("us-east-1", 2, 18), ("us-west-2", 2, 18)]
+        ("eu-central-1", 2, 18),
+        ("eu-west-1", 2, 18),
+        ("us-east-1", 2, 18),
+        ("us-west-2", 2, 18),
+    ]
     assert data["stale"] == []
     written = json.loads(Path(data["templates"][1]["file"]).read_text())
     function = written["Resources"]["FunctionEu0"]["Properties"]
@@ -358,8 +414,11 @@ def test_cli_render_follows_a_reshard_of_the_current_map(quickstart, tmp_path):
     assert CliRunner().invoke(maps.group, ["build", str(quickstart)]).exit_code == 0
     before = json.loads(invoke("render", quickstart, "--out", tmp_path / "a", "--json").output)
     toml = quickstart / "shardkit.toml"
-    toml.write_text(toml.read_text().replace("shards = 4                # eu-0",
-                                             "shards = 5                # eu-0"))
+    toml.write_text(
+        toml.read_text().replace(
+            "shards = 4                # eu-0", "shards = 5                # eu-0"
+        )
+    )
     assert CliRunner().invoke(maps.group, ["build", str(quickstart)]).exit_code == 0
     after = json.loads(invoke("render", quickstart, "--out", tmp_path / "b", "--json").output)
     assert after["map"]["version"] == 2
@@ -375,8 +434,10 @@ def test_cli_render_notes_templates_of_regions_that_are_gone(quickstart, tmp_pat
     (out / "ap-south-1.template.json").write_text("{}")
     data = json.loads(invoke("render", quickstart, "--out", out, "--json").output)
     assert data["stale"] == [str(out / "ap-south-1.template.json")]
-    assert "ap-south-1.template.json is from an earlier render" in invoke(
-        "render", quickstart, "--out", out).output
+    assert (
+        "ap-south-1.template.json is from an earlier render"
+        in invoke("render", quickstart, "--out", out).output
+    )
 
 
 def test_cli_list_shows_the_shipped_blueprints():
@@ -387,6 +448,7 @@ def test_cli_list_shows_the_shipped_blueprints():
 
 
 # --- bad input -------------------------------------------------------------------------------
+
 
 def test_missing_project_dir_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such project directory"):
@@ -424,8 +486,14 @@ def _definition(tmp_path: Path, text: str) -> Path:
 
 def _expand(definition: dict[str, Any], project: str = "solo") -> Blueprint:
     config = load_project(PROJECTS[project]).config
-    return expand(definition, config=config, shard_map=build_map(config, now=NOW),
-                  account=ACCOUNT, partition=PARTITION, code=CODE)
+    return expand(
+        definition,
+        config=config,
+        shard_map=build_map(config, now=NOW),
+        account=ACCOUNT,
+        partition=PARTITION,
+        code=CODE,
+    )
 
 
 def test_definition_with_an_unknown_kind(tmp_path):
@@ -435,8 +503,10 @@ def test_definition_with_an_unknown_kind(tmp_path):
 
 
 def test_definition_with_an_unknown_placeholder(tmp_path):
-    path = _definition(tmp_path, '\n[[shard]]\nkind = "log_group"\nname = "/x/{shrad}"\n'
-                                 'props = { retention_days = 7 }\n')
+    path = _definition(
+        tmp_path,
+        '\n[[shard]]\nkind = "log_group"\nname = "/x/{shrad}"\nprops = { retention_days = 7 }\n',
+    )
     with pytest.raises(ConfigError, match=r"unknown placeholder \{shrad\}; known here: .*shard"):
         _expand(load_definition(str(path)))
 
@@ -467,6 +537,9 @@ def test_a_missing_required_property_is_named(tmp_path):
     shipped = (ROOT / "shardkit" / "blueprints" / "stateful-inference-proxy.toml").read_text()
     path = tmp_path / "no-runtime.toml"
     path.write_text(shipped.replace('runtime = "python3.12"\n', ""))
-    with pytest.raises(ConfigError, match=r"lambda_function 'shardkit-solo-alpha' in eu-west-1: "
-                                          r"props\.runtime: required to render it"):
+    with pytest.raises(
+        ConfigError,
+        match=r"lambda_function 'shardkit-solo-alpha' in eu-west-1: "
+        r"props\.runtime: required to render it",
+    ):
         render(_expand(load_definition(str(path))))

@@ -60,8 +60,11 @@ def bucket_of(project: Project, region: str) -> str:
 
 
 def published_map(project: Project, region: str) -> tuple[bytes, shardkit.ShardMap]:
-    body = aws("s3", region).get_object(Bucket=bucket_of(project, region),
-                                        Key="registry/map.skm")["Body"].read()
+    body = (
+        aws("s3", region)
+        .get_object(Bucket=bucket_of(project, region), Key="registry/map.skm")["Body"]
+        .read()
+    )
     return body, shardkit.decode_map(body, shardkit.load_trusted_keys(project.keys_dir))
 
 
@@ -86,28 +89,48 @@ def step_ident(step: Step) -> tuple[str, str, str]:
 
 
 _OP_KIND = {
-    "create_bucket": "s3_bucket", "put_public_access_block": "s3_bucket",
-    "put_bucket_encryption": "s3_bucket", "put_bucket_versioning": "s3_bucket",
-    "delete_objects": "s3_bucket", "delete_bucket": "s3_bucket",
-    "create_table": "dynamodb_table", "update_continuous_backups": "dynamodb_table",
+    "create_bucket": "s3_bucket",
+    "put_public_access_block": "s3_bucket",
+    "put_bucket_encryption": "s3_bucket",
+    "put_bucket_versioning": "s3_bucket",
+    "delete_objects": "s3_bucket",
+    "delete_bucket": "s3_bucket",
+    "create_table": "dynamodb_table",
+    "update_continuous_backups": "dynamodb_table",
     "delete_table": "dynamodb_table",
-    "create_log_group": "log_group", "put_retention_policy": "log_group",
+    "create_log_group": "log_group",
+    "put_retention_policy": "log_group",
     "delete_log_group": "log_group",
-    "create_role": "iam_role", "update_assume_role_policy": "iam_role",
-    "put_role_policy": "iam_role", "delete_role_policy": "iam_role", "delete_role": "iam_role",
-    "create_function": "lambda_function", "update_function_code": "lambda_function",
-    "update_function_configuration": "lambda_function", "delete_function": "lambda_function",
+    "create_role": "iam_role",
+    "update_assume_role_policy": "iam_role",
+    "put_role_policy": "iam_role",
+    "delete_role_policy": "iam_role",
+    "delete_role": "iam_role",
+    "create_function": "lambda_function",
+    "update_function_code": "lambda_function",
+    "update_function_configuration": "lambda_function",
+    "delete_function": "lambda_function",
     "put_function_concurrency": "lambda_function",
     "delete_function_concurrency": "lambda_function",
-    "publish_version": "lambda_alias", "create_alias": "lambda_alias",
-    "update_alias": "lambda_alias", "delete_alias": "lambda_alias",
-    "create_function_url_config": "function_url", "update_function_url_config": "function_url",
+    "publish_version": "lambda_alias",
+    "create_alias": "lambda_alias",
+    "update_alias": "lambda_alias",
+    "delete_alias": "lambda_alias",
+    "create_function_url_config": "function_url",
+    "update_function_url_config": "function_url",
     "delete_function_url_config": "function_url",
-    "put_metric_alarm": "alarm", "delete_alarms": "alarm",
+    "put_metric_alarm": "alarm",
+    "delete_alarms": "alarm",
 }
-_NAME_PARAM = {"s3_bucket": "Bucket", "dynamodb_table": "TableName", "log_group": "logGroupName",
-               "iam_role": "RoleName", "lambda_function": "FunctionName",
-               "function_url": "FunctionName", "alarm": "AlarmName"}
+_NAME_PARAM = {
+    "s3_bucket": "Bucket",
+    "dynamodb_table": "TableName",
+    "log_group": "logGroupName",
+    "iam_role": "RoleName",
+    "lambda_function": "FunctionName",
+    "function_url": "FunctionName",
+    "alarm": "AlarmName",
+}
 
 
 def call_ident(call: Call) -> tuple[str, str, str]:
@@ -143,9 +166,14 @@ def epoch_records(project: Project) -> dict[str, int]:
     """shard -> the epoch recorded in its region's state table (what fences writes)."""
     out = {}
     for shard, region in shard_ids(project).items():
-        item = aws("dynamodb", region).get_item(
-            TableName=f"shardkit-{project.config.project.name}-state",
-            Key={"pk": {"S": f"{shard}#epoch"}, "sk": {"S": "epoch"}}).get("Item")
+        item = (
+            aws("dynamodb", region)
+            .get_item(
+                TableName=f"shardkit-{project.config.project.name}-state",
+                Key={"pk": {"S": f"{shard}#epoch"}, "sk": {"S": "epoch"}},
+            )
+            .get("Item")
+        )
         if item:
             out[shard] = int(item["epoch"]["N"])
     return out
@@ -159,16 +187,21 @@ def fingerprints(d: Deployer) -> dict[str, str]:
 
 
 def test_first_deploy_creates_every_resource_and_publishes_the_signed_map(
-    make_project: MakeProject, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     project = make_project("quickstart")
     d = deployer(project)
     plan = d.plan()
     regions = sorted(project.config.regions)
     shards = shard_ids(project)
-    assert plan.summary() == {"create": 2 * len(regions) + 7 * len(shards),
-                              "upload": len(regions), "fence": len(shards),
-                              "publish": len(regions)}
+    assert plan.summary() == {
+        "create": 2 * len(regions) + 7 * len(shards),
+        "upload": len(regions),
+        "fence": len(shards),
+        "publish": len(regions),
+    }
 
     mark = recorder.mark()
     result = d.apply(plan)
@@ -194,7 +227,8 @@ def test_first_deploy_creates_every_resource_and_publishes_the_signed_map(
     shard_map = shardkit.decode_map(envelopes.pop(), trusted)
     assert epoch_records(project) == {s.id: s.epoch for s in shard_map.shards} == manifest.epochs
     assert {shard_map.route(k).region for k in KEYS if k.startswith("eu:")} <= {
-        r for r, c in project.config.regions.items() if c.jurisdiction == "eu"}
+        r for r, c in project.config.regions.items() if c.jurisdiction == "eu"
+    }
 
     outputs = d.outputs()
     for shard, region in shards.items():
@@ -207,8 +241,9 @@ def _check_region(project: Project, region: str, sha256: str) -> None:
     rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
-    assert block == dict.fromkeys(("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
-                                   "RestrictPublicBuckets"), True)
+    assert block == dict.fromkeys(
+        ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"), True
+    )
     code = s3.get_object(Bucket=bucket, Key=f"artifacts/code/{sha256}.zip")["Body"].read()
     assert hashlib.sha256(code).hexdigest() == sha256
     assert zipfile.ZipFile(io.BytesIO(code)).getinfo("shardkit/proxy/handler.py")
@@ -223,17 +258,20 @@ def _check_region(project: Project, region: str, sha256: str) -> None:
     in_region = [s for s, r in shard_ids(project).items() if r == region]
     alarms = aws("cloudwatch", region).describe_alarms()["MetricAlarms"]
     assert sorted(a["AlarmName"] for a in alarms) == sorted(
-        f"{P}-{s}-{what}" for s in in_region for what in ("errors", "throttles"))
+        f"{P}-{s}-{what}" for s in in_region for what in ("errors", "throttles")
+    )
     for alarm in alarms:
         shard = alarm["AlarmName"].removeprefix(f"{P}-").rsplit("-", 1)[0]
         assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": f"{P}-{shard}"}]
     groups = aws("logs", region).describe_log_groups()["logGroups"]
     assert {g["logGroupName"]: g.get("retentionInDays") for g in groups} == {
-        f"/aws/lambda/{P}-{s}": 14 for s in in_region}
+        f"/aws/lambda/{P}-{s}": 14 for s in in_region
+    }
 
 
-def _check_shard(project: Project, shard: str, region: str, code_sha: str,
-                 output: dict[str, Any]) -> None:
+def _check_shard(
+    project: Project, shard: str, region: str, code_sha: str, output: dict[str, Any]
+) -> None:
     lam, name = aws("lambda", region), f"{P}-{shard}"
     conf = lam.get_function_configuration(FunctionName=name)
     assert conf["Role"] == f"arn:aws:iam::123456789012:role/{name}"
@@ -250,7 +288,8 @@ def _check_shard(project: Project, shard: str, region: str, code_sha: str,
 
 
 def test_deployed_functions_stay_in_their_jurisdiction(
-    make_project: MakeProject, deployer: Deploy,
+    make_project: MakeProject,
+    deployer: Deploy,
 ) -> None:
     project = make_project("quickstart")
     d = deployer(project)
@@ -266,8 +305,11 @@ def test_deployed_functions_stay_in_their_jurisdiction(
             shard = shard_map.shard(env["SHARDKIT_SHARD"])
             assert (shard.region, shard.jurisdiction) == (region, jurisdiction[region])
             policy = iam.get_role_policy(RoleName=fn["FunctionName"], PolicyName="shardkit")
-            tables = [s["Resource"] for s in policy["PolicyDocument"]["Statement"]
-                      if s["Sid"] == "OwnStateItems"]
+            tables = [
+                s["Resource"]
+                for s in policy["PolicyDocument"]["Statement"]
+                if s["Sid"] == "OwnStateItems"
+            ]
             assert tables == [f"arn:aws:dynamodb:{region}:123456789012:table/{P}-state"]
             seen[shard.id] = region
     assert seen == shard_ids(project)  # every shard deployed once, in its own region
@@ -277,7 +319,11 @@ def test_deployed_functions_stay_in_their_jurisdiction(
 
 
 def test_a_noop_deploy_makes_zero_mutating_calls(
-    make_project: MakeProject, rewrite: Rewrite, deployer: Deploy, recorder: Recorder, target: Target,
+    make_project: MakeProject,
+    rewrite: Rewrite,
+    deployer: Deploy,
+    recorder: Recorder,
+    target: Target,
 ) -> None:
     project = make_project()
     d = deployer(project)
@@ -293,8 +339,10 @@ def test_a_noop_deploy_makes_zero_mutating_calls(
     result = again.apply(Plan.from_json(plan.to_json()))
 
     assert recorder.mutating_since(mark) == []
-    assert all(c.operation.startswith(("get_", "list_", "describe_", "head_"))
-               for c in recorder.since(mark))
+    assert all(
+        c.operation.startswith(("get_", "list_", "describe_", "head_"))
+        for c in recorder.since(mark)
+    )
     assert result.mutating_calls == 0 and result.steps_done == 0
     assert (d.manifest().to_dict(), target.aws.mutating_calls) == before
     assert d.store.deployments() == [1]  # a no-op is not a deployment
@@ -308,7 +356,10 @@ def _eu_memory(mb: int) -> Callable[[dict[str, Any]], None]:
 
 
 def test_a_memory_change_updates_exactly_the_groups_functions_and_aliases(
-    make_project: MakeProject, rewrite: Rewrite, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    rewrite: Rewrite,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     project = make_project()
     deploy(deployer(project))
@@ -330,7 +381,11 @@ def test_a_memory_change_updates_exactly_the_groups_functions_and_aliases(
 
     assert touched(recorder.since(mark)) == idents(plan.steps)
     assert {s: alias_version(r, f"{P}-{s}") for s, r in shard_ids(project).items()} == {
-        "eu-0": "2", "eu-1": "2", "us-0": "1", "us-1": "1"}
+        "eu-0": "2",
+        "eu-1": "2",
+        "us-0": "1",
+        "us-1": "1",
+    }
     lam = aws("lambda", "eu-west-1")
     for shard in ("eu-0", "eu-1"):
         live = lam.get_function_configuration(FunctionName=f"{P}-{shard}", Qualifier="live")
@@ -340,7 +395,10 @@ def test_a_memory_change_updates_exactly_the_groups_functions_and_aliases(
 
 
 def test_adding_a_shard_creates_only_its_resources_and_moves_slots_only_to_it(
-    make_project: MakeProject, rewrite: Rewrite, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    rewrite: Rewrite,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     project = make_project()
     deploy(deployer(project))
@@ -373,8 +431,9 @@ def test_adding_a_shard_creates_only_its_resources_and_moves_slots_only_to_it(
 
     bodies = {published_map(project, r)[0] for r in ("eu-west-1", "us-east-1")}
     assert len(bodies) == 1
-    current = shardkit.decode_map(bodies.pop(), shardkit.load_trusted_keys(project.keys_dir),
-                                  min_version=old.version + 1)
+    current = shardkit.decode_map(
+        bodies.pop(), shardkit.load_trusted_keys(project.keys_dir), min_version=old.version + 1
+    )
     assert current.version == old.version + 1 == d.manifest().map_version
     diff = shardkit.diff_maps(old, current)
     assert diff.moves and diff.added == ("eu-2",) and diff.removed == ()
@@ -383,14 +442,23 @@ def test_adding_a_shard_creates_only_its_resources_and_moves_slots_only_to_it(
     assert set(diff.epochs) == {"eu-0", "eu-1"}  # us shards keep their slots and epochs
     assert epoch_records(d.project) == {s.id: s.epoch for s in current.shards}
     assert {s: alias_version(r, f"{P}-{s}") for s, r in shard_ids(d.project).items()} == {
-        "eu-0": "1", "eu-1": "1", "eu-2": "1", "us-0": "1", "us-1": "1"}
+        "eu-0": "1",
+        "eu-1": "1",
+        "eu-2": "1",
+        "us-0": "1",
+        "us-1": "1",
+    }
 
 
 # -- refused plans ---------------------------------------------------------------------------------
 
 
 def test_a_stale_plan_is_refused(
-    make_project: MakeProject, rewrite: Rewrite, deployer: Deploy, recorder: Recorder, tmp_path: Any,
+    make_project: MakeProject,
+    rewrite: Rewrite,
+    deployer: Deploy,
+    recorder: Recorder,
+    tmp_path: Any,
 ) -> None:
     project = make_project()
     deploy(deployer(project))
@@ -414,7 +482,10 @@ def test_a_stale_plan_is_refused(
 
 
 def test_a_plan_of_another_project_is_refused(
-    make_project: MakeProject, deployer: Deploy, recorder: Recorder, small_config: dict[str, Any],
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
+    small_config: dict[str, Any],
 ) -> None:
     data = small_config
     data["project"]["name"] = "other"
@@ -438,18 +509,27 @@ def test_a_plan_of_another_project_is_refused(
 
 
 FAULTS = {  # where -> (service, operation, which call, the step that fails)
-    "alarm": ("cloudwatch", "put_metric_alarm",
-              lambda c: c.params["AlarmName"] == f"{P}-us-1-errors",
-              f"us-east-1/alarm/{P}-us-1-errors"),
-    "function": ("lambda", "create_function",
-                 lambda c: c.params["FunctionName"] == f"{P}-us-1",
-                 f"us-east-1/lambda_function/{P}-us-1"),
+    "alarm": (
+        "cloudwatch",
+        "put_metric_alarm",
+        lambda c: c.params["AlarmName"] == f"{P}-us-1-errors",
+        f"us-east-1/alarm/{P}-us-1-errors",
+    ),
+    "function": (
+        "lambda",
+        "create_function",
+        lambda c: c.params["FunctionName"] == f"{P}-us-1",
+        f"us-east-1/lambda_function/{P}-us-1",
+    ),
 }
 
 
 @pytest.mark.parametrize("where", sorted(FAULTS))
 def test_a_failed_apply_records_exactly_the_done_steps_and_resumes(
-    where: str, make_project: MakeProject, deployer: Deploy, recorder: Recorder,
+    where: str,
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     project = make_project()
     d = deployer(project)
@@ -479,16 +559,19 @@ def test_a_failed_apply_records_exactly_the_done_steps_and_resumes(
     assert set(manifest.resources) == {s.key for s in done_steps if s.action == "create"}
     assert bad.key not in manifest.resources
     assert {(r, k) for r, ks in manifest.artifacts.items() for k in ks} == {
-        (s.region, s.name) for s in done_steps if s.action == "upload"}
+        (s.region, s.name) for s in done_steps if s.action == "upload"
+    }
     assert d.status()["missing"] == [] and d.status()["pending_applies"] == [plan.plan_id]
 
     fresh = d.plan()  # a new plan after the failure: only the remaining work
     remaining = [s for s in plan.steps if s.id not in done]
     map_steps = ("publish", "fence")
     assert {k for k in keys_of(fresh) if k[0] not in map_steps} == {
-        (s.action, s.key) for s in remaining if s.action not in map_steps}
+        (s.action, s.key) for s in remaining if s.action not in map_steps
+    }
     assert {s.region for s in remaining if s.action == "publish"} <= {
-        s.region for s in fresh.steps if s.action == "publish"}
+        s.region for s in fresh.steps if s.action == "publish"
+    }
     # a version some region may already serve is never signed again with other content
     assert fresh.map_version > d.manifest().map_version_max
 
@@ -508,7 +591,10 @@ def test_a_failed_apply_records_exactly_the_done_steps_and_resumes(
 
 
 def test_a_failed_plan_cannot_resume_after_another_plan_changed_the_state(
-    make_project: MakeProject, rewrite: Rewrite, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    rewrite: Rewrite,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     project = make_project()
     deploy(deployer(project))
@@ -533,18 +619,27 @@ def test_a_failed_plan_cannot_resume_after_another_plan_changed_the_state(
     result = d.apply(plan_b)
     assert result.resumed and d.manifest().status == "ok"
     lam = aws("lambda", "eu-west-1")
-    assert {lam.get_function_configuration(FunctionName=f"{P}-{s}", Qualifier="live")["MemorySize"]
-            for s in ("eu-0", "eu-1")} == {2048}
+    assert {
+        lam.get_function_configuration(FunctionName=f"{P}-{s}", Qualifier="live")["MemorySize"]
+        for s in ("eu-0", "eu-1")
+    } == {2048}
 
 
 def test_a_persistent_throttle_fails_the_apply_with_a_named_operation(
-    make_project: MakeProject, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     project = make_project()
     d = deployer(project)
     plan = d.plan()
-    fault = recorder.fail("dynamodb", "create_table", "ThrottlingException",
-                          when=lambda c: c.region == "eu-west-1", times=None)
+    fault = recorder.fail(
+        "dynamodb",
+        "create_table",
+        "ThrottlingException",
+        when=lambda c: c.region == "eu-west-1",
+        times=None,
+    )
 
     with pytest.raises(ApplyFailedError) as failed:
         d.apply(plan)
@@ -552,7 +647,10 @@ def test_a_persistent_throttle_fails_the_apply_with_a_named_operation(
     cause = failed.value.__cause__
     assert isinstance(cause, AwsThrottledError)
     assert (cause.operation, cause.region, cause.code) == (
-        "create_table", "eu-west-1", "ThrottlingException")
+        "create_table",
+        "eu-west-1",
+        "ThrottlingException",
+    )
     assert "create_table" in str(failed.value) and "eu-west-1" in str(failed.value)
     assert fault.fired >= 1
     assert d.manifest().status == "failed"
@@ -566,52 +664,86 @@ def test_a_persistent_throttle_fails_the_apply_with_a_named_operation(
 
 
 def test_a_passing_throttle_is_retried_below_the_facade(
-    make_project: MakeProject, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     # the last DynamoDB call in eu-west-1 (the fence of eu-1): after a throttle botocore's
     # adaptive mode slows that client down, which would only make the test slow
-    attempts = recorder.throttle_http("dynamodb", "PutItem", times=1,
-                                      when=lambda request: b"eu-1#epoch" in request.body)
+    attempts = recorder.throttle_http(
+        "dynamodb", "PutItem", times=1, when=lambda request: b"eu-1#epoch" in request.body
+    )
     d = deployer(make_project())
     mark = recorder.mark()
     d.apply(d.plan())
-    fences = [c for c in recorder.since(mark)
-              if c.operation == "put_item" and c.params["Item"]["pk"]["S"] == "eu-1#epoch"]
+    fences = [
+        c
+        for c in recorder.since(mark)
+        if c.operation == "put_item" and c.params["Item"]["pk"]["S"] == "eu-1#epoch"
+    ]
     assert len(fences) == 1  # one API call ...
     assert len(attempts) == 2  # ... sent twice: throttled, then retried by botocore
     assert d.manifest().status == "ok" and epoch_records(d.project)["eu-1"] >= 1
 
 
 def test_a_function_that_already_exists_is_adopted_not_failed(
-    make_project: MakeProject, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     project = make_project()
     name = f"{P}-us-0"
-    aws("iam", "us-east-1").create_role(RoleName="someone-elses", AssumeRolePolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                 "Principal": {"Service": "lambda.amazonaws.com"}}]}))
+    aws("iam", "us-east-1").create_role(
+        RoleName="someone-elses",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "sts:AssumeRole",
+                        "Principal": {"Service": "lambda.amazonaws.com"},
+                    }
+                ],
+            }
+        ),
+    )
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("old.py", "def handler(event, context):\n    return 1\n")
     aws("lambda", "us-east-1").create_function(
-        FunctionName=name, Role="arn:aws:iam::123456789012:role/someone-elses",
-        Runtime="python3.11", Handler="old.handler", Code={"ZipFile": buf.getvalue()},
-        MemorySize=128)
+        FunctionName=name,
+        Role="arn:aws:iam::123456789012:role/someone-elses",
+        Runtime="python3.11",
+        Handler="old.handler",
+        Code={"ZipFile": buf.getvalue()},
+        MemorySize=128,
+    )
 
     d = deployer(project)
     plan = d.plan()
     mark = recorder.mark()
     d.apply(plan)
 
-    ops = [c.operation for c in recorder.since(mark)
-           if c.params.get("FunctionName") == name and c.mutating]
-    assert ops[:3] == ["create_function", "update_function_code",
-                       "update_function_configuration"]  # refused as a conflict, then adopted
-    conf = aws("lambda", "us-east-1").get_function_configuration(FunctionName=name,
-                                                                 Qualifier="live")
+    ops = [
+        c.operation
+        for c in recorder.since(mark)
+        if c.params.get("FunctionName") == name and c.mutating
+    ]
+    assert ops[:3] == [
+        "create_function",
+        "update_function_code",
+        "update_function_configuration",
+    ]  # refused as a conflict, then adopted
+    conf = aws("lambda", "us-east-1").get_function_configuration(
+        FunctionName=name, Qualifier="live"
+    )
     assert plan.artifact and conf["CodeSha256"] == lambda_sha(plan.artifact["sha256"])
     assert (conf["MemorySize"], conf["Runtime"], conf["Handler"]) == (
-        512, "python3.12", "shardkit.proxy.handler.handler")
+        512,
+        "python3.12",
+        "shardkit.proxy.handler.handler",
+    )
     assert conf["Role"].endswith(f"role/{name}")
     assert conf["Environment"]["Variables"]["SHARDKIT_SHARD"] == "us-0"
     assert d.manifest().status == "ok" and d.status()["missing"] == []
@@ -634,7 +766,9 @@ def _tables(region: str) -> list[str]:
 
 
 def test_destroy_keeps_the_state_tables_and_their_items_unless_asked(
-    make_project: MakeProject, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     project = make_project()
     d = deployer(project)
@@ -651,8 +785,9 @@ def test_destroy_keeps_the_state_tables_and_their_items_unless_asked(
 
     _nothing_but_tables_left(["eu-west-1", "us-east-1"])
     assert _tables("eu-west-1") == [f"{P}-state"] == _tables("us-east-1")
-    got = aws("dynamodb", "eu-west-1").get_item(TableName=f"{P}-state",
-                                                Key={"pk": item["pk"], "sk": item["sk"]})
+    got = aws("dynamodb", "eu-west-1").get_item(
+        TableName=f"{P}-state", Key={"pk": item["pk"], "sk": item["sk"]}
+    )
     assert got["Item"] == item
     assert set(d.manifest().resources) == tables
     status = d.status()
@@ -665,8 +800,12 @@ def test_destroy_keeps_the_state_tables_and_their_items_unless_asked(
     assert recorder.mutating_since(mark) == []
 
     deploy(d)  # a new deploy adopts the kept tables, data and all
-    assert aws("dynamodb", "eu-west-1").get_item(
-        TableName=f"{P}-state", Key={"pk": item["pk"], "sk": item["sk"]})["Item"] == item
+    assert (
+        aws("dynamodb", "eu-west-1").get_item(
+            TableName=f"{P}-state", Key={"pk": item["pk"], "sk": item["sk"]}
+        )["Item"]
+        == item
+    )
     assert d.status()["retained"] == [] and d.status()["missing"] == []
 
     d.apply(d.plan_destroy())
@@ -676,7 +815,8 @@ def test_destroy_keeps_the_state_tables_and_their_items_unless_asked(
 
 
 def test_destroy_with_delete_data_removes_everything(
-    make_project: MakeProject, deployer: Deploy,
+    make_project: MakeProject,
+    deployer: Deploy,
 ) -> None:
     project = make_project()
     d = deployer(project)
@@ -691,7 +831,9 @@ def test_destroy_with_delete_data_removes_everything(
 
 
 def test_destroy_with_nothing_deployed_is_a_noop(
-    make_project: MakeProject, deployer: Deploy, recorder: Recorder,
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
 ) -> None:
     d = deployer(make_project())
     plan = d.plan_destroy(delete_data=True)
@@ -706,7 +848,9 @@ def test_destroy_with_nothing_deployed_is_a_noop(
 
 
 def test_rollback_republishes_the_earlier_routing_as_a_higher_version(
-    make_project: MakeProject, rewrite: Rewrite, deployer: Deploy,
+    make_project: MakeProject,
+    rewrite: Rewrite,
+    deployer: Deploy,
 ) -> None:
     project = make_project()  # v1: eu-0, eu-1, us-0, us-1
     d = deployer(project)
@@ -729,26 +873,35 @@ def test_rollback_republishes_the_earlier_routing_as_a_higher_version(
     assert fingerprints(d) == v1_resources
     assert d.manifest().deployment == 3
     lam = aws("lambda", "eu-west-1")
-    assert [f["FunctionName"] for f in lam.list_functions()["Functions"]
-            if f["FunctionName"].endswith("eu-2")] == []
+    assert [
+        f["FunctionName"]
+        for f in lam.list_functions()["Functions"]
+        if f["FunctionName"].endswith("eu-2")
+    ] == []
     for shard in ("eu-0", "eu-1"):
         conf = lam.get_function_configuration(FunctionName=f"{P}-{shard}", Qualifier="live")
         assert conf["MemorySize"] == 512
     bodies = {published_map(project, r)[0] for r in ("eu-west-1", "us-east-1")}
     assert len(bodies) == 1
-    back = shardkit.decode_map(bodies.pop(), shardkit.load_trusted_keys(project.keys_dir),
-                               min_version=v2.version)  # clients holding v2 accept it
+    back = shardkit.decode_map(
+        bodies.pop(), shardkit.load_trusted_keys(project.keys_dir), min_version=v2.version
+    )  # clients holding v2 accept it
     assert back.version > v2.version
     assert [back.route(k).id for k in KEYS] == [v1.route(k).id for k in KEYS]
     epochs = {s.id: s.epoch for s in back.shards}
     v2_epochs = {s.id: s.epoch for s in v2.shards}
-    assert epochs == {"eu-0": back.version, "eu-1": back.version,
-                      "us-0": v2_epochs["us-0"], "us-1": v2_epochs["us-1"]}
+    assert epochs == {
+        "eu-0": back.version,
+        "eu-1": back.version,
+        "us-0": v2_epochs["us-0"],
+        "us-1": v2_epochs["us-1"],
+    }
     assert epoch_records(project) == epochs  # fenced in the tables before the map went out
 
 
 def test_rollback_without_an_earlier_deployment_is_refused(
-    make_project: MakeProject, deployer: Deploy,
+    make_project: MakeProject,
+    deployer: Deploy,
 ) -> None:
     d = deployer(make_project())
     with pytest.raises(DeployError, match="no earlier"):
@@ -762,7 +915,8 @@ def test_rollback_without_an_earlier_deployment_is_refused(
 
 
 def test_status_reports_resources_deleted_behind_its_back(
-    make_project: MakeProject, deployer: Deploy,
+    make_project: MakeProject,
+    deployer: Deploy,
 ) -> None:
     d = deployer(make_project())
     deploy(d)
@@ -770,15 +924,17 @@ def test_status_reports_resources_deleted_behind_its_back(
     aws("lambda", "us-east-1").delete_function(FunctionName=f"{P}-us-1")
     status = d.status()
     # the function's alias and URL went with it
-    assert status["missing"] == [f"us-east-1/function_url/{P}-us-1",
-                                 f"us-east-1/lambda_alias/{P}-us-1:live",
-                                 f"us-east-1/lambda_function/{P}-us-1"]
+    assert status["missing"] == [
+        f"us-east-1/function_url/{P}-us-1",
+        f"us-east-1/lambda_alias/{P}-us-1:live",
+        f"us-east-1/lambda_function/{P}-us-1",
+    ]
     assert status["status"] == "ok" and status["deployment"] == 1
 
 
-
 def test_refresh_plans_to_recreate_what_was_deleted_behind_its_back(
-    make_project: MakeProject, deployer: Deploy,
+    make_project: MakeProject,
+    deployer: Deploy,
 ) -> None:
     d = deployer(make_project())
     deploy(d)
@@ -788,11 +944,14 @@ def test_refresh_plans_to_recreate_what_was_deleted_behind_its_back(
     assert [(s.action, s.key) for s in plan.steps] == [
         ("create", f"us-east-1/lambda_function/{P}-us-1"),
         ("create", f"us-east-1/lambda_alias/{P}-us-1:live"),
-        ("create", f"us-east-1/function_url/{P}-us-1")]
+        ("create", f"us-east-1/function_url/{P}-us-1"),
+    ]
     d.apply(plan)
     assert d.status()["missing"] == []
     lam = aws("lambda", "us-east-1")
     conf = lam.get_function_configuration(FunctionName=f"{P}-us-1", Qualifier="live")
     assert conf["Environment"]["Variables"]["SHARDKIT_SHARD"] == "us-1"
-    assert lam.get_function_url_config(FunctionName=f"{P}-us-1", Qualifier="live")["AuthType"] \
+    assert (
+        lam.get_function_url_config(FunctionName=f"{P}-us-1", Qualifier="live")["AuthType"]
         == "AWS_IAM"
+    )

@@ -61,14 +61,29 @@ def _build_wheel(tmp: Path) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "shardkit", src / "shardkit",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "shardkit", src / "shardkit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     offline = ["--no-build-isolation"] if _setuptools_at_least(77) else []
     out = tmp / "dist"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *offline, "-w", str(out),
-         str(src)],
-        capture_output=True, text=True, timeout=180, cwd=tmp)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            *offline,
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     (wheel,) = out.glob("shardkit-*.whl")
     return wheel
@@ -85,14 +100,32 @@ def test_installed_wheel_ships_and_renders_the_blueprint(tmp_path):
     wheel = _build_wheel(tmp_path)
     site = tmp_path / "site"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(site),
-         str(wheel)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--quiet",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (site / "shardkit" / "blueprints" / "stateful-inference-proxy.toml").is_file()
 
     deps = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    run = subprocess.run([sys.executable, "-I", "-S", "-c", SCRIPT, str(site), *deps],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", SCRIPT, str(site), *deps],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert Path(result["shardkit"]).is_relative_to(site)
@@ -101,6 +134,7 @@ def test_installed_wheel_ships_and_renders_the_blueprint(tmp_path):
     assert result["definition"] == "stateful-inference-proxy"
     assert sorted(result["resources"]) == ["eu-west-1", "us-east-1"]
     assert {"ArtifactBucket", "StateTable", "FunctionEu0", "FunctionEu1", "FunctionUrlEu1"} <= set(
-        result["resources"]["eu-west-1"])
+        result["resources"]["eu-west-1"]
+    )
     assert "FunctionUs0" in result["resources"]["us-east-1"]
     assert not any(lid.endswith(("Eu0", "Eu1")) for lid in result["resources"]["us-east-1"])

@@ -44,10 +44,19 @@ PER_SHARD = {"iam_role", "log_group", "lambda_function", "lambda_alias", "functi
 
 
 def shardkit(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SHARDKIT_LOCAL_IDLE_TIMEOUT": "600",
-           "SHARDKIT_LOCAL_MAX_LIFETIME": "1200"}  # a crashed run cannot leave a server for long
-    out = subprocess.run([sys.executable, "-m", "shardkit.cli.main", *args], capture_output=True,
-                         text=True, timeout=240, env=env, check=False)
+    env = {
+        **os.environ,
+        "SHARDKIT_LOCAL_IDLE_TIMEOUT": "600",
+        "SHARDKIT_LOCAL_MAX_LIFETIME": "1200",
+    }  # a crashed run cannot leave a server for long
+    out = subprocess.run(
+        [sys.executable, "-m", "shardkit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        check=False,
+    )
     if ok:
         assert out.returncode == 0, f"shardkit {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
     return out
@@ -96,8 +105,11 @@ def test_deploy_status_change_rollback_destroy(project: Path) -> None:
 
     # one more shard: the plan touches only its resources (and fences, and the new map)
     toml = project / "shardkit.toml"
-    toml.write_text(PROJECT.replace('regions = ["eu-west-1"]\nshards = 2',
-                                    'regions = ["eu-west-1"]\nshards = 3'))
+    toml.write_text(
+        PROJECT.replace(
+            'regions = ["eu-west-1"]\nshards = 2', 'regions = ["eu-west-1"]\nshards = 3'
+        )
+    )
     plan = as_json("plan", root)
     assert resource_steps(plan) and {s["shard"] for s in resource_steps(plan)} == {"eu-2"}
     assert {s["kind"] for s in resource_steps(plan)} == PER_SHARD
@@ -118,8 +130,9 @@ def test_deploy_status_change_rollback_destroy(project: Path) -> None:
     assert status["resources"] == 2 and len(status["retained"]) == 2  # the state tables
 
 
-def test_bad_plans_and_a_stopped_local_cloud_are_one_line_errors(project: Path,
-                                                                 tmp_path: Path) -> None:
+def test_bad_plans_and_a_stopped_local_cloud_are_one_line_errors(
+    project: Path, tmp_path: Path
+) -> None:
     root = str(project)
     saved = tmp_path / "plan.json"
     shardkit("plan", root, "--out", str(saved))
@@ -136,12 +149,14 @@ def test_bad_plans_and_a_stopped_local_cloud_are_one_line_errors(project: Path,
     assert "not running" in user_error("status", root)
     assert "shardkit local up" in user_error("destroy", root, "--yes")
     assert "unknown AWS region" in user_error(
-        "plan", str(_copy_with(project, tmp_path, "eu-west-1 =", "eu-wset-1 =")))
+        "plan", str(_copy_with(project, tmp_path, "eu-west-1 =", "eu-wset-1 ="))
+    )
 
 
 def _copy_with(project: Path, tmp_path: Path, old: str, new: str) -> Path:
     other = tmp_path / "broken"
     other.mkdir()
-    (other / "shardkit.toml").write_text((project / "shardkit.toml").read_text()
-                                         .replace(old, new, 1))
+    (other / "shardkit.toml").write_text(
+        (project / "shardkit.toml").read_text().replace(old, new, 1)
+    )
     return other

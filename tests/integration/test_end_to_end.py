@@ -54,10 +54,19 @@ OWNER_ONLY = RetryPolicy(attempts=8, base_s=0.05, cap_s=0.5, budget_floor=1000.0
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """``shardkit ARGS`` in a subprocess; a failure shows its output."""
-    env = {**os.environ, "SHARDKIT_LOCAL_IDLE_TIMEOUT": "900",
-           "SHARDKIT_LOCAL_MAX_LIFETIME": "1800"}  # a crashed run cannot leave a server for long
-    out = subprocess.run([sys.executable, "-m", "shardkit.cli.main", *args], capture_output=True,
-                         text=True, timeout=timeout, env=env, check=False)
+    env = {
+        **os.environ,
+        "SHARDKIT_LOCAL_IDLE_TIMEOUT": "900",
+        "SHARDKIT_LOCAL_MAX_LIFETIME": "1800",
+    }  # a crashed run cannot leave a server for long
+    out = subprocess.run(
+        [sys.executable, "-m", "shardkit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 0, f"shardkit {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out
 
@@ -86,8 +95,11 @@ def workers(root: Path, function: str | None = None) -> set[int]:
         if info is None:
             continue
         state, cwd, env = info
-        if state != "Z" and cwd.startswith(code) and (
-                function is None or env.get("AWS_LAMBDA_FUNCTION_NAME") == function):
+        if (
+            state != "Z"
+            and cwd.startswith(code)
+            and (function is None or env.get("AWS_LAMBDA_FUNCTION_NAME") == function)
+        ):
             found.add(int(proc.name))
     return found
 
@@ -157,9 +169,11 @@ class Deployed:
             if region not in self._lambdas:
                 kwargs = server.boto3_client_kwargs(server.status(self.root)["gateway"])
                 kwargs["config"] = kwargs["config"].merge(
-                    Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=60))
-                self._lambdas[region] = server.session().client("lambda", region_name=region,
-                                                                **kwargs)
+                    Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=60)
+                )
+                self._lambdas[region] = server.session().client(
+                    "lambda", region_name=region, **kwargs
+                )
             return self._lambdas[region]
 
     def state_items(self) -> dict[str, list[tuple[str, str, int, dict[str, Any]]]]:
@@ -189,8 +203,9 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     root = tmp_path_factory.mktemp("e2e") / "quickstart"
     root.mkdir()
     shutil.copy(QUICKSTART / "shardkit.toml", root / "shardkit.toml")
-    shutil.copytree(QUICKSTART / "app", root / "app",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        QUICKSTART / "app", root / "app", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     try:
         yield _deploy(root)
     finally:
@@ -281,12 +296,15 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         _stop(root)
 
 
-def invoke(deployed: Deployed, shard: str, region: str, key: str, payload: Any
-           ) -> tuple[dict[str, Any], Any]:
+def invoke(
+    deployed: Deployed, shard: str, region: str, key: str, payload: Any
+) -> tuple[dict[str, Any], Any]:
     """Invoke a shard function through the gateway's Lambda API: (response, payload)."""
     response = deployed.gateway_lambda(region).invoke(
-        FunctionName=deployed.function(shard), Qualifier="live",
-        Payload=json.dumps({"key": key, "payload": payload}).encode())
+        FunctionName=deployed.function(shard),
+        Qualifier="live",
+        Payload=json.dumps({"key": key, "payload": payload}).encode(),
+    )
     return response, json.loads(response["Payload"].read())
 
 
@@ -294,7 +312,8 @@ def invoke(deployed: Deployed, shard: str, region: str, key: str, payload: Any
 
 
 def test_thousands_of_requests_go_to_owners_and_no_write_is_lost_or_doubled(
-        quickstart: Deployed) -> None:
+    quickstart: Deployed,
+) -> None:
     tag = uuid.uuid4().hex[:6]
     keys = [f"eu:{tag}-{i}" if i % 2 else f"{tag}-{i}" for i in range(40)]
     rng = random.Random(2024)
@@ -321,9 +340,11 @@ def test_thousands_of_requests_go_to_owners_and_no_write_is_lost_or_doubled(
     assert shard_map is not None
     items = quickstart.state_items()
     latencies = sorted(r.latency_s for rs in results.values() for r in rs)
-    print(f"\n{len(latencies)} requests: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
-          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, retried "
-          f"{sum(r.attempts > 1 for rs in results.values() for r in rs)}")
+    print(
+        f"\n{len(latencies)} requests: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, retried "
+        f"{sum(r.attempts > 1 for rs in results.values() for r in rs)}"
+    )
     # Note: moto 5.2.5's transact_write_items restores a snapshot of the whole table when a
     # condition fails (a stale worker cache does that), undoing writes to other keys committed
     # meanwhile. Unless the local cloud serialises DynamoDB writes, a lost write can show here.
@@ -349,11 +370,16 @@ def test_an_old_client_is_redirected_once_after_a_reshard(quickstart: Deployed) 
         text = (root / "shardkit.toml").read_text()
         head, sep, tail = text.partition("[groups.us]")
         assert sep and "shards = 4" in tail
-        (root / "shardkit.toml").write_text(head + sep + tail.replace("shards = 4", "shards = 5", 1))
+        (root / "shardkit.toml").write_text(
+            head + sep + tail.replace("shards = 4", "shards = 5", 1)
+        )
         predicted = shardkit.build_map(shardkit.load_project(root).config, before)
         tag = uuid.uuid4().hex[:6]
-        moved = [k for k in (f"{tag}-{i}" for i in range(400))
-                 if predicted.route(k).id != before.route(k).id][:3]
+        moved = [
+            k
+            for k in (f"{tag}-{i}" for i in range(400))
+            if predicted.route(k).id != before.route(k).id
+        ][:3]
         assert len(moved) == 3
         for key in moved:  # the old owners hold these keys, warm, before the reshard
             assert old.infer(key, {"text": "before", "seq": 1}).shard == before.route(key).id
@@ -381,8 +407,7 @@ def test_an_old_client_is_redirected_once_after_a_reshard(quickstart: Deployed) 
         assert owners == {before.route(key).id: [1], predicted.route(key).id: [2]}
 
 
-def test_a_killed_worker_is_replaced_and_a_retry_is_not_applied_twice(
-        quickstart: Deployed) -> None:
+def test_a_killed_worker_is_replaced_and_a_retry_is_not_applied_twice(quickstart: Deployed) -> None:
     client = client_for_project(quickstart.root, retry=OWNER_ONLY)
     try:
         key = f"kill-{uuid.uuid4().hex[:6]}"
@@ -441,8 +466,10 @@ def test_workers_killed_mid_traffic_never_apply_a_request_twice(quickstart: Depl
         done.set()
         thread.join(10)
         client.close()
-    print(f"\nkilled {len(killed)} workers; {len(acked)} acknowledged, {len(failed)} failed, "
-          f"{sum(r.attempts > 1 for _, r in acked)} retried")
+    print(
+        f"\nkilled {len(killed)} workers; {len(acked)} acknowledged, {len(failed)} failed, "
+        f"{sum(r.attempts > 1 for _, r in acked)} retried"
+    )
     assert killed
     ((_, shard, seq, data),) = quickstart.state_items()[key]
     applied = data["state"]["seqs"]
@@ -480,8 +507,12 @@ def test_emf_metrics_and_logs_reach_cloudwatch(quickstart: Deployed) -> None:
     def events() -> list[str]:
         out = []
         for stream in logs.describe_log_streams(logGroupName=group)["logStreams"]:
-            out += [e["message"] for e in logs.get_log_events(
-                logGroupName=group, logStreamName=stream["logStreamName"])["events"]]
+            out += [
+                e["message"]
+                for e in logs.get_log_events(
+                    logGroupName=group, logStreamName=stream["logStreamName"]
+                )["events"]
+            ]
         return out
 
     messages = wait_for(events, f"log events in {group}")
@@ -494,17 +525,33 @@ def test_the_invoke_and_traffic_commands_work(quickstart: Deployed) -> None:
     assert [r["key"] for r in rows] == ["user-1", "eu:anna"]
     assert [r["jurisdiction"] for r in rows] == ["us", "eu"]
     assert all(r["answer"]["count"] >= 1 for r in rows)
-    report = json.loads(cli("traffic", root, "--requests", "120", "--keys", "12", "--threads",
-                            "4", "--json").stdout)
+    report = json.loads(
+        cli("traffic", root, "--requests", "120", "--keys", "12", "--threads", "4", "--json").stdout
+    )
     assert (report["requests"], report["errors"]) == (120, 0)
     assert sum(row["requests"] for row in report["shards"].values()) == 120
     assert {r[:2] for r in report["regions"]} <= {"eu", "us"}
 
 
 def test_traffic_through_the_edge_runtime_reports_every_path(quickstart: Deployed) -> None:
-    report = json.loads(cli("traffic", str(quickstart.root), "--edge", "--requests", "300",
-                            "--keys", "10", "--reads", "0.9", "--threads", "2",
-                            "--edge-region", "us-east-1", "--json").stdout)
+    report = json.loads(
+        cli(
+            "traffic",
+            str(quickstart.root),
+            "--edge",
+            "--requests",
+            "300",
+            "--keys",
+            "10",
+            "--reads",
+            "0.9",
+            "--threads",
+            "2",
+            "--edge-region",
+            "us-east-1",
+            "--json",
+        ).stdout
+    )
     paths = report["paths"]
     assert (report["requests"], report["errors"]) == (300, 0)
     assert sum(p["requests"] for p in paths.values()) == 300
@@ -556,8 +603,9 @@ def test_reserved_concurrency_throttles_the_excess(probe: Deployed, tmp_path: Pa
     lam = probe.gateway_lambda("eu-west-1")
     throttled = []
     with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(invoke, probe, "eu-0", "eu-west-1", "eu:held",
-                           {"op": "hold", "path": str(release)})
+        held = pool.submit(
+            invoke, probe, "eu-0", "eu-west-1", "eu:held", {"op": "hold", "path": str(release)}
+        )
         try:
             for _ in range(400):  # until the held request occupies the one worker
                 try:

@@ -107,11 +107,17 @@ def project(tmp_path: Path):
 def _make_table(endpoint: str, region: str, name: str) -> None:
     ddb = client("dynamodb", region, endpoint)
     ddb.create_table(
-        TableName=name, BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "N"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                   {"AttributeName": "sk", "KeyType": "RANGE"}])
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "N"},
+        ],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+    )
 
 
 def _scan(endpoint: str, region: str, name: str) -> list[dict]:
@@ -149,8 +155,11 @@ def test_up_status_use_reuse_down(project: Path) -> None:
 
     again = up(project)
     assert not again.started
-    assert (again.pid, again.instance, again.endpoint) == (cloud.pid, cloud.instance,
-                                                          cloud.endpoint)
+    assert (again.pid, again.instance, again.endpoint) == (
+        cloud.pid,
+        cloud.instance,
+        cloud.endpoint,
+    )
     assert ensure(project) == (cloud.endpoint, False)
 
     result = down(project, save_tables=False)
@@ -163,9 +172,16 @@ def test_up_status_use_reuse_down(project: Path) -> None:
     assert "not running" in err.value.message
     assert err.value.hint == "start it with `shardkit local up PROJECT_DIR`"
 
-    assert down(project) == result | {"was": "stopped", "stopped": False, "pid": None,
-                                      "endpoint": None, "stop": None, "snapshot": None,
-                                      "snapshot_error": None, "reason": None}
+    assert down(project) == result | {
+        "was": "stopped",
+        "stopped": False,
+        "pid": None,
+        "endpoint": None,
+        "stop": None,
+        "snapshot": None,
+        "snapshot_error": None,
+        "reason": None,
+    }
 
 
 def test_ensure_starts_when_needed(project: Path) -> None:
@@ -193,37 +209,50 @@ def test_lambda_create_and_invoke_never_use_docker(project: Path) -> None:
     assert config["lambda"] == {"use_docker": False}
 
     role = client("iam", "us-east-1", endpoint).create_role(
-        RoleName="shard-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        RoleName="shard-role", AssumeRolePolicyDocument="{}"
+    )["Role"]["Arn"]
     lam = client("lambda", "eu-west-1", endpoint)
-    lam.create_function(FunctionName="shard-0", Runtime="python3.11", Role=role,
-                        Handler="handler.handler",
-                        Code={"ZipFile": _zip("def handler(e, c):\n    return 1\n")})
+    lam.create_function(
+        FunctionName="shard-0",
+        Runtime="python3.11",
+        Role=role,
+        Handler="handler.handler",
+        Code={"ZipFile": _zip("def handler(e, c):\n    return 1\n")},
+    )
     answer = lam.invoke(FunctionName="shard-0", Payload=b'{"key": "u1"}')
     # With Docker mode, moto answers FunctionError "Handled" and "error running docker".
     assert answer["StatusCode"] == 200 and "FunctionError" not in answer
     assert answer["Payload"].read() == b'{"key": "u1"}'
     assert "docker" not in (local_dir(project) / "server.log").read_text().replace(
-        '"use_docker"', "")
+        '"use_docker"', ""
+    )
 
 
-def test_clients_ignore_the_users_aws_environment(project: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clients_ignore_the_users_aws_environment(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     aws_config = tmp_path / "aws-config"
     aws_config.write_text("[default]\nregion = ap-south-1\nendpoint_url = http://127.0.0.1:9\n")
     for name, value in {
-        "AWS_PROFILE": "no-such-profile", "AWS_ACCESS_KEY_ID": "AKIAREALLOOKINGKEY",
-        "AWS_SECRET_ACCESS_KEY": "real-secret", "AWS_SESSION_TOKEN": "real-token",
-        "AWS_DEFAULT_REGION": "ap-south-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-        "AWS_USE_FIPS_ENDPOINT": "true", "AWS_CONFIG_FILE": str(aws_config),
-        "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+        "AWS_PROFILE": "no-such-profile",
+        "AWS_ACCESS_KEY_ID": "AKIAREALLOOKINGKEY",
+        "AWS_SECRET_ACCESS_KEY": "real-secret",
+        "AWS_SESSION_TOKEN": "real-token",
+        "AWS_DEFAULT_REGION": "ap-south-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_USE_FIPS_ENDPOINT": "true",
+        "AWS_CONFIG_FILE": str(aws_config),
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
     }.items():
         monkeypatch.setenv(name, value)
     server_mod.session.cache_clear()  # build the session under this environment
     try:
         endpoint = up(project).endpoint  # the server itself must not trip on AWS_PROFILE
         s3 = client("s3", "us-west-2", endpoint)
-        s3.create_bucket(Bucket="env-proof",
-                         CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+        s3.create_bucket(
+            Bucket="env-proof", CreateBucketConfiguration={"LocationConstraint": "us-west-2"}
+        )
         assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["env-proof"]
         assert s3.meta.region_name == "us-west-2" and s3.meta.endpoint_url == endpoint
         assert s3._request_signer._credentials.access_key == "testing"
@@ -252,9 +281,15 @@ def test_killed_server_is_stale_and_up_recovers(project: Path) -> None:
 
 
 def test_record_naming_a_foreign_process_is_stale_and_never_killed(project: Path) -> None:
-    server_mod.write_record(project.resolve(), {"endpoint": "http://127.0.0.1:9",
-                                                "pid": os.getpid(), "started_at": 0.0,
-                                                "instance": "not-ours"})
+    server_mod.write_record(
+        project.resolve(),
+        {
+            "endpoint": "http://127.0.0.1:9",
+            "pid": os.getpid(),
+            "started_at": 0.0,
+            "instance": "not-ours",
+        },
+    )
     current = status(project)
     assert current["state"] == "stale" and "not this project's local cloud" in current["reason"]
     result = down(project)
@@ -277,8 +312,10 @@ def test_server_stops_when_its_record_goes(project: Path, change: str) -> None:
     if change == "remove":
         record.unlink()
     else:
-        server_mod.write_record(project.resolve(), {"endpoint": cloud.endpoint, "pid": 1,
-                                                    "started_at": 0.0, "instance": "other"})
+        server_mod.write_record(
+            project.resolve(),
+            {"endpoint": cloud.endpoint, "pid": 1, "started_at": 0.0, "instance": "other"},
+        )
     assert _gone(cloud.pid, timeout=5)
     if change == "replace":  # someone else's record is left alone
         assert json.loads(record.read_text())["instance"] == "other"
@@ -290,18 +327,22 @@ def test_server_saves_tables_and_exits_by_itself(project: Path, limits: dict) ->
     cloud = up(project, **({"idle_timeout": 0, "max_lifetime": 0} | limits))
     _make_table(cloud.endpoint, "us-east-1", "state")
     client("dynamodb", "us-east-1", cloud.endpoint).put_item(
-        TableName="state", Item={"pk": {"S": "k"}, "sk": {"N": "7"}})
+        TableName="state", Item={"pk": {"S": "k"}, "sk": {"N": "7"}}
+    )
     assert _gone(cloud.pid, timeout=10)
     assert status(project)["state"] == "stopped"  # it removed its own record
     saved = json.loads((local_dir(project) / "tables.json").read_text())
     assert [(t["region"], t["table"], t["items"]) for t in saved["tables"]] == [
-        ("us-east-1", "state", [{"pk": {"S": "k"}, "sk": {"N": "7"}}])]
+        ("us-east-1", "state", [{"pk": {"S": "k"}, "sk": {"N": "7"}}])
+    ]
 
 
-def test_failed_start_reports_the_log_tail(project: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_mod, "_command", lambda *a: [
-        sys.executable, "-c", "import sys; print('boom: no moto here'); sys.exit(3)"])
+def test_failed_start_reports_the_log_tail(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        server_mod,
+        "_command",
+        lambda *a: [sys.executable, "-c", "import sys; print('boom: no moto here'); sys.exit(3)"],
+    )
     with pytest.raises(LocalCloudError) as err:
         up(project)
     assert "exited with code 3" in err.value.message and "boom: no moto here" in err.value.message
@@ -311,8 +352,15 @@ def test_failed_start_reports_the_log_tail(project: Path,
 
 
 def test_start_timeout_kills_the_server(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_mod, "_command", lambda *a: [
-        sys.executable, "-c", "import time; print('still starting', flush=True); time.sleep(60)"])
+    monkeypatch.setattr(
+        server_mod,
+        "_command",
+        lambda *a: [
+            sys.executable,
+            "-c",
+            "import time; print('still starting', flush=True); time.sleep(60)",
+        ],
+    )
     before = set(server_mod._children)
     with pytest.raises(LocalCloudError, match=r"did not answer within 0.5s.*still starting"):
         up(project, timeout=0.5)
@@ -324,11 +372,18 @@ def test_start_timeout_kills_the_server(project: Path, monkeypatch: pytest.Monke
 
 
 ITEMS = [
-    {"pk": {"S": "user-1"}, "sk": {"N": "1"}, "blob": {"B": b"\x00\xffbin"},
-     "blobs": {"BS": [b"a", b"\x01"]}, "n": {"N": "12345678901234567890.5"},
-     "tags": {"SS": ["x", "y"]}, "nums": {"NS": ["1", "2"]}, "ok": {"BOOL": True},
-     "none": {"NULL": True},
-     "doc": {"M": {"inner": {"B": b"\x02"}, "list": {"L": [{"S": "v"}, {"B": b"\x03"}]}}}},
+    {
+        "pk": {"S": "user-1"},
+        "sk": {"N": "1"},
+        "blob": {"B": b"\x00\xffbin"},
+        "blobs": {"BS": [b"a", b"\x01"]},
+        "n": {"N": "12345678901234567890.5"},
+        "tags": {"SS": ["x", "y"]},
+        "nums": {"NS": ["1", "2"]},
+        "ok": {"BOOL": True},
+        "none": {"NULL": True},
+        "doc": {"M": {"inner": {"B": b"\x02"}, "list": {"L": [{"S": "v"}, {"B": b"\x03"}]}}},
+    },
     {"pk": {"S": "user-2"}, "sk": {"N": "2"}, "payload": {"S": "ü" * 10}},
 ] + [{"pk": {"S": "bulk"}, "sk": {"N": str(i)}} for i in range(30)]  # > one batch of 25
 
@@ -342,17 +397,21 @@ def test_snapshot_and_restore_round_trip_across_a_restart(project: Path) -> None
     before = _scan(endpoint, "eu-west-1", "state")
 
     result = down(project)  # regions from shardkit.toml: eu-west-1, us-east-1
-    assert result["snapshot"] == {"path": str(local_dir(project) / "tables.json"),
-                                  "tables": {"eu-west-1/state": len(ITEMS)}}
+    assert result["snapshot"] == {
+        "path": str(local_dir(project) / "tables.json"),
+        "tables": {"eu-west-1/state": len(ITEMS)},
+    }
     assert result["snapshot_error"] is None
 
     endpoint = up(project).endpoint
     assert client("dynamodb", "eu-west-1", endpoint).list_tables()["TableNames"] == []
     assert restore_items(project) == [
-        {"region": "eu-west-1", "table": "state", "items": 0, "status": "missing"}]
+        {"region": "eu-west-1", "table": "state", "items": 0, "status": "missing"}
+    ]
     _make_table(endpoint, "eu-west-1", "state")
     assert restore_items(project) == [
-        {"region": "eu-west-1", "table": "state", "items": len(ITEMS), "status": "restored"}]
+        {"region": "eu-west-1", "table": "state", "items": len(ITEMS), "status": "restored"}
+    ]
     assert _scan(endpoint, "eu-west-1", "state") == before
 
 
@@ -360,7 +419,8 @@ def test_explicit_snapshot_and_down_without_tables_keeps_it(project: Path) -> No
     endpoint = up(project).endpoint
     _make_table(endpoint, "us-east-1", "t1")
     client("dynamodb", "us-east-1", endpoint).put_item(
-        TableName="t1", Item={"pk": {"S": "a"}, "sk": {"N": "1"}})
+        TableName="t1", Item={"pk": {"S": "a"}, "sk": {"N": "1"}}
+    )
     path = snapshot(project, [("us-east-1", "t1")])
     assert path == local_dir(project) / "tables.json"
     saved = path.read_bytes()
@@ -413,8 +473,13 @@ def test_cli_missing_project_is_a_user_error(tmp_path: Path) -> None:
 
 def test_shardkit_command_runs_local_as_a_subprocess(project: Path) -> None:
     def shardkit(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shardkit.cli.main", "local", *args],
-                              capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "shardkit.cli.main", "local", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     started = shardkit("up", str(project), "--json")
     assert started.returncode == 0, started.stderr

@@ -23,17 +23,22 @@ WRITERS, WRITES = 3, 250
 
 @pytest.fixture
 def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     serialise_dynamodb()
     with mock_aws():
         client = boto3.client("dynamodb", region_name="eu-west-1")
         client.create_table(
-            TableName=TABLE, BillingMode="PAY_PER_REQUEST",
+            TableName=TABLE,
+            BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        )
         client.put_item(TableName=TABLE, Item={"pk": {"S": "fence"}, "epoch": {"N": "1"}})
         yield client
 
@@ -46,18 +51,28 @@ def test_failing_transactions_do_not_undo_concurrent_writes(dynamodb: object) ->
     def failing_transactions() -> None:
         while not stop.is_set():
             try:
-                client.transact_write_items(TransactItems=[  # type: ignore[attr-defined]
-                    {"ConditionCheck": {"TableName": TABLE, "Key": {"pk": {"S": "fence"}},
-                                        "ConditionExpression": "epoch = :e",
-                                        "ExpressionAttributeValues": {":e": {"N": "2"}}}},
-                    {"Put": {"TableName": TABLE, "Item": {"pk": {"S": "never"}}}}])
+                client.transact_write_items(
+                    TransactItems=[  # type: ignore[attr-defined]
+                        {
+                            "ConditionCheck": {
+                                "TableName": TABLE,
+                                "Key": {"pk": {"S": "fence"}},
+                                "ConditionExpression": "epoch = :e",
+                                "ExpressionAttributeValues": {":e": {"N": "2"}},
+                            }
+                        },
+                        {"Put": {"TableName": TABLE, "Item": {"pk": {"S": "never"}}}},
+                    ]
+                )
             except client.exceptions.TransactionCanceledException:  # type: ignore[attr-defined]
                 failed.append(1)
 
     def writer(n: int) -> None:
         for i in range(WRITES):
-            client.put_item(TableName=TABLE,  # type: ignore[attr-defined]
-                            Item={"pk": {"S": f"w{n}-{i}"}})
+            client.put_item(
+                TableName=TABLE,  # type: ignore[attr-defined]
+                Item={"pk": {"S": f"w{n}-{i}"}},
+            )
 
     spoiler = threading.Thread(target=failing_transactions)
     writers = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]

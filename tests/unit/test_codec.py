@@ -27,14 +27,25 @@ SMALL: dict[str, Any] = {  # a quickstart-like map at 256 slots, so fuzzing stay
     "project": {"name": "small"},
     "hashing": {"slot_bits": 8},
     "signing": {"key_id": "test-key"},
-    "regions": {"eu-west-1": {"jurisdiction": "eu"}, "eu-central-1": {"jurisdiction": "eu"},
-                "us-east-1": {"jurisdiction": "us"}},
+    "regions": {
+        "eu-west-1": {"jurisdiction": "eu"},
+        "eu-central-1": {"jurisdiction": "eu"},
+        "us-east-1": {"jurisdiction": "us"},
+    },
     "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
     "groups": {
-        "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 3,
-               "replicas": 1},
-        "us": {"jurisdiction": "us", "regions": ["us-east-1"], "shards": 2,
-               "weights": {"us-0": 2.5}},
+        "eu": {
+            "jurisdiction": "eu",
+            "regions": ["eu-west-1", "eu-central-1"],
+            "shards": 3,
+            "replicas": 1,
+        },
+        "us": {
+            "jurisdiction": "us",
+            "regions": ["us-east-1"],
+            "shards": 2,
+            "weights": {"us-0": 2.5},
+        },
     },
 }
 T = 1_000_000  # build time of SMALL; it expires 720 hours (the default ttl) later
@@ -48,8 +59,9 @@ def pack(fields: list[Any]) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 
 
-def sign(key: shardkit.SigningKey, key_id: str, version: int, expires_at: int,
-         body: bytes) -> bytes:
+def sign(
+    key: shardkit.SigningKey, key_id: str, version: int, expires_at: int, body: bytes
+) -> bytes:
     """An envelope made by hand from the documented format."""
     header = ["shardkit-map", 1, key_id, version, expires_at, body]
     return pack([*header, key.sign(pack(header))])
@@ -86,8 +98,9 @@ def test_round_trip_is_byte_identical(request, signing_key, trusted_keys, which:
     for k in keys[::50]:
         assert back.route(k) == m.route(k)
         assert back.preference_list(k) == m.preference_list(k)
-    assert [(s.id, s.epoch, s.index) for s in back.shards] == \
-        [(s.id, s.epoch, s.index) for s in m.shards]
+    assert [(s.id, s.epoch, s.index) for s in back.shards] == [
+        (s.id, s.epoch, s.index) for s in m.shards
+    ]
 
 
 def test_the_envelope_is_the_documented_format(small, envelope, signing_key) -> None:
@@ -100,8 +113,9 @@ def test_the_envelope_is_the_documented_format(small, envelope, signing_key) -> 
 # -- version and expiry ---------------------------------------------------------------------------
 
 
-def test_rollback_is_refused_and_an_equal_version_accepted(config_from, signing_key,
-                                                           trusted_keys) -> None:
+def test_rollback_is_refused_and_an_equal_version_accepted(
+    config_from, signing_key, trusted_keys
+) -> None:
     v1 = shardkit.build_map(config_from(SMALL), now=T)
     v2 = shardkit.build_map(config_from(SMALL), v1, now=T)
     env = shardkit.encode_map(v2, signing_key.key_id, signing_key.sign)
@@ -136,8 +150,9 @@ def test_an_expiry_too_far_out_for_the_platform_clock_still_expires(
         shardkit.decode_map(env, trusted_keys, now=0)
 
 
-def test_checks_run_in_the_documented_order(config_from, envelope, signing_key,
-                                            trusted_keys) -> None:
+def test_checks_run_in_the_documented_order(
+    config_from, envelope, signing_key, trusted_keys
+) -> None:
     """shape, then signature, then version, then expiry."""
     late = T + 10**9
     with pytest.raises(shardkit.MapRollbackError):  # rolled back and expired
@@ -154,13 +169,16 @@ def test_checks_run_in_the_documented_order(config_from, envelope, signing_key,
 # -- signatures -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "change"), [
-    (3, lambda v: v + 1),  # version
-    (4, lambda v: v + 3600),  # expiry
-    (5, lambda b: b[:-1] + bytes([b[-1] ^ 1])),  # body: the last slot-table byte
-    (5, lambda b: b.replace(b"us-0", b"us-1", 1)),  # body: a shard id
-    (6, lambda s: bytes([s[0] ^ 0x80]) + s[1:]),  # the signature itself
-])
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        (3, lambda v: v + 1),  # version
+        (4, lambda v: v + 3600),  # expiry
+        (5, lambda b: b[:-1] + bytes([b[-1] ^ 1])),  # body: the last slot-table byte
+        (5, lambda b: b.replace(b"us-0", b"us-1", 1)),  # body: a shard id
+        (6, lambda s: bytes([s[0] ^ 0x80]) + s[1:]),  # the signature itself
+    ],
+)
 def test_tampering_breaks_the_signature(envelope, trusted_keys, field, change) -> None:
     fields = unpack(envelope)
     fields[field] = change(fields[field])
@@ -218,18 +236,21 @@ def test_a_non_canonical_body_is_refused(small, envelope, signing_key, trusted_k
         decode(_resigned(small, signing_key, obj, use_single_float=True), trusted_keys)
 
 
-@pytest.mark.parametrize(("path", "value", "match"), [
-    (("version",), 99, "does not match"),  # the body disagrees with the signed header
-    (("expires_at",), T, "does not match"),
-    (("extra",), 1, "body fields"),
-    (("format",), 2, "format"),
-    (("hash",), "md5-v0", "hash"),
-    (("slot_bits",), 7, "slot_bits"),
-    (("shards", 0, 4), 1, "shards"),  # an int weight
-    (("groups", "eu", "primary"), b"\x00\x00", "groups.eu"),  # a short table
-    (("groups", "eu", "primary"), b"\xff\x00" * 256, "out of range"),
-    (("groups", "eu", "primary"), b"\x03\x00" * 256, "another group or jurisdiction"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (("version",), 99, "does not match"),  # the body disagrees with the signed header
+        (("expires_at",), T, "does not match"),
+        (("extra",), 1, "body fields"),
+        (("format",), 2, "format"),
+        (("hash",), "md5-v0", "hash"),
+        (("slot_bits",), 7, "slot_bits"),
+        (("shards", 0, 4), 1, "shards"),  # an int weight
+        (("groups", "eu", "primary"), b"\x00\x00", "groups.eu"),  # a short table
+        (("groups", "eu", "primary"), b"\xff\x00" * 256, "out of range"),
+        (("groups", "eu", "primary"), b"\x03\x00" * 256, "another group or jurisdiction"),
+    ],
+)
 def test_a_signed_but_invalid_body_is_a_decode_error(
     small, envelope, signing_key, trusted_keys, path, value, match
 ) -> None:
@@ -273,17 +294,23 @@ def test_every_bit_flip_in_header_and_signature_is_refused(small, envelope, trus
 @FUZZ
 @given(data=st.data())
 def test_bit_flips_anywhere_are_refused(envelope, trusted_keys, data) -> None:
-    bits = data.draw(st.lists(st.integers(0, len(envelope) * 8 - 1), min_size=1, max_size=4,
-                              unique=True))
+    bits = data.draw(
+        st.lists(st.integers(0, len(envelope) * 8 - 1), min_size=1, max_size=4, unique=True)
+    )
     with pytest.raises(REFUSED):
         decode(_flip(envelope, bits), trusted_keys)
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
-    | st.text(max_size=20) | st.binary(max_size=40),
-    lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=8), inner, max_size=8)
+    ),
     max_leaves=10,
 )
 
@@ -296,11 +323,17 @@ def test_random_bytes_are_refused(trusted_keys, blob: bytes) -> None:
 
 
 @FUZZ
-@given(fields=st.tuples(
-    st.just("shardkit-map") | msgpack_values, st.just(1) | msgpack_values,
-    st.just("test-key") | msgpack_values, msgpack_values, msgpack_values,
-    st.binary(max_size=100) | msgpack_values, st.binary(min_size=64, max_size=64) | msgpack_values,
-))
+@given(
+    fields=st.tuples(
+        st.just("shardkit-map") | msgpack_values,
+        st.just(1) | msgpack_values,
+        st.just("test-key") | msgpack_values,
+        msgpack_values,
+        msgpack_values,
+        st.binary(max_size=100) | msgpack_values,
+        st.binary(min_size=64, max_size=64) | msgpack_values,
+    )
+)
 def test_random_envelope_shaped_values_are_refused(trusted_keys, fields) -> None:
     with pytest.raises(REFUSED):
         decode(pack(list(fields)), trusted_keys)

@@ -50,8 +50,17 @@ shards = 2
 """
 
 # pydantic internals that must never reach the user
-NOISE = ("tuple[", "ShardConfig", "(none)", "[key]", "Value error", "Input should be a valid "
-         "dictionary", "^[", "count]", "list]")
+NOISE = (
+    "tuple[",
+    "ShardConfig",
+    "(none)",
+    "[key]",
+    "Value error",
+    "Input should be a valid dictionary",
+    "^[",
+    "count]",
+    "list]",
+)
 
 
 def edit(text: str, old: str, new: str) -> str:
@@ -79,121 +88,303 @@ def test_base_config_is_valid(tmp_path: Path) -> None:
 
 # (case id, edit old, edit new, pieces the one problem line must contain)
 BAD = [
-    ("unknown-top-level", "[project]", "[extras]\nx = 1\n\n[project]",
-     ["extras: unknown field",
-      "allowed here: groups, hashing, project, proxy, regions, residency, signing"]),
-    ("unknown-in-project", 'name = "demo"', 'name = "demo"\nnmae = "demo"',
-     ["project.nmae: unknown field", "allowed here: name, target"]),
-    ("unknown-in-group", "replicas = 1", "replicas = 1\nreplica = 2",
-     ["groups.eu.replica: unknown field",
-      "allowed here: concurrency, failure_domain, jurisdiction, memory_mb, regions, replicas, shards, "
-      "timeout_s, weights"]),
-    ("unknown-in-shard-entry", "shards = 4\nreplicas = 1",
-     'shards = [{ id = "eu-a", region = "eu-west-1", wieght = 2.0 }]',
-     ["groups.eu.shards[0].wieght: unknown field", "allowed here: id, region, weight"]),
-    ("unknown-in-region", 'eu-west-1 = { jurisdiction = "eu" }',
-     'eu-west-1 = { jurisdiction = "eu", zone = "a" }',
-     ["regions.eu-west-1.zone: unknown field", "allowed here: jurisdiction"]),
-    ("unknown-in-rule", '{ prefix = "eu:", jurisdiction = "eu" }',
-     '{ prefix = "eu:", jurisdiction = "eu", priority = 1 }',
-     ["residency.rules[0].priority: unknown field", "allowed here: jurisdiction, prefix"]),
-    ("missing-project-name", 'name = "demo"\n', "",
-     ["project.name: required field is missing"]),
-    ("missing-signing-key-id", 'key_id = "demo-key"', 'keys_dir = "keys"',
-     ["signing.key_id: required field is missing"]),
-    ("missing-groups", BASE[BASE.index("[groups.eu]"):], "",
-     ["groups: required field is missing"]),
-    ("replicas-not-int", "replicas = 1", 'replicas = "one"',
-     ["groups.eu.replicas = 'one': ", "valid integer"]),
-    ("replicas-bool", "replicas = 1", "replicas = true",
-     ["groups.eu.replicas = true: ", "valid integer"]),
-    ("slot-bits-float", "[signing]", "[hashing]\nslot_bits = 14.5\n\n[signing]",
-     ["hashing.slot_bits = 14.5: ", "valid integer"]),
-    ("ttl-not-number", 'key_id = "demo-key"', 'key_id = "demo-key"\nmap_ttl_hours = "long"',
-     ["signing.map_ttl_hours = 'long': ", "valid number"]),
-    ("create-if-missing-int", 'key_id = "demo-key"', 'key_id = "demo-key"\ncreate_if_missing = 1',
-     ["signing.create_if_missing = 1: ", "valid boolean"]),
-    ("shards-string", "shards = 4", 'shards = "four"',
-     ["groups.eu.shards = 'four': must be a shard count (1-4096) or a list of shards like "
-      '[{ id = "eu-0", region = "eu-west-1" }]']),
-    ("project-not-table", '[project]\nname = "demo"', 'project = "demo"',
-     ["project = 'demo': must be a table"]),
-    ("group-regions-not-array", 'regions = ["us-east-1"]', 'regions = "us-east-1"',
-     ["groups.us.regions = 'us-east-1': must be an array"]),
-    ("target-unknown", 'name = "demo"', 'name = "demo"\ntarget = "gcp"',
-     ["project.target = 'gcp': ", "'local' or 'aws'"]),
-    ("replicas-negative", "replicas = 1", "replicas = -1",
-     ["groups.eu.replicas = -1: ", "greater than or equal to 0"]),
-    ("replicas-need-more-domains", "replicas = 1", "replicas = 2",
-     ["groups.eu.replicas = 2: needs 3 distinct failure domains (regions) but the group has 2",
-      "add regions, lower replicas, or set failure_domain = 'shard'"]),
-    ("replicas-need-domains-single-region", 'shards = 2', "shards = 2\nreplicas = 1",
-     ["groups.us.replicas = 1: needs 2 distinct failure domains (regions) but the group has 1"]),
-    ("slot-bits-too-small", "[signing]", f"[hashing]\nslot_bits = {MIN_SLOT_BITS - 1}\n\n[signing]",
-     [f"hashing.slot_bits = {MIN_SLOT_BITS - 1}: ",
-      f"greater than or equal to {MIN_SLOT_BITS}"]),
-    ("slot-bits-too-large", "[signing]", f"[hashing]\nslot_bits = {MAX_SLOT_BITS + 1}\n\n[signing]",
-     [f"hashing.slot_bits = {MAX_SLOT_BITS + 1}: ", f"less than or equal to {MAX_SLOT_BITS}"]),
-    ("hash-unknown", "[signing]", '[hashing]\nalgorithm = "md5"\n\n[signing]',
-     ["hashing.algorithm = 'md5': unknown hash 'md5'; allowed: xxh64-v1"]),
-    ("aws-region-unknown", 'eu-central-1 = { jurisdiction = "eu" }',
-     'eu-westt-1 = { jurisdiction = "eu" }',
-     ["regions: key 'eu-westt-1': unknown AWS region (did you mean 'eu-west-1'?)",
-      "use a region where Lambda runs, such as eu-west-1 or us-east-1"]),
-    ("group-region-undeclared", 'regions = ["eu-west-1", "eu-central-1"]',
-     'regions = ["eu-west-1", "eu-west-3"]',
-     ["groups.eu.regions[1] = 'eu-west-3': not declared under [regions]",
-      "(declared: eu-central-1, eu-west-1, us-east-1)"]),
-    ("group-region-other-jurisdiction", 'regions = ["eu-west-1", "eu-central-1"]',
-     'regions = ["eu-west-1", "us-east-1"]',
-     ["groups.eu.regions[1] = 'us-east-1': in jurisdiction 'us', not 'eu'",
-      "a group may only use regions of its own jurisdiction"]),
-    ("two-groups-one-jurisdiction", "[groups.us]",
-     '[groups.eu2]\njurisdiction = "eu"\nregions = ["eu-central-1"]\nshards = 1\n\n[groups.us]',
-     ["groups.eu2.jurisdiction = 'eu': group 'eu' already serves it",
-      "one group per jurisdiction"]),
-    ("default-without-group", 'default = "us"', 'default = "ap"',
-     ["residency.default = 'ap': no group serves it; groups serve eu, us"]),
-    ("rule-without-group", '{ prefix = "eu:", jurisdiction = "eu" }',
-     '{ prefix = "eu:", jurisdiction = "eu" }, { prefix = "ap:", jurisdiction = "ap" }',
-     ["residency.rules[1].jurisdiction = 'ap': no group serves it; groups serve eu, us"]),
-    ("rule-prefix-duplicate", '{ prefix = "eu:", jurisdiction = "eu" }',
-     '{ prefix = "eu:", jurisdiction = "eu" }, { prefix = "eu:", jurisdiction = "us" }',
-     ["residency.rules[1].prefix = 'eu:': rules[0] already has this prefix",
-      "each prefix may appear in one rule only"]),
-    ("shard-id-duplicate-in-group", "shards = 4",
-     'shards = [{ id = "eu-a", region = "eu-west-1" }, { id = "eu-a", region = "eu-central-1" }]',
-     ["groups.eu.shards[1].id = 'eu-a': shards[0] already uses this id",
-      "shard ids must be unique"]),
-    ("shard-id-duplicate-across-groups", "shards = 2", 'shards = [{ id = "eu-1", region = "us-east-1" }]',
-     ["groups.us.shards[0].id = 'eu-1': group 'eu' already uses this id",
-      "shard ids must be unique"]),
-    ("weights-unknown-shard", "shards = 2", 'shards = 2\nweights = { "us-7" = 2.0 }',
-     ["groups.us.weights.us-7: 'us-7' is not a shard of this group (its shards: us-0, us-1)"]),
-    ("shard-region-outside-group", "shards = 4",
-     'shards = [{ id = "eu-a", region = "eu-west-1" }, { id = "eu-b", region = "eu-west-2" }]',
-     ["groups.eu.shards[1].region = 'eu-west-2': not one of the group's regions "
-      "(eu-west-1, eu-central-1)"]),
-    ("shard-weight-zero", "shards = 4",
-     'shards = [{ id = "eu-a", region = "eu-west-1", weight = 0 },'
-     ' { id = "eu-b", region = "eu-central-1" }]',
-     ["groups.eu.shards[0].weight = 0: ", "greater than 0"]),
-    ("weights-negative", "shards = 2", 'shards = 2\nweights = { "us-0" = -1.5 }',
-     ["groups.us.weights.us-0 = -1.5: ", "greater than 0"]),
-    ("shard-count-zero", "shards = 4", "shards = 0",
-     ["groups.eu.shards = 0: a shard count must be between 1 and 4096"]),
-    ("shard-count-too-large", "shards = 4", "shards = 5000",
-     ["groups.eu.shards = 5000: a shard count must be between 1 and 4096"]),
-    ("shard-list-empty", "shards = 4", "shards = []",
-     ["groups.eu.shards = []: the shard list is empty; a group needs at least one shard"]),
-    ("key-id-pattern", 'key_id = "demo-key"', 'key_id = "Demo Key"',
-     ["signing.key_id = 'Demo Key': must be 1-63 characters: lowercase letters, digits, '.', "
-      "'_' or '-', starting with a letter or digit"]),
-    ("group-name-pattern", "[groups.us]", "[groups.US]",
-     ["groups: key 'US': must be 1-31 characters: lowercase letters, digits or '-', starting "
-      "with a letter"]),
-    ("shard-id-pattern", "shards = 2", 'shards = [{ id = "US_0", region = "us-east-1" }]',
-     ["groups.us.shards[0].id = 'US_0': must be 1-48 characters"]),
+    (
+        "unknown-top-level",
+        "[project]",
+        "[extras]\nx = 1\n\n[project]",
+        [
+            "extras: unknown field",
+            "allowed here: groups, hashing, project, proxy, regions, residency, signing",
+        ],
+    ),
+    (
+        "unknown-in-project",
+        'name = "demo"',
+        'name = "demo"\nnmae = "demo"',
+        ["project.nmae: unknown field", "allowed here: name, target"],
+    ),
+    (
+        "unknown-in-group",
+        "replicas = 1",
+        "replicas = 1\nreplica = 2",
+        [
+            "groups.eu.replica: unknown field",
+            "allowed here: concurrency, failure_domain, jurisdiction, memory_mb, regions, replicas, shards, "
+            "timeout_s, weights",
+        ],
+    ),
+    (
+        "unknown-in-shard-entry",
+        "shards = 4\nreplicas = 1",
+        'shards = [{ id = "eu-a", region = "eu-west-1", wieght = 2.0 }]',
+        ["groups.eu.shards[0].wieght: unknown field", "allowed here: id, region, weight"],
+    ),
+    (
+        "unknown-in-region",
+        'eu-west-1 = { jurisdiction = "eu" }',
+        'eu-west-1 = { jurisdiction = "eu", zone = "a" }',
+        ["regions.eu-west-1.zone: unknown field", "allowed here: jurisdiction"],
+    ),
+    (
+        "unknown-in-rule",
+        '{ prefix = "eu:", jurisdiction = "eu" }',
+        '{ prefix = "eu:", jurisdiction = "eu", priority = 1 }',
+        ["residency.rules[0].priority: unknown field", "allowed here: jurisdiction, prefix"],
+    ),
+    ("missing-project-name", 'name = "demo"\n', "", ["project.name: required field is missing"]),
+    (
+        "missing-signing-key-id",
+        'key_id = "demo-key"',
+        'keys_dir = "keys"',
+        ["signing.key_id: required field is missing"],
+    ),
+    (
+        "missing-groups",
+        BASE[BASE.index("[groups.eu]") :],
+        "",
+        ["groups: required field is missing"],
+    ),
+    (
+        "replicas-not-int",
+        "replicas = 1",
+        'replicas = "one"',
+        ["groups.eu.replicas = 'one': ", "valid integer"],
+    ),
+    (
+        "replicas-bool",
+        "replicas = 1",
+        "replicas = true",
+        ["groups.eu.replicas = true: ", "valid integer"],
+    ),
+    (
+        "slot-bits-float",
+        "[signing]",
+        "[hashing]\nslot_bits = 14.5\n\n[signing]",
+        ["hashing.slot_bits = 14.5: ", "valid integer"],
+    ),
+    (
+        "ttl-not-number",
+        'key_id = "demo-key"',
+        'key_id = "demo-key"\nmap_ttl_hours = "long"',
+        ["signing.map_ttl_hours = 'long': ", "valid number"],
+    ),
+    (
+        "create-if-missing-int",
+        'key_id = "demo-key"',
+        'key_id = "demo-key"\ncreate_if_missing = 1',
+        ["signing.create_if_missing = 1: ", "valid boolean"],
+    ),
+    (
+        "shards-string",
+        "shards = 4",
+        'shards = "four"',
+        [
+            "groups.eu.shards = 'four': must be a shard count (1-4096) or a list of shards like "
+            '[{ id = "eu-0", region = "eu-west-1" }]'
+        ],
+    ),
+    (
+        "project-not-table",
+        '[project]\nname = "demo"',
+        'project = "demo"',
+        ["project = 'demo': must be a table"],
+    ),
+    (
+        "group-regions-not-array",
+        'regions = ["us-east-1"]',
+        'regions = "us-east-1"',
+        ["groups.us.regions = 'us-east-1': must be an array"],
+    ),
+    (
+        "target-unknown",
+        'name = "demo"',
+        'name = "demo"\ntarget = "gcp"',
+        ["project.target = 'gcp': ", "'local' or 'aws'"],
+    ),
+    (
+        "replicas-negative",
+        "replicas = 1",
+        "replicas = -1",
+        ["groups.eu.replicas = -1: ", "greater than or equal to 0"],
+    ),
+    (
+        "replicas-need-more-domains",
+        "replicas = 1",
+        "replicas = 2",
+        [
+            "groups.eu.replicas = 2: needs 3 distinct failure domains (regions) but the group has 2",
+            "add regions, lower replicas, or set failure_domain = 'shard'",
+        ],
+    ),
+    (
+        "replicas-need-domains-single-region",
+        "shards = 2",
+        "shards = 2\nreplicas = 1",
+        ["groups.us.replicas = 1: needs 2 distinct failure domains (regions) but the group has 1"],
+    ),
+    (
+        "slot-bits-too-small",
+        "[signing]",
+        f"[hashing]\nslot_bits = {MIN_SLOT_BITS - 1}\n\n[signing]",
+        [f"hashing.slot_bits = {MIN_SLOT_BITS - 1}: ", f"greater than or equal to {MIN_SLOT_BITS}"],
+    ),
+    (
+        "slot-bits-too-large",
+        "[signing]",
+        f"[hashing]\nslot_bits = {MAX_SLOT_BITS + 1}\n\n[signing]",
+        [f"hashing.slot_bits = {MAX_SLOT_BITS + 1}: ", f"less than or equal to {MAX_SLOT_BITS}"],
+    ),
+    (
+        "hash-unknown",
+        "[signing]",
+        '[hashing]\nalgorithm = "md5"\n\n[signing]',
+        ["hashing.algorithm = 'md5': unknown hash 'md5'; allowed: xxh64-v1"],
+    ),
+    (
+        "aws-region-unknown",
+        'eu-central-1 = { jurisdiction = "eu" }',
+        'eu-westt-1 = { jurisdiction = "eu" }',
+        [
+            "regions: key 'eu-westt-1': unknown AWS region (did you mean 'eu-west-1'?)",
+            "use a region where Lambda runs, such as eu-west-1 or us-east-1",
+        ],
+    ),
+    (
+        "group-region-undeclared",
+        'regions = ["eu-west-1", "eu-central-1"]',
+        'regions = ["eu-west-1", "eu-west-3"]',
+        [
+            "groups.eu.regions[1] = 'eu-west-3': not declared under [regions]",
+            "(declared: eu-central-1, eu-west-1, us-east-1)",
+        ],
+    ),
+    (
+        "group-region-other-jurisdiction",
+        'regions = ["eu-west-1", "eu-central-1"]',
+        'regions = ["eu-west-1", "us-east-1"]',
+        [
+            "groups.eu.regions[1] = 'us-east-1': in jurisdiction 'us', not 'eu'",
+            "a group may only use regions of its own jurisdiction",
+        ],
+    ),
+    (
+        "two-groups-one-jurisdiction",
+        "[groups.us]",
+        '[groups.eu2]\njurisdiction = "eu"\nregions = ["eu-central-1"]\nshards = 1\n\n[groups.us]',
+        [
+            "groups.eu2.jurisdiction = 'eu': group 'eu' already serves it",
+            "one group per jurisdiction",
+        ],
+    ),
+    (
+        "default-without-group",
+        'default = "us"',
+        'default = "ap"',
+        ["residency.default = 'ap': no group serves it; groups serve eu, us"],
+    ),
+    (
+        "rule-without-group",
+        '{ prefix = "eu:", jurisdiction = "eu" }',
+        '{ prefix = "eu:", jurisdiction = "eu" }, { prefix = "ap:", jurisdiction = "ap" }',
+        ["residency.rules[1].jurisdiction = 'ap': no group serves it; groups serve eu, us"],
+    ),
+    (
+        "rule-prefix-duplicate",
+        '{ prefix = "eu:", jurisdiction = "eu" }',
+        '{ prefix = "eu:", jurisdiction = "eu" }, { prefix = "eu:", jurisdiction = "us" }',
+        [
+            "residency.rules[1].prefix = 'eu:': rules[0] already has this prefix",
+            "each prefix may appear in one rule only",
+        ],
+    ),
+    (
+        "shard-id-duplicate-in-group",
+        "shards = 4",
+        'shards = [{ id = "eu-a", region = "eu-west-1" }, { id = "eu-a", region = "eu-central-1" }]',
+        [
+            "groups.eu.shards[1].id = 'eu-a': shards[0] already uses this id",
+            "shard ids must be unique",
+        ],
+    ),
+    (
+        "shard-id-duplicate-across-groups",
+        "shards = 2",
+        'shards = [{ id = "eu-1", region = "us-east-1" }]',
+        [
+            "groups.us.shards[0].id = 'eu-1': group 'eu' already uses this id",
+            "shard ids must be unique",
+        ],
+    ),
+    (
+        "weights-unknown-shard",
+        "shards = 2",
+        'shards = 2\nweights = { "us-7" = 2.0 }',
+        ["groups.us.weights.us-7: 'us-7' is not a shard of this group (its shards: us-0, us-1)"],
+    ),
+    (
+        "shard-region-outside-group",
+        "shards = 4",
+        'shards = [{ id = "eu-a", region = "eu-west-1" }, { id = "eu-b", region = "eu-west-2" }]',
+        [
+            "groups.eu.shards[1].region = 'eu-west-2': not one of the group's regions "
+            "(eu-west-1, eu-central-1)"
+        ],
+    ),
+    (
+        "shard-weight-zero",
+        "shards = 4",
+        'shards = [{ id = "eu-a", region = "eu-west-1", weight = 0 },'
+        ' { id = "eu-b", region = "eu-central-1" }]',
+        ["groups.eu.shards[0].weight = 0: ", "greater than 0"],
+    ),
+    (
+        "weights-negative",
+        "shards = 2",
+        'shards = 2\nweights = { "us-0" = -1.5 }',
+        ["groups.us.weights.us-0 = -1.5: ", "greater than 0"],
+    ),
+    (
+        "shard-count-zero",
+        "shards = 4",
+        "shards = 0",
+        ["groups.eu.shards = 0: a shard count must be between 1 and 4096"],
+    ),
+    (
+        "shard-count-too-large",
+        "shards = 4",
+        "shards = 5000",
+        ["groups.eu.shards = 5000: a shard count must be between 1 and 4096"],
+    ),
+    (
+        "shard-list-empty",
+        "shards = 4",
+        "shards = []",
+        ["groups.eu.shards = []: the shard list is empty; a group needs at least one shard"],
+    ),
+    (
+        "key-id-pattern",
+        'key_id = "demo-key"',
+        'key_id = "Demo Key"',
+        [
+            "signing.key_id = 'Demo Key': must be 1-63 characters: lowercase letters, digits, '.', "
+            "'_' or '-', starting with a letter or digit"
+        ],
+    ),
+    (
+        "group-name-pattern",
+        "[groups.us]",
+        "[groups.US]",
+        [
+            "groups: key 'US': must be 1-31 characters: lowercase letters, digits or '-', starting "
+            "with a letter"
+        ],
+    ),
+    (
+        "shard-id-pattern",
+        "shards = 2",
+        'shards = [{ id = "US_0", region = "us-east-1" }]',
+        ["groups.us.shards[0].id = 'US_0': must be 1-48 characters"],
+    ),
 ]
 
 
@@ -215,8 +406,11 @@ def test_bad_field_names_file_path_value_and_what_is_allowed(
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    text = edit(edit(BASE, "replicas = 1", "replicas = -1"), "[signing]",
-                "[hashing]\nslot_bits = 3\n\n[signing]")
+    text = edit(
+        edit(BASE, "replicas = 1", "replicas = -1"),
+        "[signing]",
+        "[hashing]\nslot_bits = 3\n\n[signing]",
+    )
     exc = failure(write(tmp_path, text))
     assert sorted(exc.problems) == [
         "groups.eu.replicas = -1: Input should be greater than or equal to 0",
@@ -281,12 +475,20 @@ def test_quickstart_loads() -> None:
     assert config.signing.map_ttl_hours == 720
     assert config.signing.create_if_missing is True
     assert {r: c.jurisdiction for r, c in config.regions.items()} == {
-        "eu-west-1": "eu", "eu-central-1": "eu", "us-east-1": "us", "us-west-2": "us"}
+        "eu-west-1": "eu",
+        "eu-central-1": "eu",
+        "us-east-1": "us",
+        "us-west-2": "us",
+    }
     assert config.residency.default == "us"
     assert [(r.prefix, r.jurisdiction) for r in config.residency.rules] == [("eu:", "eu")]
     us = [(s.id, s.region, s.weight) for s in config.groups["us"].shard_list("us")]
-    assert us == [("us-0", "us-east-1", 2.0), ("us-1", "us-west-2", 1.0),
-                  ("us-2", "us-east-1", 1.0), ("us-3", "us-west-2", 1.0)]
+    assert us == [
+        ("us-0", "us-east-1", 2.0),
+        ("us-1", "us-west-2", 1.0),
+        ("us-2", "us-east-1", 1.0),
+        ("us-3", "us-west-2", 1.0),
+    ]
 
 
 def test_load_project_accepts_the_file_itself() -> None:
@@ -294,9 +496,11 @@ def test_load_project_accepts_the_file_itself() -> None:
 
 
 def test_count_form_expands_round_robin_with_weights(tmp_path: Path) -> None:
-    text = edit(edit(BASE, "shards = 4", "shards = 5\nweights = { \"eu-3\" = 3, \"eu-4\" = 0.5 }"),
-                'regions = ["eu-west-1", "eu-central-1"]',
-                'regions = ["eu-central-1", "eu-west-1"]')
+    text = edit(
+        edit(BASE, "shards = 4", 'shards = 5\nweights = { "eu-3" = 3, "eu-4" = 0.5 }'),
+        'regions = ["eu-west-1", "eu-central-1"]',
+        'regions = ["eu-central-1", "eu-west-1"]',
+    )
     group = load_config(write(tmp_path, text)).groups["eu"]
     assert group.shards == 5
     assert [(s.id, s.region, s.weight) for s in group.shard_list("eu")] == [
@@ -309,13 +513,18 @@ def test_count_form_expands_round_robin_with_weights(tmp_path: Path) -> None:
 
 
 def test_explicit_shard_list(tmp_path: Path) -> None:
-    shards = ('shards = [{ id = "eu-b", region = "eu-central-1", weight = 2.5 },'
-              ' { id = "eu-a", region = "eu-west-1" }, { id = "eu-z", region = "eu-west-1" }]\n'
-              'weights = { "eu-z" = 4 }')
+    shards = (
+        'shards = [{ id = "eu-b", region = "eu-central-1", weight = 2.5 },'
+        ' { id = "eu-a", region = "eu-west-1" }, { id = "eu-z", region = "eu-west-1" }]\n'
+        'weights = { "eu-z" = 4 }'
+    )
     group = load_config(write(tmp_path, edit(BASE, "shards = 4", shards))).groups["eu"]
     # the list's order and ids are kept; `weights` overrides a listed shard's weight
     assert [(s.id, s.region, s.weight) for s in group.shard_list("eu")] == [
-        ("eu-b", "eu-central-1", 2.5), ("eu-a", "eu-west-1", 1.0), ("eu-z", "eu-west-1", 4.0)]
+        ("eu-b", "eu-central-1", 2.5),
+        ("eu-a", "eu-west-1", 1.0),
+        ("eu-z", "eu-west-1", 4.0),
+    ]
 
 
 def test_failure_domain_shard_allows_replicas_in_one_region(tmp_path: Path) -> None:
@@ -332,7 +541,12 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.signing.create_if_missing is False
     us = config.groups["us"]
     assert (us.replicas, us.failure_domain, us.weights, us.memory_mb, us.timeout_s) == (
-        0, "region", {}, 512, 30)
+        0,
+        "region",
+        {},
+        512,
+        30,
+    )
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

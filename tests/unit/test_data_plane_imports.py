@@ -33,11 +33,21 @@ def test_decode_and_route_import_no_heavy_modules(quickstart_map, signing_key, t
     path = tmp_path / "map.skm"
     path.write_bytes(shardkit.encode_map(quickstart_map, signing_key.key_id, signing_key.sign))
     keys = ["alice", "eu:bob", "user-42"]
-    args = {"path": str(path), "key_id": signing_key.key_id,
-            "public": signing_key.public_bytes.hex(), "now": quickstart_map.created_at,
-            "keys": keys, "heavy": HEAVY}
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], input=json.dumps(args),
-                          capture_output=True, text=True, timeout=60)
+    args = {
+        "path": str(path),
+        "key_id": signing_key.key_id,
+        "public": signing_key.public_bytes.hex(),
+        "now": quickstart_map.created_at,
+        "keys": keys,
+        "heavy": HEAVY,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        input=json.dumps(args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     expected = [quickstart_map.route(k).id for k in keys]

@@ -71,8 +71,14 @@ class Fleet:
         owner = self.map.route(request["key"], request.get("jurisdiction"))
         answer = {"key": request["key"], "payload": request["payload"], "gen": self.generation}
         epoch = owner.epoch + self.epoch_skew if owner.id == shard.id else 0
-        return {"status": 200, "answer": answer, "shard": shard.id, "epoch": epoch,
-                "map_version": self.map.version, "seq": 0}
+        return {
+            "status": 200,
+            "answer": answer,
+            "shard": shard.id,
+            "epoch": epoch,
+            "map_version": self.map.version,
+            "seq": 0,
+        }
 
     def calls_for(self, key: str) -> int:
         return sum(k == key for _, k in self.calls)
@@ -89,18 +95,29 @@ def seal(signing_key: shardkit.SigningKey) -> Callable[[shardkit.ShardMap], byte
 
 
 @pytest.fixture
-def edge_for(trusted_keys: dict[str, bytes], seal: Callable[[shardkit.ShardMap], bytes],
-             clock: Clock) -> Callable[..., tuple[EdgeRuntime, Fleet]]:
+def edge_for(
+    trusted_keys: dict[str, bytes], seal: Callable[[shardkit.ShardMap], bytes], clock: Clock
+) -> Callable[..., tuple[EdgeRuntime, Fleet]]:
     made: list[EdgeRuntime] = []
 
-    def make(shard_map: shardkit.ShardMap, *, fetch: Callable[[], bytes] | None = None,
-             cache: EdgeCache | None = None, inline: bool = True,
-             **options: Any) -> tuple[EdgeRuntime, Fleet]:
+    def make(
+        shard_map: shardkit.ShardMap,
+        *,
+        fetch: Callable[[], bytes] | None = None,
+        cache: EdgeCache | None = None,
+        inline: bool = True,
+        **options: Any,
+    ) -> tuple[EdgeRuntime, Fleet]:
         holder = MapHolder(trusted_keys, fetch, clock=clock)
         holder.offer(seal(shard_map))
         fleet = Fleet(shard_map)
-        client = RoutingClient(holder, MockTransport(fleet), clock=clock,
-                               sleep=lambda s: None, retry=RetryPolicy(attempts=3))
+        client = RoutingClient(
+            holder,
+            MockTransport(fleet),
+            clock=clock,
+            sleep=lambda s: None,
+            retry=RetryPolicy(attempts=3),
+        )
         options.setdefault("location", US_NODE)
         if inline:
             options.setdefault("background", lambda fn: fn() or True)
@@ -119,20 +136,22 @@ def keys(n: int, prefix: str = "user-") -> list[str]:
 
 
 @pytest.fixture
-def resharded(quickstart_map: shardkit.ShardMap, quickstart_dict: dict[str, Any],
-              config_from: Any) -> shardkit.ShardMap:
+def resharded(
+    quickstart_map: shardkit.ShardMap, quickstart_dict: dict[str, Any], config_from: Any
+) -> shardkit.ShardMap:
     """The quickstart with a fifth eu shard: some eu keys move, every eu epoch bumps, us stays."""
     quickstart_dict["groups"]["eu"]["shards"] = 5
-    return shardkit.build_map(config_from(quickstart_dict), quickstart_map,
-                              now=quickstart_map.created_at + 50)
+    return shardkit.build_map(
+        config_from(quickstart_dict), quickstart_map, now=quickstart_map.created_at + 50
+    )
 
 
 # -- exact invalidation ---------------------------------------------------------------------------
 
 
 def test_a_reshard_invalidates_exactly_the_keys_whose_owner_or_epoch_changed(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, resharded: shardkit.ShardMap,
-        seal: Any) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap, resharded: shardkit.ShardMap, seal: Any
+) -> None:
     edge, fleet = edge_for(quickstart_map, rules=CACHE_ALL)
     names = keys(40) + keys(40, "eu:user-")
     for k in names:
@@ -143,8 +162,11 @@ def test_a_reshard_invalidates_exactly_the_keys_whose_owner_or_epoch_changed(
     assert edge.offer(seal(new))
     fleet.map = new
     old_owner, new_owner = quickstart_map.route, new.route
-    kept = {k for k in names
-            if (old_owner(k).id, old_owner(k).epoch) == (new_owner(k).id, new_owner(k).epoch)}
+    kept = {
+        k
+        for k in names
+        if (old_owner(k).id, old_owner(k).epoch) == (new_owner(k).id, new_owner(k).epoch)
+    }
     moved = {k for k in names if old_owner(k).id != new_owner(k).id}
     refenced = set(names) - kept - moved
     assert kept and moved and refenced  # the reshard exercises all three cases
@@ -155,12 +177,14 @@ def test_a_reshard_invalidates_exactly_the_keys_whose_owner_or_epoch_changed(
     # the refills carry the new owner and epoch, so the next round hits everywhere
     again = {k: edge.infer(k, READ) for k in names}
     assert all(d.cache == "hit" for d in again.values())
-    assert all((d.shard, d.epoch) == (new_owner(k).id, new_owner(k).epoch)
-               for k, d in again.items())
+    assert all(
+        (d.shard, d.epoch) == (new_owner(k).id, new_owner(k).epoch) for k, d in again.items()
+    )
 
 
 def test_a_model_version_change_invalidates_exactly_the_keys_it_covers(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     edge, fleet = edge_for(quickstart_map, rules=CACHE_ALL)
     tenant_a, others = keys(10, "tenant-a:"), keys(10, "tenant-b:") + keys(10)
     for k in tenant_a + others:
@@ -177,9 +201,11 @@ def test_a_model_version_change_invalidates_exactly_the_keys_it_covers(
 
 
 def test_a_write_drops_the_keys_cached_answers_and_only_its(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
-    rules = CacheRules([CachePolicy("*", ttl_s=60, resident_only=(),
-                                    cacheable=payload_field("learn", False))])
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
+    rules = CacheRules(
+        [CachePolicy("*", ttl_s=60, resident_only=(), cacheable=payload_field("learn", False))]
+    )
     edge, _ = edge_for(quickstart_map, rules=rules)
     for k in ("alice", "bob"):
         for text in ("the", "the shard"):
@@ -192,7 +218,8 @@ def test_a_write_drops_the_keys_cached_answers_and_only_its(
 
 
 def test_a_read_racing_a_write_does_not_cache_the_old_answer(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     edge, fleet = edge_for(quickstart_map, rules=CACHE_ALL)
     fleet.before_answer = lambda: edge.cache.invalidate_key("alice")  # a write lands mid-read
     assert edge.infer("alice", READ).cache == "miss"
@@ -205,7 +232,8 @@ def test_a_read_racing_a_write_does_not_cache_the_old_answer(
 
 
 def test_stale_if_error_serves_within_its_bound_and_fails_beyond(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock
+) -> None:
     rules = CacheRules([CachePolicy("*", ttl_s=10, stale_if_error_s=30, resident_only=())])
     edge, fleet = edge_for(quickstart_map, rules=rules)
     filled = edge.infer("alice", READ)
@@ -230,10 +258,20 @@ def test_stale_if_error_serves_within_its_bound_and_fails_beyond(
 
 
 def test_stale_if_error_never_answers_a_write(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock) -> None:
-    rules = CacheRules([CachePolicy("*", ttl_s=10, stale_if_error_s=300, resident_only=(),
-                                    cacheable=payload_field("learn", False),
-                                    invalidate_on_bypass=False)])
+    edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock
+) -> None:
+    rules = CacheRules(
+        [
+            CachePolicy(
+                "*",
+                ttl_s=10,
+                stale_if_error_s=300,
+                resident_only=(),
+                cacheable=payload_field("learn", False),
+                invalidate_on_bypass=False,
+            )
+        ]
+    )
     edge, fleet = edge_for(quickstart_map, rules=rules)
     edge.infer("alice", {"text": "the", "learn": False})
     fleet.down.add("*")
@@ -243,17 +281,21 @@ def test_stale_if_error_never_answers_a_write(
     assert edge.infer("alice", {"text": "the", "learn": False}).cache == "stale"
 
 
-@pytest.mark.parametrize(("status", "stale"), [(503, True), (500, True), (400, False),
-                                             (422, False)])
+@pytest.mark.parametrize(
+    ("status", "stale"), [(503, True), (500, True), (400, False), (422, False)]
+)
 def test_stale_if_error_covers_shard_failures_not_bad_requests(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock, status: int,
-        stale: bool) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock, status: int, stale: bool
+) -> None:
     rules = CacheRules([CachePolicy("*", ttl_s=10, stale_if_error_s=300, resident_only=())])
     edge, _ = edge_for(quickstart_map, rules=rules)
     edge.infer("alice", READ)
     clock.t += 20
-    edge.client.transport.fn = lambda shard, request: {"status": status, "error": "x",
-                                                       "message": "failed"}
+    edge.client.transport.fn = lambda shard, request: {
+        "status": status,
+        "error": "x",
+        "message": "failed",
+    }
     if stale:
         assert edge.infer("alice", READ).cache == "stale"
     else:
@@ -262,7 +304,8 @@ def test_stale_if_error_covers_shard_failures_not_bad_requests(
 
 
 def test_stale_while_revalidate_is_bounded(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock
+) -> None:
     rules = CacheRules([CachePolicy("*", ttl_s=10, max_stale_s=5, resident_only=())])
     edge, fleet = edge_for(quickstart_map, rules=rules)
     edge.infer("alice", READ)
@@ -287,7 +330,8 @@ def test_stale_while_revalidate_is_bounded(
 
 
 def test_eu_keys_are_never_cached_on_a_node_outside_eu(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     rules = CacheRules([CachePolicy("*", ttl_s=60, resident_only={"eu"})])
     us_edge, us_fleet = edge_for(quickstart_map, rules=rules, location=US_NODE)
     eu_edge, _ = edge_for(quickstart_map, rules=rules, location=EU_NODE)
@@ -302,7 +346,8 @@ def test_eu_keys_are_never_cached_on_a_node_outside_eu(
 
 
 def test_by_default_a_node_caches_only_its_own_jurisdictions_keys(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     rules = CacheRules([CachePolicy("*", ttl_s=60)])  # resident_only="all"
     us_edge, _ = edge_for(quickstart_map, rules=rules, location=US_NODE)
     nowhere, _ = edge_for(quickstart_map, rules=rules, location=Location())
@@ -315,8 +360,14 @@ def test_by_default_a_node_caches_only_its_own_jurisdictions_keys(
 
 
 def test_rollback_tampered_and_expired_maps_are_refused(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, resharded: shardkit.ShardMap,
-        seal: Any, clock: Clock, quickstart_dict: dict[str, Any], config_from: Any) -> None:
+    edge_for: Any,
+    quickstart_map: shardkit.ShardMap,
+    resharded: shardkit.ShardMap,
+    seal: Any,
+    clock: Clock,
+    quickstart_dict: dict[str, Any],
+    config_from: Any,
+) -> None:
     newer = resharded
     edge, _ = edge_for(newer)
     with pytest.raises(shardkit.MapRollbackError):
@@ -338,7 +389,8 @@ def test_rollback_tampered_and_expired_maps_are_refused(
 
 
 def test_offline_mode_routes_on_the_last_good_map_until_it_expires(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock
+) -> None:
     def unreachable() -> bytes:
         raise ConnectionError("registry unreachable")
 
@@ -354,8 +406,8 @@ def test_offline_mode_routes_on_the_last_good_map_until_it_expires(
 
 
 def test_a_shard_answering_at_another_epoch_is_not_cached_and_refreshes_the_map(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, resharded: shardkit.ShardMap,
-        seal: Any) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap, resharded: shardkit.ShardMap, seal: Any
+) -> None:
     new = resharded
     fetched: list[int] = []
 
@@ -374,8 +426,12 @@ def test_a_shard_answering_at_another_epoch_is_not_cached_and_refreshes_the_map(
 
 
 def test_the_refresher_thread_swaps_in_a_new_map_off_the_request_path(
-        trusted_keys: dict[str, bytes], quickstart_map: shardkit.ShardMap,
-        resharded: shardkit.ShardMap, seal: Any, clock: Clock) -> None:
+    trusted_keys: dict[str, bytes],
+    quickstart_map: shardkit.ShardMap,
+    resharded: shardkit.ShardMap,
+    seal: Any,
+    clock: Clock,
+) -> None:
     published = [seal(quickstart_map)]
     holder = MapHolder(trusted_keys, lambda: published[-1], clock=clock)
     client = RoutingClient(holder, MockTransport(Fleet(quickstart_map)))
@@ -393,7 +449,8 @@ def test_the_refresher_thread_swaps_in_a_new_map_off_the_request_path(
 
 
 def test_a_burst_of_identical_reads_sends_one_request(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     n = 16
     edge, fleet = edge_for(quickstart_map, rules=CACHE_ALL)
 
@@ -404,8 +461,9 @@ def test_a_burst_of_identical_reads_sends_one_request(
 
     fleet.before_answer = hold_until_all_wait
     results: list[Any] = []
-    threads = [threading.Thread(target=lambda: results.append(edge.infer("alice", READ)))
-               for _ in range(n)]
+    threads = [
+        threading.Thread(target=lambda: results.append(edge.infer("alice", READ))) for _ in range(n)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -416,13 +474,15 @@ def test_a_burst_of_identical_reads_sends_one_request(
 
 
 def test_writes_are_never_coalesced(edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
-    rules = CacheRules([CachePolicy("*", ttl_s=10, resident_only=(),
-                                    cacheable=payload_field("learn", False))])
+    rules = CacheRules(
+        [CachePolicy("*", ttl_s=10, resident_only=(), cacheable=payload_field("learn", False))]
+    )
     edge, fleet = edge_for(quickstart_map, rules=rules)
     gate = threading.Barrier(4, timeout=10)
     fleet.before_answer = gate.wait  # all four writes are at the shard together
-    threads = [threading.Thread(target=edge.infer, args=("alice", {"text": "the"}))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=edge.infer, args=("alice", {"text": "the"})) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -431,7 +491,8 @@ def test_writes_are_never_coalesced(edge_for: Any, quickstart_map: shardkit.Shar
 
 
 def test_the_cache_is_an_lru_bounded_by_entries_and_bytes(
-        edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock
+) -> None:
     cache = EdgeCache(max_entries=5, max_bytes=100_000, clock=clock)
     edge, _ = edge_for(quickstart_map, rules=CACHE_ALL, cache=cache)
     for i in range(5):
@@ -451,7 +512,8 @@ def test_the_cache_is_an_lru_bounded_by_entries_and_bytes(
 
 
 def test_an_answer_over_the_entry_limit_is_not_cached(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     rules = CacheRules([CachePolicy("*", ttl_s=10, resident_only=(), max_entry_bytes=200)])
     edge, _ = edge_for(quickstart_map, rules=rules)
     big = {"text": "x" * 300, "learn": False}  # the answer echoes the payload
@@ -460,8 +522,12 @@ def test_an_answer_over_the_entry_limit_is_not_cached(
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["get", "put", "drop"]), st.integers(0, 9),
-                          st.integers(0, 60)), max_size=80))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["get", "put", "drop"]), st.integers(0, 9), st.integers(0, 60)),
+        max_size=80,
+    )
+)
 def test_cache_matches_a_reference_lru(ops: list[tuple[str, int, int]]) -> None:
     shard = shardkit.Shard("us-0", "us", "us-east-1", "us", 1.0, "us-east-1", 1)
     policy = CachePolicy("*", ttl_s=10, resident_only=())
@@ -477,8 +543,15 @@ def test_cache_matches_a_reference_lru(ops: list[tuple[str, int, int]]) -> None:
         elif op == "put":
             answer = "x" * n
             size = len(ck[0]) + 1 + len(shardkit_pack(answer))
-            kept = cache.put(ck, answer, shard=shard, map_version=1, version="", policy=policy,
-                             ticket=cache.ticket(ck[0]))
+            kept = cache.put(
+                ck,
+                answer,
+                shard=shard,
+                map_version=1,
+                version="",
+                policy=policy,
+                ticket=cache.ticket(ck[0]),
+            )
             assert kept == (size <= 120)
             if kept:
                 model.pop(ck, None)
@@ -499,10 +572,12 @@ def shardkit_pack(x: Any) -> bytes:
 
 
 def test_the_divergence_alarm_fires_when_the_origin_changes_under_cached_keys(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     alarms: list[dict[str, Any]] = []
-    monitor = DivergenceMonitor(sample_rate=0.5, budget=0.25, window=8, min_checks=4,
-                                on_alarm=alarms.append)
+    monitor = DivergenceMonitor(
+        sample_rate=0.5, budget=0.25, window=8, min_checks=4, on_alarm=alarms.append
+    )
     edge, fleet = edge_for(quickstart_map, rules=CACHE_ALL, divergence=monitor)
     names = keys(8)
     for k in names:
@@ -523,13 +598,19 @@ def test_the_divergence_alarm_fires_when_the_origin_changes_under_cached_keys(
 
 
 def test_a_divergence_check_racing_a_write_through_this_node_is_voided(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     queued: list[Callable[[], None]] = []
     monitor = DivergenceMonitor(sample_rate=1.0, budget=0.0, window=1, min_checks=1)
-    rules = CacheRules([CachePolicy("*", ttl_s=60, resident_only=(),
-                                    cacheable=payload_field("learn", False))])
-    edge, fleet = edge_for(quickstart_map, rules=rules, divergence=monitor,
-                           background=lambda fn: queued.append(fn) or True)
+    rules = CacheRules(
+        [CachePolicy("*", ttl_s=60, resident_only=(), cacheable=payload_field("learn", False))]
+    )
+    edge, fleet = edge_for(
+        quickstart_map,
+        rules=rules,
+        divergence=monitor,
+        background=lambda fn: queued.append(fn) or True,
+    )
     edge.infer("alice", READ)
     assert edge.infer("alice", READ).cache == "hit" and len(queued) == 1
 
@@ -561,12 +642,17 @@ class Confident:
 
 
 def test_the_local_model_answers_what_it_claims_above_the_threshold(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     model = Confident()
     edge, fleet = edge_for(quickstart_map, local=model, local_threshold=0.9)
     here = edge.infer("eu:bob", {"text": "local please"})
-    assert (here.path, here.shard, here.region, here.confidence) == \
-        ("local", None, "us-east-1", 0.95)
+    assert (here.path, here.shard, here.region, here.confidence) == (
+        "local",
+        None,
+        "us-east-1",
+        0.95,
+    )
     assert here.answer == {"local": "local please"} and here.jurisdiction == "eu"
     assert fleet.calls == []
     there = edge.infer("eu:bob", {"text": "remote"})
@@ -576,14 +662,21 @@ def test_the_local_model_answers_what_it_claims_above_the_threshold(
 
 
 def test_decisions_are_counted_by_path_and_cache_status(
-        edge_for: Any, quickstart_map: shardkit.ShardMap) -> None:
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
     edge, fleet = edge_for(quickstart_map, rules=CACHE_ALL, local=Confident())
     edge.infer("alice", {"text": "local"})
     edge.infer("alice", READ)
     d = edge.infer("alice", READ)
     owner = quickstart_map.route("alice")
-    assert (d.path, d.cache, d.shard, d.region, d.epoch, d.map_version) == \
-        ("cache", "hit", owner.id, owner.region, owner.epoch, quickstart_map.version)
+    assert (d.path, d.cache, d.shard, d.region, d.epoch, d.map_version) == (
+        "cache",
+        "hit",
+        owner.id,
+        owner.region,
+        owner.epoch,
+        quickstart_map.version,
+    )
     assert d.latency_s > 0 and d.to_dict()["path"] == "cache"
     fleet.down.add(owner.id)  # the owner fails: a replica of the same jurisdiction answers
     f = edge.infer("alice", {"text": "fresh", "learn": False})
@@ -591,8 +684,12 @@ def test_decisions_are_counted_by_path_and_cache_status(
     assert edge.infer("alice", {"text": "fresh", "learn": False}).path == "failover"  # not cached
     assert "epoch_mismatch" not in edge.stats()["counters"]  # a failover is no sign of a stale map
     counts = edge.stats()["counters"]
-    assert {k: counts[k] for k in ("path.local", "path.cache", "path.shard", "path.failover")} \
-        == {"path.local": 1, "path.cache": 1, "path.shard": 1, "path.failover": 2}
+    assert {k: counts[k] for k in ("path.local", "path.cache", "path.shard", "path.failover")} == {
+        "path.local": 1,
+        "path.cache": 1,
+        "path.shard": 1,
+        "path.failover": 2,
+    }
     assert (counts["cache.hit"], counts["cache.miss"], counts["cache.bypass"]) == (1, 3, 1)
 
 
@@ -616,8 +713,15 @@ def test_payload_field_matches_type_and_value() -> None:
     assert not read_only({"learn": 0}) and not read_only({}) and not read_only(["learn"])
 
 
-@pytest.mark.parametrize("kwargs", [{"ttl_s": -1}, {"max_stale_s": float("nan")},
-                                    {"max_entry_bytes": "big"}, {"resident_only": "eu"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ttl_s": -1},
+        {"max_stale_s": float("nan")},
+        {"max_entry_bytes": "big"},
+        {"resident_only": "eu"},
+    ],
+)
 def test_bad_policies_raise_a_shardkit_error_with_a_hint(kwargs: dict[str, Any]) -> None:
     with pytest.raises(EdgePolicyError) as info:
         CachePolicy("*", **kwargs)

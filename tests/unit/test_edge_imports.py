@@ -51,23 +51,40 @@ _PROBE = textwrap.dedent("""
 
 def _probe(path: str, key: Any, now: int) -> dict[str, Any]:
     args = {"path": path, "key_id": key.key_id, "public": key.public_bytes.hex(), "now": now}
-    proc = subprocess.run([sys.executable, "-c", _PROBE], input=json.dumps(args),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        input=json.dumps(args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
 def test_import_and_serving_load_only_the_stdlib_msgpack_and_the_hashing_extension(
-        quickstart_map: shardkit.ShardMap, signing_key: shardkit.SigningKey, tmp_path: Any) -> None:
+    quickstart_map: shardkit.ShardMap, signing_key: shardkit.SigningKey, tmp_path: Any
+) -> None:
     path = tmp_path / "map.skm"
     path.write_bytes(shardkit.encode_map(quickstart_map, signing_key.key_id, signing_key.sign))
     out = _probe(str(path), signing_key, quickstart_map.created_at + 60)
 
     assert set(out["on_import"]) <= ALLOWED, out["on_import"]
     assert "msgpack" in out["on_import"]  # the probe does see third-party imports
-    assert not [m for m in out["on_import_shardkit"]
-                if m.startswith(("shardkit.config", "shardkit.sharding.build", "shardkit.aws",
-                                 "shardkit.deploy", "shardkit.cli", "shardkit.proxy"))]
+    assert not [
+        m
+        for m in out["on_import_shardkit"]
+        if m.startswith(
+            (
+                "shardkit.config",
+                "shardkit.sharding.build",
+                "shardkit.aws",
+                "shardkit.deploy",
+                "shardkit.cli",
+                "shardkit.proxy",
+            )
+        )
+    ]
     # Serving adds the map holder and the routing client (with xxhash and jump) and, to verify
     # the map's signature, cryptography - still nothing heavy.
     assert out["served"] == ["miss", "hit"]

@@ -44,8 +44,10 @@ def test_hash_key_exact_values(key: str, expected: int) -> None:
 def test_hash_key_is_unsigned_64_bit_and_hashes_utf8() -> None:
     rng = random.Random(7)
     for _ in range(500):
-        key = "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x400, 0x4FF)]))
-                      for _ in range(rng.randrange(0, 20)))
+        key = "".join(
+            chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x400, 0x4FF)]))
+            for _ in range(rng.randrange(0, 20))
+        )
         h = shardkit.hash_key(key)
         assert isinstance(h, int)
         assert 0 <= h < 2**64
@@ -137,25 +139,78 @@ def test_stateless_append_moves_keys_only_to_the_new_shard() -> None:
 # -- the same routes in every process -------------------------------------------------------------
 
 ROUTE_KEYS = (
-    [f"user-{i}" for i in range(20)] + [f"eu:user-{i}" for i in range(15)]
-    + ["", "eu:", "eu", "EU:user-1", "eu-user-1", "session/9f1c", "tenant:acme",
-       "eu:tenant:acme", "ключ", "eu:ключ", "日本語", "🙂", "a" * 100, " eu:x", "eu:eu:x"]
+    [f"user-{i}" for i in range(20)]
+    + [f"eu:user-{i}" for i in range(15)]
+    + [
+        "",
+        "eu:",
+        "eu",
+        "EU:user-1",
+        "eu-user-1",
+        "session/9f1c",
+        "tenant:acme",
+        "eu:tenant:acme",
+        "ключ",
+        "eu:ключ",
+        "日本語",
+        "🙂",
+        "a" * 100,
+        " eu:x",
+        "eu:eu:x",
+    ]
 )
 
 EXPECTED_ROUTES = [
-    ("user-0", "us-1"), ("user-1", "us-0"), ("user-2", "us-3"), ("user-3", "us-1"),
-    ("user-4", "us-2"), ("user-5", "us-1"), ("user-6", "us-0"), ("user-7", "us-2"),
-    ("user-8", "us-0"), ("user-9", "us-2"), ("user-10", "us-0"), ("user-11", "us-1"),
-    ("user-12", "us-1"), ("user-13", "us-0"), ("user-14", "us-2"), ("user-15", "us-1"),
-    ("user-16", "us-2"), ("user-17", "us-0"), ("user-18", "us-1"), ("user-19", "us-0"),
-    ("eu:user-0", "eu-3"), ("eu:user-1", "eu-1"), ("eu:user-2", "eu-0"), ("eu:user-3", "eu-2"),
-    ("eu:user-4", "eu-2"), ("eu:user-5", "eu-0"), ("eu:user-6", "eu-2"), ("eu:user-7", "eu-2"),
-    ("eu:user-8", "eu-2"), ("eu:user-9", "eu-3"), ("eu:user-10", "eu-1"), ("eu:user-11", "eu-0"),
-    ("eu:user-12", "eu-0"), ("eu:user-13", "eu-2"), ("eu:user-14", "eu-1"),
-    ("", "us-0"), ("eu:", "eu-2"), ("eu", "us-1"), ("EU:user-1", "us-1"), ("eu-user-1", "us-0"),
-    ("session/9f1c", "us-3"), ("tenant:acme", "us-0"), ("eu:tenant:acme", "eu-0"),
-    ("ключ", "us-1"), ("eu:ключ", "eu-2"), ("日本語", "us-0"), ("🙂", "us-3"),
-    ("a" * 100, "us-3"), (" eu:x", "us-3"), ("eu:eu:x", "eu-3"),
+    ("user-0", "us-1"),
+    ("user-1", "us-0"),
+    ("user-2", "us-3"),
+    ("user-3", "us-1"),
+    ("user-4", "us-2"),
+    ("user-5", "us-1"),
+    ("user-6", "us-0"),
+    ("user-7", "us-2"),
+    ("user-8", "us-0"),
+    ("user-9", "us-2"),
+    ("user-10", "us-0"),
+    ("user-11", "us-1"),
+    ("user-12", "us-1"),
+    ("user-13", "us-0"),
+    ("user-14", "us-2"),
+    ("user-15", "us-1"),
+    ("user-16", "us-2"),
+    ("user-17", "us-0"),
+    ("user-18", "us-1"),
+    ("user-19", "us-0"),
+    ("eu:user-0", "eu-3"),
+    ("eu:user-1", "eu-1"),
+    ("eu:user-2", "eu-0"),
+    ("eu:user-3", "eu-2"),
+    ("eu:user-4", "eu-2"),
+    ("eu:user-5", "eu-0"),
+    ("eu:user-6", "eu-2"),
+    ("eu:user-7", "eu-2"),
+    ("eu:user-8", "eu-2"),
+    ("eu:user-9", "eu-3"),
+    ("eu:user-10", "eu-1"),
+    ("eu:user-11", "eu-0"),
+    ("eu:user-12", "eu-0"),
+    ("eu:user-13", "eu-2"),
+    ("eu:user-14", "eu-1"),
+    ("", "us-0"),
+    ("eu:", "eu-2"),
+    ("eu", "us-1"),
+    ("EU:user-1", "us-1"),
+    ("eu-user-1", "us-0"),
+    ("session/9f1c", "us-3"),
+    ("tenant:acme", "us-0"),
+    ("eu:tenant:acme", "eu-0"),
+    ("ключ", "us-1"),
+    ("eu:ключ", "eu-2"),
+    ("日本語", "us-0"),
+    ("🙂", "us-3"),
+    ("a" * 100, "us-3"),
+    (" eu:x", "us-3"),
+    ("eu:eu:x", "eu-3"),
 ]
 
 #: sha256 of the quickstart map's full tables (every slot's primary and replicas), as JSON.
@@ -187,7 +242,10 @@ def test_routes_are_identical_across_hash_seeds_and_pinned(quickstart_dict) -> N
         subprocess.Popen(
             [sys.executable, "-c", _ROUTE_SCRIPT],
             env=dict(os.environ, PYTHONHASHSEED=seed),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for seed in ("0", "1", "4242")
     ]
@@ -208,12 +266,15 @@ def test_routes_are_identical_across_hash_seeds_and_pinned(quickstart_dict) -> N
     assert [k for k, _ in EXPECTED_ROUTES] == ROUTE_KEYS
 
 
-@pytest.mark.parametrize(("key", "expected"), [
-    ("alice", ["us-3", "us-0", "us-1", "us-2"]),
-    ("eu:bob", ["eu-0", "eu-3", "eu-2", "eu-1"]),
-    ("user-42", ["us-0", "us-3", "us-1", "us-2"]),
-    ("日本語", ["us-0", "us-3", "us-2", "us-1"]),
-])
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("alice", ["us-3", "us-0", "us-1", "us-2"]),
+        ("eu:bob", ["eu-0", "eu-3", "eu-2", "eu-1"]),
+        ("user-42", ["us-0", "us-3", "us-1", "us-2"]),
+        ("日本語", ["us-0", "us-3", "us-2", "us-1"]),
+    ],
+)
 def test_failover_order_is_pinned(quickstart_map, key: str, expected: list[str]) -> None:
     """Every client must fail over to the same shard, so the preference order is format too."""
     assert [s.id for s in quickstart_map.preference_list(key)] == expected

@@ -38,11 +38,19 @@ def shard(shard_id: str, region: str, memory_mb: int = 512) -> list[Resource]:
     return [
         Resource("log_group", f"/aws/lambda/{fn}", region, {"retention_days": 14}, shard_id),
         Resource("iam_role", fn, region, {"policy": {"Version": "2012-10-17"}}, shard_id),
-        Resource("lambda_function", fn, region,
-                 {"role": fn, "log_group": f"/aws/lambda/{fn}", "memory_mb": memory_mb,
-                  "code": {"bucket": f"bucket-{region}", "key": ARTIFACT["key"]}}, shard_id),
-        Resource("lambda_alias", f"{fn}:live", region, {"function": fn, "alias": "live"},
-                 shard_id),
+        Resource(
+            "lambda_function",
+            fn,
+            region,
+            {
+                "role": fn,
+                "log_group": f"/aws/lambda/{fn}",
+                "memory_mb": memory_mb,
+                "code": {"bucket": f"bucket-{region}", "key": ARTIFACT["key"]},
+            },
+            shard_id,
+        ),
+        Resource("lambda_alias", f"{fn}:live", region, {"function": fn, "alias": "live"}, shard_id),
         Resource("function_url", fn, region, {"function": fn, "qualifier": "live"}, shard_id),
         Resource("alarm", f"{fn}-errors", region, {"function": fn, "metric": "Errors"}, shard_id),
     ]
@@ -53,20 +61,46 @@ def blueprint(*resources: list[Resource]) -> Blueprint:
 
 
 def two_regions(memory_eu: int = 512) -> Blueprint:
-    return blueprint(regional("eu-west-1"), regional("us-east-1"),
-                     shard("eu-0", "eu-west-1", memory_eu), shard("us-0", "us-east-1"))
+    return blueprint(
+        regional("eu-west-1"),
+        regional("us-east-1"),
+        shard("eu-0", "eu-west-1", memory_eu),
+        shard("us-0", "us-east-1"),
+    )
 
 
-def deployed(bp: Blueprint, *, epochs: dict[str, int] | None = None, deployment: int = 1,
-             artifacts: bool = True) -> Manifest:
+def deployed(
+    bp: Blueprint,
+    *,
+    epochs: dict[str, int] | None = None,
+    deployment: int = 1,
+    artifacts: bool = True,
+) -> Manifest:
     """The manifest an apply of ``bp`` leaves behind."""
-    records = {r.key: {"kind": r.kind, "name": r.name, "region": r.region, "shard": r.shard,
-                       "fingerprint": r.fingerprint, "props": dict(r.props), "outputs": {}}
-               for r in bp.resources}
-    return Manifest(project="demo", target="aws", account=ACCOUNT, resources=records,
-                    artifacts={r: [ARTIFACT["key"]] for r in bp.regions} if artifacts else {},
-                    map_version=1, map_regions=bp.regions, epochs=dict(epochs or {}),
-                    deployment=deployment, status="ok")
+    records = {
+        r.key: {
+            "kind": r.kind,
+            "name": r.name,
+            "region": r.region,
+            "shard": r.shard,
+            "fingerprint": r.fingerprint,
+            "props": dict(r.props),
+            "outputs": {},
+        }
+        for r in bp.resources
+    }
+    return Manifest(
+        project="demo",
+        target="aws",
+        account=ACCOUNT,
+        resources=records,
+        artifacts={r: [ARTIFACT["key"]] for r in bp.regions} if artifacts else {},
+        map_version=1,
+        map_regions=bp.regions,
+        epochs=dict(epochs or {}),
+        deployment=deployment,
+        status="ok",
+    )
 
 
 def empty() -> Manifest:
@@ -93,20 +127,24 @@ def index(plan: Plan) -> dict[tuple[str, str], int]:
 
 def test_an_empty_manifest_creates_everything_uploads_code_and_publishes_the_map() -> None:
     bp = two_regions()
-    plan = plan_of(bp, empty(), map_envelope=ENVELOPE, map_version=1,
-                   epochs={"eu-0": 1, "us-0": 1})
+    plan = plan_of(bp, empty(), map_envelope=ENVELOPE, map_version=1, epochs={"eu-0": 1, "us-0": 1})
 
     assert [s.id for s in plan.steps] == list(range(len(plan.steps)))
     creates = {s.key: s for s in plan.steps if s.action == "create"}
     assert set(creates) == set(bp.by_key())
     assert all(s.fingerprint == bp.by_key()[k].fingerprint for k, s in creates.items())
     assert {(s.region, s.name, s.props["bucket"]) for s in plan.steps if s.action == "upload"} == {
-        (r, ARTIFACT["key"], f"bucket-{r}") for r in ("eu-west-1", "us-east-1")}
-    assert {(s.region, s.props["bucket"], s.props["version"]) for s in plan.steps
-            if s.action == "publish"} == {("eu-west-1", "bucket-eu-west-1", 1),
-                                          ("us-east-1", "bucket-us-east-1", 1)}
+        (r, ARTIFACT["key"], f"bucket-{r}") for r in ("eu-west-1", "us-east-1")
+    }
+    assert {
+        (s.region, s.props["bucket"], s.props["version"])
+        for s in plan.steps
+        if s.action == "publish"
+    } == {("eu-west-1", "bucket-eu-west-1", 1), ("us-east-1", "bucket-us-east-1", 1)}
     assert {(s.region, s.name, s.props["epoch"]) for s in plan.steps if s.action == "fence"} == {
-        ("eu-west-1", "eu-0", 1), ("us-east-1", "us-0", 1)}
+        ("eu-west-1", "eu-0", 1),
+        ("us-east-1", "us-0", 1),
+    }
     assert plan.summary() == {"create": 16, "upload": 2, "fence": 2, "publish": 2}
     assert (plan.base, plan.deployment, plan.kind) == (empty().fingerprint(), 1, "deploy")
     assert plan.blueprint == bp.to_dict() and not plan.is_noop
@@ -133,21 +171,28 @@ def test_missing_artifacts_are_uploaded_only_where_missing() -> None:
     manifest.artifacts = {"eu-west-1": [ARTIFACT["key"]]}
     plan = plan_of(bp, manifest)
     assert [(s.action, s.region, s.name) for s in plan.steps] == [
-        ("upload", "us-east-1", ARTIFACT["key"])]
+        ("upload", "us-east-1", ARTIFACT["key"])
+    ]
 
 
 def test_only_shards_whose_epoch_changed_are_fenced() -> None:
     bp = two_regions()
-    plan = plan_of(bp, deployed(bp, epochs={"eu-0": 1, "us-0": 1}),
-                   epochs={"eu-0": 2, "us-0": 1, "gone-9": 5})  # no function: no fence
+    plan = plan_of(
+        bp, deployed(bp, epochs={"eu-0": 1, "us-0": 1}), epochs={"eu-0": 2, "us-0": 1, "gone-9": 5}
+    )  # no function: no fence
     assert [(s.action, s.key, s.props["epoch"]) for s in plan.steps] == [
-        ("fence", "eu-west-1/epoch/eu-0", 2)]
+        ("fence", "eu-west-1/epoch/eu-0", 2)
+    ]
     assert plan.steps[0].props["table"] == "state"
 
 
 def test_resources_no_longer_wanted_are_deleted_but_tables_are_retained() -> None:
-    old = blueprint(regional("eu-west-1"), regional("us-east-1"), shard("eu-0", "eu-west-1"),
-                    shard("us-0", "us-east-1"))
+    old = blueprint(
+        regional("eu-west-1"),
+        regional("us-east-1"),
+        shard("eu-0", "eu-west-1"),
+        shard("us-0", "us-east-1"),
+    )
     new = blueprint(regional("eu-west-1"), shard("eu-0", "eu-west-1"))  # us-east-1 retired
     gone = {k for k in old.by_key() if k.startswith("us-east-1/")}
 
@@ -166,8 +211,9 @@ def test_a_plan_of_only_retained_tables_is_a_noop() -> None:
     plan = plan_of(blueprint(), deployed(blueprint(table)), artifact=None)
     assert [(s.action, s.kind) for s in plan.steps] == [("retain", "dynamodb_table")]
     assert plan.is_noop
-    assert not plan_of(blueprint(), deployed(blueprint(regional("eu-west-1"))),
-                       artifact=None).is_noop  # the bucket is deleted
+    assert not plan_of(
+        blueprint(), deployed(blueprint(regional("eu-west-1"))), artifact=None
+    ).is_noop  # the bucket is deleted
 
 
 def test_a_table_kept_by_destroy_is_adopted_again_or_deleted_only_when_asked() -> None:
@@ -191,14 +237,27 @@ def test_a_table_kept_by_destroy_is_adopted_again_or_deleted_only_when_asked() -
 
 def _mixed_plan() -> tuple[Plan, Blueprint, Blueprint]:
     """Everything at once: eu-1 is added, us-0 is retired, eu-0 changes, a new map goes out."""
-    old = blueprint(regional("eu-west-1"), regional("us-east-1"), shard("eu-0", "eu-west-1"),
-                    shard("us-0", "us-east-1"))
-    new = blueprint(regional("eu-west-1"), regional("us-east-1"),
-                    shard("eu-0", "eu-west-1", 2048), shard("eu-1", "eu-west-1"),
-                    shard("us-1", "us-east-1"))
+    old = blueprint(
+        regional("eu-west-1"),
+        regional("us-east-1"),
+        shard("eu-0", "eu-west-1"),
+        shard("us-0", "us-east-1"),
+    )
+    new = blueprint(
+        regional("eu-west-1"),
+        regional("us-east-1"),
+        shard("eu-0", "eu-west-1", 2048),
+        shard("eu-1", "eu-west-1"),
+        shard("us-1", "us-east-1"),
+    )
     manifest = deployed(old, epochs={"eu-0": 1, "us-0": 1}, artifacts=False)
-    plan = plan_of(new, manifest, map_envelope=ENVELOPE, map_version=2,
-                   epochs={"eu-0": 2, "eu-1": 2, "us-1": 2})
+    plan = plan_of(
+        new,
+        manifest,
+        map_envelope=ENVELOPE,
+        map_version=2,
+        epochs={"eu-0": 2, "eu-1": 2, "us-1": 2},
+    )
     return plan, old, new
 
 
@@ -253,8 +312,14 @@ def test_deletions_run_in_reverse_dependency_order() -> None:
         for dep in r.depends_on():
             assert at[("delete", r.key)] < at[("delete", dep)], (r.key, dep)
     kinds = [s.kind for s in plan.steps if s.action == "delete"]
-    assert kinds == ["alarm", "function_url", "lambda_alias", "lambda_function", "iam_role",
-                     "log_group"]
+    assert kinds == [
+        "alarm",
+        "function_url",
+        "lambda_alias",
+        "lambda_function",
+        "iam_role",
+        "log_group",
+    ]
 
 
 # -- the plan file -----------------------------------------------------------------------------
@@ -278,19 +343,22 @@ def test_plan_id_is_stable_and_names_the_content() -> None:
 
     bp = two_regions()
     base = plan_of(bp, empty())
-    assert plan_of(bp, Manifest(project="demo", target="aws", deployment=7)).plan_id != \
-        base.plan_id  # another deployed state
+    assert (
+        plan_of(bp, Manifest(project="demo", target="aws", deployment=7)).plan_id != base.plan_id
+    )  # another deployed state
     assert plan_of(two_regions(1024), empty()).plan_id != base.plan_id  # other content
 
 
 def _one_char_edits(text: str) -> list[tuple[str, str]]:
     """(old, new) substrings of ``text``: each changes exactly one character of one field."""
-    edits = [('"name": "fn-eu-0"', '"name": "fn-eu-9"'),
-             ('"action": "delete"', '"action": "delets"'),
-             ('"memory_mb": 2048', '"memory_mb": 2049'),
-             ('"region": "us-east-1"', '"region": "us-east-2"'),
-             ('"map_version": 2', '"map_version": 3'),
-             ('"deployment": 2', '"deployment": 3')]
+    edits = [
+        ('"name": "fn-eu-0"', '"name": "fn-eu-9"'),
+        ('"action": "delete"', '"action": "delets"'),
+        ('"memory_mb": 2048', '"memory_mb": 2049'),
+        ('"region": "us-east-1"', '"region": "us-east-2"'),
+        ('"map_version": 2', '"map_version": 3'),
+        ('"deployment": 2', '"deployment": 3'),
+    ]
     for old, _ in edits:
         assert old in text, old
     return edits
@@ -314,10 +382,18 @@ def test_a_hand_edited_plan_is_refused() -> None:
         Plan.from_json(json.dumps(data))
 
 
-@pytest.mark.parametrize("text", [
-    "", "not json", "[1, 2]", '"a string"', "{}", '{"format": "terraform-plan/1"}',
-    json.dumps({"format": "shardkit-plan/1", "steps": []}),  # no checksum
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not json",
+        "[1, 2]",
+        '"a string"',
+        "{}",
+        '{"format": "terraform-plan/1"}',
+        json.dumps({"format": "shardkit-plan/1", "steps": []}),  # no checksum
+    ],
+)
 def test_what_is_not_a_plan_is_refused(text: str) -> None:
     with pytest.raises(PlanFileError):
         Plan.from_json(text, "x.json")

@@ -24,17 +24,26 @@ KEYS = [f"key-{i}" for i in range(200_000)]
 BASE = [f"s{i}" for i in range(8)]  # eight equal shards: the starting point of the moves below
 
 
-def shard_list(ids: list[str], weights: dict[str, float] | None = None,
-               regions: tuple[str, ...] = REGIONS[:2]) -> list[dict[str, Any]]:
+def shard_list(
+    ids: list[str], weights: dict[str, float] | None = None, regions: tuple[str, ...] = REGIONS[:2]
+) -> list[dict[str, Any]]:
     """Explicit shards, round-robin over ``regions``; the list order is the position order."""
     weights = weights or {}
-    return [{"id": sid, "region": regions[i % len(regions)], "weight": weights.get(sid, 1.0)}
-            for i, sid in enumerate(ids)]
+    return [
+        {"id": sid, "region": regions[i % len(regions)], "weight": weights.get(sid, 1.0)}
+        for i, sid in enumerate(ids)
+    ]
 
 
-def one_group(shards: Any, *, bits: int = 14, replicas: int = 0,
-              regions: tuple[str, ...] = REGIONS[:2], failure_domain: str = "region",
-              project: str = "planner") -> dict[str, Any]:
+def one_group(
+    shards: Any,
+    *,
+    bits: int = 14,
+    replicas: int = 0,
+    regions: tuple[str, ...] = REGIONS[:2],
+    failure_domain: str = "region",
+    project: str = "planner",
+) -> dict[str, Any]:
     """A one-jurisdiction project whose only group ``g`` holds ``shards`` (count or list)."""
     return {
         "project": {"name": project},
@@ -42,8 +51,15 @@ def one_group(shards: Any, *, bits: int = 14, replicas: int = 0,
         "signing": {"key_id": "k"},
         "regions": {r: {"jurisdiction": "eu"} for r in REGIONS},
         "residency": {"default": "eu"},
-        "groups": {"g": {"jurisdiction": "eu", "regions": list(regions), "shards": shards,
-                         "replicas": replicas, "failure_domain": failure_domain}},
+        "groups": {
+            "g": {
+                "jurisdiction": "eu",
+                "regions": list(regions),
+                "shards": shards,
+                "replicas": replicas,
+                "failure_domain": failure_domain,
+            }
+        },
     }
 
 
@@ -77,12 +93,15 @@ def base(config_from) -> tuple[shardkit.ShardMap, np.ndarray]:
 # -- quotas ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("weights", "expected"), [
-    ([2.0, 1.0, 1.0, 1.0], [6553, 3277, 3277, 3277]),  # the quickstart's us group
-    ([1.0, 1.0, 1.0], [5462, 5461, 5461]),  # equal remainders: the lower index wins
-    ([3.0, 1.5, 0.5, 5.0], [4915, 2458, 819, 8192]),
-    ([1.0] * 7, [2341, 2341, 2341, 2341, 2340, 2340, 2340]),
-])
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ([2.0, 1.0, 1.0, 1.0], [6553, 3277, 3277, 3277]),  # the quickstart's us group
+        ([1.0, 1.0, 1.0], [5462, 5461, 5461]),  # equal remainders: the lower index wins
+        ([3.0, 1.5, 0.5, 5.0], [4915, 2458, 819, 8192]),
+        ([1.0] * 7, [2341, 2341, 2341, 2341, 2340, 2340, 2340]),
+    ],
+)
 def test_weights_become_exact_largest_remainder_quotas(config_from, weights, expected) -> None:
     ids = [f"s{i}" for i in range(len(weights))]
     cfg = one_group(shard_list(ids, dict(zip(ids, weights, strict=True))))
@@ -92,8 +111,14 @@ def test_weights_become_exact_largest_remainder_quotas(config_from, weights, exp
 
 def test_quickstart_slot_counts(quickstart_map) -> None:
     assert quickstart_map.slot_counts() == {
-        "eu-0": 4096, "eu-1": 4096, "eu-2": 4096, "eu-3": 4096,
-        "us-0": 6553, "us-1": 3277, "us-2": 3277, "us-3": 3277,
+        "eu-0": 4096,
+        "eu-1": 4096,
+        "eu-2": 4096,
+        "eu-3": 4096,
+        "us-0": 6553,
+        "us-1": 3277,
+        "us-2": 3277,
+        "us-3": 3277,
     }
 
 
@@ -132,8 +157,13 @@ def test_only_the_slots_that_must_move_move(config_from, base, name: str) -> Non
     shards, ideal, (direction, who) = MOVES[name]
     new = shardkit.build_map(config_from(one_group(shards)), old, now=1)
     # New counts are the exact quotas, and the slots moved are exactly the minimum.
-    quota = dict(zip([s["id"] for s in shards],
-                     largest_remainder([s["weight"] for s in shards], 1 << 14), strict=True))
+    quota = dict(
+        zip(
+            [s["id"] for s in shards],
+            largest_remainder([s["weight"] for s in shards], 1 << 14),
+            strict=True,
+        )
+    )
     assert new.slot_counts() == quota
     minimum = sum(max(0, c - quota.get(sid, 0)) for sid, c in old.slot_counts().items())
     diff = shardkit.diff_maps(old, new)
@@ -256,14 +286,23 @@ def test_replicas_sit_in_distinct_regions(config_from) -> None:
     _check_replicas(m, 2)
     assert all(m.shard(sid).domain == m.shard(sid).region for sid in ids)
     # Still so after a change is planned on top of the previous map.
-    cfg2 = one_group(shard_list([*ids[:4], *ids[5:], "s9"], weights, REGIONS), bits=12,
-                     replicas=2, regions=REGIONS)
+    cfg2 = one_group(
+        shard_list([*ids[:4], *ids[5:], "s9"], weights, REGIONS),
+        bits=12,
+        replicas=2,
+        regions=REGIONS,
+    )
     _check_replicas(shardkit.build_map(config_from(cfg2), m, now=1), 2)
 
 
 def test_replicas_with_shard_failure_domains(config_from) -> None:
-    cfg = one_group(shard_list([f"s{i}" for i in range(5)], regions=REGIONS[:1]), bits=10,
-                    replicas=3, regions=REGIONS[:1], failure_domain="shard")
+    cfg = one_group(
+        shard_list([f"s{i}" for i in range(5)], regions=REGIONS[:1]),
+        bits=10,
+        replicas=3,
+        regions=REGIONS[:1],
+        failure_domain="shard",
+    )
     _check_replicas(shardkit.build_map(config_from(cfg), now=0), 3)
 
 
@@ -280,6 +319,7 @@ def _eu_list(ids: list[str]) -> list[dict[str, Any]]:
 
 def _check_epochs(old: shardkit.ShardMap, new: shardkit.ShardMap) -> None:
     """A shard's epoch is the version in which its (group, slot) set last changed."""
+
     def slot_sets(m: shardkit.ShardMap) -> dict[str, set[tuple[str, int]]]:
         out: dict[str, set[tuple[str, int]]] = {}
         for g in m.groups.values():
@@ -299,8 +339,9 @@ def test_epochs_follow_slot_set_changes(config_from, quickstart_dict) -> None:
 
     def build(eu_ids: list[str]) -> shardkit.ShardMap:
         quickstart_dict["groups"]["eu"]["shards"] = _eu_list(eu_ids)
-        m = shardkit.build_map(config_from(quickstart_dict),
-                               history[-1] if history else None, now=100 + len(history))
+        m = shardkit.build_map(
+            config_from(quickstart_dict), history[-1] if history else None, now=100 + len(history)
+        )
         if history:
             _check_epochs(history[-1], m)
         history.append(m)
@@ -310,8 +351,15 @@ def test_epochs_follow_slot_set_changes(config_from, quickstart_dict) -> None:
     assert v1.version == 1 and {s.epoch for s in v1.shards} == {1}
     v2 = build(["eu-0", "eu-1", "eu-2", "eu-3", "eu-4"])  # eu changes, us does not
     assert {s.id: s.epoch for s in v2.shards} == {
-        "eu-0": 2, "eu-1": 2, "eu-2": 2, "eu-3": 2, "eu-4": 2,
-        "us-0": 1, "us-1": 1, "us-2": 1, "us-3": 1,
+        "eu-0": 2,
+        "eu-1": 2,
+        "eu-2": 2,
+        "eu-3": 2,
+        "eu-4": 2,
+        "us-0": 1,
+        "us-1": 1,
+        "us-2": 1,
+        "us-3": 1,
     }
     assert shardkit.diff_maps(v1, v2).epochs == {f"eu-{i}": (1, 2) for i in range(4)}
     v3 = build(["eu-0", "eu-1", "eu-3", "eu-4"])  # remove eu-2
@@ -342,8 +390,9 @@ def test_a_re_added_shard_gets_a_new_position(config_from) -> None:
 
 def test_same_inputs_give_identical_bytes(config_from, quickstart_dict) -> None:
     first = shardkit.build_map(config_from(quickstart_dict), now=42)
-    assert encode_body(shardkit.build_map(config_from(quickstart_dict), now=42)) == \
-        encode_body(first)
+    assert encode_body(shardkit.build_map(config_from(quickstart_dict), now=42)) == encode_body(
+        first
+    )
     quickstart_dict["groups"]["us"]["shards"] = 5
     a = shardkit.build_map(config_from(quickstart_dict), first, now=43)
     b = shardkit.build_map(config_from(quickstart_dict), first, now=43)

@@ -53,10 +53,18 @@ CONFIG: dict[str, Any] = {
     },
     "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
     "groups": {
-        "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 2,
-               "replicas": 1},
-        "us": {"jurisdiction": "us", "regions": ["us-east-1", "us-west-2"], "shards": 4,
-               "replicas": 1},
+        "eu": {
+            "jurisdiction": "eu",
+            "regions": ["eu-west-1", "eu-central-1"],
+            "shards": 2,
+            "replicas": 1,
+        },
+        "us": {
+            "jurisdiction": "us",
+            "regions": ["us-east-1", "us-west-2"],
+            "shards": 4,
+            "replicas": 1,
+        },
     },
 }
 
@@ -88,8 +96,12 @@ def maps(config_from: Callable[[dict[str, Any]], Any], signing_key: Any) -> Maps
     more["groups"]["us"]["shards"] = 5
     v2 = shardkit.build_map(config_from(more), v1)
     assert (v1.version, v2.version) == (1, 2)
-    return Maps(v1, v2, encode_map(v1, signing_key.key_id, signing_key.sign),
-                encode_map(v2, signing_key.key_id, signing_key.sign))
+    return Maps(
+        v1,
+        v2,
+        encode_map(v1, signing_key.key_id, signing_key.sign),
+        encode_map(v2, signing_key.key_id, signing_key.sign),
+    )
 
 
 # -- the world: a table, a registry, proxies ------------------------------------------------------
@@ -137,11 +149,17 @@ class World:
         self.trusted = trusted
         self.ddb = Serialized(boto3.client("dynamodb", region_name=REGION))
         self.ddb.create_table(
-            TableName=TABLE, BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                                  {"AttributeName": "sk", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                       {"AttributeName": "sk", "KeyType": "RANGE"}])
+            TableName=TABLE,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+        )
         for shard in maps.v1.shards:
             self.fence(shard.id, shard.epoch)
 
@@ -149,13 +167,19 @@ class World:
         """What the control plane does before it publishes a map that changes a shard's slots."""
         self.ddb.put_item(TableName=TABLE, Item=fence_item(shard, epoch))
 
-    def proxy(self, shard: str, infer: Callable[..., Any], registry: Registry | None = None,
-              table: str = TABLE) -> Proxy:
+    def proxy(
+        self,
+        shard: str,
+        infer: Callable[..., Any],
+        registry: Registry | None = None,
+        table: str = TABLE,
+    ) -> Proxy:
         registry = registry or Registry(self.maps.env1)
         holder = MapHolder(self.trusted, registry.fetch)
         holder.refresh()
-        return Proxy(shard=shard, holder=holder, store=StateStore(self.ddb, table, shard),
-                     infer=infer)
+        return Proxy(
+            shard=shard, holder=holder, store=StateStore(self.ddb, table, shard), infer=infer
+        )
 
     def state_items(self) -> dict[str, dict[str, Any]]:
         """Every key-state item in the table: ``{pk: {"seq", "state", "applied"}}``."""
@@ -226,23 +250,31 @@ def echo_model(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
     return {"echo": payload, "count": count}, {"count": count}
 
 
-def url_event(body: bytes | str, content_type: str = MSGPACK, *, b64: bool = True
-              ) -> dict[str, Any]:
+def url_event(
+    body: bytes | str, content_type: str = MSGPACK, *, b64: bool = True
+) -> dict[str, Any]:
     """A Function URL event, payload format 2.0, as the Lambda service builds it."""
     if isinstance(body, bytes) and b64:
         body = base64.b64encode(body).decode()
     return {
-        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/",
+        "rawQueryString": "",
         "headers": {"content-type": content_type, "host": "abc.lambda-url.us-east-1.on.aws"},
         "requestContext": {"http": {"method": "POST", "path": "/"}, "requestId": "r"},
-        "body": body, "isBase64Encoded": b64,
+        "body": body,
+        "isBase64Encoded": b64,
     }
 
 
 def url_reply(response: dict[str, Any]) -> dict[str, Any]:
     """The proxy's reply inside a Function URL response, decoded by its content type."""
-    raw = (base64.b64decode(response["body"]) if response["isBase64Encoded"]
-           else response["body"].encode())
+    raw = (
+        base64.b64decode(response["body"])
+        if response["isBase64Encoded"]
+        else response["body"].encode()
+    )
     if response["headers"]["content-type"] == MSGPACK:
         return msgpack.unpackb(raw, raw=False)
     return json.loads(raw)
@@ -258,16 +290,22 @@ def test_the_owner_serves_and_counts_its_writes(world: World) -> None:
     proxy = world.proxy(owner.id, model)
     replies = [proxy.handle({"key": key, "payload": {"seq": n}}) for n in (1, 2, 3)]
     for n, reply in enumerate(replies, 1):
-        assert reply == {"status": 200, "answer": {"count": n}, "shard": owner.id,
-                         "epoch": owner.epoch, "map_version": 1, "seq": n, "replayed": False}
+        assert reply == {
+            "status": 200,
+            "answer": {"count": n},
+            "shard": owner.id,
+            "epoch": owner.epoch,
+            "map_version": 1,
+            "seq": n,
+            "replayed": False,
+        }
     stored = world.item(owner.id, key)
     assert stored is not None and stored["seq"] == 3
     assert stored["state"] == {"count": 3, "seqs": [1, 2, 3]}
     assert list(world.state_items()) == [f"{owner.id}#{key}"]
 
 
-def test_a_read_on_a_warm_instance_sees_another_instances_acknowledged_write(
-        world: World) -> None:
+def test_a_read_on_a_warm_instance_sees_another_instances_acknowledged_write(world: World) -> None:
     """Two warm instances of one shard: a read-only request must not answer from a cached state
     that another instance's acknowledged write has replaced."""
     key = "user-7"
@@ -320,15 +358,22 @@ def test_a_caller_with_a_newer_map_makes_the_shard_refresh(world: World) -> None
     before = world.state_items()
     reply = proxy.handle({"key": moved, "payload": {}, "map_version": 2})
     assert registry.fetches == 3
-    assert reply == {"status": 421, "error": "moved", "owner": maps.v2.route(moved).id,
-                     "map_version": 2}
+    assert reply == {
+        "status": 421,
+        "error": "moved",
+        "owner": maps.v2.route(moved).id,
+        "map_version": 2,
+    }
     assert world.state_items() == before
     # Once refreshed, the shard serves with the new map and the new epoch, without fetching.
     same_owner = world.proxy(maps.v2.route(stays).id, Counter(), registry)
     fetches = registry.fetches
     reply = same_owner.handle({"key": stays, "payload": {}, "map_version": 2})
     assert (reply["status"], reply["map_version"], reply["epoch"]) == (
-        200, 2, maps.v2.route(stays).epoch)
+        200,
+        2,
+        maps.v2.route(stays).epoch,
+    )
     assert registry.fetches == fetches
 
 
@@ -347,7 +392,8 @@ def test_a_replayed_request_id_gets_its_recorded_answer_and_writes_nothing(world
     assert again == {**first, "replayed": True}
     # A cold proxy (another process, empty cache) replays it from the table too.
     cold = world.proxy(owner.id, model).handle(
-        {"key": key, "payload": {"seq": 1}, "request_id": "req-1"})
+        {"key": key, "payload": {"seq": 1}, "request_id": "req-1"}
+    )
     assert cold == {**first, "replayed": True}
     assert len(model.calls) == 1
     assert world.item(owner.id, key)["seq"] == 1  # type: ignore[index]
@@ -407,7 +453,8 @@ def test_many_concurrent_writers_apply_exactly_the_acknowledged_requests(world: 
     assert stored["seq"] == len(acked) == stored["state"]["count"]
     assert sorted(stored["state"]["seqs"]) == sorted(acked)  # each acknowledged once, no other
     assert sorted(r["seq"] for _, r in replies if r["status"] == 200) == list(
-        range(1, len(acked) + 1))
+        range(1, len(acked) + 1)
+    )
 
 
 # -- fencing ------------------------------------------------------------------------------------
@@ -456,7 +503,11 @@ def test_a_fenced_write_is_redone_with_the_new_epoch_when_the_key_stayed(world: 
     registry.envelope = maps.env2
     reply = proxy.handle({"key": key, "payload": {"seq": 2}, "map_version": 1})
     assert (reply["status"], reply["epoch"], reply["map_version"], reply["seq"]) == (
-        200, new_epoch, 2, 2)
+        200,
+        new_epoch,
+        2,
+        2,
+    )
     assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [1, 2]}  # type: ignore[index]
 
 
@@ -466,15 +517,20 @@ def test_a_fenced_write_is_redone_with_the_new_epoch_when_the_key_stayed(world: 
 MALFORMED = [
     pytest.param(["key", "payload"], 400, "bad_event", id="not-an-object"),
     pytest.param("just a string", 400, "bad_event", id="a-string"),
-    pytest.param({"key": "user-1", "payload": 1, "priority": 9}, 400, "bad_request",
-                 id="unknown-field"),
+    pytest.param(
+        {"key": "user-1", "payload": 1, "priority": 9}, 400, "bad_request", id="unknown-field"
+    ),
     pytest.param({"payload": 1}, 400, "bad_key", id="missing-key"),
     pytest.param({"key": "", "payload": 1}, 400, "bad_key", id="empty-key"),
     pytest.param({"key": 17, "payload": 1}, 400, "bad_key", id="key-not-a-string"),
     pytest.param({"key": "k" * 1025, "payload": 1}, 400, "bad_key", id="key-too-long"),
     pytest.param({"key": "é" * 513, "payload": 1}, 400, "bad_key", id="key-too-long-in-utf8"),
-    pytest.param(json.loads('{"key": "user-\\ud800", "payload": 1}'), 400, "bad_key",
-                 id="key-with-lone-surrogate"),
+    pytest.param(
+        json.loads('{"key": "user-\\ud800", "payload": 1}'),
+        400,
+        "bad_key",
+        id="key-with-lone-surrogate",
+    ),
     pytest.param({"key": "user-1", "map_version": "3"}, 400, "bad_request", id="version-str"),
     pytest.param({"key": "user-1", "map_version": True}, 400, "bad_request", id="version-bool"),
     pytest.param({"key": "user-1", "map_version": -1}, 400, "bad_request", id="version-neg"),
@@ -485,20 +541,30 @@ MALFORMED = [
 MALFORMED_URL = [
     pytest.param(url_event("%%% not base64 %%%"), 400, "bad_body", id="bad-base64"),
     pytest.param(url_event(b"\xc1\xc1\xc1"), 400, "bad_body", id="bad-msgpack"),
-    pytest.param(url_event("{not json", "application/json", b64=False), 400, "bad_body",
-                 id="bad-json"),
-    pytest.param(url_event(b"key=user-1", "application/x-www-form-urlencoded"), 415,
-                 "bad_content_type", id="unsupported-content-type"),
+    pytest.param(
+        url_event("{not json", "application/json", b64=False), 400, "bad_body", id="bad-json"
+    ),
+    pytest.param(
+        url_event(b"key=user-1", "application/x-www-form-urlencoded"),
+        415,
+        "bad_content_type",
+        id="unsupported-content-type",
+    ),
     pytest.param({**url_event(b""), "body": 123}, 400, "bad_event", id="body-not-a-string"),
     pytest.param(url_event(msgpack.packb([1, 2])), 400, "bad_request", id="body-not-a-map"),
-    pytest.param(url_event(msgpack.packb({"key": "user-1", "x": 1})), 400, "bad_request",
-                 id="unknown-field-in-body"),
+    pytest.param(
+        url_event(msgpack.packb({"key": "user-1", "x": 1})),
+        400,
+        "bad_request",
+        id="unknown-field-in-body",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("event", "status", "code"), MALFORMED)
 def test_a_malformed_direct_event_is_refused_and_nothing_is_written(
-        world: World, event: Any, status: int, code: str) -> None:
+    world: World, event: Any, status: int, code: str
+) -> None:
     model = Counter()
     reply = world.proxy(world.maps.v1.route("user-1").id, model).handle(event)
     assert (reply["status"], reply["error"]) == (status, code)
@@ -508,7 +574,8 @@ def test_a_malformed_direct_event_is_refused_and_nothing_is_written(
 
 @pytest.mark.parametrize(("event", "status", "code"), MALFORMED_URL)
 def test_a_malformed_url_event_gets_an_http_error_and_nothing_is_written(
-        world: World, event: Any, status: int, code: str) -> None:
+    world: World, event: Any, status: int, code: str
+) -> None:
     """A Function URL caller must see the status as the HTTP status: a bare reply object would
     reach it as "200 OK"."""
     model = Counter()
@@ -557,7 +624,8 @@ def test_an_answer_over_the_limit_is_refused_and_nothing_is_written(world: World
 
 @pytest.mark.parametrize("content_type", [MSGPACK, "application/json"])
 def test_an_answer_that_only_the_url_encoding_pushes_over_the_limit_is_refused(
-        world: World, content_type: str) -> None:
+    world: World, content_type: str
+) -> None:
     """5 MB of answer is under 6 MB, but base64 (msgpack) or escaping (JSON, here every
     character is a quote) inside the response object is what Lambda has to send."""
     key = "user-12"
@@ -627,15 +695,25 @@ def test_failover_to_a_replica_answers_degraded_and_writes_nothing(world: World)
     order = world.maps.v1.preference_list(key)
     owner, replica = order[0], order[1]
     assert replica.jurisdiction == "eu" and replica.region != owner.region
-    assert world.proxy(owner.id, Counter()).handle({"key": key, "payload": {"seq": 1}})[
-        "status"] == 200
+    assert (
+        world.proxy(owner.id, Counter()).handle({"key": key, "payload": {"seq": 1}})["status"]
+        == 200
+    )
     before = world.state_items()
 
     model = Counter()
     proxy = world.proxy(replica.id, model)
     reply = proxy.handle({"key": key, "payload": {"seq": 2}, "failover": True})
-    assert reply == {"status": 200, "answer": {"count": 1}, "shard": replica.id, "epoch": 0,
-                     "map_version": 1, "seq": 0, "replayed": False, "degraded": True}
+    assert reply == {
+        "status": 200,
+        "answer": {"count": 1},
+        "shard": replica.id,
+        "epoch": 0,
+        "map_version": 1,
+        "seq": 0,
+        "replayed": False,
+        "degraded": True,
+    }
     assert model.calls == [None]  # the owner's state is neither read nor written
     assert world.state_items() == before
     # Without the failover flag the replica is just a non-owner.
@@ -647,8 +725,7 @@ def test_failover_to_another_jurisdiction_is_refused_with_421(world: World) -> N
     owner = world.maps.v1.route(key)
     us_shard = world.maps.v1.route("user-1")
     model = Counter()
-    reply = world.proxy(us_shard.id, model).handle(
-        {"key": key, "payload": {}, "failover": True})
+    reply = world.proxy(us_shard.id, model).handle({"key": key, "payload": {}, "failover": True})
     assert reply == {"status": 421, "error": "moved", "owner": owner.id, "map_version": 1}
     assert model.calls == [] and world.state_items() == {}
 
@@ -658,7 +735,8 @@ def test_failover_to_another_jurisdiction_is_refused_with_421(world: World) -> N
 
 @pytest.mark.parametrize("content_type", [MSGPACK, "application/json"])
 def test_function_url_requests_round_trip_in_their_own_encoding(
-        world: World, content_type: str) -> None:
+    world: World, content_type: str
+) -> None:
     key = "user-21"
     owner = world.maps.v1.route(key)
     proxy = world.proxy(owner.id, Counter())
@@ -672,14 +750,21 @@ def test_function_url_requests_round_trip_in_their_own_encoding(
     assert response["statusCode"] == 200
     assert response["headers"] == {"content-type": content_type}
     assert response["isBase64Encoded"] is (content_type == MSGPACK)
-    assert url_reply(response) == {"status": 200, "answer": {"count": 1}, "shard": owner.id,
-                                   "epoch": owner.epoch, "map_version": 1, "seq": 1,
-                                   "replayed": False}
+    assert url_reply(response) == {
+        "status": 200,
+        "answer": {"count": 1},
+        "shard": owner.id,
+        "epoch": owner.epoch,
+        "map_version": 1,
+        "seq": 1,
+        "replayed": False,
+    }
     assert url_reply(send({"key": key, "payload": {"seq": 1}, "request_id": "u1"}))["replayed"]
 
     other = next(s for s in world.maps.v1.shards if s.jurisdiction == "us" and s.id != owner.id)
     moved = world.proxy(other.id, Counter()).handle(
-        url_event(msgpack.packb({"key": key, "payload": {}})))
+        url_event(msgpack.packb({"key": key, "payload": {}}))
+    )
     assert moved["statusCode"] == 421
     assert url_reply(moved)["owner"] == owner.id
 
@@ -699,8 +784,7 @@ def proxy_logs() -> Iterator[io.StringIO]:
         handler.setStream(old)  # type: ignore[attr-defined]
 
 
-def test_logs_carry_the_key_hash_and_never_the_key(world: World,
-                                                  proxy_logs: io.StringIO) -> None:
+def test_logs_carry_the_key_hash_and_never_the_key(world: World, proxy_logs: io.StringIO) -> None:
     key = "user-SECRET-4711"
     owner = world.maps.v1.route(key)
 
@@ -720,7 +804,8 @@ def test_logs_carry_the_key_hash_and_never_the_key(world: World,
 
 
 def test_a_log_line_never_carries_the_previous_requests_key_hash(
-        world: World, proxy_logs: io.StringIO) -> None:
+    world: World, proxy_logs: io.StringIO
+) -> None:
     key = "user-15"
     owner = world.maps.v1.route(key)
     registry = Registry(world.maps.env1)
@@ -736,8 +821,12 @@ def test_a_log_line_never_carries_the_previous_requests_key_hash(
 
 
 def test_the_lambda_handler_prints_emf_metrics_per_shard(
-        world: World, maps: Maps, key_dir: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    world: World,
+    maps: Maps,
+    key_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket="registry-bucket")
     s3.put_object(Bucket="registry-bucket", Key="registry/map.skm", Body=maps.env1)
@@ -754,8 +843,11 @@ def test_the_lambda_handler_prints_emf_metrics_per_shard(
     assert reply["status"] == 200 and reply["answer"] == {"echo": {"n": 1}, "count": 1}
     assert handler_module.handler({"key": key, "payload": {"n": 2}}, None)["seq"] == 2
 
-    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()
-            if line.startswith("{") and '"_aws"' in line]
+    docs = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("{") and '"_aws"' in line
+    ]
     assert len(docs) == 2  # one EMF document per invocation
     for doc in docs:
         (directive,) = doc["_aws"]["CloudWatchMetrics"]
@@ -768,7 +860,8 @@ def test_the_lambda_handler_prints_emf_metrics_per_shard(
 
 
 def test_the_lambda_handler_reports_a_missing_model_cleanly(
-        world: World, maps: Maps, key_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world: World, maps: Maps, key_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket="registry-bucket")
     s3.put_object(Bucket="registry-bucket", Key="registry/map.skm", Body=maps.env1)

@@ -49,8 +49,9 @@ def _imported_after(statement: str) -> list[str]:
         "names = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "print(json.dumps(sorted(names - set(sys.stdlib_module_names))))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     return json.loads(out.stdout)
 
 
@@ -80,8 +81,11 @@ def test_errors_module_imports_only_the_stdlib() -> None:
 
 def test_errors_all_is_sorted_and_complete() -> None:
     assert errors.__all__ == sorted(errors.__all__)
-    defined = {n for n, v in vars(errors).items()
-               if inspect.isclass(v) and issubclass(v, Exception) and v.__module__ == errors.__name__}
+    defined = {
+        n
+        for n, v in vars(errors).items()
+        if inspect.isclass(v) and issubclass(v, Exception) and v.__module__ == errors.__name__
+    }
     assert defined == set(errors.__all__)
 
 
@@ -120,8 +124,13 @@ def test_config_error_has_a_default_hint_and_joins_problems() -> None:
 
 
 def test_map_errors_have_default_hints() -> None:
-    for cls in (errors.MapDecodeError, errors.MapSignatureError, errors.MapRollbackError,
-                errors.MapExpiredError, errors.NoEligibleShardError):
+    for cls in (
+        errors.MapDecodeError,
+        errors.MapSignatureError,
+        errors.MapRollbackError,
+        errors.MapExpiredError,
+        errors.NoEligibleShardError,
+    ):
         assert cls("m").hint.strip(), cls
 
 

@@ -16,17 +16,29 @@ from hypothesis import strategies as st
 import shardkit
 
 # Real Lambda regions; jurisdictions are just names, so any region can serve any of them here.
-POOL = ("us-east-1", "us-east-2", "us-west-1", "us-west-2", "eu-west-1", "eu-west-2",
-        "eu-west-3", "eu-central-1", "eu-north-1", "ap-south-1", "ap-southeast-1",
-        "ap-northeast-1")
+POOL = (
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-north-1",
+    "ap-south-1",
+    "ap-southeast-1",
+    "ap-northeast-1",
+)
 JURISDICTIONS = ("eu", "us", "ap", "ca")
 # Prefixes that nest ("a" < "a:" < "a:b:"), so the longest-prefix rule really gets exercised.
 PREFIXES = ("a", "a:", "a:b:", "ab", "b:", "b:c", "eu:", "eu-de:", "x")
 KEY_CHARS = "ab:cx-eu"
 
 # Each example builds a map (a few ms); 60 random worlds x several keys each is plenty.
-RANDOM_WORLDS = settings(max_examples=60, deadline=None,
-                         suppress_health_check=[HealthCheck.too_slow])
+RANDOM_WORLDS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @dataclass
@@ -50,18 +62,23 @@ def worlds(draw: st.DrawFn, fewest: int = 2) -> dict[str, Any]:
         mine = [free.pop(0) for _ in range(draw(st.integers(1, 3)))]
         regions.update({r: {"jurisdiction": j} for r in mine})
         n = draw(st.integers(1, 12))
-        weights = draw(st.lists(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]), min_size=n,
-                                max_size=n))
-        shards = [{"id": f"{j}-{i}", "region": mine[i % len(mine)], "weight": w}
-                  for i, w in enumerate(weights)]
+        weights = draw(st.lists(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]), min_size=n, max_size=n))
+        shards = [
+            {"id": f"{j}-{i}", "region": mine[i % len(mine)], "weight": w}
+            for i, w in enumerate(weights)
+        ]
         domains = min(n, len(mine))
-        groups[f"g-{j}"] = {"jurisdiction": j, "regions": mine, "shards": shards,
-                            "replicas": draw(st.integers(0, domains - 1))}
+        groups[f"g-{j}"] = {
+            "jurisdiction": j,
+            "regions": mine,
+            "shards": shards,
+            "replicas": draw(st.integers(0, domains - 1)),
+        }
     n_rules = draw(st.integers(0, 6))
-    prefixes = draw(st.lists(st.sampled_from(PREFIXES), unique=True, min_size=n_rules,
-                             max_size=n_rules))
-    rules = [{"prefix": p, "jurisdiction": draw(st.sampled_from(jurisdictions))}
-             for p in prefixes]
+    prefixes = draw(
+        st.lists(st.sampled_from(PREFIXES), unique=True, min_size=n_rules, max_size=n_rules)
+    )
+    rules = [{"prefix": p, "jurisdiction": draw(st.sampled_from(jurisdictions))} for p in prefixes]
     default = draw(st.sampled_from([None, *jurisdictions]))
     residency: dict[str, Any] = {"rules": rules}
     if default is not None:
@@ -170,8 +187,9 @@ def test_route_many_equals_route_key_by_key(config_from, cfg, data) -> None:
         # Random keys plus one key per rule, shuffled: batches that mix jurisdictions.
         batch = data.draw(st.lists(keys, max_size=40)) + [f"{p}{i}" for i, p in enumerate(w.rules)]
         batch = data.draw(st.permutations(batch))
-        tag = data.draw(st.sampled_from([None, None, None, "tag"]).flatmap(
-            lambda t: tags if t else st.none()))  # mostly untagged: mixed jurisdictions
+        tag = data.draw(
+            st.sampled_from([None, None, None, "tag"]).flatmap(lambda t: tags if t else st.none())
+        )  # mostly untagged: mixed jurisdictions
         wanted = [expected_jurisdiction(w, k, tag) for k in batch]
         if None in wanted:  # one refused key refuses the batch ...
             with pytest.raises(shardkit.ResidencyError):
@@ -193,20 +211,32 @@ def test_route_many_equals_route_key_by_key(config_from, cfg, data) -> None:
 @pytest.fixture(scope="module")
 def nested(config_from) -> shardkit.ShardMap:
     """Rules "eu:" -> eu and "eu-de:" -> de (two prefix lengths), no default."""
-    return shardkit.build_map(config_from({
-        "project": {"name": "nested"},
-        "hashing": {"slot_bits": 10},
-        "signing": {"key_id": "k"},
-        "regions": {"eu-west-1": {"jurisdiction": "eu"}, "eu-central-1": {"jurisdiction": "de"},
-                    "us-east-1": {"jurisdiction": "us"}},
-        "residency": {"rules": [{"prefix": "eu:", "jurisdiction": "eu"},
-                                {"prefix": "eu-de:", "jurisdiction": "de"}]},
-        "groups": {
-            "eu": {"jurisdiction": "eu", "regions": ["eu-west-1"], "shards": 3},
-            "de": {"jurisdiction": "de", "regions": ["eu-central-1"], "shards": 2},
-            "us": {"jurisdiction": "us", "regions": ["us-east-1"], "shards": 4},
-        },
-    }), now=0)
+    return shardkit.build_map(
+        config_from(
+            {
+                "project": {"name": "nested"},
+                "hashing": {"slot_bits": 10},
+                "signing": {"key_id": "k"},
+                "regions": {
+                    "eu-west-1": {"jurisdiction": "eu"},
+                    "eu-central-1": {"jurisdiction": "de"},
+                    "us-east-1": {"jurisdiction": "us"},
+                },
+                "residency": {
+                    "rules": [
+                        {"prefix": "eu:", "jurisdiction": "eu"},
+                        {"prefix": "eu-de:", "jurisdiction": "de"},
+                    ]
+                },
+                "groups": {
+                    "eu": {"jurisdiction": "eu", "regions": ["eu-west-1"], "shards": 3},
+                    "de": {"jurisdiction": "de", "regions": ["eu-central-1"], "shards": 2},
+                    "us": {"jurisdiction": "us", "regions": ["us-east-1"], "shards": 4},
+                },
+            }
+        ),
+        now=0,
+    )
 
 
 def test_longest_prefix_wins(nested) -> None:
@@ -254,8 +284,14 @@ def test_a_single_group_without_rules(config_from, default: str | None) -> None:
         "hashing": {"slot_bits": 8},
         "signing": {"key_id": "k"},
         "regions": {"eu-west-1": {"jurisdiction": "eu"}, "eu-north-1": {"jurisdiction": "eu"}},
-        "groups": {"g": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-north-1"],
-                         "shards": 5, "replicas": 1}},
+        "groups": {
+            "g": {
+                "jurisdiction": "eu",
+                "regions": ["eu-west-1", "eu-north-1"],
+                "shards": 5,
+                "replicas": 1,
+            }
+        },
     }
     if default:
         cfg["residency"] = {"default": default}

@@ -45,15 +45,22 @@ CONFIG: dict[str, Any] = {
     },
     "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
     "groups": {
-        "eu": {"jurisdiction": "eu", "regions": ["eu-west-1", "eu-central-1"], "shards": 4,
-               "replicas": 1},
-        "us": {"jurisdiction": "us", "regions": ["us-east-1", "us-west-2"], "shards": 4,
-               "replicas": 1},
+        "eu": {
+            "jurisdiction": "eu",
+            "regions": ["eu-west-1", "eu-central-1"],
+            "shards": 4,
+            "replicas": 1,
+        },
+        "us": {
+            "jurisdiction": "us",
+            "regions": ["us-east-1", "us-west-2"],
+            "shards": 4,
+            "replicas": 1,
+        },
     },
 }
 # Failover order is what these tests are about: avoid a shard at its first failure.
-NO_SLEEP_BUDGET = RetryPolicy(attempts=10, budget_floor=1000.0, avoid_s=60.0,
-                              failures_to_avoid=1)
+NO_SLEEP_BUDGET = RetryPolicy(attempts=10, budget_floor=1000.0, avoid_s=60.0, failures_to_avoid=1)
 
 
 @dataclass(frozen=True)
@@ -65,19 +72,28 @@ class Maps:
     trusted: dict[str, bytes]
 
     def moved_key(self) -> str:
-        return next(k for k in (f"user-{i}" for i in range(10_000))
-                    if self.v1.route(k).id != self.v2.route(k).id)
+        return next(
+            k
+            for k in (f"user-{i}" for i in range(10_000))
+            if self.v1.route(k).id != self.v2.route(k).id
+        )
 
 
 @pytest.fixture(scope="session")
-def maps(config_from: Callable[[dict[str, Any]], Any], signing_key: Any,
-         trusted_keys: dict[str, bytes]) -> Maps:
+def maps(
+    config_from: Callable[[dict[str, Any]], Any], signing_key: Any, trusted_keys: dict[str, bytes]
+) -> Maps:
     v1 = shardkit.build_map(config_from(CONFIG))
     more = copy.deepcopy(CONFIG)
     more["groups"]["us"]["shards"] = 5
     v2 = shardkit.build_map(config_from(more), v1)
-    return Maps(v1, v2, encode_map(v1, signing_key.key_id, signing_key.sign),
-                encode_map(v2, signing_key.key_id, signing_key.sign), trusted_keys)
+    return Maps(
+        v1,
+        v2,
+        encode_map(v1, signing_key.key_id, signing_key.sign),
+        encode_map(v2, signing_key.key_id, signing_key.sign),
+        trusted_keys,
+    )
 
 
 class Registry:
@@ -112,23 +128,42 @@ class Shards:
 
 def served(shard: Shard, request: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A proxy's 200 answer (degraded when the request is a failover)."""
-    reply = {"status": 200, "answer": {"echo": request["payload"]}, "shard": shard.id,
-             "epoch": shard.epoch, "map_version": request["map_version"], "seq": 1,
-             "replayed": False, **extra}
+    reply = {
+        "status": 200,
+        "answer": {"echo": request["payload"]},
+        "shard": shard.id,
+        "epoch": shard.epoch,
+        "map_version": request["map_version"],
+        "seq": 1,
+        "replayed": False,
+        **extra,
+    }
     if request.get("failover"):
         reply.update(degraded=True, seq=0, epoch=0)
     return reply
 
 
-def make_client(maps: Maps, shards: Shards, *envelopes: bytes, retry: RetryPolicy | None = None,
-                sleeps: list[float] | None = None, clock: Callable[[], float] = lambda: 0.0,
-                hedge_after_s: float | None = None) -> tuple[RoutingClient, Registry]:
+def make_client(
+    maps: Maps,
+    shards: Shards,
+    *envelopes: bytes,
+    retry: RetryPolicy | None = None,
+    sleeps: list[float] | None = None,
+    clock: Callable[[], float] = lambda: 0.0,
+    hedge_after_s: float | None = None,
+) -> tuple[RoutingClient, Registry]:
     registry = Registry(*(envelopes or (maps.env1,)))
     holder = MapHolder(maps.trusted, registry.fetch)
     holder.refresh()
-    sleep = (sleeps.append if sleeps is not None else lambda s: None)
-    client = RoutingClient(holder, MockTransport(shards), retry=retry or NO_SLEEP_BUDGET,
-                           clock=clock, sleep=sleep, hedge_after_s=hedge_after_s)
+    sleep = sleeps.append if sleeps is not None else lambda s: None
+    client = RoutingClient(
+        holder,
+        MockTransport(shards),
+        retry=retry or NO_SLEEP_BUDGET,
+        clock=clock,
+        sleep=sleep,
+        hedge_after_s=hedge_after_s,
+    )
     return client, registry
 
 
@@ -143,13 +178,23 @@ def test_a_result_records_where_and_how_the_answer_came(maps: Maps) -> None:
     result = client.infer(key, {"text": "hi"}, request_id="req-1")
     assert isinstance(result, Result)
     assert (result.key, result.answer, result.shard, result.region, result.jurisdiction) == (
-        key, {"echo": {"text": "hi"}}, owner.id, owner.region, "eu")
+        key,
+        {"echo": {"text": "hi"}},
+        owner.id,
+        owner.region,
+        "eu",
+    )
     assert (result.epoch, result.map_version, result.seq, result.replayed) == (7, 1, 3, True)
     assert (result.attempts, result.redirected, result.failover, result.hedged) == (
-        1, False, False, False)
+        1,
+        False,
+        False,
+        False,
+    )
     assert result.latency_s >= 0
-    assert fleet.calls == [(owner.id, {"key": key, "payload": {"text": "hi"}, "map_version": 1,
-                                       "request_id": "req-1"})]
+    assert fleet.calls == [
+        (owner.id, {"key": key, "payload": {"text": "hi"}, "map_version": 1, "request_id": "req-1"})
+    ]
 
     tagged = client.infer("user-1", None, jurisdiction="eu")
     assert tagged.jurisdiction == "eu" and tagged.shard == maps.v1.route("user-1", "eu").id
@@ -188,7 +233,11 @@ def test_a_redirect_refreshes_the_map_and_converges_in_one_hop(maps: Maps) -> No
     client, registry = make_client(maps, fleet, maps.env1, maps.env2)
     result = client.infer(key, {"seq": 1})
     assert (result.shard, result.map_version, result.redirected, result.attempts) == (
-        new.id, 2, True, 2)
+        new.id,
+        2,
+        True,
+        2,
+    )
     assert fleet.shards == [old.id, new.id]
     assert [r["map_version"] for _, r in fleet.calls] == [1, 2]
     assert len({r["request_id"] for _, r in fleet.calls}) == 1  # one request, applied once
@@ -201,8 +250,9 @@ def test_a_redirect_refreshes_the_map_and_converges_in_one_hop(maps: Maps) -> No
 
 def test_a_second_redirect_in_one_call_is_an_error(maps: Maps) -> None:
     key = maps.moved_key()
-    fleet = Shards(lambda s, r: {"status": 421, "error": "moved", "owner": "us-0",
-                                 "map_version": 2})
+    fleet = Shards(
+        lambda s, r: {"status": 421, "error": "moved", "owner": "us-0", "map_version": 2}
+    )
     client, registry = make_client(maps, fleet, maps.env1, maps.env2)
     with pytest.raises(InferenceError) as err:
         client.infer(key)
@@ -211,8 +261,9 @@ def test_a_second_redirect_in_one_call_is_an_error(maps: Maps) -> None:
 
 
 def test_a_redirect_to_a_map_the_registry_does_not_have_yet_is_an_error(maps: Maps) -> None:
-    fleet = Shards(lambda s, r: {"status": 421, "error": "moved", "owner": "us-0",
-                                 "map_version": 5})
+    fleet = Shards(
+        lambda s, r: {"status": 421, "error": "moved", "owner": "us-0", "map_version": 5}
+    )
     client, registry = make_client(maps, fleet, maps.env1)
     with pytest.raises(RoutingError, match="still serves version 1"):
         client.infer("user-1")
@@ -252,12 +303,14 @@ def test_a_non_transient_error_answer_is_raised_at_once(maps: Maps) -> None:
     with pytest.raises(InferenceError) as err:
         client.infer("user-1")
     assert (err.value.status, err.value.code, err.value.shard) == (
-        500, "busy", maps.v1.route("user-1").id)
+        500,
+        "busy",
+        maps.v1.route("user-1").id,
+    )
     assert len(fleet.calls) == 1 and sleeps == []
 
 
-def test_backoff_ceilings_double_up_to_the_cap(maps: Maps, monkeypatch: pytest.MonkeyPatch
-                                               ) -> None:
+def test_backoff_ceilings_double_up_to_the_cap(maps: Maps, monkeypatch: pytest.MonkeyPatch) -> None:
     drawn: list[tuple[float, float]] = []
 
     def uniform(a: float, b: float) -> float:
@@ -353,7 +406,8 @@ ALL_SHARDS = [f"eu-{i}" for i in range(4)] + [f"us-{i}" for i in range(4)]
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(FAILOVER_KEYS), down=st.sets(st.sampled_from(ALL_SHARDS)))
 def test_failover_walks_the_preference_list_inside_the_jurisdiction(
-        maps: Maps, key: str, down: set[str]) -> None:
+    maps: Maps, key: str, down: set[str]
+) -> None:
     order = [s.id for s in maps.v1.preference_list(key)]
     jurisdiction = maps.v1.route(key).jurisdiction
     fleet = _failing(down)
@@ -369,14 +423,12 @@ def test_failover_walks_the_preference_list_inside_the_jurisdiction(
         assert fleet.shards == tried
         assert result.shard == healthy[0] and result.jurisdiction == jurisdiction
         assert result.failover is (healthy[0] != order[0])
-        assert [r.get("failover", False) for _, r in fleet.calls] == [
-            s != order[0] for s in tried]
+        assert [r.get("failover", False) for _, r in fleet.calls] == [s != order[0] for s in tried]
     assert all(maps.v1.shard(s).jurisdiction == jurisdiction for s in fleet.shards)
     assert len({r["request_id"] for _, r in fleet.calls}) == 1
 
 
-def test_all_shards_of_the_jurisdiction_down_is_an_error_never_another_region(
-        maps: Maps) -> None:
+def test_all_shards_of_the_jurisdiction_down_is_an_error_never_another_region(maps: Maps) -> None:
     eu = {s.id for s in maps.v1.shards if s.jurisdiction == "eu"}
     fleet = _failing(eu)
     client, _ = make_client(maps, fleet)
@@ -397,9 +449,12 @@ def test_a_failed_shard_is_avoided_for_avoid_s_then_tried_again(maps: Maps) -> N
     now = {"t": 0.0}
     down = {owner}
     fleet = _failing(down)
-    client, _ = make_client(maps, fleet, clock=lambda: now["t"],
-                            retry=RetryPolicy(avoid_s=5.0, budget_floor=100.0,
-                                              failures_to_avoid=1))
+    client, _ = make_client(
+        maps,
+        fleet,
+        clock=lambda: now["t"],
+        retry=RetryPolicy(avoid_s=5.0, budget_floor=100.0, failures_to_avoid=1),
+    )
     assert client.infer(key).shard == replica
     assert fleet.shards == [owner, replica]
 
@@ -447,8 +502,9 @@ def test_a_throttled_owner_is_retried_never_failed_over(maps: Maps) -> None:
         return served(shard, request)
 
     fleet = Shards(busy)
-    client, _ = make_client(maps, fleet, retry=RetryPolicy(attempts=6, budget_floor=100.0,
-                                                           failures_to_avoid=1))
+    client, _ = make_client(
+        maps, fleet, retry=RetryPolicy(attempts=6, budget_floor=100.0, failures_to_avoid=1)
+    )
     result = client.infer(key)
     assert fleet.shards == [owner] * 5 and (result.shard, result.failover) == (owner, False)
 

@@ -36,8 +36,10 @@ class FakePip:
         dest = Path(cmd[cmd.index("--dest") + 1])
         for pin in (c for c in cmd if "==" in c):
             name = pin.split("==")[0].replace("-", "_")
-            _wheel(dest / f"{name}-1-cp312-abi3-manylinux2014_aarch64.whl",
-                   {f"{name}/__init__.py": b"x = 1\n", f"{name}/_ext.so": b"\x7fELF"})
+            _wheel(
+                dest / f"{name}-1-cp312-abi3-manylinux2014_aarch64.whl",
+                {f"{name}/__init__.py": b"x = 1\n", f"{name}/_ext.so": b"\x7fELF"},
+            )
 
         class Result:
             returncode = self.returncode
@@ -46,8 +48,9 @@ class FakePip:
         return Result()
 
 
-def test_wheels_are_pinned_to_the_installed_versions_for_the_lambda_platform(tmp_path: Path
-                                                                            ) -> None:
+def test_wheels_are_pinned_to_the_installed_versions_for_the_lambda_platform(
+    tmp_path: Path,
+) -> None:
     pip = FakePip()
     wheels = fetch_wheels("python3.12", "arm64", cache=tmp_path, run=pip)
     (cmd,) = pip.calls

@@ -41,8 +41,12 @@ class PriorModel:
 
     def predict(self, request: EdgeRequest) -> dict[str, Any]:
         best = self._best[_last_word(request.payload)]  # type: ignore[index]
-        return {"next": best["next"], "confidence": best["confidence"], "source": "edge",
-                "count": None}
+        return {
+            "next": best["next"],
+            "confidence": best["confidence"],
+            "source": "edge",
+            "count": None,
+        }
 
 
 def _last_word(payload: Any) -> str | None:
@@ -61,7 +65,16 @@ def cache_rules() -> CacheRules:
     ``resident_only`` is checked against the key's jurisdiction as the map resolves it (prefix
     rule or tag), not against the pattern, so an ``eu`` key can never slip through as "*".
     """
-    return CacheRules([
-        CachePolicy("*", ttl_s=30.0, max_stale_s=5.0, stale_if_error_s=300.0,
-                    max_entry_bytes=4096, cacheable=read_only, resident_only={"eu"}),
-    ])
+    return CacheRules(
+        [
+            CachePolicy(
+                "*",
+                ttl_s=30.0,
+                max_stale_s=5.0,
+                stale_if_error_s=300.0,
+                max_entry_bytes=4096,
+                cacheable=read_only,
+                resident_only={"eu"},
+            ),
+        ]
+    )

@@ -56,8 +56,11 @@ def predict(last: str, own: dict[str, dict[str, int]] | None = None) -> dict[str
         counts = table.get(last)
         if counts:
             word, n = max(sorted(counts.items()), key=lambda kv: kv[1])
-            return {"next": word, "confidence": round(n / sum(counts.values()), 4),
-                    "source": source}
+            return {
+                "next": word,
+                "confidence": round(n / sum(counts.values()), 4),
+                "source": source,
+            }
     return {"next": None, "confidence": 0.0, "source": "none"}
 
 
