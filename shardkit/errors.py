@@ -2,6 +2,7 @@
 
     ShardkitError                 root: catch this to catch anything shardkit means to raise
     ├── ConfigError               a project file is invalid (file, field path, value, what is allowed)
+    ├── EdgePolicyError           an edge runtime's cache policy or setting is invalid
     ├── KeyStoreError             a signing key is missing, unreadable or already exists
     ├── PlanningError             a shard map cannot be planned as asked (weights, failure domains)
     ├── MapError                  a shard map could not be accepted
@@ -43,6 +44,7 @@ __all__ = [
     "AwsUnreachableError",
     "ConfigError",
     "DeployError",
+    "EdgePolicyError",
     "InferenceError",
     "KeyStoreError",
     "LocalCloudError",
@@ -87,6 +89,12 @@ class ConfigError(ShardkitError):
         self.problems = list(problems)
         lines = "; ".join(self.problems)
         super().__init__(f"{file}: {lines}", hint=hint or "fix the field named above and retry")
+
+
+class EdgePolicyError(ShardkitError):
+    """An edge cache policy (or the edge runtime's settings) is invalid."""
+
+    hint = "fix the setting named above; docs/edge.md lists every field and its bounds"
 
 
 class KeyStoreError(ShardkitError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from ..errors import ShardkitError
+from ..errors import EdgePolicyError
 
 __all__ = [
     "CachePolicy",
@@ -30,12 +30,6 @@ __all__ = [
 ]
 
 _GLOB = frozenset("*?[")
-
-
-class EdgePolicyError(ShardkitError):
-    """An edge cache policy (or the runtime's settings) is invalid."""
-
-    hint = "fix the setting named above; docs/edge.md lists every field and its bounds"
 
 
 class Location:
