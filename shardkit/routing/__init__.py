@@ -10,6 +10,7 @@ from .transports import (
 )
 
 __all__ = [
+    "AsyncRoutingClient",
     "FunctionUrlTransport",
     "InferenceError",
     "LambdaTransport",
@@ -20,3 +21,12 @@ __all__ = [
     "Transport",
     "TransportError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # asyncio is imported only by those who ask for the async client (the edge import budget).
+    if name == "AsyncRoutingClient":
+        from .aio import AsyncRoutingClient
+
+        return AsyncRoutingClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -571,3 +571,33 @@ def test_a_fast_owner_is_not_hedged(maps: Maps) -> None:
     finally:
         client.close()
     assert not result.hedged and len(fleet.calls) == 1
+
+
+# -- the async client ---------------------------------------------------------------------------
+
+
+def test_the_async_client_overlaps_calls_and_gives_the_same_answers(maps: Maps) -> None:
+    import asyncio
+
+    from shardkit.routing import AsyncRoutingClient
+
+    both_in = threading.Barrier(2, timeout=10)
+
+    def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
+        both_in.wait()  # only returns once two calls are in flight together
+        return served(shard, request)
+
+    fleet = Shards(behave)
+    client, _ = make_client(maps, fleet)
+
+    async def main() -> list[Any]:
+        async with AsyncRoutingClient(client) as aclient:
+            return list(
+                await asyncio.gather(
+                    aclient.infer("user-1", {"n": 1}), aclient.infer("eu:anna", {"n": 2})
+                )
+            )
+
+    first, second = asyncio.run(main())
+    assert (first.shard, second.shard) == (maps.v1.route("user-1").id, maps.v1.route("eu:anna").id)
+    assert (first.answer, second.answer) == ({"echo": {"n": 1}}, {"echo": {"n": 2}})
