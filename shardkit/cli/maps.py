@@ -8,11 +8,20 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..config import load_project
+from ..config import Project, load_project
 from ..sharding.build import build_signed
 from ..sharding.diff import MapDiff, diff_maps, slot_ranges
 from ..sharding.shardmap import ShardMap
-from .output import console, emit_json, iso, json_option, keys_option, open_map, write_atomic
+from .output import (
+    console,
+    emit_json,
+    iso,
+    json_option,
+    keys_option,
+    newest_map,
+    open_map,
+    write_atomic,
+)
 
 _PATH = click.Path(path_type=Path)
 _TARGET_HELP = "TARGET is a map file, or a project directory (meaning its current map)."
@@ -46,7 +55,7 @@ def build(
     project = load_project(project_dir)
     out = out or project.map_path
     _check_out(out)
-    prev_path = None if fresh else (previous or (out if out.exists() else None))
+    prev_path = None if fresh else (previous or _previous(project, out))
     prev = open_map(prev_path, project.keys_dir, allow_expired=True) if prev_path else None
     shard_map, data = build_signed(project, prev)
     write_atomic(out, data)
@@ -161,6 +170,15 @@ def _check_out(out: Path) -> None:
             f"cannot write the map to {out}: {parent} is a file, not a "
             f"directory — pass --out with a path inside a directory"
         )
+
+
+def _previous(project: Project, out: Path) -> Path | None:
+    """The map the new one follows: OUT if it exists, else the project's newest map (from
+    `map build` or a deploy), so versions keep moving forward."""
+    if out.exists():
+        return out
+    newest = newest_map(project)
+    return newest if newest.exists() else None
 
 
 def _route_row(shard_map: ShardMap, key: str, jurisdiction: str | None) -> dict[str, object]:

@@ -13,10 +13,10 @@ import click
 from rich.console import Console
 
 from .._files import write_bytes_atomic
-from ..config import load_project
+from ..config import Project, load_project
 from ..errors import KeyStoreError, MapDecodeError
 from ..keys import load_trusted_keys
-from ..sharding.codec import decode_map
+from ..sharding.codec import decode_map, peek_envelope
 from ..sharding.shardmap import ShardMap
 
 json_option = click.option("--json", "json_", is_flag=True, help="Print JSON instead of tables.")
@@ -47,12 +47,28 @@ def iso(t: float) -> str:
 
 
 def resolve_map(target: Path, keys: Path | None) -> tuple[Path, Path]:
-    """(map file, key directory) for a map FILE or a PROJECT_DIR."""
+    """(map file, key directory) for a map FILE or a PROJECT_DIR. A project's map is the newest
+    of the one `shardkit map build` wrote and the ones its deploys published."""
     if target.is_dir():
         project = load_project(target)
-        return project.map_path, keys or project.keys_dir
+        return newest_map(project), keys or project.keys_dir
     env = os.environ.get("SHARDKIT_KEYS_DIR")
     return target, keys or (Path(env) if env else Path(".shardkit/keys"))
+
+
+def newest_map(project: Project) -> Path:
+    candidates = [project.map_path, *sorted(project.state_dir.glob("deploy/*/map.skm"))]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        return project.map_path  # the "no map" error names the place `map build` writes
+
+    def version(path: Path) -> int:
+        try:
+            return peek_envelope(path.read_bytes()).version
+        except MapDecodeError:
+            return -1  # a damaged file is still reported if it is the only one
+
+    return max(found, key=version)
 
 
 def open_map(target: Path, keys: Path | None, *, allow_expired: bool = False) -> ShardMap:

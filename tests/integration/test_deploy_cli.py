@@ -99,6 +99,8 @@ def test_deploy_status_change_rollback_destroy(project: Path) -> None:
 
     status = as_json("status", root)
     assert (status["status"], status["deployment"], status["missing"]) == ("ok", 1, [])
+    routed = as_json("map", "route", root, "eu:x")  # a deployed project's map is the deployed one
+    assert routed["version"] == 1 and routed["routes"][0]["jurisdiction"] == "eu"
     assert status["regions"] == ["eu-west-1", "us-east-1"]
     noop = as_json("deploy", root, "--yes")
     assert (noop["changed"], noop["mutating_calls"]) == (False, 0)
@@ -128,6 +130,8 @@ def test_deploy_status_change_rollback_destroy(project: Path) -> None:
     assert gone["kind"] == "destroy" and gone["outputs"]["shards"] == {}
     status = as_json("status", root)
     assert status["resources"] == 2 and len(status["retained"]) == 2  # the state tables
+    built = as_json("map", "build", root)  # a local build follows the deployed version 3
+    assert built["map"]["version"] == 4
 
 
 def test_bad_plans_and_a_stopped_local_cloud_are_one_line_errors(
