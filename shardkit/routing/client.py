@@ -107,6 +107,19 @@ class RoutingClient:
         self._failures: dict[str, int] = {}
         self._pool = _hedging_pool() if hedge_after_s is not None else None
 
+    @classmethod
+    def from_source(
+        cls, source: str, trusted_keys: dict[str, bytes], transport: Transport, **options: Any
+    ) -> RoutingClient:
+        """A client whose map comes from ``source``: a file, an http(s) URL or an ``s3://``
+        URI (see :func:`shardkit.routing.sources.map_source`); the map is loaded and verified
+        now, and again whenever a shard says it is behind."""
+        from .sources import map_source
+
+        holder = MapHolder(trusted_keys, map_source(source))
+        holder.refresh()
+        return cls(holder, transport, **options)
+
     def infer(
         self,
         key: str,

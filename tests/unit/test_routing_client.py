@@ -13,6 +13,7 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shardkit
-from shardkit.errors import NoEligibleShardError, RoutingError
+from shardkit.errors import MapError, NoEligibleShardError, RoutingError
 from shardkit.routing import (
     InferenceError,
     MockTransport,
@@ -601,3 +602,49 @@ def test_the_async_client_overlaps_calls_and_gives_the_same_answers(maps: Maps) 
     first, second = asyncio.run(main())
     assert (first.shard, second.shard) == (maps.v1.route("user-1").id, maps.v1.route("eu:anna").id)
     assert (first.answer, second.answer) == ({"echo": {"n": 1}}, {"echo": {"n": 2}})
+
+
+# -- map sources ----------------------------------------------------------------------------------
+
+
+def test_a_client_loads_its_map_from_a_file_or_a_url(maps: Maps, tmp_path: Path) -> None:
+    import http.server
+
+    path = tmp_path / "map.skm"
+    path.write_bytes(maps.env1)
+
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", str(len(maps.env1)))
+            self.end_headers()
+            self.wfile.write(maps.env1)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/map.skm"
+        for source in (str(path), url):
+            fleet = Shards(served)
+            client = RoutingClient.from_source(source, maps.trusted, MockTransport(fleet))
+            assert client.holder.version == 1
+            assert client.infer("eu:anna").shard == maps.v1.route("eu:anna").id
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_map_source_that_cannot_be_read_is_a_map_error(maps: Maps, tmp_path: Path) -> None:
+    with pytest.raises(MapError, match="cannot read the map"):
+        RoutingClient.from_source(
+            str(tmp_path / "none.skm"), maps.trusted, MockTransport(Shards(served))
+        )
+    with pytest.raises(MapError, match="not s3://BUCKET/KEY"):
+        RoutingClient.from_source("s3://bucket-only", maps.trusted, MockTransport(Shards(served)))
+    tampered = tmp_path / "tampered.skm"
+    tampered.write_bytes(maps.env1[:-3] + b"xyz")
+    with pytest.raises(MapError):
+        RoutingClient.from_source(str(tampered), maps.trusted, MockTransport(Shards(served)))
