@@ -326,8 +326,16 @@ class LocalLambda:
                 return pool
             if pool is not None:
                 pool.close()  # the configuration changed under the same version ($LATEST)
+            self._retire_versions(spec)
             pool = self._pools[key] = Pool(spec, self._code(spec), self._env(spec))
             return pool
+
+    def _retire_versions(self, spec: FunctionSpec) -> None:
+        """The alias moved to a new version: stop the old versions' idle workers. A pool still
+        serving a request is left to finish; the next new version retires it."""
+        for key in [k for k in self._pools if k[:2] == (spec.region, spec.name)]:
+            if key[2] != spec.version and self._pools[key].busy == 0:
+                self._pools.pop(key).close()
 
     def _env(self, spec: FunctionSpec) -> dict[str, str]:
         env = {
