@@ -393,33 +393,5 @@ def one_group_config(
 
 
 def quickstart_config() -> Any:
-    """The same map as examples/quickstart/shardkit.toml: two jurisdictions, an "eu:" rule."""
-    return shardkit.ProjectConfig.model_validate(
-        {
-            "project": {"name": "quickstart"},
-            "hashing": {"algorithm": "xxh64-v1", "slot_bits": 14},
-            "signing": {"key_id": "bench", "map_ttl_hours": 720},
-            "regions": {
-                "eu-west-1": {"jurisdiction": "eu"},
-                "eu-central-1": {"jurisdiction": "eu"},
-                "us-east-1": {"jurisdiction": "us"},
-                "us-west-2": {"jurisdiction": "us"},
-            },
-            "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
-            "groups": {
-                "eu": {
-                    "jurisdiction": "eu",
-                    "regions": ["eu-west-1", "eu-central-1"],
-                    "shards": 4,
-                    "replicas": 1,
-                },
-                "us": {
-                    "jurisdiction": "us",
-                    "regions": ["us-east-1", "us-west-2"],
-                    "shards": 4,
-                    "replicas": 1,
-                    "weights": {"us-0": 2.0},
-                },
-            },
-        }
-    )
+    """The quickstart's configuration, read from examples/quickstart/shardkit.toml itself."""
+    return shardkit.load_config(REPO / "examples" / "quickstart" / "shardkit.toml")

@@ -47,6 +47,23 @@ QUICKSTART: dict[str, Any] = {
 }
 
 
+def small_quickstart(name: str, *, eu_shards: int = 4) -> dict[str, Any]:
+    """The quickstart's shape, quick to build: 2^10 slots, no weights, the ``test-key``."""
+    data = copy.deepcopy(QUICKSTART)
+    data["project"]["name"] = name
+    data["hashing"]["slot_bits"] = 10
+    data["signing"] = {"key_id": "test-key", "map_ttl_hours": 24}
+    data["groups"]["eu"]["shards"] = eu_shards
+    del data["groups"]["us"]["weights"]
+    return data
+
+
+@pytest.fixture(scope="session")
+def quickstart_like() -> Callable[..., dict[str, Any]]:
+    """:func:`small_quickstart` as a fixture: ``quickstart_like(name, eu_shards=4)``."""
+    return small_quickstart
+
+
 def make_config(data: dict[str, Any]) -> shardkit.ProjectConfig:
     """A validated project configuration from a plain dict (what a parsed TOML file holds)."""
     return shardkit.ProjectConfig.model_validate(data)

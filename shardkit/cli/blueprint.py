@@ -9,13 +9,14 @@ from typing import Any
 import click
 from rich.table import Table
 
+from .._files import write_bytes_atomic
 from ..blueprint import available, load_definition
 from ..blueprint.cloudformation import blueprint_for_render, render
 from ..config import Project, load_project
 from ..deploy.package import build_package
 from ..sharding.build import build_map
 from ..sharding.shardmap import ShardMap
-from .output import console, emit_json, json_option, open_map, write_atomic
+from .output import console, emit_json, json_option, open_map
 
 _PATH = click.Path(path_type=Path)
 _SUFFIX = ".template.json"
@@ -59,7 +60,7 @@ def render_(project_dir: Path, out: Path, name: str | None, json_: bool) -> None
     for region, template in templates.items():
         path = out / f"{region}{_SUFFIX}"
         text = json.dumps(template, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        write_atomic(path, text.encode("utf-8"))
+        write_bytes_atomic(path, text.encode("utf-8"))
         shards = template["Metadata"]["shardkit"]["shards"]
         rows.append(
             {

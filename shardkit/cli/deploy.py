@@ -11,12 +11,12 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .._files import write_bytes_atomic, write_json_atomic
 from ..config import load_project
 from ..config.loader import Project
 from ..deploy.engine import Deployer
 from ..deploy.executor import ApplyResult
 from ..deploy.plan import Plan, Step
-from ..deploy.state import write_bytes_atomic, write_json_atomic
 from ..deploy.targets import open_target
 from ..errors import DeployError
 from .output import console, emit_json, json_option

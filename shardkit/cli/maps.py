@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from .._files import write_bytes_atomic
 from ..config import Project, load_project
 from ..sharding.build import build_signed
 from ..sharding.diff import MapDiff, diff_maps, slot_ranges
@@ -20,7 +21,6 @@ from .output import (
     keys_option,
     newest_map,
     open_map,
-    write_atomic,
 )
 
 _PATH = click.Path(path_type=Path)
@@ -58,7 +58,7 @@ def build(
     prev_path = None if fresh else (previous or _previous(project, out))
     prev = open_map(prev_path, project.keys_dir, allow_expired=True) if prev_path else None
     shard_map, data = build_signed(project, prev)
-    write_atomic(out, data)
+    write_bytes_atomic(out, data)
     diff = diff_maps(prev, shard_map) if prev else None
     if json_:
         emit_json(

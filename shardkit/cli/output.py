@@ -12,7 +12,6 @@ from typing import Any
 import click
 from rich.console import Console
 
-from .._files import write_bytes_atomic
 from ..config import Project, load_project
 from ..errors import KeyStoreError, MapDecodeError
 from ..keys import load_trusted_keys
@@ -35,11 +34,6 @@ console = Console(highlight=False, width=10_000 if _piped else None)
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    write_bytes_atomic(path, data, mode)
 
 
 def iso(t: float) -> str:

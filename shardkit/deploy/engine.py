@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .._files import write_bytes_atomic
 from ..aws.facade import Aws
 from ..blueprint.definition import DEFAULT_BLUEPRINT, CodeArtifact, expand, load_definition
 from ..blueprint.model import Blueprint, Resource
@@ -26,7 +27,7 @@ from ..sharding.shardmap import ShardMap
 from .executor import ApplyResult, Executor, Progress
 from .package import build_package
 from .plan import Plan, make_plan
-from .state import Manifest, StateStore, write_bytes_atomic
+from .state import Manifest, StateStore
 
 __all__ = ["Deployer", "Target"]
 
@@ -101,12 +102,11 @@ class Deployer:
         """Plan the project as configured. ``refresh`` first checks (read-only) that what the
         manifest records still exists, and plans to re-create whatever was deleted behind
         shardkit's back."""
-        deployed = self.deployed_map()
-        shard_map, envelope = self._next_map(deployed)
+        manifest = self.manifest()
+        shard_map, envelope = self._next_map(self.deployed_map(), manifest)
         package = build_package(self.project, self._dependencies())
         self._cache_artifact(package.sha256, package.data)
         blueprint = self._blueprint(shard_map, package.artifact)
-        manifest = self.manifest()
         base = manifest.fingerprint()
         if refresh:
             for key in self._missing(manifest):
@@ -160,9 +160,10 @@ class Deployer:
             blueprint.account,
             tuple(r for r in blueprint.resources if r.kind in BOOTSTRAP_KINDS),
         )
+        manifest = self.manifest()
         plan = make_plan(
             foundation,
-            self.manifest(),
+            manifest,
             project_root=str(self.project.root),
             artifact=None,
             map_envelope=None,
@@ -173,7 +174,7 @@ class Deployer:
             replace(s, id=i)
             for i, s in enumerate(s for s in plan.steps if s.action in ("create", "update"))
         )
-        return replace(plan, steps=steps, deployment=self.manifest().deployment)
+        return replace(plan, steps=steps, deployment=manifest.deployment)
 
     def plan_destroy(self, *, delete_data: bool = False) -> Plan:
         empty = Blueprint(self.project.config.project.name, DEFAULT_BLUEPRINT, self.target.account)
@@ -299,10 +300,12 @@ class Deployer:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _next_map(self, deployed: ShardMap | None) -> tuple[ShardMap, bytes | None]:
+    def _next_map(
+        self, deployed: ShardMap | None, manifest: Manifest
+    ) -> tuple[ShardMap, bytes | None]:
         """The map to deploy; ``None`` bytes when the deployed one still serves as it is."""
         config = self.project.config
-        floor = max(self._local_map_version(), self.manifest().map_version_max)
+        floor = max(self._local_map_version(), manifest.map_version_max)
         candidate = build_map(config, deployed, min_version=floor + 1)
         if deployed is not None and same_routing(candidate, deployed) and not self._stale(deployed):
             return deployed, None

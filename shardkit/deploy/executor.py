@@ -146,28 +146,10 @@ class Executor:
         if step.action == "retain":
             return {}
         if step.action == "upload":
-            self.aws.call(
-                "s3",
-                step.region,
-                "put_object",
-                resource=step.name,
-                Bucket=step.props["bucket"],
-                Key=step.name,
-                Body=ctx.artifact_data or b"",
-                ContentType="application/zip",
-            )
+            self._put(step, ctx.artifact_data, "application/zip")
             return {}
         if step.action == "publish":
-            out = self.aws.call(
-                "s3",
-                step.region,
-                "put_object",
-                resource=step.name,
-                Bucket=step.props["bucket"],
-                Key=step.name,
-                Body=ctx.map_envelope or b"",
-                ContentType="application/vnd.shardkit.map",
-            )
+            out = self._put(step, ctx.map_envelope, "application/vnd.shardkit.map")
             return {"version_id": out.get("VersionId", "")}
         if step.action == "fence":
             fence(self.aws, step.region, step.name, step.props["table"], step.props["epoch"])
@@ -178,6 +160,19 @@ class Executor:
             return {}
         method = handler.create if step.action == "create" else handler.update
         return method(ctx, step.region, step.name, step.props)
+
+    def _put(self, step: Step, body: bytes | None, content_type: str) -> dict[str, Any]:
+        """The object a step names, into the bucket its props name (code package or map)."""
+        return self.aws.call(
+            "s3",
+            step.region,
+            "put_object",
+            resource=step.name,
+            Bucket=step.props["bucket"],
+            Key=step.name,
+            Body=body or b"",
+            ContentType=content_type,
+        )
 
     def _finish(self, plan: Plan, manifest: Manifest) -> None:
         manifest.status = "ok"

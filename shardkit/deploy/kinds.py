@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,17 +36,53 @@ class Context:
 Props = Mapping[str, Any]
 
 
-class Kind:
+class Kind(ABC):
+    """How one resource kind is applied. ``update`` defaults to ``create`` for kinds whose
+    create call is already an upsert (put_* operations)."""
+
     service: ClassVar[str]
 
+    @abstractmethod
     def create(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        raise NotImplementedError
+        """Make the resource (or adopt the one of that name) and return its outputs."""
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         return self.create(ctx, region, name, props)
 
+    @abstractmethod
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        raise NotImplementedError
+        """Remove the resource; one that is already gone is not an error."""
+
+
+def _delete(
+    ctx: Context, service: str, region: str, operation: str, resource: str, **params: Any
+) -> None:
+    """A delete call for which "not found" means done."""
+    with contextlib.suppress(AwsNotFoundError):
+        ctx.aws.call(service, region, operation, resource=resource, **params)
+
+
+def _upsert(
+    ctx: Context, service: str, region: str, create: str, update: str, resource: str, **params: Any
+) -> dict[str, Any]:
+    """``create``; if the name is taken (ours, from a run that crashed before recording it),
+    ``update`` with the same parameters instead."""
+    try:
+        return ctx.aws.call(service, region, create, resource=resource, **params)
+    except AwsConflictError:
+        return ctx.aws.call(service, region, update, resource=resource, **params)
+
+
+def _wait(what: str, ready: Callable[[], str | None], timeout: float = 300) -> None:
+    """Poll ``ready()`` (None when ready, else the current state) until it is, or time out."""
+    deadline = time.monotonic() + timeout
+    while (state := ready()) is not None:
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"{what} is still {state} after {timeout:.0f} s",
+                hint="run the command again to resume",
+            )
+        time.sleep(1)
 
 
 class Bucket(Kind):
@@ -108,11 +145,9 @@ class Bucket(Kind):
         return {"arn": f"arn:{ctx.partition}:s3:::{name}"}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        try:
+        with contextlib.suppress(AwsNotFoundError):
             self._empty(ctx, region, name)
-            ctx.aws.call("s3", region, "delete_bucket", resource=name, Bucket=name)
-        except AwsNotFoundError:
-            pass
+        _delete(ctx, "s3", region, "delete_bucket", name, Bucket=name)
 
     @staticmethod
     def _empty(ctx: Context, region: str, name: str) -> None:
@@ -178,25 +213,17 @@ class Table(Kind):
         return {"arn": f"arn:{ctx.partition}:dynamodb:{region}:{ctx.account}:table/{name}"}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        with contextlib.suppress(AwsNotFoundError):
-            ctx.aws.call("dynamodb", region, "delete_table", resource=name, TableName=name)
+        _delete(ctx, "dynamodb", region, "delete_table", name, TableName=name)
 
     @staticmethod
-    def _wait_active(ctx: Context, region: str, name: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+    def _wait_active(ctx: Context, region: str, name: str) -> None:
+        def state() -> str | None:
             table = ctx.aws.call(
                 "dynamodb", region, "describe_table", resource=name, TableName=name
             )["Table"]
-            if table["TableStatus"] == "ACTIVE":
-                return
-            if time.monotonic() > deadline:
-                raise DeployError(
-                    f"table {name} in {region} is still {table['TableStatus']} "
-                    f"after {timeout:.0f} s",
-                    hint="run the command again to resume",
-                )
-            time.sleep(1)
+            return None if table["TableStatus"] == "ACTIVE" else str(table["TableStatus"])
+
+        _wait(f"table {name} in {region}", state)
 
 
 class LogGroup(Kind):
@@ -219,8 +246,7 @@ class LogGroup(Kind):
         return {"arn": f"arn:{ctx.partition}:logs:{region}:{ctx.account}:log-group:{name}"}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        with contextlib.suppress(AwsNotFoundError):
-            ctx.aws.call("logs", region, "delete_log_group", resource=name, logGroupName=name)
+        _delete(ctx, "logs", region, "delete_log_group", name, logGroupName=name)
 
 
 class Role(Kind):
@@ -276,12 +302,10 @@ class Role(Kind):
         return {"arn": role_arn(ctx, name)}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        for operation, extra in (
-            ("delete_role_policy", {"PolicyName": "shardkit"}),
-            ("delete_role", {}),
-        ):
-            with contextlib.suppress(AwsNotFoundError):
-                ctx.aws.call("iam", region, operation, resource=name, RoleName=name, **extra)
+        _delete(
+            ctx, "iam", region, "delete_role_policy", name, RoleName=name, PolicyName="shardkit"
+        )
+        _delete(ctx, "iam", region, "delete_role", name, RoleName=name)
 
 
 def role_arn(ctx: Context, name: str) -> str:
@@ -357,27 +381,22 @@ class Function(Kind):
         return {"arn": out["FunctionArn"]}
 
     @staticmethod
-    def _settle(ctx: Context, region: str, name: str, timeout: float = 300) -> None:
+    def _settle(ctx: Context, region: str, name: str) -> None:
         """Wait until the function is Active and no update is in progress: AWS refuses the
         next change (or a version publication) until then."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def state() -> str | None:
             conf = ctx.aws.call(
                 "lambda", region, "get_function_configuration", resource=name, FunctionName=name
             )
-            busy = conf.get("State") == "Pending" or conf.get("LastUpdateStatus") == "InProgress"
-            if not busy:
-                return
-            if time.monotonic() > deadline:
-                raise DeployError(
-                    f"function {name} in {region} is still updating after {timeout:.0f} s",
-                    hint="run the command again to resume",
-                )
-            time.sleep(1)
+            if conf.get("State") == "Pending":
+                return "pending"
+            return "updating" if conf.get("LastUpdateStatus") == "InProgress" else None
+
+        _wait(f"function {name} in {region}", state)
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        with contextlib.suppress(AwsNotFoundError):
-            ctx.aws.call("lambda", region, "delete_function", resource=name, FunctionName=name)
+        _delete(ctx, "lambda", region, "delete_function", name, FunctionName=name)
 
 
 class Alias(Kind):
@@ -390,84 +409,73 @@ class Alias(Kind):
         version = ctx.aws.call(
             "lambda", region, "publish_version", resource=function, FunctionName=function
         )["Version"]
-        try:
-            out = ctx.aws.call(
-                "lambda",
-                region,
-                "create_alias",
-                resource=name,
-                FunctionName=function,
-                Name=alias,
-                FunctionVersion=version,
-            )
-        except AwsConflictError:
-            out = ctx.aws.call(
-                "lambda",
-                region,
-                "update_alias",
-                resource=name,
-                FunctionName=function,
-                Name=alias,
-                FunctionVersion=version,
-            )
+        out = _upsert(
+            ctx,
+            "lambda",
+            region,
+            "create_alias",
+            "update_alias",
+            name,
+            FunctionName=function,
+            Name=alias,
+            FunctionVersion=version,
+        )
         return {"arn": out["AliasArn"], "version": version}
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         return self.create(ctx, region, name, props)
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        with contextlib.suppress(AwsNotFoundError):
-            ctx.aws.call(
-                "lambda",
-                region,
-                "delete_alias",
-                resource=name,
-                FunctionName=props["function"],
-                Name=props["alias"],
-            )
+        _delete(
+            ctx,
+            "lambda",
+            region,
+            "delete_alias",
+            name,
+            FunctionName=props["function"],
+            Name=props["alias"],
+        )
 
 
 class Url(Kind):
     service = "lambda"
 
     def create(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
-        params = {
-            "FunctionName": props["function"],
-            "Qualifier": props["qualifier"],
-            "AuthType": props["auth_type"],
-        }
-        try:
-            out = ctx.aws.call(
-                "lambda", region, "create_function_url_config", resource=name, **params
-            )
-        except AwsConflictError:
-            out = ctx.aws.call(
-                "lambda", region, "update_function_url_config", resource=name, **params
-            )
+        out = _upsert(
+            ctx,
+            "lambda",
+            region,
+            "create_function_url_config",
+            "update_function_url_config",
+            name,
+            **self._params(props),
+        )
         return {"url": out["FunctionUrl"]}
 
     def update(self, ctx: Context, region: str, name: str, props: Props) -> dict[str, Any]:
         out = ctx.aws.call(
-            "lambda",
-            region,
-            "update_function_url_config",
-            resource=name,
-            FunctionName=props["function"],
-            Qualifier=props["qualifier"],
-            AuthType=props["auth_type"],
+            "lambda", region, "update_function_url_config", resource=name, **self._params(props)
         )
         return {"url": out["FunctionUrl"]}
 
     def delete(self, ctx: Context, region: str, name: str, props: Props) -> None:
-        with contextlib.suppress(AwsNotFoundError):
-            ctx.aws.call(
-                "lambda",
-                region,
-                "delete_function_url_config",
-                resource=name,
-                FunctionName=props["function"],
-                Qualifier=props["qualifier"],
-            )
+        _delete(
+            ctx,
+            "lambda",
+            region,
+            "delete_function_url_config",
+            name,
+            FunctionName=props["function"],
+            Qualifier=props["qualifier"],
+        )
+
+    @staticmethod
+    def _params(props: Props) -> dict[str, Any]:
+        return {
+            "FunctionName": props["function"],
+            "Qualifier": props["qualifier"],
+            "AuthType": props["auth_type"],
+        }
 
 
 class Alarm(Kind):

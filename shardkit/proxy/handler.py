@@ -31,8 +31,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
-
 from ..errors import MapError, ResidencyError
 from ..sharding.hashing import hash_key
 from ..sharding.holder import MapHolder, parse_trusted_keys
@@ -165,7 +163,7 @@ class Proxy:
                 return self._answer(
                     state.applied[request.request_id], state.seq, epoch, version, replayed=True
                 )
-            answer, new_state = self._infer(request, _private_copy(state.value))
+            answer, new_state = self._infer(request, state.value)
             reply = self._answer(answer, state.seq + (new_state is not None), epoch, version)
             if reply_size(reply, request) > MAX_PAYLOAD:
                 raise ProxyError(
@@ -230,15 +228,6 @@ class Proxy:
             "seq": seq,
             "replayed": replayed,
         }
-
-
-def _private_copy(value: Any) -> Any:
-    """The user's function may change the state it is given in place. Given the cached object,
-    a request that then writes nothing (413, 500, "no new state") would leak its change into the
-    next write. A msgpack round trip is also exactly what a cold load from the table gives."""
-    if value is None:
-        return None
-    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
 
 
 def _record_metrics(reply: dict[str, Any], latency_ms: float) -> None:

@@ -12,8 +12,10 @@ epoch this shard routes with, plus a put conditioned on the ``seq`` that was rea
 (its map is older than the fence) fails the first; a concurrent writer of the same key fails the
 second. Either way nothing is written.
 
-A bounded LRU keeps recently used states across warm invocations; a failed condition drops the
-entry, so the cache can make a write fail but never makes a wrong write succeed.
+A bounded LRU keeps recently used states across warm invocations - as the stored bytes, so every
+load hands out fresh objects the user's function may change in place without touching the cache
+(a request that then writes nothing leaves no trace). A failed condition drops the entry, so the
+cache can make a write fail but never makes a wrong write succeed.
 """
 
 from __future__ import annotations
@@ -59,21 +61,22 @@ class StateStore:
         self._client = client
         self._table = table
         self._shard = shard
-        self._cache: OrderedDict[str, KeyState] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # key -> (seq, blob)
         self._cache_size = cache_size
 
     def load(self, key: str) -> KeyState:
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
-            return KeyState(cached.seq, cached.value, cached.applied, cached=True)
+            return _decode(*cached, cached=True)
         item = self._client.get_item(
             TableName=self._table, Key=self._key(key), ConsistentRead=True
         ).get("Item")
         if item is None:
             return KeyState(0, None, {})
-        data = msgpack.unpackb(item["data"]["B"], raw=False)
-        return self._remember(key, KeyState(int(item["seq"]["N"]), data["state"], data["applied"]))
+        seq, blob = int(item["seq"]["N"]), item["data"]["B"]
+        self._remember(key, seq, blob)
+        return _decode(seq, blob)
 
     def is_current(self, key: str, state: KeyState) -> bool:
         """Whether ``state`` is still what the table holds. A state just read is; a cached one
@@ -121,7 +124,8 @@ class StateStore:
             put["ConditionExpression"] = "seq = :seq"
             put["ExpressionAttributeValues"] = {":seq": {"N": str(before.seq)}}
         self._transact(key, put, epoch)
-        return self._remember(key, after)
+        self._remember(key, after.seq, blob)
+        return after
 
     def _transact(self, key: str, put: dict[str, Any], epoch: int) -> None:
         fence = {
@@ -141,18 +145,19 @@ class StateStore:
                 raise Fenced(f"epoch {epoch} of {self._shard} is no longer current") from None
             raise Conflict(f"a concurrent write to the key won ({reasons})") from None
 
-    def forget(self, key: str) -> None:
-        self._cache.pop(key, None)
-
     def _key(self, key: str) -> dict[str, Any]:
         return {"pk": {"S": f"{self._shard}#{key}"}, "sk": {"S": "state"}}
 
-    def _remember(self, key: str, state: KeyState) -> KeyState:
-        self._cache[key] = state
+    def _remember(self, key: str, seq: int, blob: bytes) -> None:
+        self._cache[key] = (seq, blob)
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return state
+
+
+def _decode(seq: int, blob: bytes, *, cached: bool = False) -> KeyState:
+    data = msgpack.unpackb(blob, raw=False)
+    return KeyState(seq, data["state"], data["applied"], cached=cached, size=len(blob))
 
 
 def fence_item(shard: str, epoch: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,12 +40,15 @@ class TransportError(Exception):
         self.throttled = throttled
 
 
-class Transport:
-    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        raise NotImplementedError
+class Transport(ABC):
+    """How requests reach shards: one method, ``send``."""
 
-    def close(self) -> None:
-        """Release connections (optional)."""
+    @abstractmethod
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """The proxy's reply to ``request``, or :class:`TransportError` if there is none."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most transports hold nothing to release
+        """Release connections."""
 
 
 class MockTransport(Transport):

@@ -32,7 +32,15 @@ from ..errors import MapDecodeError, MapExpiredError, MapRollbackError, MapSigna
 from .hashing import HASHES, MAX_SLOT_BITS, MIN_SLOT_BITS
 from .shardmap import Group, Shard, ShardMap
 
-__all__ = ["FORMAT", "MAGIC", "decode_map", "encode_body", "encode_map", "peek_envelope"]
+__all__ = [
+    "FORMAT",
+    "MAGIC",
+    "decode_envelope",
+    "decode_map",
+    "encode_body",
+    "encode_map",
+    "peek_envelope",
+]
 
 MAGIC = "shardkit-map"
 FORMAT = 1
@@ -166,7 +174,17 @@ def decode_map(
     version already held: a lower one is a rollback (equal is accepted, so a refresh that finds no
     change is not an error). ``now`` defaults to the wall clock.
     """
-    env = peek_envelope(data)
+    return decode_envelope(peek_envelope(data), trusted_keys, min_version=min_version, now=now)
+
+
+def decode_envelope(
+    env: Envelope,
+    trusted_keys: Mapping[str, bytes],
+    *,
+    min_version: int = 0,
+    now: float | None = None,
+) -> ShardMap:
+    """:func:`decode_map` for an envelope already parsed with :func:`peek_envelope`."""
     public = trusted_keys.get(env.key_id)
     if public is None:
         known = ", ".join(sorted(trusted_keys)) or "none"

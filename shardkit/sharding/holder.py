@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from ..errors import MapError, MapExpiredError, MapRollbackError
-from .codec import decode_map, peek_envelope
+from ..errors import MapError, MapExpiredError
+from .codec import decode_envelope, peek_envelope
 from .shardmap import ShardMap
 
 __all__ = ["MapHolder", "parse_trusted_keys"]
@@ -81,17 +81,11 @@ class MapHolder:
             if digest == self._digest:
                 return False
             header = peek_envelope(data)
-            if self._current is not None and header.version <= self._current.version:
-                if header.version < self._current.version:
-                    self.refused += 1
-                    raise MapRollbackError(
-                        f"map version {header.version} is older than version "
-                        f"{self._current.version} already held"
-                    )
-                return False
+            if self._current is not None and header.version == self._current.version:
+                return False  # the version held (one version, one content: it is signed)
             try:
-                candidate = decode_map(
-                    data, self._trusted, min_version=self.version, now=self._clock()
+                candidate = decode_envelope(
+                    header, self._trusted, min_version=self.version, now=self._clock()
                 )
             except MapError:
                 self.refused += 1

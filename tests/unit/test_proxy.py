@@ -41,33 +41,6 @@ TABLE = "shardkit-test-state"
 MB = 1024 * 1024
 MSGPACK = "application/msgpack"
 
-CONFIG: dict[str, Any] = {
-    "project": {"name": "proxytest"},
-    "hashing": {"algorithm": "xxh64-v1", "slot_bits": 10},
-    "signing": {"key_id": "test-key", "map_ttl_hours": 24},
-    "regions": {
-        "eu-west-1": {"jurisdiction": "eu"},
-        "eu-central-1": {"jurisdiction": "eu"},
-        "us-east-1": {"jurisdiction": "us"},
-        "us-west-2": {"jurisdiction": "us"},
-    },
-    "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
-    "groups": {
-        "eu": {
-            "jurisdiction": "eu",
-            "regions": ["eu-west-1", "eu-central-1"],
-            "shards": 2,
-            "replicas": 1,
-        },
-        "us": {
-            "jurisdiction": "us",
-            "regions": ["us-east-1", "us-west-2"],
-            "shards": 4,
-            "replicas": 1,
-        },
-    },
-}
-
 
 # -- maps ---------------------------------------------------------------------------------------
 
@@ -90,9 +63,14 @@ class Maps:
 
 
 @pytest.fixture(scope="session")
-def maps(config_from: Callable[[dict[str, Any]], Any], signing_key: Any) -> Maps:
-    v1 = shardkit.build_map(config_from(CONFIG))
-    more = copy.deepcopy(CONFIG)
+def maps(
+    quickstart_like: Callable[..., dict[str, Any]],
+    config_from: Callable[[dict[str, Any]], Any],
+    signing_key: Any,
+) -> Maps:
+    config = quickstart_like("proxytest", eu_shards=2)
+    v1 = shardkit.build_map(config_from(config))
+    more = copy.deepcopy(config)
     more["groups"]["us"]["shards"] = 5
     v2 = shardkit.build_map(config_from(more), v1)
     assert (v1.version, v2.version) == (1, 2)

@@ -34,32 +34,6 @@ from shardkit.sharding.codec import encode_map
 from shardkit.sharding.holder import MapHolder
 from shardkit.sharding.shardmap import Shard
 
-CONFIG: dict[str, Any] = {
-    "project": {"name": "routingtest"},
-    "hashing": {"algorithm": "xxh64-v1", "slot_bits": 10},
-    "signing": {"key_id": "test-key", "map_ttl_hours": 24},
-    "regions": {
-        "eu-west-1": {"jurisdiction": "eu"},
-        "eu-central-1": {"jurisdiction": "eu"},
-        "us-east-1": {"jurisdiction": "us"},
-        "us-west-2": {"jurisdiction": "us"},
-    },
-    "residency": {"default": "us", "rules": [{"prefix": "eu:", "jurisdiction": "eu"}]},
-    "groups": {
-        "eu": {
-            "jurisdiction": "eu",
-            "regions": ["eu-west-1", "eu-central-1"],
-            "shards": 4,
-            "replicas": 1,
-        },
-        "us": {
-            "jurisdiction": "us",
-            "regions": ["us-east-1", "us-west-2"],
-            "shards": 4,
-            "replicas": 1,
-        },
-    },
-}
 # Failover order is what these tests are about: avoid a shard at its first failure.
 NO_SLEEP_BUDGET = RetryPolicy(attempts=10, budget_floor=1000.0, avoid_s=60.0, failures_to_avoid=1)
 
@@ -82,10 +56,14 @@ class Maps:
 
 @pytest.fixture(scope="session")
 def maps(
-    config_from: Callable[[dict[str, Any]], Any], signing_key: Any, trusted_keys: dict[str, bytes]
+    quickstart_like: Callable[..., dict[str, Any]],
+    config_from: Callable[[dict[str, Any]], Any],
+    signing_key: Any,
+    trusted_keys: dict[str, bytes],
 ) -> Maps:
-    v1 = shardkit.build_map(config_from(CONFIG))
-    more = copy.deepcopy(CONFIG)
+    config = quickstart_like("routingtest", eu_shards=4)
+    v1 = shardkit.build_map(config_from(config))
+    more = copy.deepcopy(config)
     more["groups"]["us"]["shards"] = 5
     v2 = shardkit.build_map(config_from(more), v1)
     return Maps(
