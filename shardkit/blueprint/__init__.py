@@ -1,10 +1,9 @@
 """Blueprints: the resource model of a deployment, and its CloudFormation rendering."""
 
 from .definition import CodeArtifact, available, expand, load_definition
-from .model import KINDS, Blueprint, Resource
+from .model import Blueprint, Resource
 
 __all__ = [
-    "KINDS",
     "Blueprint",
     "CodeArtifact",
     "Resource",

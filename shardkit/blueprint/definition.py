@@ -19,23 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import kinds
 from ..config.models import ProjectConfig
 from ..errors import ConfigError, PlanningError
 from ..sharding.shardmap import Shard, ShardMap
-from .model import KINDS, Blueprint, Resource
+from .model import Blueprint, Resource
 
 __all__ = ["CodeArtifact", "available", "expand", "load_definition"]
 
 DEFAULT_BLUEPRINT = "stateful-inference-proxy"
 _PLACEHOLDER = re.compile(r"\{([a-z_0-9]+)\}")
-_LIMITS = {
-    "lambda_function": 64,
-    "iam_role": 64,
-    "s3_bucket": 63,
-    "dynamodb_table": 255,
-    "alarm": 255,
-    "log_group": 512,
-}
 
 
 @dataclass(frozen=True)
@@ -89,11 +82,12 @@ def _check_definition(source: str, data: dict[str, Any]) -> None:
     for name in ("bucket", "table", "function", "role", "log_group"):
         if not isinstance(names.get(name), str):
             problems.append(f"names.{name}: required string is missing")
+    known = kinds.names()
     for scope in ("region", "shard"):
         for i, item in enumerate(data.get(scope, [])):
-            if item.get("kind") not in KINDS:
+            if item.get("kind") not in known:
                 problems.append(
-                    f"{scope}[{i}].kind = {item.get('kind')!r}: allowed: {', '.join(KINDS)}"
+                    f"{scope}[{i}].kind = {item.get('kind')!r}: allowed: {', '.join(known)}"
                 )
             if not isinstance(item.get("name"), str):
                 problems.append(f"{scope}[{i}].name: required string is missing")
@@ -115,20 +109,23 @@ def expand(
 
     ``trusted_keys`` (``id=base64,...``) tells the shard functions which map signers to trust.
     """
+    source = f"blueprint {definition['name']}"
     resources: list[Resource] = []
     regions = sorted({s.region for s in shard_map.shards})
     for region in regions:
         values = _region_values(definition, config, region, account, partition)
         resources += [
-            _resource(item, values, region, None) for item in definition.get("region", [])
+            _resource(source, item, values, region, None) for item in definition.get("region", [])
         ]
     for shard in shard_map.shards:
         _check_residency(shard, shard_map)
         values = _shard_values(definition, config, shard, account, partition, code)
         values["trusted_keys"] = trusted_keys
         resources += [
-            _resource(item, values, shard.region, shard.id) for item in definition.get("shard", [])
+            _resource(source, item, values, shard.region, shard.id)
+            for item in definition.get("shard", [])
         ]
+    _check_references(source, resources)
     return Blueprint(
         config.project.name, definition["name"], account, tuple(_with_revisions(resources))
     )
@@ -185,16 +182,41 @@ def _check_residency(shard: Shard, shard_map: ShardMap) -> None:
 
 
 def _resource(
-    item: Mapping[str, Any], values: dict[str, Any], region: str, shard: str | None
+    source: str, item: Mapping[str, Any], values: dict[str, Any], region: str, shard: str | None
 ) -> Resource:
+    """One resource, its name checked against AWS's limit and its properties against its kind
+    (a :class:`ConfigError` naming the blueprint, the resource and the property path)."""
+    kind = kinds.get(item["kind"])
     name = _fill(item["name"], values, "name")
-    limit = _LIMITS.get(item["kind"])
-    if limit and len(name) > limit:
+    if kind.name_limit and len(name) > kind.name_limit:
         raise PlanningError(
-            f"{item['kind']} name {name!r} is {len(name)} characters; AWS allows {limit}",
+            f"{kind.name} name {name!r} is {len(name)} characters; AWS allows {kind.name_limit}",
             hint="shorten project.name or the shard ids",
         )
-    return Resource(item["kind"], name, region, _fill(item.get("props", {}), values, name), shard)
+    props = _fill(item.get("props", {}), values, name)
+    problem = kind.name_problem(name, kind.typed(props, name=name, region=region, source=source))
+    if problem:
+        raise ConfigError(source, [f"{kind.name} {name!r} in {region}: {problem}"])
+    return Resource(kind.name, name, region, props, shard)
+
+
+def _check_references(source: str, resources: list[Resource]) -> None:
+    """Every resource a property names is in the blueprint, in the same region."""
+    present = {(r.region, r.kind, r.name) for r in resources}
+    problems = [
+        f"{r.kind} {r.name!r} in {r.region}: props.{ref.prop} = {ref.value(r.props)!r}: "
+        f"no {ref.kind} {target!r} in {r.region}"
+        for r in resources
+        for ref, target in kinds.get(r.kind).references(r.props)
+        if ref.required and (r.region, ref.kind, target) not in present
+    ]
+    if problems:
+        raise ConfigError(
+            source,
+            problems,
+            hint="define it in the blueprint definition, in the same region "
+            "([[region]], or the same [[shard]])",
+        )
 
 
 def _fill(template: Any, values: Mapping[str, Any], where: str) -> Any:

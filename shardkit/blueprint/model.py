@@ -1,8 +1,8 @@
 """The blueprint: an inert model of every resource a deployment consists of.
 
-A :class:`Resource` is data: a kind from a small vocabulary that shardkit implements (the deploy
-engine applies it with API calls; the CloudFormation renderer turns it into a template), a
-physical name, a region and canonical JSON properties. Its ``fingerprint`` is the hash of all of
+A :class:`Resource` is data: a kind from the registry of kinds shardkit implements
+(:mod:`shardkit.kinds`: the deploy engine applies it with API calls, the CloudFormation renderer
+turns it into a template), a physical name, a region and canonical JSON properties. Its ``fingerprint`` is the hash of all of
 that, so "is what is deployed current?" is one string comparison.
 
 Nothing here talks to AWS: the planner compares two blueprints (or a blueprint and the deployed
@@ -17,27 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEPENDS", "KINDS", "Blueprint", "Resource", "canonical_json"]
+from .. import kinds
 
-#: Every resource kind, in apply order: a kind depends only on kinds before it.
-KINDS = (
-    "s3_bucket",
-    "dynamodb_table",
-    "log_group",
-    "iam_role",
-    "lambda_function",
-    "lambda_alias",
-    "function_url",
-    "alarm",
-)
-
-#: For each kind, the property that names the resource it depends on, and that resource's kind.
-DEPENDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "lambda_function": (("role", "iam_role"), ("log_group", "log_group")),
-    "lambda_alias": (("function", "lambda_function"),),
-    "function_url": (("function", "lambda_function"),),
-    "alarm": (("function", "lambda_function"),),
-}
+__all__ = ["Blueprint", "Resource", "canonical_json"]
 
 
 def canonical_json(value: Any) -> str:
@@ -55,8 +37,7 @@ class Resource:
     shard: str | None = None  # the shard it belongs to; None for regional resources
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown resource kind {self.kind!r}; known: {', '.join(KINDS)}")
+        kinds.get(self.kind)  # a ValueError naming the known kinds if it is not one
 
     @property
     def key(self) -> str:
@@ -69,11 +50,10 @@ class Resource:
         return hashlib.sha256(body.encode()).hexdigest()[:20]
 
     def depends_on(self) -> list[str]:
-        """Keys of the resources this one needs to exist first."""
+        """Keys of the resources this one needs to exist first (that its properties name)."""
         return [
-            f"{self.region}/{kind}/{self.props[prop]}"
-            for prop, kind in DEPENDS.get(self.kind, ())
-            if prop in self.props
+            f"{self.region}/{ref.kind}/{name}"
+            for ref, name in kinds.get(self.kind).references(self.props)
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,4 +128,4 @@ class Blueprint:
 
 
 def _order(r: Resource) -> tuple[int, str, str]:
-    return (KINDS.index(r.kind), r.region, r.name)
+    return (kinds.rank(r.kind), r.region, r.name)

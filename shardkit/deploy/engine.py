@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .. import kinds
 from .._files import write_bytes_atomic
 from ..aws.facade import Aws
 from ..blueprint.definition import DEFAULT_BLUEPRINT, CodeArtifact, expand, load_definition
-from ..blueprint.model import Blueprint, Resource
+from ..blueprint.model import Blueprint
 from ..config.loader import Project
 from ..errors import DeployError, MapError, PlanFileError
 from ..keys import format_trusted_keys, load_trusted_keys
@@ -30,9 +31,6 @@ from .plan import Plan, make_plan
 from .state import Manifest, StateStore
 
 __all__ = ["Deployer", "Target"]
-
-#: What `shardkit bootstrap` (and infra/bootstrap.py) creates.
-BOOTSTRAP_KINDS = frozenset({"s3_bucket", "dynamodb_table"})
 
 # Republish an unchanged map once less than this share of its lifetime is left.
 _REFRESH_FRACTION = 0.5
@@ -134,20 +132,12 @@ class Deployer:
         return wheel_files(fetch_wheels(props["runtime"], props["architecture"]))
 
     def _missing(self, manifest: Manifest) -> list[str]:
-        """Recorded resources that are gone - with what went with them (a deleted function
-        takes its aliases and URL along)."""
-        gone = {
+        """Recorded resources that are gone (each kind's probe: one read call each)."""
+        return sorted(
             key
             for key, rec in manifest.resources.items()
             if not rec.get("retained") and not self._exists(rec)
-        }
-        for key, rec in manifest.resources.items():
-            resource = Resource(rec["kind"], rec["name"], rec["region"], rec["props"])
-            if rec["kind"] in ("lambda_alias", "function_url") and gone & set(
-                resource.depends_on()
-            ):
-                gone.add(key)
-        return sorted(gone)
+        )
 
     def plan_bootstrap(self) -> Plan:
         """Only the per-region foundation - artifact and registry buckets, state tables - so a
@@ -158,7 +148,7 @@ class Deployer:
             blueprint.project,
             blueprint.name,
             blueprint.account,
-            tuple(r for r in blueprint.resources if r.kind in BOOTSTRAP_KINDS),
+            tuple(r for r in blueprint.resources if kinds.get(r.kind).bootstrap),
         )
         manifest = self.manifest()
         plan = make_plan(
@@ -278,17 +268,11 @@ class Deployer:
         shards: dict[str, dict[str, Any]] = {}
         regions: dict[str, dict[str, str]] = {}
         for rec in manifest.resources.values():
-            if rec["kind"] in ("s3_bucket", "dynamodb_table"):
-                label = "bucket" if rec["kind"] == "s3_bucket" else "table"
-                regions.setdefault(rec["region"], {})[label] = rec["name"]
-            elif rec.get("shard"):
-                entry = shards.setdefault(rec["shard"], {"region": rec["region"]})
-                if rec["kind"] == "lambda_function":
-                    entry["function"] = rec["name"]
-                elif rec["kind"] == "function_url":
-                    entry["url"] = rec["outputs"].get("url", "")
-                elif rec["kind"] == "lambda_alias":
-                    entry["version"] = rec["outputs"].get("version", "")
+            fields = kinds.get(rec["kind"]).summary(rec["name"], rec.get("outputs", {}))
+            if rec.get("shard"):
+                shards.setdefault(rec["shard"], {"region": rec["region"]}).update(fields)
+            elif fields:
+                regions.setdefault(rec["region"], {}).update(fields)
         return {
             "project": manifest.project,
             "target": manifest.target,
@@ -382,18 +366,8 @@ class Deployer:
         return data
 
     def _exists(self, rec: dict[str, Any]) -> bool:
-        aws, region, name = self.target.aws, rec["region"], rec["name"]
-        probes = {
-            "s3_bucket": ("s3", "head_bucket", {"Bucket": name}),
-            "dynamodb_table": ("dynamodb", "describe_table", {"TableName": name}),
-            "lambda_function": ("lambda", "get_function_configuration", {"FunctionName": name}),
-            "iam_role": ("iam", "get_role", {"RoleName": name}),
-        }
-        probe = probes.get(rec["kind"])
-        if probe is None:
-            return True  # checked through the function it belongs to
-        service, operation, params = probe
-        return aws.exists(service, region, operation, **params)
+        kind = kinds.get(rec["kind"])
+        return kind.exists(self.target.aws, rec["region"], rec["name"], rec["props"])
 
 
 def _epochs(shard_map: ShardMap) -> dict[str, int]:

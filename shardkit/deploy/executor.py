@@ -21,9 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import kinds
 from ..aws.facade import Aws
 from ..errors import ApplyFailedError, PlanStaleError, ShardkitError
-from .kinds import HANDLERS, Context, fence
+from ..kinds import Context
+from .fence import fence
 from .plan import Plan, Step
 from .state import Manifest, StateStore
 
@@ -154,12 +156,7 @@ class Executor:
         if step.action == "fence":
             fence(self.aws, step.region, step.name, step.props["table"], step.props["epoch"])
             return {}
-        handler = HANDLERS[step.kind]
-        if step.action == "delete":
-            handler.delete(ctx, step.region, step.name, step.props)
-            return {}
-        method = handler.create if step.action == "create" else handler.update
-        return method(ctx, step.region, step.name, step.props)
+        return kinds.get(step.kind).apply(step.action, ctx, step.region, step.name, step.props)
 
     def _put(self, step: Step, body: bytes | None, content_type: str) -> dict[str, Any]:
         """The object a step names, into the bucket its props name (code package or map)."""

@@ -9,8 +9,9 @@ and writes nothing. A plan can be printed, saved as JSON, reviewed and applied l
 * ``checksum`` covers everything else, so a plan edited by hand is refused;
 * ``plan_id`` names its journal, so a failed apply resumes the same plan.
 
-Order: creations and updates in dependency order (buckets and tables, log groups, roles,
-functions, aliases, URLs, alarms), then the map publication, then deletions in reverse order.
+Order: creations and updates in the kinds' apply order (derived from their references, see
+:mod:`shardkit.kinds`), code uploads right after the buckets, then the map publication, then
+deletions in reverse order.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..blueprint.model import KINDS, Blueprint, Resource, canonical_json
+from .. import kinds
+from ..blueprint.model import Blueprint, Resource, canonical_json
 from ..errors import PlanFileError
 from .state import Manifest
 
 __all__ = ["PLAN_FORMAT", "Plan", "Step", "make_plan"]
 
 PLAN_FORMAT = "shardkit-plan/1"
-RETAINED_KINDS = frozenset({"dynamodb_table"})  # hold user data: kept unless asked otherwise
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def make_plan(
 
     ``epochs`` (shard -> epoch, from the map being deployed) become fence steps: each shard whose
     epoch changed gets its epoch record written to its region's state table before the map is
-    published, so a shard still routing with the old map cannot write (DESIGN.md §4.4).
+    published, so a shard still routing with the old map cannot write (docs/architecture.md §4.4).
     """
     steps: list[Step] = []
     wanted = desired.by_key()
@@ -229,12 +230,14 @@ def make_plan(
                 )
             )
     doomed = [k for k in deployed.resources if k not in wanted]
-    doomed.sort(key=lambda k: (-KINDS.index(deployed.resources[k]["kind"]), k))
+    doomed.sort(key=lambda k: (-kinds.rank(deployed.resources[k]["kind"]), k))
     for key in doomed:
         record = deployed.resources[key]
         if record.get("retained") and not delete_data:
             continue  # kept by an earlier destroy; only --delete-data removes it
-        action = "retain" if record["kind"] in RETAINED_KINDS and not delete_data else "delete"
+        # a kind that holds user data is kept unless asked otherwise
+        keep = kinds.get(record["kind"]).retain and not delete_data
+        action = "retain" if keep else "delete"
         steps.append(
             Step(
                 len(steps),
@@ -291,15 +294,16 @@ def _phase(step: Step) -> tuple[int, int]:
     """Creations in dependency order (code uploads right after the buckets), then the map, so
     clients learn of new shards only once they exist, then deletions in reverse order, so old
     shards serve until the new map is out."""
+    count = len(kinds.names())
     if step.action == "upload":
-        return (1, step.id)
+        return (2 * kinds.rank("s3_bucket") + 1, step.id)
     if step.action == "fence":
-        return (2 * len(KINDS), step.id)
+        return (2 * count, step.id)
     if step.action == "publish":
-        return (2 * len(KINDS) + 1, step.id)
+        return (2 * count + 1, step.id)
     if step.action in ("delete", "retain"):
-        return (4 * len(KINDS) - KINDS.index(step.kind), step.id)
-    return (2 * KINDS.index(step.kind), step.id)
+        return (4 * count - kinds.rank(step.kind), step.id)
+    return (2 * kinds.rank(step.kind), step.id)
 
 
 def _step(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from shardkit import kinds
 from shardkit.blueprint.model import Blueprint, Resource
 from shardkit.deploy.plan import Plan, Step, make_plan
 from shardkit.deploy.state import Manifest
@@ -266,8 +267,11 @@ def test_a_mixed_plan_has_every_kind_of_step() -> None:
     assert set(plan.summary()) == {"create", "update", "upload", "fence", "publish", "delete"}
 
 
-def test_creations_follow_dependencies_and_uploads_come_right_after_the_buckets() -> None:
-    plan, _, new = _mixed_plan()
+@pytest.mark.parametrize("fresh", [True, False], ids=["first-deploy", "mixed"])
+def test_creations_follow_dependencies_and_uploads_come_right_after_the_buckets(
+    fresh: bool,
+) -> None:
+    plan, new = (plan_of(two_regions(), empty()), two_regions()) if fresh else _mixed_plan()[::2]
     at = index(plan)
     for r in new.resources:
         step = at.get(("create", r.key), at.get(("update", r.key)))
@@ -275,11 +279,18 @@ def test_creations_follow_dependencies_and_uploads_come_right_after_the_buckets(
             before = at.get(("create", dep), at.get(("update", dep)))
             if step is not None and before is not None:
                 assert before < step, (dep, r.key)
-    kinds = [s.kind if s.action != "upload" else "upload" for s in plan.steps]
-    buckets = [i for i, k in enumerate(kinds) if k == "s3_bucket"]
-    uploads = [i for i, k in enumerate(kinds) if k == "upload"]
-    assert uploads == list(range(len(buckets), len(buckets) + 2))  # right after the buckets
-    assert buckets == list(range(len(buckets)))
+    seq = [s.kind if s.action != "upload" else "upload" for s in plan.steps]
+    buckets = [i for i, k in enumerate(seq) if k == "s3_bucket"]
+    uploads = [i for i, k in enumerate(seq) if k == "upload"]
+    functions = [i for i, k in enumerate(seq) if k == "lambda_function"]
+    assert len(buckets) == (2 if fresh else 0) and len(uploads) == 2 and functions
+    # together, right after the buckets (kinds ordered before them may come first), and before
+    # any function needs the code
+    assert uploads == [uploads[0], uploads[0] + 1]
+    assert all(i < uploads[0] for i in buckets) and max(uploads) < min(functions)
+    made = [(s.id, kinds.rank(s.kind)) for s in plan.steps if s.action in ("create", "update")]
+    bucket = kinds.rank("s3_bucket")
+    assert all((i < uploads[0]) == (rank <= bucket) for i, rank in made)
 
 
 def test_alias_and_url_wait_for_their_function() -> None:
@@ -310,15 +321,18 @@ def test_deletions_run_in_reverse_dependency_order() -> None:
     assert {r.shard for r in deleted} == {"us-0"}
     for r in deleted:
         for dep in r.depends_on():
+            if dep.startswith("us-east-1/s3_bucket/"):  # the region's code bucket: it stays
+                assert ("delete", dep) not in at
+                continue
             assert at[("delete", r.key)] < at[("delete", dep)], (r.key, dep)
     kinds = [s.kind for s in plan.steps if s.action == "delete"]
-    assert kinds == [
-        "alarm",
+    assert kinds == [  # the apply order of kinds (see shardkit.kinds), reversed
         "function_url",
         "lambda_alias",
+        "alarm",
         "lambda_function",
-        "iam_role",
         "log_group",
+        "iam_role",
     ]
 
 
