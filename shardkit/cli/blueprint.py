@@ -1,4 +1,5 @@
-"""``shardkit blueprint render|list``: the CloudFormation view of a project's blueprint."""
+"""``shardkit blueprint render|list|kinds``: the CloudFormation view of a project's blueprint,
+the shipped definitions, and the resource kinds a definition may use."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from .. import kinds
 from .._files import write_bytes_atomic
 from ..blueprint import available, load_definition
 from ..blueprint.cloudformation import blueprint_for_render, render
@@ -24,7 +26,7 @@ _SUFFIX = ".template.json"
 
 @click.group("blueprint")
 def group() -> None:
-    """Render blueprints as CloudFormation and list the shipped ones."""
+    """Render blueprints as CloudFormation; list the shipped ones and the resource kinds."""
 
 
 @group.command("render")
@@ -102,6 +104,30 @@ def list_(json_: bool) -> None:
     for row in rows:
         table.add_row(row["name"], row["description"])
     console.print(table)
+
+
+@group.command("kinds")
+@click.option(
+    "--markdown", is_flag=True, help="Print the reference of docs/blueprints.md (Markdown)."
+)
+@json_option
+def kinds_(markdown: bool, json_: bool) -> None:
+    """List the resource kinds a blueprint definition may use, in apply order, with their
+    properties (* required) and the properties that name other resources."""
+    entries = kinds.reference()
+    if json_:
+        emit_json(entries)
+        return
+    if markdown:
+        click.echo(kinds.markdown(), nl=False)
+        return
+    table = Table("kind", "CloudFormation", "properties", "names")
+    for e in entries:
+        props = ", ".join(p["name"] + ("*" if p["required"] else "") for p in e["props"])
+        refs = ", ".join(f"{r['prop']} → {r['kind']}" for r in e["refs"])
+        table.add_row(e["kind"], e["cloudformation"], props, refs)
+    console.print(table)
+    console.print("* required; docs/blueprints.md describes every property")
 
 
 def _current_map(project: Project) -> tuple[ShardMap, str]:

@@ -12,6 +12,7 @@ table of kinds. Adding a kind is adding its module (and using it in a blueprint 
     kinds.get("s3_bucket").retain    # False
 """
 
+from ._reference import markdown, reference
 from ._registry import discover, get, names, problems, rank, specs
 from ._spec import Context, KindSpec, Probe, Props, Ref, RenderContext, Rendered
 
@@ -25,8 +26,10 @@ __all__ = [
     "Rendered",
     "discover",
     "get",
+    "markdown",
     "names",
     "problems",
     "rank",
+    "reference",
     "specs",
 ]

@@ -27,7 +27,7 @@ Retention = Literal[
 
 class LogGroupProps(Props):
     retention_days: Retention = Field(
-        description="days events are kept: one of CloudWatch's values (1, 3, 5, 7, 14, 30, ...)"
+        description="days its events are kept (the values CloudWatch Logs accepts)"
     )
 
 
