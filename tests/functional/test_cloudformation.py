@@ -137,7 +137,7 @@ def test_quickstart_eu_west_1_has_exactly_the_expected_resources(rendered):
     assert sorted(templates) == ["eu-central-1", "eu-west-1", "us-east-1", "us-west-2"]
     template = templates["eu-west-1"]
     assert set(template["Resources"]) == (
-        {"ArtifactBucket", "StateTable"} | shard_ids("eu-0") | shard_ids("eu-2")
+        {"ArtifactBucket", "StateTable", "ScheduleRule"} | shard_ids("eu-0") | shard_ids("eu-2")
     )
     assert set(template["Outputs"]) == {"ArtifactBucketName", "StateTableName", "UrlEu0", "UrlEu2"}
     assert template["Metadata"]["shardkit"]["shards"] == ["eu-0", "eu-2"]
@@ -188,6 +188,12 @@ def test_kinds_map_to_cloudformation_as_documented(rendered):
         "notBreaching",
     )
     assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "FunctionEu0"}}]
+    rule = res["ScheduleRule"]["Properties"]  # the auto-shard tick: off until something uses it
+    assert (rule["Name"], rule["ScheduleExpression"], rule["State"]) == (
+        "shardkit-quickstart-autoshard",
+        "rate(1 minute)",
+        "DISABLED",
+    )
 
 
 def test_weights_and_group_settings_reach_the_functions(rendered):
@@ -400,10 +406,10 @@ def test_cli_render_json_uses_the_current_map(quickstart, tmp_path):
     assert data["blueprint"] == "stateful-inference-proxy"
     assert re.fullmatch(r"[0-9a-f]{64}", data["code"]["sha256"])
     assert [(t["region"], t["shards"], t["resources"]) for t in data["templates"]] == [
-        ("eu-central-1", 2, 18),
-        ("eu-west-1", 2, 18),
-        ("us-east-1", 2, 18),
-        ("us-west-2", 2, 18),
+        ("eu-central-1", 2, 19),
+        ("eu-west-1", 2, 19),
+        ("us-east-1", 2, 19),
+        ("us-west-2", 2, 19),
     ]
     assert data["stale"] == []
     written = json.loads(Path(data["templates"][1]["file"]).read_text())

@@ -123,6 +123,8 @@ _OP_KIND = {
     "delete_function_url_config": "function_url",
     "put_metric_alarm": "alarm",
     "delete_alarms": "alarm",
+    "put_rule": "schedule_rule",
+    "delete_rule": "schedule_rule",
 }
 _NAME_PARAM = {
     "s3_bucket": "Bucket",
@@ -132,6 +134,7 @@ _NAME_PARAM = {
     "lambda_function": "FunctionName",
     "function_url": "FunctionName",
     "alarm": "AlarmName",
+    "schedule_rule": "Name",
 }
 
 
@@ -199,7 +202,7 @@ def test_first_deploy_creates_every_resource_and_publishes_the_signed_map(
     regions = sorted(project.config.regions)
     shards = shard_ids(project)
     assert plan.summary() == {
-        "create": 2 * len(regions) + 7 * len(shards),
+        "create": 3 * len(regions) + 7 * len(shards),
         "upload": len(regions),
         "fence": len(shards),
         "publish": len(regions),
@@ -759,6 +762,7 @@ def _nothing_but_tables_left(regions: Iterable[str]) -> None:
         assert aws("lambda", region).list_functions()["Functions"] == []
         assert aws("logs", region).describe_log_groups()["logGroups"] == []
         assert aws("cloudwatch", region).describe_alarms()["MetricAlarms"] == []
+        assert aws("events", region).list_rules()["Rules"] == []
     assert aws("s3", "us-east-1").list_buckets()["Buckets"] == []
     assert aws("iam", "us-east-1").list_roles()["Roles"] == []
 

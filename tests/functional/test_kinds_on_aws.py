@@ -263,6 +263,14 @@ def _alarm(live: Live, r: Resource, lid: str) -> dict[str, Any]:
     return {f: alarm[f] for f in fields}
 
 
+def _rule(live: Live, r: Resource, lid: str) -> dict[str, Any]:
+    rule = client("events").describe_rule(Name=r.name)
+    out = {k: rule[k] for k in ("Name", "ScheduleExpression", "State")}
+    if rule.get("Description"):
+        out["Description"] = rule["Description"]
+    return out
+
+
 OBSERVE: dict[str, Callable[[Live, Resource, str], dict[str, Any]]] = {
     "AWS::S3::Bucket": _bucket,
     "AWS::DynamoDB::Table": _table,
@@ -273,6 +281,7 @@ OBSERVE: dict[str, Callable[[Live, Resource, str], dict[str, Any]]] = {
     "AWS::Lambda::Alias": _alias,
     "AWS::Lambda::Url": _url,
     "AWS::CloudWatch::Alarm": _alarm,
+    "AWS::Events::Rule": _rule,
 }
 
 

@@ -25,6 +25,7 @@ import botocore.session
 import pytest
 from botocore import xform_name
 from click.testing import CliRunner
+from rich.console import Console
 
 from shardkit import kinds
 from shardkit.aws.facade import is_mutating
@@ -127,6 +128,7 @@ def test_the_apply_order_is_derived_and_stable() -> None:
         "iam_role",
         "log_group",
         "s3_bucket",
+        "schedule_rule",
         "lambda_function",
         "alarm",
         "lambda_alias",
@@ -307,7 +309,9 @@ def test_the_docs_hold_the_reference_the_registry_makes() -> None:
     )
 
 
-def test_cli_lists_the_kinds() -> None:
+def test_cli_lists_the_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    wide = Console(highlight=False, width=10_000)  # one row per kind, whatever the terminal
+    monkeypatch.setattr("shardkit.cli.blueprint.console", wide)
     table = CliRunner().invoke(group, ["kinds"])
     assert table.exit_code == 0, table.output
     for kind in kinds.specs():
