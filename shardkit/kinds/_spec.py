@@ -211,7 +211,8 @@ class KindSpec(ABC, Generic[P]):
             raise ConfigError(
                 source,
                 [f"{where}: {line}" for line in _problems(exc)],
-                hint=f"fix the properties of {self.name}; docs/blueprints.md lists each kind's",
+                hint="fix the property in the blueprint definition; `shardkit blueprint kinds` "
+                "lists each kind's properties",
             ) from None
 
     def apply(
