@@ -272,6 +272,7 @@ def infer(key, payload, state):
         time.sleep(3)
         return {"held": len(blob)}, None
     if op == "hold":
+        Path(payload["path"] + ".started").touch()  # the worker is now busy with this request
         deadline = time.monotonic() + 30
         while not Path(payload["path"]).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -607,7 +608,12 @@ def test_reserved_concurrency_throttles_the_excess(probe: Deployed, tmp_path: Pa
             invoke, probe, "eu-0", "eu-west-1", "eu:held", {"op": "hold", "path": str(release)}
         )
         try:
-            for _ in range(400):  # until the held request occupies the one worker
+            started = Path(str(release) + ".started")
+            for _ in range(1200):  # the held request must occupy the one worker first
+                if started.exists() or held.done():
+                    break
+                time.sleep(0.05)
+            for _ in range(400):
                 try:
                     invoke(probe, "eu-0", "eu-west-1", "eu:other", {"op": "env"})
                 except lam.exceptions.TooManyRequestsException as exc:
