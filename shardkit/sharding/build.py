@@ -14,6 +14,7 @@ from ..config.models import GroupConfig, ProjectConfig
 from ..errors import PlanningError
 from ..keys import SigningKey, create_key, load_signing_key
 from .codec import encode_map
+from .layout import set_epochs
 from .planner import ShardSpec, plan_group
 from .shardmap import Group, Shard, ShardMap
 
@@ -42,7 +43,7 @@ def build_map(
         shards.extend(g_shards)
         groups.append(g)
     version = max(previous.version + 1 if previous else 1, min_version)
-    _set_epochs(shards, groups, previous, version)
+    set_epochs(shards, groups, previous, version)
     return ShardMap(
         project=config.project.name,
         version=version,
@@ -138,7 +139,7 @@ def rebase_map(
         for g in content.groups.values()
     ]
     version = current.version + 1
-    _set_epochs(list(shards.values()), groups, current, version)
+    set_epochs(list(shards.values()), groups, current, version)
     return ShardMap(
         project=content.project,
         version=version,
@@ -160,31 +161,6 @@ def same_routing(a: ShardMap, b: ShardMap) -> bool:
     da = {k: v for k, v in a.to_dict(tables=True).items() if k not in skip}
     db = {k: v for k, v in b.to_dict(tables=True).items() if k not in skip}
     return da == db
-
-
-def _slot_sets(groups: list[Group] | dict[str, Group]) -> dict[str, set[tuple[str, int]]]:
-    out: dict[str, set[tuple[str, int]]] = {}
-    for g in groups.values() if isinstance(groups, dict) else groups:
-        for slot, shard in enumerate(g.primary):
-            out.setdefault(shard.id, set()).add((g.name, slot))
-    return out
-
-
-def _set_epochs(
-    shards: list[Shard], groups: list[Group], previous: ShardMap | None, version: int
-) -> None:
-    """A shard's epoch is the map version in which its slot set last changed.
-
-    So epochs only grow, even for a shard id that is removed and later added again: a fenced
-    write made under an old epoch can never match a newer owner's epoch.
-    """
-    new_sets = _slot_sets(groups)
-    old_sets = _slot_sets(previous.groups) if previous else {}
-    old_epochs = {s.id: s.epoch for s in previous.shards} if previous else {}
-    for shard in shards:
-        before = old_epochs.get(shard.id)
-        unchanged = before is not None and old_sets.get(shard.id) == new_sets.get(shard.id)
-        shard.epoch = before if unchanged else version  # type: ignore[assignment]
 
 
 def signing_key_for(project: Project) -> SigningKey:

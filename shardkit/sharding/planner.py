@@ -18,17 +18,22 @@ group's shards, their weights and the previous table into a new table such that:
   already used by that slot's primary or earlier replicas.
 
 Everything is a pure function of its inputs: same inputs, same table, on every machine.
+
+:func:`assign_slots` is the other way to make a table: from the previous one and an explicit
+list of slot moves (what a load-driven layout decides, see :mod:`shardkit.autoshard`). Exactly the
+listed slots change owner; new shards take fresh positions, removed ones leave tombstones, and a
+replica entry is kept while it is still valid, so only the replicas that must change, change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import PlanningError
 from .hashing import jump_hash, mix64
 
-__all__ = ["GroupPlan", "ShardSpec", "plan_group", "quotas"]
+__all__ = ["GroupPlan", "ShardSpec", "assign_slots", "plan_group", "quotas"]
 
 _CHAIN = 16  # draws along a slot's hash chain before the deterministic fallback
 _REPLICA_SALT = 1 << 20
@@ -235,6 +240,71 @@ def _fill(
         count[p] += 1
 
 
+def assign_slots(
+    previous: GroupPlan,
+    shards: Sequence[ShardSpec],
+    moves: Mapping[int, str],
+    slot_bits: int,
+) -> GroupPlan:
+    """The previous table with exactly ``moves`` (slot -> new owner) applied.
+
+    ``shards`` are the group's shards afterwards: every shard of ``previous`` that is not among
+    them is removed (its position becomes a tombstone, and every one of its slots must be in
+    ``moves``); a shard not in ``previous.positions`` is new and takes the next position, in the
+    order given. Every shard must own at least one slot afterwards. Replica columns keep each
+    entry that is still live and in a failure domain the slot does not use yet; only the others
+    are drawn again, as :func:`plan_group` draws them.
+    """
+    n_slots = 1 << slot_bits
+    if len(previous.primary) != n_slots:
+        raise PlanningError(
+            f"the previous table has {len(previous.primary)} slots, slot_bits {slot_bits} "
+            f"means {n_slots}",
+            hint="slot_bits cannot change in place",
+        )
+    _check_inputs(shards, slot_bits, len(previous.replicas))
+    by_id = {s.id: s for s in shards}
+    known = {p for p in previous.positions if p is not None}
+    positions = tuple(p if p in by_id else None for p in previous.positions) + tuple(
+        s.id for s in shards if s.id not in known
+    )
+    primary = list(previous.primary)
+    for slot, owner in sorted(moves.items()):
+        if not 0 <= slot < n_slots:
+            raise PlanningError(f"slot {slot} is outside 0..{n_slots - 1}")
+        if owner not in by_id:
+            raise PlanningError(
+                f"slot {slot} moves to {owner!r}, which is not a shard of the group after the "
+                "change",
+                hint="add the shard in the same change, or move the slot to a live shard",
+            )
+        primary[slot] = owner
+    _check_owned(primary, by_id)
+    alive = [p is not None for p in positions]
+    pos_of = {sid: i for i, sid in enumerate(positions) if sid is not None}
+    owner_pos = [pos_of[sid] for sid in primary]
+    hashes = [mix64(s, 0) for s in range(n_slots)]
+    kept = [[pos_of.get(sid, -1) for sid in column] for column in previous.replicas]
+    columns = _replicas(owner_pos, hashes, positions, alive, by_id, len(kept), kept)
+    return GroupPlan(positions, tuple(primary), columns)
+
+
+def _check_owned(primary: list[str], by_id: dict[str, ShardSpec]) -> None:
+    orphaned = sorted({sid for sid in primary if sid not in by_id})
+    if orphaned:
+        slot = next(i for i, sid in enumerate(primary) if sid == orphaned[0])
+        raise PlanningError(
+            f"shard {orphaned[0]!r} is removed but still owns slots (slot {slot} first)",
+            hint="move every slot of a removed shard to a live shard in the same change",
+        )
+    idle = sorted(set(by_id) - set(primary))
+    if idle:
+        raise PlanningError(
+            f"shard {idle[0]!r} would own no slot",
+            hint="give it at least one slot, or remove it",
+        )
+
+
 def _replicas(
     owner: list[int],
     hashes: list[int],
@@ -242,7 +312,10 @@ def _replicas(
     alive: Sequence[bool],
     by_id: dict[str, ShardSpec],
     replicas: int,
+    previous: list[list[int]] | None = None,
 ) -> tuple[tuple[str, ...], ...]:
+    """Replica columns; with ``previous`` (positions, -1 for a removed shard), an entry that is
+    still live and in an unused failure domain is kept."""
     n = len(positions)
     domain = [by_id[sid].domain if sid is not None else "" for sid in positions]
     top = max(s.weight for s in by_id.values())
@@ -253,9 +326,13 @@ def _replicas(
     columns: list[list[int]] = []
     for r in range(1, replicas + 1):
         column = []
+        old = previous[r - 1] if previous else None
         for s, p0 in enumerate(owner):
             used = {domain[p0]} | {domain[c[s]] for c in columns}
-            column.append(_draw_replica(hashes[s], r, used, domain, alive, accept, n))
+            if old is not None and old[s] >= 0 and domain[old[s]] not in used:
+                column.append(old[s])
+            else:
+                column.append(_draw_replica(hashes[s], r, used, domain, alive, accept, n))
         columns.append(column)
     return tuple(tuple(positions[p] for p in col) for col in columns)  # type: ignore[misc]
 
