@@ -18,9 +18,15 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from .models import PATTERN_WORDS, SHARDS_FORMS, ProjectConfig
+from .models import (
+    PATTERN_WORDS,
+    SHARDS_FORMS,
+    AutoshardConfig,
+    ProjectConfig,
+    check_autoshard,
+)
 
-__all__ = ["CONFIG_FILE", "Project", "load_config", "load_project"]
+__all__ = ["CONFIG_FILE", "Project", "load_config", "load_project", "validate_autoshard"]
 
 CONFIG_FILE = "shardkit.toml"
 
@@ -95,6 +101,19 @@ def load_config(path: str | os.PathLike[str]) -> ProjectConfig:
         return ProjectConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(file, _problems(exc)) from None
+
+
+def validate_autoshard(data: dict[str, Any], where: str) -> AutoshardConfig:
+    """An autoshard table given outside a file (``--policy key=value`` overrides), checked as
+    the file's would be; problems are named ``autoshard.<field>``."""
+    try:
+        policy = AutoshardConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(where, [f"autoshard.{p}" for p in _problems(exc)]) from None
+    problems = check_autoshard("", policy, policy.min_shards)
+    if problems:
+        raise ConfigError(where, problems)
+    return policy
 
 
 def _problems(exc: ValidationError) -> list[str]:

@@ -29,6 +29,7 @@ from pydantic import (
 from ..sharding.hashing import DEFAULT_HASH, HASHES, MAX_SLOT_BITS, MIN_SLOT_BITS
 
 __all__ = [
+    "AutoshardConfig",
     "GroupConfig",
     "HashingConfig",
     "ProjectConfig",
@@ -131,6 +132,30 @@ Shards = Annotated[
 SHARDS_FORMS = ("count", "list")  # the tags above; the loader drops them from field paths
 
 
+class AutoshardConfig(_Model):
+    """``[groups.NAME.autoshard]``: how the group's layout follows its load (docs/autoshard.md).
+
+    Loads are in units of the target: a shard at 1.0 carries exactly ``target_rps`` requests/s
+    (or ``target_compute_ms`` compute ms/s, whichever is higher).
+    """
+
+    mode: Literal["on", "dry-run", "off"] = "on"
+    min_shards: Int = Field(default=1, ge=1, le=4096)
+    max_shards: Int = Field(default=64, ge=1, le=4096)
+    target_rps: Float | None = Field(default=None, gt=0, le=1e9)
+    target_compute_ms: Float | None = Field(default=None, gt=0, le=1e12)
+    split_above: Float = Field(default=1.2, gt=0, le=100)
+    split_windows: Int = Field(default=3, ge=1, le=1000)
+    merge_below: Float = Field(default=0.6, gt=0, le=100)
+    merge_windows: Int = Field(default=12, ge=1, le=1000)
+    window_s: Float = Field(default=10.0, ge=1, le=3600)
+    cooldown_s: Float = Field(default=120.0, ge=0, le=86400)
+    churn_budget: Float = Field(default=0.09, gt=0, le=1)
+    rebalance_above: Float = Field(default=1.25, ge=1, le=100)
+    isolate_hot_slots: bool = Field(default=True, strict=True)
+    hot_slot_share: Float = Field(default=0.5, gt=0, le=100)
+
+
 class GroupConfig(_Model):
     """A shard group: the shards serving one jurisdiction.
 
@@ -147,6 +172,8 @@ class GroupConfig(_Model):
     memory_mb: Int = Field(default=512, ge=128, le=10240)
     timeout_s: Int = Field(default=30, ge=1, le=900)
     concurrency: Int = Field(default=4, ge=1, le=1000)  # reserved concurrency per shard
+    # None: a fixed layout, exactly the shards above (the default).
+    autoshard: AutoshardConfig | None = None
 
     @field_validator("shards")
     @classmethod
@@ -213,6 +240,12 @@ class ProjectConfig(_Model):
         seen: dict[str, str] = {}
         for name, group in self.groups.items():
             problems += _check_group(name, group, self.regions)
+            slots = 1 << self.hashing.slot_bits
+            if group.autoshard and group.autoshard.max_shards > slots:
+                problems.append(
+                    f"groups.{name}.autoshard.max_shards = {group.autoshard.max_shards}: a group "
+                    f"has {slots} slots (hashing.slot_bits); at most that many shards"
+                )
             if group.jurisdiction in seen:
                 problems.append(
                     f"groups.{name}.jurisdiction = {group.jurisdiction!r}: group "
@@ -299,12 +332,43 @@ def _check_group(name: str, group: GroupConfig, regions: dict[str, RegionConfig]
                 f"{where}.shards[{i}].region = {s.region!r}: not one of the group's "
                 f"regions ({_listing(group.regions)})"
             )
+    if group.autoshard is not None:
+        problems += check_autoshard(where, group.autoshard, len(shards))
     domains = {s.region if group.failure_domain == "region" else s.id for s in shards}
     if group.replicas >= len(domains):
         problems.append(
             f"{where}.replicas = {group.replicas}: needs {group.replicas + 1} distinct failure "
             f"domains ({group.failure_domain}s) but the group has {len(domains)}; add regions, "
             f"lower replicas, or set failure_domain = 'shard'"
+        )
+    return problems
+
+
+def check_autoshard(where: str, policy: AutoshardConfig, shards: int) -> list[str]:
+    """The autoshard fields that only make sense together (``where``: the group's path)."""
+    where = f"{where}.autoshard" if where else "autoshard"
+    problems = []
+    if policy.target_rps is None and policy.target_compute_ms is None:
+        problems.append(
+            f"{where}: neither target_rps nor target_compute_ms is set; give at least one "
+            "target load per shard"
+        )
+    if policy.min_shards > policy.max_shards:
+        problems.append(
+            f"{where}.min_shards = {policy.min_shards}: above max_shards = "
+            f"{policy.max_shards}; min_shards must be <= max_shards"
+        )
+    elif not policy.min_shards <= shards <= policy.max_shards:
+        problems.append(
+            f"{where}: the group starts with {shards} shard(s) (groups.NAME.shards), outside "
+            f"min_shards..max_shards = {policy.min_shards}..{policy.max_shards}; start inside "
+            "the range or widen it"
+        )
+    if policy.merge_below >= policy.split_above:
+        problems.append(
+            f"{where}.merge_below = {policy.merge_below:g}: must be below split_above = "
+            f"{policy.split_above:g}, or a merge could be undone by the next split (the gap "
+            "between them is the hysteresis band)"
         )
     return problems
 
