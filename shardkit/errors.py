@@ -2,8 +2,11 @@
 
     ShardkitError                 root: catch this to catch anything shardkit means to raise
     ├── ConfigError               a project file is invalid (file, field path, value, what is allowed)
+    ├── DependencyError           an optional dependency (an extra) is not installed
     ├── EdgePolicyError           an edge runtime's cache policy or setting is invalid
     ├── KeyStoreError             a signing key is missing, unreadable or already exists
+    ├── LoadRecordError           a load record (autoshard's signal) is malformed
+    ├── WorkloadError             a simulator workload spec or trace file is invalid
     ├── PlanningError             a shard map cannot be planned as asked (weights, failure domains)
     ├── MapError                  a shard map could not be accepted
     │   ├── MapDecodeError        the bytes are not a well-formed shardkit map
@@ -43,10 +46,12 @@ __all__ = [
     "AwsThrottledError",
     "AwsUnreachableError",
     "ConfigError",
+    "DependencyError",
     "DeployError",
     "EdgePolicyError",
     "InferenceError",
     "KeyStoreError",
+    "LoadRecordError",
     "LocalCloudError",
     "MapDecodeError",
     "MapError",
@@ -60,6 +65,7 @@ __all__ = [
     "ResidencyError",
     "RoutingError",
     "ShardkitError",
+    "WorkloadError",
 ]
 
 
@@ -91,6 +97,12 @@ class ConfigError(ShardkitError):
         super().__init__(f"{file}: {lines}", hint=hint or "fix the field named above and retry")
 
 
+class DependencyError(ShardkitError):
+    """An optional dependency is not installed (the message names it and its extra)."""
+
+    hint = "install the extra named above"
+
+
 class EdgePolicyError(ShardkitError):
     """An edge cache policy (or the edge runtime's settings) is invalid."""
 
@@ -99,6 +111,18 @@ class EdgePolicyError(ShardkitError):
 
 class KeyStoreError(ShardkitError):
     """A signing key is missing, unreadable or would be overwritten."""
+
+
+class LoadRecordError(ShardkitError):
+    """A load record (an instance's per-window load signal) is malformed."""
+
+    hint = "the record is damaged or from another tool; docs/autoshard.md gives its format"
+
+
+class WorkloadError(ShardkitError):
+    """A simulator workload spec, policy override or trace file is invalid."""
+
+    hint = "docs/autoshard.md lists the workloads, their parameters and the trace formats"
 
 
 class PlanningError(ShardkitError):
