@@ -29,6 +29,7 @@ COMMANDS = {
     "map": "maps:group",
     "plan": "deploy:plan_cmd",
     "rollback": "deploy:rollback_cmd",
+    "simulate": "simulate:simulate_cmd",
     "status": "deploy:status_cmd",
     "traffic": "traffic:traffic_cmd",
 }
