@@ -252,6 +252,7 @@ class _Round:
 
     def _grow(self, k: int) -> None:
         made = []
+        share = max(1, self.w.budget // k)  # each new shard its part of the budget
         for _ in range(k):
             loads = self.w.shard_loads()
             givers = self._splittable()
@@ -260,7 +261,7 @@ class _Round:
             parent = max(givers, key=lambda i: (loads[i], -i))
             own = self.w.slots_of(parent)
             amount = float(np.mean(loads)) * len(loads) / (len(loads) + 1)
-            first = self.w.pick(own, amount, len(own) - 1)
+            first = self.w.pick(own, amount, min(share, len(own) - 1))
             new = self.w.add_shard(parent, first if len(first) else own[-1:])
             if new is None:
                 break
@@ -350,7 +351,9 @@ class _Round:
                 f"({self.w.regions[self.w.index(sid)]})",
                 "isolate",
             )
-        rest = new - len(isolated)
+        # What is left on h needs only as many more parts as its own load asks for.
+        left = float(self.w.load[self.w.owner == h].sum())
+        rest = min(new - len(isolated), ceil_units(left) - 1)
         if rest > 0:
             self._share(h, rest, share)
 
@@ -390,6 +393,8 @@ class _Round:
             t / (live - k - 1) <= self.p.merge_below for t in totals
         ):
             k += 1
+        while k and not self._packs(self._coldest(k)):
+            k -= 1  # the coldest shards' slots would not fit under the target elsewhere
         if k == 0:
             return
         victims = self._coldest(k)
@@ -400,6 +405,26 @@ class _Round:
             f"merging the {k} coldest: " + ", ".join(self.w.ids[v] for v in victims),
             "merge",
         )
+
+    def _packs(self, victims: list[int]) -> bool:
+        """Whether the victims' slots, heaviest first onto the least loaded other shard (as
+        draining moves them), leave every shard at or below the target."""
+        loads = self.w.shard_loads()
+        heap = [
+            (float(loads[i]), i)
+            for i in range(len(self.w.ids))
+            if i not in victims and i not in self.draining
+        ]
+        if not heap:
+            return False
+        heapq.heapify(heap)
+        slots = np.concatenate([self.w.slots_of(v) for v in victims])
+        for value in np.sort(self.w.load[slots])[::-1]:
+            load, i = heapq.heappop(heap)
+            if load + value > 1.0 + 1e-9:
+                return False
+            heapq.heappush(heap, (load + float(value), i))
+        return True
 
     def _coldest(self, k: int) -> list[int]:
         loads = self.w.shard_loads()

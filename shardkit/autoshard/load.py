@@ -73,9 +73,10 @@ class LoadWindow:
 def _estimate(w: LoadWindow) -> tuple[Any, Any]:
     import numpy as np
 
-    ids = sorted(set(w.owners) | set(w.shards) | {h.shard for h in w.hot.values()})
+    from .plan import owner_index
+
+    ids, owner = owner_index(w.owners, [*w.shards, *(h.shard for h in w.hot.values())])
     index = {sid: i for i, sid in enumerate(ids)}
-    owner = np.fromiter((index[s] for s in w.owners), dtype=np.int64, count=len(w.owners))
     hot_slots = np.fromiter(w.hot, dtype=np.int64, count=len(w.hot))
     out = []
     for dim in (0, 1):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,25 +30,55 @@ from ..sharding.layout import LayoutChange, NewShard, next_shard_id
 from ..sharding.shardmap import ShardMap
 from .policy import Policy
 
-__all__ = ["WorkingLayout"]
+__all__ = ["WorkingLayout", "group_table", "owner_index"]
 
 _EPS = 1e-12
+_TABLES: weakref.WeakKeyDictionary[ShardMap, dict[str, tuple[list[str], list[str], np.ndarray]]]
+_TABLES = weakref.WeakKeyDictionary()
+_OWNERS: dict[int, tuple[Sequence[str], list[str], np.ndarray]] = {}
+
+
+def group_table(shard_map: ShardMap, group: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(live shard ids sorted, their regions, slot -> index into the ids) of a map's group;
+    computed once per map (maps are immutable)."""
+    per_map = _TABLES.setdefault(shard_map, {})
+    found = per_map.get(group)
+    if found is None:
+        g = shard_map.groups[group]
+        live = g.shards()
+        index = {s.id: i for i, s in enumerate(live)}
+        owner = np.fromiter((index[s.id] for s in g.primary), np.int64, len(g.primary))
+        found = per_map[group] = ([s.id for s in live], [s.region for s in live], owner)
+    return found
+
+
+def owner_index(owners: Sequence[str], extra: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
+    """(sorted ids of ``owners`` and ``extra``, slot -> index into them) for a slot table given
+    as ids; the last few tables are remembered, as windows of one map share theirs."""
+    found = _OWNERS.get(id(owners))
+    if found is not None and found[0] is owners and set(extra) <= set(found[1]):
+        return found[1], found[2]
+    ids = sorted(set(owners) | set(extra))
+    index = {sid: i for i, sid in enumerate(ids)}
+    owner = np.fromiter((index[s] for s in owners), np.int64, len(owners))
+    if len(_OWNERS) >= 16:
+        _OWNERS.pop(next(iter(_OWNERS)))
+    _OWNERS[id(owners)] = (owners, ids, owner)
+    return ids, owner
 
 
 class WorkingLayout:
     def __init__(
         self, shard_map: ShardMap, policy: Policy, slot_load: np.ndarray, budget: int
     ) -> None:
-        group = shard_map.groups[policy.group]
+        ids, regions, owner = group_table(shard_map, policy.group)
         self.map = shard_map
-        self.group = group
+        self.group = shard_map.groups[policy.group]
         self.policy = policy
-        live = group.shards()
-        self.ids: list[str] = [s.id for s in live]
-        self.regions: list[str] = [s.region for s in live]
-        index = {sid: i for i, sid in enumerate(self.ids)}
-        self.original = np.fromiter((index[s.id] for s in group.primary), dtype=np.int64)
-        self.owner = self.original.copy()
+        self.ids: list[str] = list(ids)
+        self.regions: list[str] = list(regions)
+        self.original = owner
+        self.owner = owner.copy()
         self.load = np.asarray(slot_load, dtype=float)
         self.budget = budget
         self.added: list[NewShard] = []

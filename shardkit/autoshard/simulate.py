@@ -32,6 +32,7 @@ from .baselines import POLICIES, Decider
 from .decide import Decision
 from .load import LoadAggregator, LoadWindow
 from .model import Model, ShardWindow
+from .plan import group_table
 from .policy import Policy
 from .workload import Workload
 
@@ -60,6 +61,9 @@ class Row:
     cost_usd: float
     violations: int
     actions: str
+    hottest_alone: bool = (
+        False  # the window's busiest slot (>= 5% of requests) has a shard to itself
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +79,6 @@ class SimResult:
     rows: list[Row] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     shard_loads: dict[str, list[float]] = field(default_factory=dict)  # per window, NaN if absent
-    hottest_alone_at: float | None = None  # when the hottest slot first sat alone on its shard
 
     def summary(self) -> dict[str, Any]:
         return summarize_rows(self)
@@ -135,16 +138,14 @@ class _Run:
         self.keep = max(policy.split_windows, policy.merge_windows)
         self.new_shards = 0  # made by the last decision: cold starts in this window
         self.moved = np.zeros(shard_map.slot_count, dtype=bool)  # moved by the last decision
+        self._table: tuple[ShardMap | None, tuple[str, ...]] = (None, ())
 
     def step(self, i: int, result: SimResult) -> None:
         p = self.policy
         length = p.window_s
         requests, compute = self.workload.window(i, length, self.rng)
-        group = self.map.groups[p.group]
-        owners = [s.id for s in group.primary]
-        ids = sorted(set(owners))
-        index = {sid: k for k, sid in enumerate(ids)}
-        owner = np.fromiter((index[s] for s in owners), np.int64, len(owners))
+        ids, _, owner = group_table(self.map, p.group)
+        owners = self._owners()
         per_req = np.bincount(owner, weights=requests, minlength=len(ids))
         per_ms = np.bincount(owner, weights=compute, minlength=len(ids))
         util = p.utilization(per_req / length, per_ms / length)
@@ -158,7 +159,6 @@ class _Run:
         cost = self.model.lambda_cost(total, float(compute.sum()), cold_starts)
         cost += self.model.dynamodb_cost(total, cold_reads, migrated)
         self._record_loads(result, i, ids, util)
-        self._watch_hottest(result, i, owner, requests)
         self._window(i, owners, ids, owner, requests, compute)
         decision = self.decide(self.map, self.windows, p, self.history, now=(i + 1) * length)
         violations = self._apply(decision, (i + 1) * length)
@@ -181,13 +181,23 @@ class _Run:
                 cost_usd=cost,
                 violations=violations + self._misplaced(),
                 actions="+".join(decision.actions),
+                hottest_alone=_hottest_alone(owner, requests),
             )
         )
+
+    def _owners(self) -> tuple[str, ...]:
+        """The group's table as ids, one tuple per map (windows of one map share it)."""
+        if self._table[0] is not self.map:
+            self._table = (
+                self.map,
+                tuple(s.id for s in self.map.groups[self.policy.group].primary),
+            )
+        return self._table[1]
 
     def _window(
         self,
         i: int,
-        owners: list[str],
+        owners: tuple[str, ...],
         ids: list[str],
         owner: Any,
         requests: Any,
@@ -197,14 +207,16 @@ class _Run:
         agg = LoadAggregator()
         start = i * self.policy.window_s
         group = self.policy.group
-        busy = requests > 0
+        busy = np.flatnonzero(requests > 0)
+        by_shard = busy[np.argsort(owner[busy], kind="stable")]
+        bounds = np.searchsorted(owner[by_shard], np.arange(len(ids) + 1))
         for k, sid in enumerate(ids):
-            idx = np.flatnonzero((owner == k) & busy)
+            idx = by_shard[bounds[k] : bounds[k + 1]]
             reqs = dict(zip(idx.tolist(), np.rint(requests[idx]).astype(int).tolist(), strict=True))
             ms = dict(zip(idx.tolist(), compute[idx].tolist(), strict=True))
             counts = {(sid, group): (reqs, ms)}
             agg.add(summarize(sid, start, self.policy.window_s, self.map.version, counts, TOP_K))
-        window = agg.close(group, start, tuple(owners))
+        window = agg.close(group, start, owners)
         if window is None:  # no request at all in this window
             window = LoadWindow(group, start, self.policy.window_s, {}, {}, tuple(owners))
         self.windows = [*self.windows, window][-self.keep :]
@@ -228,10 +240,10 @@ class _Run:
     def _misplaced(self) -> int:
         """Shards of the group outside its regions or jurisdiction (the map would refuse them;
         counted independently of the policy)."""
-        group = self.map.groups[self.policy.group]
+        jurisdiction = self.map.groups[self.policy.group].jurisdiction
+        _, regions, _ = group_table(self.map, self.policy.group)
         return sum(
-            s.region not in self.policy.regions or s.jurisdiction != group.jurisdiction
-            for s in group.shards()
+            r not in self.policy.regions or self.map.regions.get(r) != jurisdiction for r in regions
         )
 
     def _record_loads(self, result: SimResult, i: int, ids: list[str], util: Any) -> None:
@@ -241,14 +253,16 @@ class _Run:
             if len(series) < i + 1:
                 series.append(math.nan)
 
-    def _watch_hottest(self, result: SimResult, i: int, owner: Any, requests: Any) -> None:
-        if result.hottest_alone_at is not None or not requests.any():
-            return
-        hottest = int(np.argmax(requests))
-        if requests[hottest] < 0.05 * requests.sum():
-            return  # no slot stands out
-        if int(np.count_nonzero(owner == owner[hottest])) == 1:
-            result.hottest_alone_at = i * self.policy.window_s
+
+def _hottest_alone(owner: Any, requests: Any) -> bool:
+    """Whether the busiest slot, if it stands out (>= 5% of the requests), is alone on its
+    shard: the point from which no layout can lower its shard's load further."""
+    if not requests.any():
+        return False
+    hottest = int(np.argmax(requests))
+    if requests[hottest] < 0.05 * requests.sum():
+        return False
+    return int(np.count_nonzero(owner == owner[hottest])) == 1
 
 
 def summarize_rows(result: SimResult) -> dict[str, Any]:

@@ -146,7 +146,9 @@ class AutoshardConfig(_Model):
     target_compute_ms: Float | None = Field(default=None, gt=0, le=1e12)
     split_above: Float = Field(default=1.2, gt=0, le=100)
     split_windows: Int = Field(default=3, ge=1, le=1000)
-    merge_below: Float = Field(default=0.6, gt=0, le=100)
+    # Below 1 (the target): a merge must leave the shards under the target, or it could merge
+    # back what a split just made.
+    merge_below: Float = Field(default=0.6, gt=0, lt=1)
     merge_windows: Int = Field(default=12, ge=1, le=1000)
     window_s: Float = Field(default=10.0, ge=1, le=3600)
     cooldown_s: Float = Field(default=120.0, ge=0, le=86400)
