@@ -307,8 +307,10 @@ class _Round:
             + (f" (max_shards {self.p.max_shards} caps it)" if want < ceil_units(deficit) else "")
         )
         # Every new shard is made now, each with its share of the budget; rebalancing fills
-        # them in the next rounds if the budget is short.
-        share = max(1, self.w.budget // want)
+        # them in the next rounds if the budget is short. When more shards are hot than get a
+        # new one, half the budget stays for levelling all of them down in this round.
+        reserve = self.w.budget // 2 if len(hot) > want else 0
+        share = max(1, (self.w.budget - reserve) // want)
         for h in hot:
             if parts.get(h):
                 self._split_one(h, parts[h], share)

@@ -19,6 +19,7 @@ obey the same hard rules:
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import weakref
 from collections.abc import Sequence
@@ -158,13 +159,60 @@ class WorkingLayout:
         return min(order, key=lambda r: (live[r], r != first, order.index(r)))
 
     def rebalance(self, active: Sequence[int], settle: float) -> int:
-        """Weighted move: shift load from the most to the least loaded of ``active`` shards until
-        every one is within ``settle`` x the mean of them, or the budget is spent. A shard that
-        cannot give (one slot, or only slots too heavy to help) is passed over."""
+        """Weighted move among ``active`` shards, within the budget, in two steps: the most
+        loaded shards are first levelled down *together* (to the lowest level the budget
+        reaches, never below ``settle`` x the mean), each slot going to the least loaded shard;
+        then load moves pairwise from the most to the least loaded shard until every one is
+        within ``settle`` x the mean. Levelling first spends a short budget on every hot shard,
+        not all of it on the hottest."""
+        active = list(active)
+        if len(active) < 2:
+            return 0
+        return self._level(active, settle) + self._pairwise(active, settle)
+
+    def _level(self, active: list[int], settle: float) -> int:
+        loads = self.shard_loads()
+        counts = self.slot_counts()
+        mean = float(np.mean(loads[active]))
+        givers = [i for i in active if loads[i] > settle * mean and counts[i] > 1]
+        if mean <= _EPS or not givers:
+            return 0
+        level = self._reachable_level(givers, loads, counts, settle * mean)
+        takers = [(float(loads[j]), j) for j in active if loads[j] < mean]
+        heapq.heapify(takers)
+        moved = 0
+        for i in sorted(givers, key=lambda i: (-loads[i], i)):
+            own = self.slots_of(i)
+            for slot in self.pick(own, float(loads[i]) - level, len(own) - 1):
+                if not takers or takers[0][0] + self.load[slot] > mean + _EPS:
+                    return moved
+                load, j = heapq.heappop(takers)
+                moved += self.move(np.array([slot]), j)
+                heapq.heappush(takers, (load + float(self.load[slot]), j))
+        return moved
+
+    def _reachable_level(
+        self, givers: list[int], loads: np.ndarray, counts: np.ndarray, floor: float
+    ) -> float:
+        """The lowest level, not below ``floor``, to which the givers can all come down with
+        the budget (slots counted at each giver's mean slot load)."""
+        per_slot = {i: loads[i] / counts[i] for i in givers}
+
+        def slots(level: float) -> float:
+            return sum(max(0.0, loads[i] - level) / per_slot[i] for i in givers)
+
+        if slots(floor) <= self.budget:
+            return floor
+        lo, hi = floor, float(max(loads[i] for i in givers))
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if slots(mid) > self.budget else (lo, mid)
+        return hi
+
+    def _pairwise(self, active: list[int], settle: float) -> int:
         moved = 0
         stuck: set[int] = set()
-        active = list(active)
-        while self.budget > 0 and len(active) > 1:
+        while self.budget > 0:
             loads = self.shard_loads()
             mean = float(np.mean(loads[active]))
             givers = [i for i in active if i not in stuck]
@@ -172,13 +220,11 @@ class WorkingLayout:
                 break
             hot = max(givers, key=lambda i: (loads[i], -i))
             cold = min(active, key=lambda i: (loads[i], i))
-            if loads[hot] <= settle * mean and loads[cold] * settle >= mean:
+            if hot == cold or (loads[hot] <= settle * mean and loads[cold] * settle >= mean):
                 break
             amount = min(loads[hot] - mean, mean - loads[cold])
             own = self.slots_of(hot)
             chosen = self.pick(own, amount, len(own) - 1)
-            if hot == cold:
-                break
             if len(chosen) == 0:
                 stuck.add(hot)
                 continue

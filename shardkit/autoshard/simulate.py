@@ -228,7 +228,12 @@ class _Run:
         change = decision.change
         if change is None:
             return 0
-        outside = [s for s in change.added if s.region not in self.policy.regions]
+        jurisdiction = self.map.groups[self.policy.group].jurisdiction
+        outside = [
+            s
+            for s in change.added
+            if s.region not in self.policy.regions or self.map.regions.get(s.region) != jurisdiction
+        ]
         if outside:
             return len(outside)  # refused: residency is a hard constraint
         self.map = apply_layout(self.map, [change], ttl_s=86400, now=now)
