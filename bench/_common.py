@@ -42,14 +42,21 @@ TWO_REGIONS = ("eu-west-1", "eu-central-1")
 
 
 def parse_args(
-    doc: str | None, argv: Sequence[str] | None, quick_help: str, profile_help: str = ""
+    doc: str | None,
+    argv: Sequence[str] | None,
+    quick_help: str,
+    profile_help: str = "",
+    sections: Sequence[str] = (),
 ) -> argparse.Namespace:
-    """Every script's options: --quick (a smoke run) and, where it has one, --profile. The
-    description is the first paragraph of the script's docstring."""
+    """Every script's options: --quick (a smoke run), and where it has them --profile and
+    --only SECTION (run one section). The description is the first paragraph of the script's
+    docstring."""
     ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=quick_help)
     if profile_help:
         ap.add_argument("--profile", action="store_true", help=profile_help)
+    if sections:
+        ap.add_argument("--only", choices=sections, help="run this section alone")
     return ap.parse_args(argv)
 
 

@@ -15,6 +15,11 @@ Run from the repository root (with the project's venv active)::
    warm, 1 thread and 4 threads; the cold start (first invoke of a fresh worker) separately.
 3. Cold import of ``shardkit.proxy.handler`` with no cached bytecode at all, minus the
    interpreter's start-up measured the same way, and the top imports from ``-X importtime``.
+4. The autoshard load accumulator on the request path: ``LoadAccumulator.add`` per request
+   (uniform and skewed slots), against a no-op call with the same arguments and one dict
+   increment; and the once-per-window summary of 16,384 touched slots into a load record.
+
+``--only client|import|executor|accumulator`` runs one section.
 
 The last section lists the targets with PASS/MISS. See bench/README.md for what every column
 means. This is not part of the test suite and never fails on a MISS: it only reports.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -69,6 +75,7 @@ from botocore.stub import Stubber
 
 import shardkit
 from shardkit.local import server
+from shardkit.proxy.load import LoadAccumulator, encode_record, summarize
 from shardkit.routing import LambdaTransport, MockTransport, RoutingClient
 from shardkit.routing.project import client_for_project
 from shardkit.sharding.codec import encode_map
@@ -792,21 +799,121 @@ def bench_import(p: Params, rep: Report, tmp: Path) -> None:
     rep.command("importtime", f"{env_text} -X importtime -c 'import {PROXY_MODULE}'")
 
 
+# -- 4. load accumulator --------------------------------------------------------------------------
+
+
+def bench_accumulator(p: Params, rep: Report) -> None:
+    slot_bits = 14
+    n = p.batch * 10
+    rng = random.Random(11)
+    uniform = [rng.randrange(1 << slot_bits) for _ in range(n)]
+    # Zipf-like: a few slots take most requests (the dicts stay small, the common case of a
+    # shard that owns 1/N of the slots sees fewer distinct slots still)
+    skewed = [min(int(rng.paretovariate(1.1)) - 1, (1 << slot_bits) - 1) for _ in range(n)]
+    times = [1_700_000_000.0 + i * 1e-4 for i in range(n)]  # all in one 10 s window
+    ms = [20.0] * n
+
+    def run_add(slots: list[int]) -> Callable[[], None]:
+        def run() -> None:
+            acc = LoadAccumulator("bench", window_s=10.0)
+            add = acc.add
+            for slot, t, c in zip(slots, times, ms, strict=True):
+                add("eu-0", "eu", slot, c, t)
+
+        return run
+
+    def noop(shard: str, group: str, slot: int, compute_ms: float, now: float) -> None:
+        pass
+
+    def run_noop() -> None:
+        for slot, t, c in zip(uniform, times, ms, strict=True):
+            noop("eu-0", "eu", slot, c, t)
+
+    def run_dict() -> None:
+        d: dict[int, int] = {}
+        for slot in uniform:
+            d[slot] = d.get(slot, 0) + 1
+
+    cases = [
+        ("LoadAccumulator.add, uniform over 16,384 slots", run_add(uniform)),
+        ("LoadAccumulator.add, skewed (Pareto 1.1) slots", run_add(skewed)),
+        ("peer: a no-op function with the same 5 arguments", run_noop),
+        ("peer: one dict increment per request (d[s] = d.get(s, 0) + 1)", run_dict),
+    ]
+    samples: dict[str, list[float]] = {label: [] for label, _ in cases}
+    for _, fn in cases:
+        fn()
+    with no_gc():
+        for _ in range(p.repeats):
+            for label, fn in cases:
+                t0 = time.perf_counter_ns()
+                fn()
+                samples[label].append((time.perf_counter_ns() - t0) / n / 1000)
+    # the once-per-window cost: every slot of a 16,384-slot group touched, one record
+    counts = {
+        ("eu-0", "eu"): (
+            {s: 1 + s % 97 for s in range(1 << slot_bits)},
+            {s: 20.0 * (1 + s % 97) for s in range(1 << slot_bits)},
+        )
+    }
+    summary_ms = []
+    for _ in range(max(3, p.repeats // 3)):
+        t0 = time.perf_counter_ns()
+        record = summarize("bench", 0.0, 10.0, 1, counts, 32)
+        summary_ms.append((time.perf_counter_ns() - t0) / 1e6)
+    size = len(encode_record(record))
+    rows = [[label, f"{med(v):.3f}", f"{min(v):.3f}"] for label, v in samples.items()]
+    rows.append(
+        [
+            f"summarize 16,384 touched slots into one record ({size:,} bytes)",
+            f"{med(summary_ms) * 1000:,.0f}",
+            f"{min(summary_ms) * 1000:,.0f}",
+        ]
+    )
+    print_table(
+        f"4. Load accumulator on the request path ({p.repeats} repeats of {n:,} requests, "
+        "microseconds per request; the last row is per window)",
+        ["case", "median us", "min us"],
+        rows,
+        notes=[
+            "add(shard, group, slot, compute_ms, now): window check, two dict updates; the "
+            "caller passes the time it already read, so there is no clock call",
+            "the no-op row is the floor of any Python call with these arguments",
+            "summarize: once per window per instance, off the request path (a timer or the "
+            "first request of the next window)",
+        ],
+    )
+    add_us = med(samples[cases[0][0]])
+    rep.target("LoadAccumulator.add per request (uniform slots)", add_us, 1.0, ".3f", "us")
+    rep.command("load accumulator", "python bench/bench_proxy.py --only accumulator")
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__doc__, argv, "fewer repeats and requests (~2 min)")
+    args = parse_args(
+        __doc__,
+        argv,
+        "fewer repeats and requests (~2 min)",
+        sections=("client", "import", "executor", "accumulator"),
+    )
     p = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     header(p)
     rep = Report()
     tmp = Path(tempfile.mkdtemp(prefix="shardkit-bench-proxy-"))
     live: list[Path] = []  # projects whose local cloud may be up: always brought down
+    only = args.only
     try:
-        bench_client(p, rep)
-        bench_import(p, rep, tmp)
-        bench_executor(p, rep, tmp, live)
+        if only in (None, "client"):
+            bench_client(p, rep)
+        if only in (None, "accumulator"):
+            bench_accumulator(p, rep)
+        if only in (None, "import"):
+            bench_import(p, rep, tmp)
+        if only in (None, "executor"):
+            bench_executor(p, rep, tmp, live)
     finally:
         for project in live:
             subprocess.run(

@@ -152,3 +152,13 @@ def test_utilization_is_the_higher_of_the_two_targets() -> None:
     p = Policy(group="g", regions=("eu-west-1",), target_rps=100.0, target_compute_ms=1000.0)
     assert p.utilization(50.0, 2000.0) == 2.0
     assert p.utilization(300.0, 10.0) == 3.0
+
+
+def test_every_policy_field_is_documented() -> None:
+    from shardkit.config.models import AutoshardConfig
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    table = (docs / "config.md").read_text().split("## `[groups.NAME.autoshard]`")[1]
+    for name in AutoshardConfig.model_fields:
+        assert f"| `{name}` |" in table, name
+    assert (docs / "img" / "autoshard-square.png").is_file()  # the picture autoshard.md shows
