@@ -455,15 +455,14 @@ class _Round:
         """Balance the shards that can give or take: all but the draining ones and the shards
         whose single slot is a hot one (nothing can even those out)."""
         counts = self.w.slot_counts()
+        loads = self.w.shard_loads()
         active = [
             i
             for i in range(len(self.w.ids))
-            if i not in self.draining
-            and not (counts[i] == 1 and self.w.shard_loads()[i] >= self.p.hot_slot_share)
+            if i not in self.draining and not (counts[i] == 1 and loads[i] >= self.p.hot_slot_share)
         ]
         if len(active) < 2 or self.w.budget <= 0:
             return
-        loads = self.w.shard_loads()
         mean = float(np.mean(loads[active]))
         high, low = float(loads[active].max()), float(loads[active].min())
         above = self.p.rebalance_above

@@ -109,8 +109,8 @@ BAD = [
         "replicas = 1\nreplica = 2",
         [
             "groups.eu.replica: unknown field",
-            "allowed here: concurrency, failure_domain, jurisdiction, memory_mb, regions, replicas, shards, "
-            "timeout_s, weights",
+            "allowed here: autoshard, concurrency, failure_domain, jurisdiction, memory_mb, regions, "
+            "replicas, shards, timeout_s, weights",
         ],
     ),
     (
