@@ -876,8 +876,8 @@ def bench_accumulator(p: Params, rep: Report) -> None:
         ["case", "median us", "min us"],
         rows,
         notes=[
-            "add(shard, group, slot, compute_ms, now): window check, two dict updates; the "
-            "caller passes the time it already read, so there is no clock call",
+            "add(shard, group, slot, compute_ms, now): window check, one dict lookup, two list "
+            "increments; the caller passes the time it already read, so there is no clock call",
             "the no-op row is the floor of any Python call with these arguments",
             "summarize: once per window per instance, off the request path (a timer or the "
             "first request of the next window)",

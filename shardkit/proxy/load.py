@@ -1,7 +1,7 @@
 """Load signals of one proxy instance: a per-request accumulator and the record it emits.
 
 The hot path (:meth:`LoadAccumulator.add`) counts every request exactly, per shard and per slot:
-two dict updates, no allocation once a slot has been seen, no clock call (the caller passes the
+one dict lookup and two increments in flat per-slot arrays, no clock call (the caller passes the
 time it already read). Counting exactly is cheaper per request in Python than any sketch, and the
 summary is made once per window instead.
 
@@ -128,50 +128,61 @@ def _heaviest(values: Mapping[int, float], k: int) -> list[int]:
 class LoadAccumulator:
     """Counts one instance's requests per shard and slot, window by window.
 
-    ``add(shard, group, slot, compute_ms, now)`` on every request; closed windows come out of
-    :meth:`take` as records (or encoded, :meth:`take_encoded`). A request whose ``now`` lies in a
-    later window first closes the current one; a window with no request makes no record.
+    ``add(shard, group, slot, compute_ms, now)`` on every request (``slot`` in
+    ``0 .. 2**slot_bits - 1``, as :meth:`ShardMap.slot` gives it); closed windows come out of
+    :meth:`take` as records (or encoded, :meth:`take_encoded`). A request whose ``now`` lies in
+    a later window first closes the current one; a window with no request makes no record.
+    Each shard served gets two flat arrays of ``2**slot_bits`` counters, so a request is two
+    list increments - no hashing, no allocation.
     """
 
     __slots__ = (
         "_by_shard",
-        "_counts",
         "_end",
+        "_groups",
         "_start",
         "closed",
         "instance",
         "map_version",
+        "slots",
         "top_k",
         "window_s",
     )
 
     def __init__(
-        self, instance: str, *, window_s: float = 10.0, top_k: int = 32, map_version: int = 0
+        self,
+        instance: str,
+        *,
+        window_s: float = 10.0,
+        top_k: int = 32,
+        map_version: int = 0,
+        slot_bits: int = 14,
     ) -> None:
-        if not window_s > 0 or top_k < 1:
+        if not window_s > 0 or top_k < 1 or not 1 <= slot_bits <= 24:
             raise LoadRecordError(
-                f"window_s = {window_s!r} and top_k = {top_k!r}: both must be positive"
+                f"window_s = {window_s!r}, top_k = {top_k!r}, slot_bits = {slot_bits!r}: "
+                "window_s and top_k must be positive, slot_bits 1..24"
             )
         self.instance = instance
         self.window_s = float(window_s)
         self.top_k = top_k
         self.map_version = map_version
+        self.slots = 1 << slot_bits
         self.closed: list[LoadRecord] = []
-        self._counts: dict[tuple[str, str], tuple[dict[int, int], dict[int, float]]] = {}
-        self._by_shard: dict[str, tuple[dict[int, int], dict[int, float]]] = {}
+        self._by_shard: dict[str, tuple[list[int], list[float]]] = {}
+        self._groups: dict[str, str] = {}
         self._start = -math.inf
         self._end = -math.inf
 
     def add(self, shard: str, group: str, slot: int, compute_ms: float, now: float) -> None:
-        """Count one request (the hot path: see the module docstring)."""
+        """Count one request (the hot path: see the class docstring)."""
         if now >= self._end:
             self._roll(now)
         cell = self._by_shard.get(shard)
         if cell is None:
-            cell = self._by_shard[shard] = self._counts[shard, group] = ({}, {})
-        reqs, ms = cell
-        reqs[slot] = reqs.get(slot, 0) + 1
-        ms[slot] = ms.get(slot, 0.0) + compute_ms
+            cell = self._open(shard, group)
+        cell[0][slot] += 1
+        cell[1][slot] += compute_ms
 
     def flush(self, now: float) -> None:
         """Close the current window if ``now`` is past its end (call it from a timer, so an idle
@@ -187,20 +198,27 @@ class LoadAccumulator:
     def take_encoded(self) -> list[bytes]:
         return [encode_record(r) for r in self.take()]
 
+    def _open(self, shard: str, group: str) -> tuple[list[int], list[float]]:
+        self._groups[shard] = group
+        cell = self._by_shard[shard] = ([0] * self.slots, [0.0] * self.slots)
+        return cell
+
     def _roll(self, now: float) -> None:
-        if self._counts:
+        if self._by_shard:
+            counts = {}
+            for shard, (reqs, ms) in self._by_shard.items():
+                touched = [i for i, n in enumerate(reqs) if n]
+                counts[shard, self._groups[shard]] = (
+                    {i: reqs[i] for i in touched},
+                    {i: ms[i] for i in touched},
+                )
             self.closed.append(
                 summarize(
-                    self.instance,
-                    self._start,
-                    self.window_s,
-                    self.map_version,
-                    self._counts,
-                    self.top_k,
+                    self.instance, self._start, self.window_s, self.map_version, counts, self.top_k
                 )
             )
-        self._counts = {}
         self._by_shard = {}
+        self._groups = {}
         self._start = math.floor(now / self.window_s) * self.window_s
         self._end = self._start + self.window_s
 
