@@ -236,10 +236,11 @@ def _print(result: SimResult, every: int, drawn: Path | None) -> None:
         f"{s['moved_share_max']:.1%} of the group in one); splits {s['splits']}, merges "
         f"{s['merges']}, flaps {s['flaps']}; cold starts {s['cold_starts']}; cost "
         f"${s['cost_usd']:.2f}; requests over capacity {s['over_capacity']:.2%}; residency "
-        f"violations {s['violations']}"
+        f"violations {s['violations']}",
+        soft_wrap=True,
     )
     if drawn:
-        console.print(f"picture: {drawn}")
+        console.print(f"picture: {drawn}", soft_wrap=True)
 
 
 def _clock(t: float) -> str:
