@@ -15,8 +15,8 @@ from .._files import write_bytes_atomic
 from ..blueprint import available, load_definition
 from ..blueprint.cloudformation import blueprint_for_render, render
 from ..config import Project, load_project
+from ..config.build import build_map
 from ..deploy.package import build_package
-from ..sharding.build import build_map
 from ..sharding.shardmap import ShardMap
 from .output import console, emit_json, json_option, open_map
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .._files import write_bytes_atomic
 from ..config import Project, load_project
-from ..sharding.build import build_signed
+from ..config.build import build_signed
 from ..sharding.diff import MapDiff, diff_maps, slot_ranges
 from ..sharding.shardmap import ShardMap
 from .output import (

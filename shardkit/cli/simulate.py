@@ -15,8 +15,8 @@ from ..autoshard.policy import Policy, policy_for
 from ..autoshard.simulate import SimResult, simulate
 from ..autoshard.workload import PRESETS, TRACE_FORMATS, Workload, parse_workload, read_trace
 from ..config import Project, load_project
+from ..config.build import build_map
 from ..errors import WorkloadError
-from ..sharding.build import build_map
 from ..sharding.shardmap import ShardMap
 from .output import console, emit_json, json_option, newest_map, open_map
 

@@ -19,10 +19,10 @@ from .._files import write_bytes_atomic
 from ..aws.facade import Aws
 from ..blueprint.definition import DEFAULT_BLUEPRINT, CodeArtifact, expand, load_definition
 from ..blueprint.model import Blueprint
+from ..config.build import build_map, rebase_map, same_routing, signing_key_for
 from ..config.loader import Project
 from ..errors import DeployError, MapError, PlanFileError
 from ..keys import format_trusted_keys, load_trusted_keys
-from ..sharding.build import build_map, rebase_map, same_routing, signing_key_for
 from ..sharding.codec import decode_map, encode_map
 from ..sharding.shardmap import ShardMap
 from .executor import ApplyResult, Executor, Progress

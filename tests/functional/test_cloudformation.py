@@ -29,8 +29,8 @@ from shardkit.blueprint.model import Blueprint
 from shardkit.cli import maps
 from shardkit.cli.blueprint import group
 from shardkit.config import Project, ProjectConfig, load_project
+from shardkit.config.build import build_map
 from shardkit.errors import ConfigError, ShardkitError
-from shardkit.sharding.build import build_map
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECTS = {

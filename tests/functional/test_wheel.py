@@ -25,7 +25,7 @@ import shardkit
 from shardkit.blueprint import CodeArtifact, available, load_definition
 from shardkit.blueprint.cloudformation import blueprint_for_render, render
 from shardkit.config import Project, ProjectConfig
-from shardkit.sharding.build import build_map
+from shardkit.config.build import build_map
 
 config = ProjectConfig.model_validate({
     "project": {"name": "wheel"},

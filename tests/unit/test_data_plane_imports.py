@@ -22,7 +22,7 @@ _SCRIPT = textwrap.dedent("""
     routed = [m.route(k).id for k in args["keys"]]
     prefs = [s.id for s in m.preference_list(args["keys"][0])]
     loaded = sorted(n for n in sys.modules if n.split(".")[0] in args["heavy"]
-                    or n.startswith(("shardkit.config", "shardkit.sharding.build")))
+                    or n.startswith("shardkit.config"))
     batch = [s.id for s in m.route_many(args["keys"])]  # the batch path may load numpy
     print(json.dumps({"routed": routed, "prefs": prefs, "loaded": loaded, "batch": batch,
                       "numpy_after_batch": "numpy" in sys.modules}))

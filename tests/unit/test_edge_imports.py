@@ -77,7 +77,6 @@ def test_import_and_serving_load_only_the_stdlib_msgpack_and_the_hashing_extensi
         if m.startswith(
             (
                 "shardkit.config",
-                "shardkit.sharding.build",
                 "shardkit.aws",
                 "shardkit.deploy",
                 "shardkit.cli",

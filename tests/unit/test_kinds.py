@@ -32,9 +32,9 @@ from shardkit.aws.facade import is_mutating
 from shardkit.blueprint import Blueprint, CodeArtifact, expand, load_definition
 from shardkit.blueprint.cloudformation import logical_ids, render
 from shardkit.cli.blueprint import group
+from shardkit.config.build import build_map
 from shardkit.errors import ConfigError
 from shardkit.kinds._registry import apply_order
-from shardkit.sharding.build import build_map
 
 CLASSES = kinds.discover()  # imports the kind modules; checks nothing (the tests below do)
 NAMES = sorted(str(getattr(c, "name", c.__name__)) for c in CLASSES)

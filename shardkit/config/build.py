@@ -3,20 +3,23 @@
 The previous map is what makes a build safe: it gives shard positions (so jump hash's baseline is
 stable), the slot table (so only the slots that must move, move), the epochs (bumped for every
 shard whose slot set changes) and the version (the new one is always one higher).
+
+Control plane: it reads the validated configuration (pydantic) and the signing keys, and calls
+the pure planner of :mod:`shardkit.sharding`. The data plane only decodes what it signs.
 """
 
 from __future__ import annotations
 
 import time
 
-from ..config.loader import Project
-from ..config.models import GroupConfig, ProjectConfig
 from ..errors import PlanningError
 from ..keys import SigningKey, create_key, load_signing_key
-from .codec import encode_map
-from .layout import set_epochs
-from .planner import ShardSpec, plan_group
-from .shardmap import Group, Shard, ShardMap
+from ..sharding.codec import encode_map
+from ..sharding.layout import set_epochs
+from ..sharding.planner import ShardSpec, plan_group
+from ..sharding.shardmap import Group, Shard, ShardMap
+from .loader import Project
+from .models import GroupConfig, ProjectConfig
 
 __all__ = ["build_map", "build_signed", "rebase_map", "same_routing", "signing_key_for"]
 
@@ -120,7 +123,7 @@ def rebase_map(
 ) -> ShardMap:
     """``content``'s routing as a new version after ``current``: how a rollback is published.
 
-    Maps only move forward (DESIGN.md §4.5), so returning to old routing means publishing the old
+    Maps only move forward (docs/architecture.md §4.5), so returning to old routing means publishing the old
     tables under a higher version, with epochs bumped for every shard whose slots change back.
     """
     created = int(time.time() if now is None else now)
