@@ -74,10 +74,10 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 import shardkit
+from shardkit.deploy.client import client_for_project
 from shardkit.local import server
 from shardkit.proxy.load import LoadAccumulator, encode_record, summarize
 from shardkit.routing import LambdaTransport, MockTransport, RoutingClient
-from shardkit.routing.project import client_for_project
 from shardkit.sharding.codec import encode_map
 from shardkit.sharding.holder import MapHolder
 
@@ -641,7 +641,7 @@ def bench_executor(p: Params, rep: Report, tmp: Path, live: list[Path]) -> None:
     rep.command(
         "executor latency",
         "in-process: boto3 client from shardkit.local.server."
-        "session() on the gateway, and shardkit.routing.project.client_for_project(DIR)",
+        "session() on the gateway, and shardkit.deploy.client.client_for_project(DIR)",
     )
 
 

@@ -107,7 +107,7 @@ _WHERE = {
     "RetryPolicy": "routing.client",
     "RoutingClient": "routing.client",
     "build_signed": "config.build",
-    "client_for_project": "routing.project",
+    "client_for_project": "deploy.client",
 }
 
 
@@ -127,6 +127,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .config import Project, ProjectConfig, load_config, load_project
     from .config.build import build_map, build_signed
+    from .deploy.client import client_for_project
     from .deploy.engine import Deployer
     from .deploy.plan import Plan
     from .errors import (
@@ -151,7 +152,6 @@ if TYPE_CHECKING:
     )
     from .keys import SigningKey, create_key, load_signing_key, load_trusted_keys
     from .routing.client import Result, RetryPolicy, RoutingClient
-    from .routing.project import client_for_project
     from .sharding.codec import decode_map, encode_map
     from .sharding.diff import MapDiff, SlotMove, diff_maps
     from .sharding.hashing import hash_key, stateless_shard

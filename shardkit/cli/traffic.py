@@ -21,9 +21,9 @@ from typing import Any
 import click
 from rich.table import Table
 
+from ..deploy.client import client_for_project
 from ..errors import ShardkitError
 from ..routing.client import Result, RoutingClient
-from ..routing.project import client_for_project
 from .deploy import local_option
 from .output import console, emit_json, json_option
 

@@ -34,10 +34,10 @@ import pytest
 from botocore.config import Config
 
 import shardkit
+from shardkit.deploy.client import client_for_project
 from shardkit.errors import ShardkitError
 from shardkit.local import server
 from shardkit.routing import InferenceError, Result, RetryPolicy
-from shardkit.routing.project import client_for_project
 
 pytestmark = pytest.mark.integration
 

@@ -5,6 +5,9 @@ functions, URLs and registry buckets of the project's target) and returns a clie
 signed map from the registry, trusts the project's public keys and invokes the shard functions:
 on AWS through the Lambda API or the Function URLs, on the local cloud through its gateway, which
 runs them in the local executor.
+
+Control plane: it reads the project's configuration and deploy records; the client it returns
+is the data plane's :class:`~shardkit.routing.client.RoutingClient`.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config.loader import load_project
-from ..deploy.state import StateStore
 from ..errors import DeployError
 from ..keys import load_trusted_keys
+from ..routing.client import RetryPolicy, RoutingClient
+from ..routing.transports import FunctionUrlTransport, LambdaTransport, Transport
 from ..sharding.holder import MapHolder
 from ..sharding.shardmap import Shard
-from .client import RetryPolicy, RoutingClient
-from .transports import FunctionUrlTransport, LambdaTransport, Transport
+from .state import StateStore
 
 __all__ = ["client_for_project"]
 
@@ -35,7 +38,7 @@ def client_for_project(
     hedge_after_s: float | None = None,
 ) -> RoutingClient:
     """A :class:`RoutingClient` for the deployed project. ``transport``: "invoke" or "url"."""
-    from ..deploy.targets import target_name
+    from .targets import target_name
 
     project = load_project(project_dir)
     target = target_name(project, local)
