@@ -1,5 +1,7 @@
-"""The data plane stays light (DESIGN.md §3): decoding a map and routing a key must not import
-pydantic, boto3/botocore or numpy. Checked in a fresh interpreter, where nothing is loaded yet."""
+"""The data plane stays light (docs/architecture.md §3): decoding a map and routing a key must not
+import pydantic, boto3/botocore or numpy, and no data-plane module loads the control plane when
+imported. Checked in a fresh interpreter, where nothing is loaded yet. (``test_planes`` reads
+every import statement, lazy ones included; this measures what really gets loaded.)"""
 
 from __future__ import annotations
 
@@ -7,10 +9,28 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
+
+from test_planes import CONTROL_PLANE, DATA_PLANE  # one list of the planes
 
 import shardkit
 
 HEAVY = ("pydantic", "boto3", "botocore", "numpy")
+
+
+def in_fresh_python(script: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter with ``args`` (and the module lists) on stdin."""
+    args = {**args, "heavy": HEAVY, "control": CONTROL_PLANE}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
@@ -22,7 +42,7 @@ _SCRIPT = textwrap.dedent("""
     routed = [m.route(k).id for k in args["keys"]]
     prefs = [s.id for s in m.preference_list(args["keys"][0])]
     loaded = sorted(n for n in sys.modules if n.split(".")[0] in args["heavy"]
-                    or n.startswith("shardkit.config"))
+                    or n.startswith(tuple(args["control"])))
     batch = [s.id for s in m.route_many(args["keys"])]  # the batch path may load numpy
     print(json.dumps({"routed": routed, "prefs": prefs, "loaded": loaded, "batch": batch,
                       "numpy_after_batch": "numpy" in sys.modules}))
@@ -33,23 +53,14 @@ def test_decode_and_route_import_no_heavy_modules(quickstart_map, signing_key, t
     path = tmp_path / "map.skm"
     path.write_bytes(shardkit.encode_map(quickstart_map, signing_key.key_id, signing_key.sign))
     keys = ["alice", "eu:bob", "user-42"]
-    args = {
+    args: dict[str, Any] = {
         "path": str(path),
         "key_id": signing_key.key_id,
         "public": signing_key.public_bytes.hex(),
         "now": quickstart_map.created_at,
         "keys": keys,
-        "heavy": HEAVY,
     }
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        input=json.dumps(args),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = in_fresh_python(_SCRIPT, args)
     expected = [quickstart_map.route(k).id for k in keys]
     assert out["routed"] == expected == ["us-3", "eu-0", "us-0"]
     assert out["prefs"] == [s.id for s in quickstart_map.preference_list("alice")]
@@ -57,3 +68,34 @@ def test_decode_and_route_import_no_heavy_modules(quickstart_map, signing_key, t
     # The check can see a heavy module: the batch path does import numpy, lazily.
     assert out["batch"] == expected
     assert out["numpy_after_batch"] is True
+
+
+_IMPORT_ALL = textwrap.dedent("""
+    import importlib, json, pkgutil, sys
+    args = json.loads(sys.stdin.read())
+    names = []
+    for top in args["packages"]:
+        module = importlib.import_module(top)
+        names.append(top)
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), top + "."):
+            importlib.import_module(info.name)
+            names.append(info.name)
+    loaded = sorted(n for n in sys.modules if n.split(".")[0] in args["heavy"]
+                    or n.startswith(tuple(args["control"])))
+    print(json.dumps({"imported": names, "loaded": loaded}))
+""")
+
+
+def _import_all(packages: list[str]) -> dict[str, Any]:
+    return in_fresh_python(_IMPORT_ALL, {"packages": packages})
+
+
+def test_importing_every_data_plane_module_loads_no_control_plane_and_nothing_heavy() -> None:
+    out = _import_all(list(DATA_PLANE))
+    assert {"shardkit.proxy.handler", "shardkit.routing.transports"} <= set(out["imported"])
+    assert out["loaded"] == []
+
+
+def test_the_import_probe_sees_the_control_plane() -> None:
+    # The positive control: importing a control-plane package is seen.
+    assert "shardkit.config" in _import_all(["shardkit.config"])["loaded"]

@@ -1,15 +1,14 @@
-"""The edge runtime's import path stays compact (DESIGN.md §3): the stdlib, msgpack and the hashing
-extension (xxhash, jump) only - no pydantic, boto3/botocore or numpy. Checked in a fresh
-interpreter, both for the bare import and for serving requests (which also loads the routing
-client and, at the first map verification, cryptography)."""
+"""The edge runtime's import path stays compact (docs/architecture.md §3): the stdlib, msgpack
+and the hashing extension (xxhash, jump) only - no pydantic, boto3/botocore or numpy. Checked in
+a fresh interpreter, both for the bare import and for serving requests (which also loads the
+routing client and, at the first map verification, cryptography)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 from typing import Any
+
+from test_data_plane_imports import in_fresh_python
 
 import shardkit
 
@@ -51,15 +50,7 @@ _PROBE = textwrap.dedent("""
 
 def _probe(path: str, key: Any, now: int) -> dict[str, Any]:
     args = {"path": path, "key_id": key.key_id, "public": key.public_bytes.hex(), "now": now}
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE],
-        input=json.dumps(args),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+    return in_fresh_python(_PROBE, args)
 
 
 def test_import_and_serving_load_only_the_stdlib_msgpack_and_the_hashing_extension(
