@@ -62,6 +62,7 @@ from shardkit.edge import (
     EdgeRuntime,
     Location,
 )
+from shardkit.protocol import Answer, Request
 from shardkit.routing import MockTransport, RoutingClient
 from shardkit.sharding.codec import decode_map, encode_map, peek_envelope
 from shardkit.sharding.holder import MapHolder
@@ -261,14 +262,7 @@ def bench_requests(p: Params, rep: Report, key: Any) -> dict[str, Any]:
     holder.offer(encode_map(m, key.key_id, key.sign))
 
     def shard_fn(shard: Any, request: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "status": 200,
-            "answer": ANSWER,
-            "shard": shard.id,
-            "epoch": shard.epoch,
-            "map_version": 1,
-            "seq": 0,
-        }
+        return Answer(ANSWER, shard.id, shard.epoch, 1, 0).to_wire()
 
     transport = MockTransport(shard_fn)
     keys = [f"user:{i}" for i in range(p.keys)]
@@ -285,10 +279,7 @@ def bench_requests(p: Params, rep: Report, key: Any) -> dict[str, Any]:
     miss = runtime(rules=cache_all, cache=EdgeCache(max_entries=4 * p.keys))
     for k in keys:
         hit.infer(k, READ)
-    requests = {
-        k: (m.route(k), {"key": k, "payload": READ, "map_version": 1, "request_id": "0" * 32})
-        for k in keys
-    }
+    requests = {k: (m.route(k), Request(k, READ, 1, request_id="0" * 32).to_wire()) for k in keys}
     model, req = Claims(), EdgeRequest("user:1", READ)
     counter = iter(range(10**9))
 

@@ -76,6 +76,7 @@ from botocore.stub import Stubber
 import shardkit
 from shardkit.deploy.client import client_for_project
 from shardkit.local import server
+from shardkit.protocol import Answer
 from shardkit.proxy.load import LoadAccumulator, encode_record, summarize
 from shardkit.routing import LambdaTransport, MockTransport, RoutingClient
 from shardkit.sharding.codec import encode_map
@@ -87,8 +88,7 @@ NOWHERE = "http://127.0.0.1:9"  # never contacted: the canned responses stop eve
 PROXY_MODULE = "shardkit.proxy.handler"
 # The handler's own data-plane imports without Powertools: what is left if Powertools went lazy.
 NO_POWERTOOLS = (
-    "shardkit.proxy.protocol, shardkit.proxy.state, shardkit.sharding.holder, "
-    "shardkit.sharding.hashing"
+    "shardkit.protocol, shardkit.proxy.state, shardkit.sharding.holder, shardkit.sharding.hashing"
 )
 
 
@@ -148,18 +148,8 @@ def quickstart_holder() -> MapHolder:
 
 def canned_replies(holder: MapHolder) -> dict[str, dict[str, Any]]:
     m = holder.require()
-    return {
-        s.id: {
-            "status": 200,
-            "answer": {"next": "key", "confidence": 0.5, "source": "prior", "count": 1},
-            "shard": s.id,
-            "epoch": s.epoch,
-            "map_version": m.version,
-            "seq": 1,
-            "replayed": False,
-        }
-        for s in m.shards
-    }
+    answer = {"next": "key", "confidence": 0.5, "source": "prior", "count": 1}
+    return {s.id: Answer(answer, s.id, s.epoch, m.version, 1).to_wire() for s in m.shards}
 
 
 def function_name(shard: Any) -> str:

@@ -24,6 +24,7 @@ __all__ = ["DATA_PLANE", "Package", "build_package"]
 DATA_PLANE = (
     "shardkit/__init__.py",
     "shardkit/errors.py",
+    "shardkit/protocol.py",
     "shardkit/py.typed",
     "shardkit/sharding/__init__.py",
     "shardkit/sharding/hashing.py",

@@ -1,6 +1,6 @@
 """The Lambda handler of the stateful inference proxy: one per shard.
 
-Per request (DESIGN.md §4.3-4.4):
+Per request (docs/architecture.md §4.3-4.4):
 
 1. parse the event (direct invoke or Function URL, msgpack or JSON);
 2. route the key with the current signed map; if this shard does not own it - at the caller's
@@ -32,17 +32,21 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MapError, ResidencyError
-from ..sharding.hashing import hash_key
-from ..sharding.holder import MapHolder, parse_trusted_keys
-from .protocol import (
+from ..protocol import (
     MAX_PAYLOAD,
+    Answer,
+    Encoding,
     ProxyError,
+    Redirect,
+    Reply,
     Request,
     decode_event,
     encode_reply,
-    error_request,
+    error_encoding,
     reply_size,
 )
+from ..sharding.hashing import hash_key
+from ..sharding.holder import MapHolder, parse_trusted_keys
 from .state import Conflict, Fenced, StateStore, StateTooLarge
 
 __all__ = ["Proxy", "handler"]
@@ -99,54 +103,48 @@ class Proxy:
 
     def handle(self, event: Any) -> Any:
         started = self.clock()
-        request = None
+        encoding: Encoding | None = None
         _powertools().logger.remove_keys(
             ["key_hash", "map_version"]
         )  # a warm logger still has the last key's
+        reply: Reply
         try:
-            request = decode_event(event)
-            reply = self._serve(request)
+            request, encoding = decode_event(event)
+            reply = self._serve(request, encoding)
         except ProxyError as exc:
             reply = exc.reply()
         except Exception as exc:  # e.g. DynamoDB unreachable: a clean error, nothing half-written
             _powertools().logger.exception("request failed")
-            reply = ProxyError(503, "unavailable", f"{type(exc).__name__}: {exc}").reply()
+            reply = ProxyError("unavailable", f"{type(exc).__name__}: {exc}").reply()
         latency_ms = (self.clock() - started) * 1000
         _record_metrics(reply, latency_ms)
-        return encode_reply(reply, request or error_request(event))
+        return encode_reply(reply, encoding or error_encoding(event))
 
-    def _serve(self, request: Request) -> dict[str, Any]:
+    def _serve(self, request: Request, encoding: Encoding) -> Reply:
         shard_map = self._map(request.map_version)
         try:
             owner = shard_map.route(request.key, request.jurisdiction)
         except ResidencyError as exc:
-            raise ProxyError(422, "residency", exc.message) from None
+            raise ProxyError("residency", exc.message) from None
         _powertools().logger.append_keys(
             key_hash=f"{hash_key(request.key):016x}", map_version=shard_map.version
         )
         if owner.id != self.shard:
             if request.failover and self._is_replica(shard_map, request):
                 return self._degraded(request, shard_map.version)
-            return {
-                "status": 421,
-                "error": "moved",
-                "owner": owner.id,
-                "map_version": shard_map.version,
-            }
-        return self._run(request, owner.epoch, shard_map.version)
+            return Redirect(owner.id, shard_map.version)
+        return self._run(request, encoding, owner.epoch, shard_map.version)
 
     def _is_replica(self, shard_map: Any, request: Request) -> bool:
         """Failover is allowed only to a shard of the key's own preference list (jurisdiction)."""
         order = shard_map.preference_list(request.key, jurisdiction=request.jurisdiction)
         return any(s.id == self.shard for s in order)
 
-    def _degraded(self, request: Request, version: int) -> dict[str, Any]:
+    def _degraded(self, request: Request, version: int) -> Answer:
         """The owner is unreachable: answer without the key's state and write nothing, so no
         acknowledged write can be lost or forked."""
         answer, _ = self._infer(request, None)
-        reply = self._answer(answer, 0, 0, version)
-        reply["degraded"] = True
-        return reply
+        return Answer(answer, self.shard, 0, version, 0, degraded=True)
 
     def _map(self, wanted: int) -> Any:
         try:
@@ -154,20 +152,19 @@ class Proxy:
                 self.holder.refresh()  # the caller knows a newer map: so should we
             return self.holder.require()
         except MapError as exc:
-            raise ProxyError(503, "no_map", exc.message) from None
+            raise ProxyError("no_map", exc.message) from None
 
-    def _run(self, request: Request, epoch: int, version: int) -> dict[str, Any]:
+    def _run(self, request: Request, encoding: Encoding, epoch: int, version: int) -> Reply:
         for _ in range(_WRITE_ATTEMPTS):
             state = self.store.load(request.key)
             if request.request_id is not None and request.request_id in state.applied:
-                return self._answer(
-                    state.applied[request.request_id], state.seq, epoch, version, replayed=True
-                )
+                recorded = state.applied[request.request_id]
+                return Answer(recorded, self.shard, epoch, version, state.seq, replayed=True)
             answer, new_state = self._infer(request, state.value)
-            reply = self._answer(answer, state.seq + (new_state is not None), epoch, version)
-            if reply_size(reply, request) > MAX_PAYLOAD:
+            seq = state.seq + (new_state is not None)
+            reply = Answer(answer, self.shard, epoch, version, seq)
+            if reply_size(reply, encoding) > MAX_PAYLOAD:
                 raise ProxyError(
-                    413,
                     "answer_too_large",
                     f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written",
                 )
@@ -184,26 +181,21 @@ class Proxy:
             except Conflict:
                 continue  # someone else wrote this key first: re-read and run again
             except Fenced:
-                return self._after_fence(request, epoch)
+                return self._after_fence(request, encoding, epoch)
             except StateTooLarge as exc:
-                raise ProxyError(413, "state_too_large", f"{exc}; nothing was written") from None
-        raise ProxyError(503, "contended", "the key was written concurrently too often; retry")
+                raise ProxyError("state_too_large", f"{exc}; nothing was written") from None
+        raise ProxyError("contended", "the key was written concurrently too often; retry")
 
-    def _after_fence(self, request: Request, epoch: int) -> dict[str, Any]:
+    def _after_fence(self, request: Request, encoding: Encoding, epoch: int) -> Reply:
         """Our epoch was fenced: a newer map moved slots. Redirect if the key moved away."""
         self.holder.refresh()
         shard_map = self.holder.require()
         owner = shard_map.route(request.key, request.jurisdiction)
         if owner.id != self.shard:
-            return {
-                "status": 421,
-                "error": "moved",
-                "owner": owner.id,
-                "map_version": shard_map.version,
-            }
+            return Redirect(owner.id, shard_map.version)
         if owner.epoch != epoch:
-            return self._run(request, owner.epoch, shard_map.version)
-        raise ProxyError(503, "resharding", "the shard's epoch is changing; retry shortly")
+            return self._run(request, encoding, owner.epoch, shard_map.version)
+        raise ProxyError("resharding", "the shard's epoch is changing; retry shortly")
 
     def _infer(self, request: Request, state: Any) -> tuple[Any, Any]:
         try:
@@ -213,30 +205,17 @@ class Proxy:
             raise
         except Exception as exc:  # the user's code: any failure is a clean 500, nothing written
             _powertools().logger.exception("inference handler failed")
-            raise ProxyError(500, "handler_error", f"{type(exc).__name__}: {exc}") from None
+            raise ProxyError("handler_error", f"{type(exc).__name__}: {exc}") from None
         return answer, new_state
 
-    def _answer(
-        self, answer: Any, seq: int, epoch: int, version: int, *, replayed: bool = False
-    ) -> dict[str, Any]:
-        return {
-            "status": 200,
-            "answer": answer,
-            "shard": self.shard,
-            "epoch": epoch,
-            "map_version": version,
-            "seq": seq,
-            "replayed": replayed,
-        }
 
-
-def _record_metrics(reply: dict[str, Any], latency_ms: float) -> None:
+def _record_metrics(reply: Reply, latency_ms: float) -> None:
     metrics = _powertools().metrics
     metrics.add_metric(name="requests", unit="Count", value=1)
     metrics.add_metric(name="latency", unit="Milliseconds", value=latency_ms)
-    if reply["status"] >= 500:
+    if reply.status >= 500:
         metrics.add_metric(name="errors", unit="Count", value=1)
-    elif reply["status"] == 421:
+    elif isinstance(reply, Redirect):
         metrics.add_metric(name="redirects", unit="Count", value=1)
 
 
@@ -282,7 +261,7 @@ def load_infer(spec: str) -> InferFn:
         problem = f"{type(exc).__name__}: {exc}"
 
         def missing(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
-            raise ProxyError(500, "no_handler", f"SHARDKIT_HANDLER={spec!r}: {problem}")
+            raise ProxyError("no_handler", f"SHARDKIT_HANDLER={spec!r}: {problem}")
 
         return missing
     return fn

@@ -8,17 +8,19 @@
 
 A transport raises :class:`TransportError` for anything that did not produce a proxy reply
 (connection refused, timeout, throttling, a function error); the client decides about retries.
+Requests and replies travel in their wire form (:mod:`shardkit.protocol`): the client encodes
+the request and decodes the reply, strictly; a transport only carries them.
 boto3 and botocore are imported only by the transports that need them, when first used.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..protocol import JSON, MSGPACK, THROTTLED, decode_body, encode_body, is_transient
 from ..sharding.shardmap import Shard
 
 __all__ = [
@@ -44,20 +46,22 @@ class Transport(ABC):
     """How requests reach shards: one method, ``send``."""
 
     @abstractmethod
-    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """The proxy's reply to ``request``, or :class:`TransportError` if there is none."""
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> Any:
+        """The proxy's reply to ``request`` as received (wire form, decoded by the client), or
+        :class:`TransportError` if there is none."""
 
     def close(self) -> None:  # noqa: B027 - optional: most transports hold nothing to release
         """Release connections."""
 
 
 class MockTransport(Transport):
-    """``fn(shard, request) -> reply``: offline by construction."""
+    """``fn(shard, request) -> reply``, both in wire form (build replies with the constructors
+    of :mod:`shardkit.protocol`): offline by construction."""
 
-    def __init__(self, fn: Callable[[Shard, dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, fn: Callable[[Shard, dict[str, Any]], Any]) -> None:
         self.fn = fn
 
-    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> Any:
         return self.fn(shard, request)
 
 
@@ -99,14 +103,14 @@ class LambdaTransport(Transport):
             "lambda", region_name=region, endpoint_url=self._endpoint, config=config
         )
 
-    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             out = self._client(shard.region).invoke(
                 FunctionName=self.function_for(shard),
                 Qualifier=self.qualifier,
-                Payload=json.dumps(request).encode(),
+                Payload=encode_body(request, JSON),
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -127,8 +131,8 @@ class LambdaTransport(Transport):
         if out.get("FunctionError"):
             raise TransportError(f"{shard.id} failed: {body[:300]!r}", retryable=True)
         try:
-            return json.loads(body)
-        except json.JSONDecodeError:
+            return decode_body(body, JSON)
+        except ValueError:
             raise TransportError(f"{shard.id} answered non-JSON: {body[:200]!r}") from None
 
 
@@ -142,29 +146,27 @@ class FunctionUrlTransport(Transport):
         self.urls = urls
         self._credentials = credentials
 
-    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> Any:
         import urllib.error
         import urllib.request
-
-        import msgpack
 
         url = self.urls.get(shard.id)
         if url is None:
             raise TransportError(f"no Function URL known for shard {shard.id}", retryable=False)
-        body = msgpack.packb(request, use_bin_type=True)
+        body = encode_body(request, MSGPACK)
         headers = self._sign(url, body, shard.region)
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return msgpack.unpackb(resp.read(), raw=False)
+                return _msgpack_reply(shard, resp.read())
         except urllib.error.HTTPError as exc:
             data = exc.read()
-            if exc.headers.get("content-type", "").startswith("application/msgpack"):
-                return msgpack.unpackb(data, raw=False)
+            if exc.headers.get("content-type", "").startswith(MSGPACK):
+                return _msgpack_reply(shard, data)  # the proxy's error reply, as HTTP status
             raise TransportError(
                 f"{shard.id}: HTTP {exc.code}",
-                retryable=exc.code in (429, 502, 503, 504),
-                throttled=exc.code == 429,
+                retryable=is_transient(exc.code),
+                throttled=exc.code == THROTTLED,
             ) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise TransportError(f"{shard.id}: {exc}") from None
@@ -178,8 +180,15 @@ class FunctionUrlTransport(Transport):
             import boto3
 
             credentials = self._credentials = boto3.Session().get_credentials()
-        headers = {"content-type": "application/msgpack", "accept": "application/msgpack"}
+        headers = {"content-type": MSGPACK, "accept": MSGPACK}
         request = AWSRequest(method="POST", url=url, data=body, headers=headers)
         if credentials is not None:
             SigV4Auth(credentials, "lambda", region).add_auth(request)
         return dict(request.headers.items())
+
+
+def _msgpack_reply(shard: Shard, data: bytes) -> Any:
+    try:
+        return decode_body(data, MSGPACK)
+    except ValueError as exc:
+        raise TransportError(f"{shard.id} answered {exc}") from None

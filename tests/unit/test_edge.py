@@ -31,6 +31,7 @@ from shardkit.edge import (
     Location,
     payload_field,
 )
+from shardkit.protocol import Answer, ErrorReply
 from shardkit.routing import MockTransport, RetryPolicy, RoutingClient, TransportError
 from shardkit.sharding.holder import MapHolder
 
@@ -71,14 +72,7 @@ class Fleet:
         owner = self.map.route(request["key"], request.get("jurisdiction"))
         answer = {"key": request["key"], "payload": request["payload"], "gen": self.generation}
         epoch = owner.epoch + self.epoch_skew if owner.id == shard.id else 0
-        return {
-            "status": 200,
-            "answer": answer,
-            "shard": shard.id,
-            "epoch": epoch,
-            "map_version": self.map.version,
-            "seq": 0,
-        }
+        return Answer(answer, shard.id, epoch, self.map.version, 0).to_wire()
 
     def calls_for(self, key: str) -> int:
         return sum(k == key for _, k in self.calls)
@@ -291,11 +285,7 @@ def test_stale_if_error_covers_shard_failures_not_bad_requests(
     edge, _ = edge_for(quickstart_map, rules=rules)
     edge.infer("alice", READ)
     clock.t += 20
-    edge.client.transport.fn = lambda shard, request: {
-        "status": status,
-        "error": "x",
-        "message": "failed",
-    }
+    edge.client.transport.fn = lambda shard, request: ErrorReply(status, "x", "failed").to_wire()
     if stale:
         assert edge.infer("alice", READ).cache == "stale"
     else:

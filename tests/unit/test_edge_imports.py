@@ -30,12 +30,12 @@ _PROBE = textwrap.dedent("""
     on_import_shardkit = sorted(m for m in sys.modules if m.startswith("shardkit."))
 
     from shardkit.edge import CachePolicy, CacheRules, EdgeRuntime
+    from shardkit.protocol import Answer
     from shardkit.routing.transports import MockTransport
     from shardkit.sharding.holder import MapHolder
 
     def shard(s, request):
-        return {"status": 200, "answer": {"echo": request["payload"]}, "shard": s.id,
-                "epoch": s.epoch, "map_version": 1, "seq": 0}
+        return Answer({"echo": request["payload"]}, s.id, s.epoch, 1, 0).to_wire()
 
     holder = MapHolder({args["key_id"]: bytes.fromhex(args["public"])},
                        clock=lambda: args["now"])

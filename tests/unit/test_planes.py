@@ -31,6 +31,7 @@ PACKAGE = Path(shardkit.__file__).resolve().parent
 DATA_PLANE = (
     "shardkit.edge",
     "shardkit.errors",
+    "shardkit.protocol",
     "shardkit.proxy",
     "shardkit.routing",
     "shardkit.sharding",

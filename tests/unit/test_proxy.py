@@ -3,7 +3,7 @@
 Every test builds its proxies over a signed map of a small two-jurisdiction project (version 1)
 and, where a reshard is involved, version 2 with a fifth "us" shard: us-0..us-3 lose slots
 (epoch 2), the eu shards keep theirs. The properties checked are the proxy's promises
-(DESIGN.md §4.3-4.4): only the owner writes, every write is fenced on the owner's epoch, a
+(docs/architecture.md §4.3-4.4): only the owner writes, every write is fenced on the owner's epoch, a
 retried request id is applied once, concurrent writers lose no update, a refused request writes
 nothing, and logs carry the key's hash, never the key.
 """
@@ -17,7 +17,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ from moto import mock_aws
 import shardkit
 import shardkit.proxy.handler as handler_module
 from shardkit.keys import format_trusted_keys
+from shardkit.protocol import MAX_PAYLOAD, Answer, Redirect, decode_reply
 from shardkit.proxy.handler import Proxy
-from shardkit.proxy.protocol import MAX_PAYLOAD
 from shardkit.proxy.state import StateStore, fence_item
 from shardkit.sharding.codec import encode_map
 from shardkit.sharding.hashing import hash_key
@@ -268,15 +268,7 @@ def test_the_owner_serves_and_counts_its_writes(world: World) -> None:
     proxy = world.proxy(owner.id, model)
     replies = [proxy.handle({"key": key, "payload": {"seq": n}}) for n in (1, 2, 3)]
     for n, reply in enumerate(replies, 1):
-        assert reply == {
-            "status": 200,
-            "answer": {"count": n},
-            "shard": owner.id,
-            "epoch": owner.epoch,
-            "map_version": 1,
-            "seq": n,
-            "replayed": False,
-        }
+        assert reply == Answer({"count": n}, owner.id, owner.epoch, 1, n).to_wire()
     stored = world.item(owner.id, key)
     assert stored is not None and stored["seq"] == 3
     assert stored["state"] == {"count": 3, "seqs": [1, 2, 3]}
@@ -309,7 +301,7 @@ def test_a_non_owner_redirects_and_does_no_work(world: World) -> None:
     other = next(s for s in world.maps.v1.shards if s.jurisdiction == "us" and s.id != owner.id)
     model = Counter()
     reply = world.proxy(other.id, model).handle({"key": key, "payload": {"seq": 1}})
-    assert reply == {"status": 421, "error": "moved", "owner": owner.id, "map_version": 1}
+    assert reply == Redirect(owner.id, 1).to_wire()
     assert model.calls == []
     assert world.state_items() == {}
 
@@ -336,12 +328,7 @@ def test_a_caller_with_a_newer_map_makes_the_shard_refresh(world: World) -> None
     before = world.state_items()
     reply = proxy.handle({"key": moved, "payload": {}, "map_version": 2})
     assert registry.fetches == 3
-    assert reply == {
-        "status": 421,
-        "error": "moved",
-        "owner": maps.v2.route(moved).id,
-        "map_version": 2,
-    }
+    assert reply == Redirect(maps.v2.route(moved).id, 2).to_wire()
     assert world.state_items() == before
     # Once refreshed, the shard serves with the new map and the new epoch, without fetching.
     same_owner = world.proxy(maps.v2.route(stays).id, Counter(), registry)
@@ -367,12 +354,12 @@ def test_a_replayed_request_id_gets_its_recorded_answer_and_writes_nothing(world
     assert (first["status"], first["seq"], first["replayed"]) == (200, 1, False)
 
     again = proxy.handle({"key": key, "payload": {"seq": 1}, "request_id": "req-1"})
-    assert again == {**first, "replayed": True}
+    assert decode_reply(again) == replace(decode_reply(first), replayed=True)
     # A cold proxy (another process, empty cache) replays it from the table too.
     cold = world.proxy(owner.id, model).handle(
         {"key": key, "payload": {"seq": 1}, "request_id": "req-1"}
     )
-    assert cold == {**first, "replayed": True}
+    assert decode_reply(cold) == replace(decode_reply(first), replayed=True)
     assert len(model.calls) == 1
     assert world.item(owner.id, key)["seq"] == 1  # type: ignore[index]
     assert world.item(owner.id, key)["state"] == {"count": 1, "seqs": [1]}  # type: ignore[index]
@@ -465,7 +452,7 @@ def test_a_fenced_write_redirects_when_the_new_map_moved_the_key(world: World) -
     world.fence(owner.id, maps.v2.shard(owner.id).epoch)
     registry.envelope = maps.env2
     reply = proxy.handle({"key": key, "payload": {"seq": 2}, "map_version": 1})
-    assert reply == {"status": 421, "error": "moved", "owner": new_owner.id, "map_version": 2}
+    assert reply == Redirect(new_owner.id, 2).to_wire()
     assert world.state_items() == before
 
 
@@ -682,16 +669,7 @@ def test_failover_to_a_replica_answers_degraded_and_writes_nothing(world: World)
     model = Counter()
     proxy = world.proxy(replica.id, model)
     reply = proxy.handle({"key": key, "payload": {"seq": 2}, "failover": True})
-    assert reply == {
-        "status": 200,
-        "answer": {"count": 1},
-        "shard": replica.id,
-        "epoch": 0,
-        "map_version": 1,
-        "seq": 0,
-        "replayed": False,
-        "degraded": True,
-    }
+    assert reply == Answer({"count": 1}, replica.id, 0, 1, 0, degraded=True).to_wire()
     assert model.calls == [None]  # the owner's state is neither read nor written
     assert world.state_items() == before
     # Without the failover flag the replica is just a non-owner.
@@ -704,7 +682,7 @@ def test_failover_to_another_jurisdiction_is_refused_with_421(world: World) -> N
     us_shard = world.maps.v1.route("user-1")
     model = Counter()
     reply = world.proxy(us_shard.id, model).handle({"key": key, "payload": {}, "failover": True})
-    assert reply == {"status": 421, "error": "moved", "owner": owner.id, "map_version": 1}
+    assert reply == Redirect(owner.id, 1).to_wire()
     assert model.calls == [] and world.state_items() == {}
 
 
@@ -728,15 +706,7 @@ def test_function_url_requests_round_trip_in_their_own_encoding(
     assert response["statusCode"] == 200
     assert response["headers"] == {"content-type": content_type}
     assert response["isBase64Encoded"] is (content_type == MSGPACK)
-    assert url_reply(response) == {
-        "status": 200,
-        "answer": {"count": 1},
-        "shard": owner.id,
-        "epoch": owner.epoch,
-        "map_version": 1,
-        "seq": 1,
-        "replayed": False,
-    }
+    assert url_reply(response) == Answer({"count": 1}, owner.id, owner.epoch, 1, 1).to_wire()
     assert url_reply(send({"key": key, "payload": {"seq": 1}, "request_id": "u1"}))["replayed"]
 
     other = next(s for s in world.maps.v1.shards if s.jurisdiction == "us" and s.id != owner.id)
