@@ -56,6 +56,7 @@ __all__ = [
     "error_encoding",
     "is_transient",
     "reply_size",
+    "request_wire",
 ]
 
 #: Lambda's limit for a synchronous request or response.
@@ -104,7 +105,7 @@ _REQUEST_FIELDS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """One inference request for ``key``, routed with map ``map_version``. A ``request_id``
     makes retries and hedges of it apply once; ``failover`` lets a replica answer (degraded)."""
@@ -117,18 +118,14 @@ class Request:
     failover: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "key": self.key,
-            "payload": self.payload,
-            "map_version": self.map_version,
-        }
-        if self.request_id is not None:
-            wire["request_id"] = self.request_id
-        if self.jurisdiction is not None:
-            wire["jurisdiction"] = self.jurisdiction
-        if self.failover:
-            wire["failover"] = True
-        return wire
+        return request_wire(
+            self.key,
+            self.payload,
+            self.map_version,
+            self.jurisdiction,
+            self.request_id,
+            self.failover,
+        )
 
     @classmethod
     def from_wire(cls, data: Any) -> Request:
@@ -157,6 +154,25 @@ class Request:
         return cls(key, data.get("payload"), version, jurisdiction, request_id, failover)
 
 
+def request_wire(
+    key: str,
+    payload: Any = None,
+    map_version: int = 0,
+    jurisdiction: str | None = None,
+    request_id: str | None = None,
+    failover: bool = False,
+) -> dict[str, Any]:
+    """``Request(...).to_wire()`` without the object: what the client sends, once per attempt."""
+    wire: dict[str, Any] = {"key": key, "payload": payload, "map_version": map_version}
+    if request_id is not None:
+        wire["request_id"] = request_id
+    if jurisdiction is not None:
+        wire["jurisdiction"] = jurisdiction
+    if failover:
+        wire["failover"] = True
+    return wire
+
+
 def _is_key(key: Any) -> bool:
     """A non-empty UTF-8 string of at most 1024 bytes. A JSON string may hold a lone surrogate
     ("\\ud800") that no UTF-8 can carry: a bad key (400), not an encoding error escaping as a
@@ -176,7 +192,7 @@ def _is_count(value: Any) -> bool:
 # -- the replies --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """200: the shard's answer, and the state it was made with (``seq`` applied writes, under
     ``epoch`` and map ``map_version``). ``replayed``: the recorded answer of a request id seen
@@ -206,7 +222,7 @@ class Answer:
         return wire
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Redirect:
     """421: ``owner`` owns the key in map ``map_version``; nothing was done."""
 
@@ -224,7 +240,7 @@ class Redirect:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ErrorReply:
     """4xx/5xx: the request failed; ``code`` says why (the proxy's codes are :data:`ERRORS`)."""
 
@@ -256,6 +272,35 @@ class ProxyError(Exception):
 def decode_reply(data: Any, shard: str = "") -> Reply:
     """The reply in ``data`` (as a transport received it from ``shard``). Anything that is not
     a well-formed reply is an :class:`InferenceError` with code ``bad_reply`` naming the field."""
+    # The common case, an answer, is checked with cheap operations only (this is per request);
+    # anything else - or anything unusual - goes the long way, which names the field at fault.
+    if type(data) is dict:
+        try:
+            status, sid, epoch = data["status"], data["shard"], data["epoch"]
+            version, seq, answer = data["map_version"], data["seq"], data["answer"]
+        except KeyError:
+            pass
+        else:
+            replayed, degraded = data.get("replayed", False), data.get("degraded", False)
+            if (
+                status == OK
+                and type(status) is int
+                and type(sid) is str
+                and sid
+                and type(epoch) is int
+                and type(version) is int
+                and type(seq) is int
+                and epoch >= 0
+                and version >= 0
+                and seq >= 0
+                and (replayed is False or replayed is True)
+                and (degraded is False or degraded is True)
+            ):
+                return Answer(answer, sid, epoch, version, seq, replayed, degraded)
+    return _decode_checked(data, shard)
+
+
+def _decode_checked(data: Any, shard: str) -> Reply:
     if not isinstance(data, dict):
         raise _bad_reply(shard, f"a reply is an object, not {type(data).__name__}")
     status = data.get("status")

@@ -53,10 +53,11 @@ class MapHolder:
         held = self._current
         return held.version if held is not None else 0
 
-    def require(self) -> ShardMap:
-        """The map in force; refreshes once if there is none (first use, or expired)."""
+    def require(self, *, fetch: bool = True) -> ShardMap:
+        """The map in force; refreshes once if there is none (first use, or expired) - unless
+        ``fetch`` is false (a caller that did the refresh itself)."""
         held = self.current
-        if held is None:
+        if held is None and fetch:
             self.refresh()
             held = self.current
         if held is None:

@@ -12,7 +12,7 @@ import copy
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import shardkit
 from shardkit.errors import MapError, NoEligibleShardError, RoutingError
+from shardkit.protocol import Answer, ErrorReply, Redirect, Request
 from shardkit.routing import (
     InferenceError,
     MockTransport,
@@ -29,6 +30,16 @@ from shardkit.routing import (
     RetryPolicy,
     RoutingClient,
     TransportError,
+)
+from shardkit.routing.decide import (
+    Action,
+    Call,
+    Refresh,
+    Router,
+    Send,
+    Sent,
+    Sleep,
+    decide,
 )
 from shardkit.sharding.codec import encode_map
 from shardkit.sharding.holder import MapHolder
@@ -105,21 +116,12 @@ class Shards:
         return [shard for shard, _ in self.calls]
 
 
-def served(shard: Shard, request: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A proxy's 200 answer (degraded when the request is a failover)."""
-    reply = {
-        "status": 200,
-        "answer": {"echo": request["payload"]},
-        "shard": shard.id,
-        "epoch": shard.epoch,
-        "map_version": request["map_version"],
-        "seq": 1,
-        "replayed": False,
-        **extra,
-    }
+def served(on: Shard, request: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A proxy's 200 answer (degraded when the request is a failover), with ``fields`` changed."""
+    answer = Answer({"echo": request["payload"]}, on.id, on.epoch, request["map_version"], 1)
     if request.get("failover"):
-        reply.update(degraded=True, seq=0, epoch=0)
-    return reply
+        answer = replace(answer, epoch=0, seq=0, degraded=True)
+    return replace(answer, **fields).to_wire()
 
 
 def make_client(
@@ -152,7 +154,7 @@ def make_client(
 def test_a_result_records_where_and_how_the_answer_came(maps: Maps) -> None:
     key = "eu:anna"
     owner = maps.v1.route(key)
-    fleet = Shards(lambda s, r: {**served(s, r), "epoch": 7, "seq": 3, "replayed": True})
+    fleet = Shards(lambda s, r: served(s, r, epoch=7, seq=3, replayed=True))
     client, _ = make_client(maps, fleet)
     result = client.infer(key, {"text": "hi"}, request_id="req-1")
     assert isinstance(result, Result)
@@ -172,7 +174,7 @@ def test_a_result_records_where_and_how_the_answer_came(maps: Maps) -> None:
     )
     assert result.latency_s >= 0
     assert fleet.calls == [
-        (owner.id, {"key": key, "payload": {"text": "hi"}, "map_version": 1, "request_id": "req-1"})
+        (owner.id, Request(key, {"text": "hi"}, 1, request_id="req-1").to_wire())
     ]
 
     tagged = client.infer("user-1", None, jurisdiction="eu")
@@ -184,7 +186,7 @@ def test_a_result_records_where_and_how_the_answer_came(maps: Maps) -> None:
 
 
 def test_an_answer_from_the_wrong_shard_is_refused(maps: Maps) -> None:
-    fleet = Shards(lambda s, r: {**served(s, r), "shard": "someone-else"})
+    fleet = Shards(lambda s, r: served(s, r, shard="someone-else"))
     client, _ = make_client(maps, fleet)
     with pytest.raises(RoutingError, match="answered as 'someone-else'"):
         client.infer("user-1")
@@ -199,7 +201,7 @@ def _v2_fleet(maps: Maps) -> Shards:
     def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
         owner = maps.v2.route(request["key"])
         if owner.id != shard.id:
-            return {"status": 421, "error": "moved", "owner": owner.id, "map_version": 2}
+            return Redirect(owner.id, 2).to_wire()
         return served(maps.v2.shard(shard.id), request)
 
     return Shards(behave)
@@ -229,9 +231,7 @@ def test_a_redirect_refreshes_the_map_and_converges_in_one_hop(maps: Maps) -> No
 
 def test_a_second_redirect_in_one_call_is_an_error(maps: Maps) -> None:
     key = maps.moved_key()
-    fleet = Shards(
-        lambda s, r: {"status": 421, "error": "moved", "owner": "us-0", "map_version": 2}
-    )
+    fleet = Shards(lambda s, r: Redirect("us-0", 2).to_wire())
     client, registry = make_client(maps, fleet, maps.env1, maps.env2)
     with pytest.raises(InferenceError) as err:
         client.infer(key)
@@ -240,9 +240,7 @@ def test_a_second_redirect_in_one_call_is_an_error(maps: Maps) -> None:
 
 
 def test_a_redirect_to_a_map_the_registry_does_not_have_yet_is_an_error(maps: Maps) -> None:
-    fleet = Shards(
-        lambda s, r: {"status": 421, "error": "moved", "owner": "us-0", "map_version": 5}
-    )
+    fleet = Shards(lambda s, r: Redirect("us-0", 5).to_wire())
     client, registry = make_client(maps, fleet, maps.env1)
     with pytest.raises(RoutingError, match="still serves version 1"):
         client.infer("user-1")
@@ -258,7 +256,7 @@ def _flaky(failures: int, status: int = 503) -> Shards:
     def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
         count["n"] += 1
         if count["n"] <= failures:
-            return {"status": status, "error": "busy", "message": "try again"}
+            return ErrorReply(status, "busy", "try again").to_wire()
         return served(shard, request)
 
     return Shards(behave)
@@ -323,7 +321,7 @@ def test_backoff_is_full_jitter_within_the_ceiling(maps: Maps) -> None:
 
 def test_the_retry_budget_stops_retries_when_everything_fails(maps: Maps) -> None:
     policy = RetryPolicy(attempts=4, budget_ratio=0.2, budget_floor=10.0)
-    fleet = Shards(lambda s, r: {"status": 503, "error": "unavailable", "message": "down"})
+    fleet = Shards(lambda s, r: ErrorReply(503, "unavailable", "down").to_wire())
     sleeps: list[float] = []
     client, _ = make_client(maps, fleet, retry=policy, sleeps=sleeps)
     for i in range(100):
@@ -491,8 +489,8 @@ def test_a_throttled_owner_is_retried_never_failed_over(maps: Maps) -> None:
 # -- hedging ------------------------------------------------------------------------------------
 
 
-def test_a_slow_owner_is_hedged_with_the_same_request_id(maps: Maps) -> None:
-    release = threading.Event()
+def slow_first(release: threading.Event) -> Shards:
+    """Shards whose first call hangs until ``release`` is set; each answers ``{"call": n}``."""
     count = {"n": 0}
 
     def behave(shard: Shard, request: dict[str, Any]) -> dict[str, Any]:
@@ -500,10 +498,16 @@ def test_a_slow_owner_is_hedged_with_the_same_request_id(maps: Maps) -> None:
             count["n"] += 1
             n = count["n"]
         if n == 1:
-            assert release.wait(10)  # the first call hangs until the test is done
+            assert release.wait(10)
         return served(shard, request, answer={"call": n})
 
     fleet = Shards(behave)
+    return fleet
+
+
+def test_a_slow_owner_is_hedged_with_the_same_request_id(maps: Maps) -> None:
+    release = threading.Event()  # the first call hangs until the test is done
+    fleet = slow_first(release)
     client, _ = make_client(maps, fleet, hedge_after_s=0.05)
     try:
         result = client.infer("user-1", {"seq": 1})
@@ -552,6 +556,125 @@ def test_a_fast_owner_is_not_hedged(maps: Maps) -> None:
     assert not result.hedged and len(fleet.calls) == 1
 
 
+# -- the decisions, as values ---------------------------------------------------------------------
+
+
+def at(attempts: int, *, allowed: int = 4, redirected: bool = False) -> Call:
+    return Call("user-1", None, None, "req-1", allowed, attempts, redirected)
+
+
+DECISIONS = [
+    pytest.param(Answer(1, "us-0", 1, 1, 1), at(1), Action.RETURN, False, None, id="answer"),
+    pytest.param(
+        Answer(1, "us-1", 1, 1, 1), at(1), Action.RAISE, False, "answered as 'us-1'", id="imposter"
+    ),
+    pytest.param(Redirect("us-1", 2), at(1), Action.REDIRECT, False, None, id="redirect"),
+    pytest.param(
+        Redirect("us-1", 2),
+        at(2, redirected=True),
+        Action.RAISE,
+        False,
+        "answered 421 moved: the owner is us-1 in map version 2",
+        id="second-redirect",
+    ),
+    pytest.param(
+        Redirect("us-1", 2),
+        at(4),
+        Action.RAISE,
+        False,
+        "redirected to us-1 and no attempt is left",
+        id="redirect-on-the-last-attempt",
+    ),
+    pytest.param(
+        ErrorReply(503, "contended", "x"), at(1), Action.RETRY, False, "503 contended", id="503"
+    ),
+    pytest.param(ErrorReply(429, "slow", "x"), at(3), Action.RETRY, False, "429 slow", id="429"),
+    pytest.param(
+        ErrorReply(503, "contended", "x"), at(4), Action.RAISE, False, "503", id="503-last"
+    ),
+    pytest.param(
+        ErrorReply(500, "handler_error", "boom"), at(1), Action.RAISE, False, "500", id="500"
+    ),
+    pytest.param(ErrorReply(422, "residency", "no"), at(1), Action.RAISE, False, "422", id="422"),
+    pytest.param(
+        TransportError("reset"), at(1), Action.FAIL_OVER, True, "no answer", id="lost-reply"
+    ),
+    pytest.param(
+        TransportError("busy", throttled=True), at(1), Action.RETRY, False, "busy", id="throttled"
+    ),
+    pytest.param(
+        TransportError("denied", retryable=False),
+        at(1),
+        Action.RAISE,
+        True,
+        "after 1 attempt(s): denied",
+        id="not-retryable",
+    ),
+    pytest.param(TransportError("reset"), at(4), Action.RAISE, True, "reset", id="lost-last"),
+]
+
+
+@pytest.mark.parametrize(("outcome", "call", "action", "failed", "error"), DECISIONS)
+def test_decide_maps_each_outcome_to_the_next_action(
+    outcome: Any, call: Call, action: Action, failed: bool, error: str | None
+) -> None:
+    decision = decide(outcome, call, "us-0")
+    assert (decision.action, decision.failed) == (action, failed)
+    if error is None:
+        assert decision.error is None
+    else:
+        assert decision.error is not None and error in decision.error.message
+        inference = isinstance(outcome, ErrorReply) or "421" in error
+        assert isinstance(decision.error, InferenceError) is inference
+
+
+def test_a_call_is_a_sequence_of_steps_driven_with_values(maps: Maps) -> None:
+    """The router does no I/O: it asks for it, and is told what came back."""
+    holder = MapHolder(maps.trusted, Registry(maps.env1).fetch)
+    router = Router(holder, RetryPolicy(base_s=0.5, cap_s=0.5), clock=lambda: 0.0)
+    calling = router.call("user-1", {"q": 1}, None, "req-1")
+    assert calling.next(None) == Refresh()  # no map yet: fetch it
+    holder.refresh()
+    owner = maps.v1.route("user-1")
+    send = calling.next(None)
+    wire = Request("user-1", {"q": 1}, 1, request_id="req-1").to_wire()
+    assert send == Send(owner, wire)
+    sleep = calling.next(Sent(ErrorReply(503, "contended", "again").to_wire()))
+    assert isinstance(sleep, Sleep) and 0 <= sleep.seconds <= 0.5
+    assert calling.next(None) == send  # the same request, to the same shard
+    assert calling.next(Sent(served(owner, wire), hedged=True)) is None
+    result = calling.result
+    assert result is not None
+    assert (result.shard, result.attempts, result.hedged, result.answer) == (
+        owner.id,
+        2,
+        True,
+        {"echo": {"q": 1}},
+    )
+
+
+def test_a_malformed_reply_is_an_inference_error_and_is_not_retried(maps: Maps) -> None:
+    fleet = Shards(lambda s, r: {"status": 200, "answer": 1, "shard": s.id, "epoch": 1})
+    client, _ = make_client(maps, fleet)
+    with pytest.raises(InferenceError, match="'map_version' must be a non-negative integer") as err:
+        client.infer("user-1")
+    assert (err.value.code, err.value.shard) == ("bad_reply", maps.v1.route("user-1").id)
+    assert len(fleet.calls) == 1
+    garbage = Shards(lambda s, r: "OK")
+    client, _ = make_client(maps, garbage)
+    with pytest.raises(InferenceError, match="a reply is an object, not str"):
+        client.infer("user-1")
+
+
+def test_a_redirect_on_the_last_attempt_says_so(maps: Maps) -> None:
+    key = maps.moved_key()
+    client, _ = make_client(
+        maps, _v2_fleet(maps), maps.env1, maps.env2, retry=RetryPolicy(attempts=1)
+    )
+    with pytest.raises(RoutingError, match=r"redirected to .* and no attempt is left"):
+        client.infer(key)
+
+
 # -- the async client ---------------------------------------------------------------------------
 
 
@@ -580,6 +703,75 @@ def test_the_async_client_overlaps_calls_and_gives_the_same_answers(maps: Maps) 
     first, second = asyncio.run(main())
     assert (first.shard, second.shard) == (maps.v1.route("user-1").id, maps.v1.route("eu:anna").id)
     assert (first.answer, second.answer) == ({"echo": {"n": 1}}, {"echo": {"n": 2}})
+
+
+def run_async(
+    client: RoutingClient, key: str, *, then: threading.Event | None = None, **options: Any
+) -> tuple[Result, list[float]]:
+    """``key`` through an AsyncRoutingClient on ``client``, and the backoffs it slept; ``then``
+    is set when the call is over, before the event loop waits for its worker threads."""
+    import asyncio
+
+    from shardkit.routing import AsyncRoutingClient
+
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def main() -> Result:
+        try:
+            return await AsyncRoutingClient(client, sleep=sleep).infer(key, **options)
+        finally:
+            if then is not None:
+                then.set()
+
+    return asyncio.run(main()), sleeps
+
+
+def test_the_async_client_follows_redirects_retries_and_fails_over_as_the_sync_one(
+    maps: Maps,
+) -> None:
+    key = maps.moved_key()
+    client, registry = make_client(maps, _v2_fleet(maps), maps.env1, maps.env2)
+    result, _ = run_async(client, key, payload={"seq": 1})
+    assert (result.shard, result.redirected, result.attempts) == (maps.v2.route(key).id, True, 2)
+    assert registry.fetches == 2
+
+    flaky = _flaky(2)
+    client, _ = make_client(maps, flaky)
+    result, sleeps = run_async(client, "user-1")
+    assert (result.attempts, len(sleeps)) == (3, 2)
+    assert len({r["request_id"] for _, r in flaky.calls}) == 1
+
+    owner, replica = (s.id for s in maps.v1.preference_list("user-1")[:2])
+    down = _failing({owner})
+    client, _ = make_client(maps, down)
+    result, _ = run_async(client, "user-1")
+    assert down.shards == [owner, replica]
+    assert (result.shard, result.failover, result.degraded) == (replica, True, True)
+    # One router: the sync client sees the owner avoided by the async call.
+    assert client.infer("user-1").shard == replica and down.shards[-1] == replica
+
+    client, _ = make_client(
+        maps, Shards(lambda s, r: ErrorReply(500, "handler_error", "boom").to_wire())
+    )
+    with pytest.raises(InferenceError, match="500 handler_error: boom"):
+        run_async(client, "user-1")
+
+
+def test_the_async_client_hedges_a_slow_owner(maps: Maps) -> None:
+    release = threading.Event()
+    fleet = slow_first(release)
+    client, _ = make_client(maps, fleet, hedge_after_s=0.05)
+    try:
+        result, _ = run_async(client, "user-1", then=release)
+    finally:
+        release.set()
+        client.close()
+    assert result.hedged and result.answer == {"call": 2}
+    first, second = (request for _, request in fleet.calls)
+    assert first == second
 
 
 # -- map sources ----------------------------------------------------------------------------------
