@@ -1,4 +1,4 @@
-"""Hold the current verified map and swap in newer ones atomically (DESIGN.md §4.5).
+"""Hold the current verified map and swap in newer ones atomically (docs/architecture.md §4.5).
 
 A :class:`MapHolder` is what the proxy, the routing client and the edge runtime route with.
 ``offer(data)`` verifies a candidate once - signature, then version (never backwards), then

@@ -1,4 +1,5 @@
-"""The edge runtime (DESIGN.md §6), through its public API, against MockTransport shards.
+"""The edge runtime (docs/architecture.md §6), through its public API, against MockTransport
+shards.
 
 Maps are real: built with ``shardkit.build_map``, signed, and verified by a ``MapHolder``. Time is
 a fake clock shared by the holder (map expiry) and the cache (TTLs), so nothing here depends on
