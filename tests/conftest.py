@@ -104,3 +104,37 @@ def signing_key(key_dir: Any) -> shardkit.SigningKey:
 def trusted_keys(key_dir: Any) -> dict[str, bytes]:
     """``{key id: raw public key}`` for :func:`shardkit.decode_map`."""
     return shardkit.load_trusted_keys(key_dir)
+
+
+def create_pk_sk_table(client: Any, name: str, sort_type: str = "S") -> None:
+    """A pay-per-request table keyed like shardkit's state tables (``pk`` and ``sk``)."""
+    client.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": sort_type},
+        ],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def pk_sk_table() -> Callable[..., None]:
+    """:func:`create_pk_sk_table` as a fixture: ``pk_sk_table(client, name, sort_type="S")``."""
+    return create_pk_sk_table
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials and region in the environment, and no profile (for in-process moto)."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)

@@ -63,15 +63,9 @@ def _restore(deployer: Deployer, json_: bool) -> ApplyResult:
             f"local cloud restarted: restoring deployment {plan.deployment} "
             f"({len(plan.steps)} steps)"
         )
-    result = _apply(deployer, plan, json_)
-    _restore_items(deployer.project)
-    return result
-
-
-def _restore_items(project: Project) -> None:
-    from ..local import server
-
-    server.restore_items(project.root)
+    # DynamoDB's tables and items came back with the server itself (its journal): the restore
+    # adopts the tables, and no older copy of the items is written over them.
+    return _apply(deployer, plan, json_)
 
 
 refresh_option = click.option(

@@ -62,6 +62,11 @@ def up(
         return
     verb = "started" if cloud.started else "already running"
     _say(f"local cloud {verb} at ", (cloud.endpoint, "bold"), f" (pid {cloud.pid})")
+    if cloud.started and cloud.restored.get("tables"):
+        _say(
+            f"restored {cloud.restored['items']} DynamoDB items of "
+            f"{cloud.restored['tables']} tables from the last run"
+        )
     if cloud.started:
         _say(f"log: {server.local_dir(project_dir) / server.LOG_FILE}")
         _say(f"stop it with `shardkit local down {project_dir}`")
@@ -81,16 +86,14 @@ def _restore(project_dir: Path, json_: bool) -> int | None:
 @group.command("down")
 @_project_arg
 @click.option(
-    "--region",
-    "regions",
-    multiple=True,
-    help="Save the DynamoDB tables of this region (repeatable) [default: the project's regions].",
+    "--no-save",
+    is_flag=True,
+    help="Delete the DynamoDB tables and items too: the next start begins empty.",
 )
-@click.option("--no-save", is_flag=True, help="Do not save table items before stopping.")
 @json_option
-def down(project_dir: Path, regions: tuple[str, ...], no_save: bool, json_: bool) -> None:
-    """Save table items, stop the local cloud of PROJECT_DIR and remove its record."""
-    result = server.down(project_dir, regions=regions or None, save_tables=not no_save)
+def down(project_dir: Path, no_save: bool, json_: bool) -> None:
+    """Stop the local cloud of PROJECT_DIR and remove its record (DynamoDB is kept)."""
+    result = server.down(project_dir, save_tables=not no_save)
     if json_:
         emit_json(result)
         return
@@ -126,17 +129,15 @@ def status(project_dir: Path, json_: bool) -> None:
 def _print_down(result: dict[str, Any]) -> None:
     if result["was"] == "stopped":
         _say(f"the local cloud of {result['project']} is not running")
-        return
-    if result["was"] == "stale":
+    elif result["was"] == "stale":
         _say(f"removed a stale record ({result['reason']})")
     else:
         _say(f"stopped the local cloud at {result['endpoint']} (pid {result['pid']})")
-    saved = result["snapshot"]
-    if saved:
-        items = sum(saved["tables"].values())
-        _say(f"saved {items} items of {len(saved['tables'])} tables to {saved['path']}")
-    if result["snapshot_error"]:
-        _say(("warning:", "yellow"), f" table items were not saved: {result['snapshot_error']}")
+    kept = result["dynamodb"] or {}
+    if "kept" in kept:
+        _say(f"DynamoDB tables and items are kept in {kept['kept']} for the next start")
+    elif "deleted" in kept:
+        _say(f"deleted the DynamoDB tables and items in {kept['deleted']}")
 
 
 def _say(*parts: str | tuple[str, str]) -> None:

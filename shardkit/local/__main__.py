@@ -4,8 +4,11 @@ Started by :func:`shardkit.local.up`, never by hand. It serves moto on a free 12
 turns Lambda and Batch to moto's no-Docker backends (``POST /moto-api/config``), publishes its
 record once it answers, and then holds the record as a lease. It exits when the record is removed
 or names another server, on SIGTERM/SIGINT/SIGHUP, or by itself after ``--idle-timeout`` seconds
-without a request or ``--max-lifetime`` seconds in all; only in those last two cases does it save
-the project's table items first (``down`` saves them when it is the one stopping the server).
+without a request or ``--max-lifetime`` seconds in all.
+
+DynamoDB is durable (:mod:`shardkit.local.journal`): before moto serves anyone, the journal of
+the previous run is replayed into it, and every change is journaled before its response is sent.
+``$SHARDKIT_LOCAL_FSYNC`` ("interval", the default, or "always") says when the journal is fsynced.
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .journal import Journal
 from .server import (
     CONFIG_PATH,
     HOST,
     NO_DOCKER_CONFIG,
+    dynamodb_dir,
     lock,
     probe,
     read_record,
     remove_record,
-    save_on_exit,
     write_record,
 )
 
@@ -63,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from moto.server import ThreadedMotoServer
 
-    serialise_dynamodb()
+    journal = Journal(dynamodb_dir(root), fsync=os.environ.get("SHARDKIT_LOCAL_FSYNC", "interval"))
+    restored = journal.open()  # before anyone is served: they see the state that was acknowledged
+    for note in journal.notes:
+        _log(note)
     server = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
     server.start()
     activity = Activity()
@@ -83,62 +90,21 @@ def main(argv: list[str] | None = None) -> int:
                 "pid": os.getpid(),
                 "started_at": time.time(),
                 "instance": instance,
+                "restored": restored,
             },
         )
         _log(f"serving {endpoint} for {root} (instance {instance}, pid {os.getpid()})")
         reason = watch(root, instance, stop, activity, args.idle_timeout, args.max_lifetime)
         _log(f"stopping: {reason}")
         if reason in SELF_EXITS:
-            _retire(root, instance, endpoint)
+            _retire(root, instance)
     finally:
         gateway.stop()
         _stop(server, endpoint)
+        journal.close()  # compacts: the next start replays a snapshot, not a long journal
         remove_record(root, instance)
     _log("stopped")
     return 0
-
-
-#: DynamoDB operations that read or write items in moto's backend.
-_DYNAMODB_ITEM_OPERATIONS = (
-    "put_item",
-    "update_item",
-    "delete_item",
-    "get_item",
-    "query",
-    "scan",
-    "transact_write_items",
-    "transact_get_items",
-    "batch_write_item",
-    "batch_get_item",
-)
-
-
-def serialise_dynamodb() -> None:
-    """Run moto's DynamoDB item operations one at a time.
-
-    moto 5.2's ``transact_write_items`` snapshots every table it touches and, when a condition
-    fails, puts the snapshot back - undoing any write another thread made in between. Real
-    DynamoDB never does that, and shardkit's fenced writes fail conditions on purpose, so under
-    concurrent traffic acknowledged writes could vanish from the local cloud. One lock around the
-    item operations makes each one atomic with respect to the others, as DynamoDB's are.
-    """
-    import functools
-
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-    for name in _DYNAMODB_ITEM_OPERATIONS:
-        original = getattr(DynamoDBBackend, name, None)
-        if original is None or getattr(original, "_shardkit_serialised", False):
-            continue
-
-        def serialised(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            with lock:
-                return _original(*args, **kwargs)
-
-        wrapper = functools.wraps(original)(serialised)
-        wrapper._shardkit_serialised = True  # type: ignore[attr-defined]
-        setattr(DynamoDBBackend, name, wrapper)
 
 
 def _gateway(root: Path, endpoint: str) -> Any:
@@ -195,17 +161,13 @@ def watch(
     return "signal"
 
 
-def _retire(root: Path, instance: str, endpoint: str) -> None:
-    """Leave on our own: give up the record first (new `up`s start afresh), then save tables."""
+def _retire(root: Path, instance: str) -> None:
+    """Leave on our own: give up the record first, so new `up`s start afresh."""
     record, _ = read_record(root)
     if record is None or record.get("instance") != instance:
         return  # not ours any more (and taking the lock could re-create a deleted directory)
     with lock(root):
-        record, _ = read_record(root)
-        if record is None or record.get("instance") != instance:
-            return
         remove_record(root, instance)
-        _log(f"saved tables: {json.dumps(save_on_exit(root, endpoint))}")
 
 
 def _stop(server: Any, endpoint: str) -> None:

@@ -15,9 +15,10 @@ first), so a closed terminal or a crashed test never leaves a server behind for 
 share one server. A record whose process is dead, is not this project's server (the pid was
 reused) or does not answer is *stale*; ``status`` says so and ``up`` replaces it.
 
-moto keeps its state in memory only. ``snapshot`` saves DynamoDB items to ``tables.json``
-(``down`` does it for every table it finds) and ``restore_items`` writes them back once the deploy
-engine has re-created the tables.
+DynamoDB survives restarts and crashes: the server journals every change before it answers and
+replays the journal when it starts (:mod:`shardkit.local.journal`, in ``.shardkit/local/dynamodb``).
+``down(save_tables=False)`` stops the server and deletes that state: the next start is empty.
+``snapshot`` and ``restore_items`` export and import table items as ``tables.json``, by hand.
 
 boto3 is imported on first use: ``require`` and ``status`` stay cheap for the CLI.
 """
@@ -31,6 +32,7 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,13 +40,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._files import write_bytes_atomic
-from ..errors import ShardkitError
 from .errors import LocalCloudError
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ HOST = "127.0.0.1"
 RECORD_FILE = "cloud.json"
 LOG_FILE = "server.log"
 TABLES_FILE = "tables.json"
+DYNAMODB_DIR = "dynamodb"
 LOCK_FILE = "lock"
 CONFIG_PATH = "/moto-api/config"
 TABLES_FORMAT = "shardkit-local-tables/1"
@@ -101,6 +103,8 @@ class LocalCloud:
     instance: str
     started: bool
     gateway: str = ""  # the local executor's Invoke API and Function URLs
+    #: what the server restored from its last run: {"tables": n, "items": n, "records": n}
+    restored: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"project": str(self.project)}
@@ -112,6 +116,11 @@ class LocalCloud:
 def local_dir(project_root: str | os.PathLike[str]) -> Path:
     """``PROJECT/.shardkit/local`` (``Project.state_dir`` / "local")."""
     return Path(project_root).resolve() / ".shardkit" / "local"
+
+
+def dynamodb_dir(project_root: str | os.PathLike[str]) -> Path:
+    """Where the local cloud keeps DynamoDB between runs: its snapshot and journal."""
+    return local_dir(project_root) / DYNAMODB_DIR
 
 
 def _root(project_root: str | os.PathLike[str]) -> Path:
@@ -339,15 +348,13 @@ def require(project_root: str | os.PathLike[str]) -> str:
 def down(
     project_root: str | os.PathLike[str],
     *,
-    regions: Sequence[str] | None = None,
     save_tables: bool = True,
     timeout: float = STOP_TIMEOUT,
 ) -> dict[str, Any]:
     """Stop the local cloud and remove its record; saying "not running" is not an error.
 
-    Before stopping a running server, the items of every DynamoDB table in ``regions`` (default:
-    the regions of the project's shardkit.toml and of the last snapshot) are saved with
-    :func:`snapshot`, unless no table exists (an older snapshot is then kept as it is).
+    DynamoDB's tables and items are kept for the next start (the server journals them as it
+    goes); ``save_tables=False`` deletes them once the server has stopped.
     """
     root = _root(project_root)
     with lock(root):
@@ -360,15 +367,18 @@ def down(
             "endpoint": current["endpoint"],
             "reason": current["reason"],
             "stop": None,
-            "snapshot": None,
-            "snapshot_error": None,
+            "dynamodb": None,
         }
-        if current["state"] == "stopped":
-            return result
-        if current["state"] == "running" and save_tables:
-            _save_all(root, current["endpoint"], regions, result)
-        result["stop"] = _clear(root, current, timeout)
-        result["stopped"] = result["stop"] in ("terminated", "killed")
+        if current["state"] != "stopped":
+            result["stop"] = _clear(root, current, timeout)
+            result["stopped"] = result["stop"] in ("terminated", "killed")
+        directory = dynamodb_dir(root)
+        if directory.is_dir():
+            if save_tables:
+                result["dynamodb"] = {"kept": str(directory)}
+            else:
+                shutil.rmtree(directory)
+                result["dynamodb"] = {"deleted": str(directory)}
         return result
 
 
@@ -381,6 +391,7 @@ def _cloud(root: Path, record: dict[str, Any], *, started: bool) -> LocalCloud:
         instance=record["instance"],
         started=started,
         gateway=record.get("gateway") or "",
+        restored=record.get("restored") or {},
     )
 
 
@@ -668,51 +679,3 @@ def _binary_value(value: dict[str, Any], convert: Callable[[Any], Any]) -> dict[
     if tag == "L":
         return {"L": [_binary_value(v, convert) for v in inner]}
     return value
-
-
-def _save_all(
-    root: Path, endpoint: str, regions: Sequence[str] | None, result: dict[str, Any]
-) -> None:
-    """Snapshot every table found in ``regions`` into ``result`` (errors are reported there)."""
-    try:
-        found = [
-            (region, name)
-            for region in (regions or _default_regions(root))
-            for name in _list_tables(endpoint, region)
-        ]
-        if found:
-            path = snapshot(root, found, endpoint=endpoint)
-            counts = {f"{e['region']}/{e['table']}": len(e["items"]) for e in _load_tables(root)}
-            result["snapshot"] = {"path": str(path), "tables": counts}
-    except (ShardkitError, OSError, ImportError) as exc:
-        result["snapshot_error"] = str(exc)
-    except Exception as exc:  # botocore errors: the server must still stop
-        result["snapshot_error"] = f"{type(exc).__name__}: {exc}"
-
-
-def _list_tables(endpoint: str, region: str) -> list[str]:
-    ddb = client("dynamodb", region, endpoint)
-    return [
-        name
-        for page in ddb.get_paginator("list_tables").paginate()
-        for name in page.get("TableNames", [])
-    ]
-
-
-def _default_regions(root: Path) -> list[str]:
-    """The regions of the project's shardkit.toml (if it loads) and of the last snapshot."""
-    from ..config import load_project
-
-    regions: set[str] = set()
-    with contextlib.suppress(ShardkitError):
-        regions.update(load_project(root).config.regions)
-    with contextlib.suppress(ShardkitError):
-        regions.update(entry["region"] for entry in _load_tables(root))
-    return sorted(regions)
-
-
-def save_on_exit(root: Path, endpoint: str) -> dict[str, Any]:
-    """What the server does before it exits by itself (idle or too old): save the tables."""
-    result: dict[str, Any] = {"snapshot": None, "snapshot_error": None}
-    _save_all(root, endpoint, None, result)
-    return result

@@ -23,7 +23,6 @@ from click.testing import CliRunner
 
 from shardkit.cli.local import group
 from shardkit.cli.main import error_line
-from shardkit.config import load_project
 from shardkit.local import (
     LocalCloudError,
     boto3_client_kwargs,
@@ -139,7 +138,7 @@ def test_up_status_use_reuse_down(project: Path) -> None:
     cloud = up(project)
     assert cloud.started and cloud.endpoint.startswith("http://127.0.0.1:")
     record = json.loads((local_dir(project) / "cloud.json").read_text())
-    assert set(record) == {"endpoint", "gateway", "pid", "started_at", "instance"}
+    assert set(record) == {"endpoint", "gateway", "pid", "started_at", "instance", "restored"}
     assert (record["endpoint"], record["pid"]) == (cloud.endpoint, cloud.pid)
     assert status(project)["state"] == "running"
     assert require(project) == cloud.endpoint
@@ -162,7 +161,7 @@ def test_up_status_use_reuse_down(project: Path) -> None:
     )
     assert ensure(project) == (cloud.endpoint, False)
 
-    result = down(project, save_tables=False)
+    result = down(project)
     assert result["was"] == "running" and result["stopped"] and result["stop"] == "terminated"
     assert not server_mod._alive(cloud.pid) and not Path(f"/proc/{cloud.pid}").exists()
     assert not (local_dir(project) / "cloud.json").exists()
@@ -178,8 +177,7 @@ def test_up_status_use_reuse_down(project: Path) -> None:
         "pid": None,
         "endpoint": None,
         "stop": None,
-        "snapshot": None,
-        "snapshot_error": None,
+        "dynamodb": {"kept": str(local_dir(project) / "dynamodb")},
         "reason": None,
     }
 
@@ -323,7 +321,7 @@ def test_server_stops_when_its_record_goes(project: Path, change: str) -> None:
 
 
 @pytest.mark.parametrize("limits", [{"idle_timeout": 1.0}, {"max_lifetime": 1.5}])
-def test_server_saves_tables_and_exits_by_itself(project: Path, limits: dict) -> None:
+def test_server_exits_by_itself_and_keeps_its_tables(project: Path, limits: dict) -> None:
     cloud = up(project, **({"idle_timeout": 0, "max_lifetime": 0} | limits))
     _make_table(cloud.endpoint, "us-east-1", "state")
     client("dynamodb", "us-east-1", cloud.endpoint).put_item(
@@ -331,10 +329,9 @@ def test_server_saves_tables_and_exits_by_itself(project: Path, limits: dict) ->
     )
     assert _gone(cloud.pid, timeout=10)
     assert status(project)["state"] == "stopped"  # it removed its own record
-    saved = json.loads((local_dir(project) / "tables.json").read_text())
-    assert [(t["region"], t["table"], t["items"]) for t in saved["tables"]] == [
-        ("us-east-1", "state", [{"pk": {"S": "k"}, "sk": {"N": "7"}}])
-    ]
+    again = up(project)
+    assert again.restored == {"tables": 1, "items": 1, "records": 0}  # compacted on its way out
+    assert _scan(again.endpoint, "us-east-1", "state") == [{"pk": {"S": "k"}, "sk": {"N": "7"}}]
 
 
 def test_failed_start_reports_the_log_tail(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -388,23 +385,43 @@ ITEMS = [
 ] + [{"pk": {"S": "bulk"}, "sk": {"N": str(i)}} for i in range(30)]  # > one batch of 25
 
 
-def test_snapshot_and_restore_round_trip_across_a_restart(project: Path) -> None:
+def test_tables_and_items_survive_kill_9_and_restart(project: Path) -> None:
+    cloud = up(project)
+    _make_table(cloud.endpoint, "eu-west-1", "state")
+    ddb = client("dynamodb", "eu-west-1", cloud.endpoint)
+    for item in ITEMS:
+        ddb.put_item(TableName="state", Item=item)
+    ddb.delete_item(TableName="state", Key={"pk": {"S": "bulk"}, "sk": {"N": "0"}})
+    before = _scan(cloud.endpoint, "eu-west-1", "state")
+    assert len(before) == len(ITEMS) - 1
+
+    os.kill(cloud.pid, signal.SIGKILL)  # no chance to save anything on the way out
+    assert _gone(cloud.pid)
+    again = up(project)
+    assert again.started and again.restored["items"] == len(before)
+    assert _scan(again.endpoint, "eu-west-1", "state") == before
+    log = (local_dir(project) / "server.log").read_text()
+    assert f"restored {len(before)} items of 1 DynamoDB tables" in log
+
+    down(project, save_tables=False)  # deletes them: the next start is empty
+    assert not (local_dir(project) / "dynamodb").exists()
+    empty = up(project)
+    assert empty.restored == {"tables": 0, "items": 0, "records": 0}
+    assert client("dynamodb", "eu-west-1", empty.endpoint).list_tables()["TableNames"] == []
+
+
+def test_snapshot_exports_and_restore_items_imports(project: Path) -> None:
     endpoint = up(project).endpoint
     _make_table(endpoint, "eu-west-1", "state")
     ddb = client("dynamodb", "eu-west-1", endpoint)
     for item in ITEMS:
         ddb.put_item(TableName="state", Item=item)
     before = _scan(endpoint, "eu-west-1", "state")
+    path = snapshot(project, [("eu-west-1", "state")])
+    assert path == local_dir(project) / "tables.json"
 
-    result = down(project)  # regions from shardkit.toml: eu-west-1, us-east-1
-    assert result["snapshot"] == {
-        "path": str(local_dir(project) / "tables.json"),
-        "tables": {"eu-west-1/state": len(ITEMS)},
-    }
-    assert result["snapshot_error"] is None
-
+    down(project, save_tables=False)
     endpoint = up(project).endpoint
-    assert client("dynamodb", "eu-west-1", endpoint).list_tables()["TableNames"] == []
     assert restore_items(project) == [
         {"region": "eu-west-1", "table": "state", "items": 0, "status": "missing"}
     ]
@@ -413,21 +430,6 @@ def test_snapshot_and_restore_round_trip_across_a_restart(project: Path) -> None
         {"region": "eu-west-1", "table": "state", "items": len(ITEMS), "status": "restored"}
     ]
     assert _scan(endpoint, "eu-west-1", "state") == before
-
-
-def test_explicit_snapshot_and_down_without_tables_keeps_it(project: Path) -> None:
-    endpoint = up(project).endpoint
-    _make_table(endpoint, "us-east-1", "t1")
-    client("dynamodb", "us-east-1", endpoint).put_item(
-        TableName="t1", Item={"pk": {"S": "a"}, "sk": {"N": "1"}}
-    )
-    path = snapshot(project, [("us-east-1", "t1")])
-    assert path == local_dir(project) / "tables.json"
-    saved = path.read_bytes()
-    client("dynamodb", "us-east-1", endpoint).delete_table(TableName="t1")
-    assert down(project)["snapshot"] is None
-    assert path.read_bytes() == saved
-    assert set(load_project(project).config.regions) == {"eu-west-1", "us-east-1"}
 
 
 # -- CLI ------------------------------------------------------------------------------------------

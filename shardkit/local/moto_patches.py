@@ -1,0 +1,255 @@
+"""What the local cloud changes in moto's DynamoDB and server, and why (checked against moto 5.2.5).
+
+1. **One lock.** moto's item operations run one at a time, as each is atomic in DynamoDB; the
+   item-level undo below relies on it.
+2. **Transactions undo single items.** moto's ``transact_write_items`` deep-copies every table it
+   touches (once per item of the transaction) to roll back on a failed condition: a request's
+   cost grew with the table (125 ms at 1,600 items), and a rollback undid writes other threads
+   made meanwhile. Here the tables are not copied (:func:`_table_deepcopy` hands the table itself
+   to moto's rollback, which then puts the same object back) and the transaction's own keys are
+   saved and put back instead - O(items in the transaction).
+3. **Change hooks.** Every key an operation changed is noted (``Table.put_item``,
+   ``Table.delete_item`` and the backend's ``update_item``, which changes items in place); when
+   the outermost operation ends, still under the lock, the keys' current states go to the sink
+   (the journal) in one call - before moto's response is sent. Table-level operations go to the
+   sink with their arguments.
+4. **moto's module list, once.** The server answers each request after ``os.listdir`` of its own
+   ~250 service folders, under a global lock; the list cannot change while it runs.
+
+:func:`install` applies all of it, once per process; ``tests/functional/test_moto_patches.py``
+fails if a moto upgrade changes what these patches rely on.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = ["LOCK", "MOTO_VERSION", "Sink", "install", "set_sink"]
+
+#: The moto release these patches were written and tested against.
+MOTO_VERSION = "5.2.5"
+
+#: DynamoDB backend operations that read or write items: run one at a time.
+ITEM_OPERATIONS = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "get_item",
+    "query",
+    "scan",
+    "transact_write_items",
+    "transact_get_items",
+    "batch_write_item",
+    "batch_get_item",
+    "execute_statement",
+    "execute_transaction",
+    "batch_execute_statement",
+)
+#: Table-level operations whose arguments the sink records (and replays).
+TABLE_OPERATIONS = ("create_table", "update_table", "delete_table", "update_time_to_live")
+
+LOCK = threading.RLock()
+_local = threading.local()  # depth, changed keys, transaction undo
+_sink: Sink | None = None
+_installed = False
+
+Change = tuple[
+    str, str, str, dict[str, Any], dict[str, Any] | None
+]  # acct, region, table, key, item
+
+
+class Sink(Protocol):
+    """Where changes go (the journal); called under :data:`LOCK`, before the response."""
+
+    def items(self, changes: list[Change]) -> None: ...
+
+    def table(self, account: str, region: str, op: str, args: dict[str, Any]) -> None: ...
+
+
+def set_sink(sink: Sink | None) -> None:
+    global _sink
+    _sink = sink
+
+
+def install() -> None:
+    """Apply the patches (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    from moto import backends
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.table import Table
+
+    # Inner wrappers first: the undo and the notes must run inside the lock.
+    DynamoDBBackend.transact_write_items = _undoing(DynamoDBBackend.transact_write_items)
+    DynamoDBBackend.update_item = _noting_update(DynamoDBBackend.update_item)
+    for name in ITEM_OPERATIONS:
+        setattr(DynamoDBBackend, name, _serialised(getattr(DynamoDBBackend, name)))
+    for name in TABLE_OPERATIONS:
+        setattr(DynamoDBBackend, name, _recorded(name, getattr(DynamoDBBackend, name)))
+    Table.put_item = _noting_put(Table.put_item)
+    Table.delete_item = _noting_delete(Table.delete_item)
+    Table.__deepcopy__ = _table_deepcopy
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+    _installed = True
+
+
+# -- 1 and 3: one lock, and changes flushed when the outermost operation ends -------------------
+
+
+def _serialised(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with LOCK:
+            depth = getattr(_local, "depth", 0)
+            if depth == 0:
+                _local.changed = {}
+            _local.depth = depth + 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                _local.depth = depth
+                if depth == 0:
+                    changed, _local.changed = _local.changed, {}
+                    if changed and _sink is not None:
+                        _sink.items([_current(*key) for key in changed])
+
+    return run
+
+
+def _note(table: Any, hash_key: Any, range_key: Any) -> None:
+    changed = getattr(_local, "changed", None)
+    if changed is not None:
+        changed[(table, hash_key, range_key)] = None
+
+
+def _current(table: Any, hash_key: Any, range_key: Any) -> Change:
+    key = {table.hash_key_attr: hash_key.to_json()}
+    if range_key is not None:
+        key[table.range_key_attr] = range_key.to_json()
+    item = table.get_item(hash_key, range_key)
+    attrs = item.to_json()["Attributes"] if item is not None else None
+    return table.account_id, table.region_name, table.name, key, attrs
+
+
+def _noting_put(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def put_item(self: Any, *args: Any, **kwargs: Any) -> Any:
+        item = original(self, *args, **kwargs)
+        _note(self, item.hash_key, item.range_key)
+        return item
+
+    return put_item
+
+
+def _noting_delete(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def delete_item(self: Any, hash_key: Any, range_key: Any = None) -> Any:
+        try:
+            return original(self, hash_key, range_key)
+        finally:
+            _note(self, hash_key, range_key)
+
+    return delete_item
+
+
+def _noting_update(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def update_item(self: Any, table_name: str, key: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        item = original(self, table_name, key, *args, **kw)
+        _note(self.get_table(table_name), item.hash_key, item.range_key)
+        return item
+
+    return update_item
+
+
+def _recorded(op: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with LOCK:
+            result = original(self, *args, **kwargs)
+            if _sink is not None:
+                bound = signature.bind(self, *args, **kwargs).arguments
+                bound.pop("self")
+                _sink.table(self.account_id, self.region_name, op, dict(bound))
+            return result
+
+    return run
+
+
+# -- 2: transactions undo single items ----------------------------------------------------------
+
+
+def _table_deepcopy(self: Any, memo: dict[int, Any]) -> Any:
+    """Inside a transaction: the table itself (moto's rollback then puts back the same object).
+    Elsewhere (backups): a real deep copy, as ``copy.deepcopy`` makes one."""
+    if getattr(_local, "in_transaction", False):
+        return self
+    return copy._reconstruct(self, memo, *self.__reduce_ex__(4))  # type: ignore[attr-defined]
+
+
+def _undoing(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Any:
+        saved = _save_keys(self, transact_items)
+        _local.in_transaction = True
+        try:
+            return original(self, transact_items)
+        except BaseException:
+            for (table, hash_key, range_key), (item, streamed) in saved.items():
+                _put_back(table, hash_key, range_key, item, streamed)
+                _note(table, hash_key, range_key)
+            raise
+        finally:
+            _local.in_transaction = False
+
+    return transact_write_items
+
+
+def _save_keys(backend: Any, transact_items: list[dict[str, Any]]) -> dict[tuple[Any, ...], Any]:
+    """(table, hash, range) -> (a copy of its item or None, the stream's length) for every key
+    the transaction may write. A malformed entry is skipped: moto refuses it before writing."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    saved: dict[tuple[Any, ...], Any] = {}
+    for entry in transact_items:
+        try:
+            ((op_type, op),) = entry.items()
+            if op_type == "ConditionCheck":
+                continue
+            table = backend.get_table(op["TableName"])
+            attrs = op["Item"] if op_type == "Put" else op["Key"]
+            hash_key = DynamoType(attrs[table.hash_key_attr])
+            range_key = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
+        except Exception:
+            continue
+        item = table.get_item(hash_key, range_key)
+        streamed = len(table.stream_shard.items) if table.stream_shard is not None else 0
+        saved.setdefault((table, hash_key, range_key), (copy.deepcopy(item), streamed))
+    return saved
+
+
+def _put_back(table: Any, hash_key: Any, range_key: Any, item: Any, streamed: int) -> None:
+    if range_key is None:
+        if item is None:
+            table.items.pop(hash_key, None)
+        else:
+            table.items[hash_key] = item
+    else:
+        bucket = table.items[hash_key]
+        if item is None:
+            bucket.pop(range_key, None)
+            if not bucket:
+                del table.items[hash_key]
+        else:
+            bucket[range_key] = item
+    if table.stream_shard is not None:
+        del table.stream_shard.items[streamed:]

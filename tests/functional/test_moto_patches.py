@@ -1,0 +1,189 @@
+"""The local cloud's patches to moto's DynamoDB (shardkit/local/moto_patches.py).
+
+These tests fail when a moto upgrade changes what the patches rely on: the rollback that copies
+tables, the item storage that the undo writes back into, the module list the server scans.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import threading
+from collections.abc import Iterator
+from importlib.metadata import version
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from shardkit.local import moto_patches
+
+TABLE = "t"
+WRITERS, WRITES = 3, 250
+FENCE = {"pk": {"S": "fence"}, "sk": {"S": "epoch"}}
+
+
+class Recorder:
+    """A sink that keeps what the patches hand it."""
+
+    def __init__(self) -> None:
+        self.changes: list[list[moto_patches.Change]] = []
+        self.tables: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def items(self, changes: list[moto_patches.Change]) -> None:
+        self.changes.append(changes)
+
+    def table(self, account: str, region: str, op: str, args: dict[str, Any]) -> None:
+        self.tables.append((account, region, op, args))
+
+
+@pytest.fixture
+def dynamodb(aws_env: None, pk_sk_table: Any) -> Iterator[Any]:
+    moto_patches.install()
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="eu-west-1")
+        pk_sk_table(client, TABLE)
+        client.put_item(TableName=TABLE, Item={**FENCE, "epoch": {"N": "1"}})
+        yield client
+    moto_patches.set_sink(None)
+
+
+def _transaction(epoch: int, *writes: dict[str, Any]) -> list[dict[str, Any]]:
+    check = {
+        "ConditionCheck": {
+            "TableName": TABLE,
+            "Key": FENCE,
+            "ConditionExpression": "epoch = :e",
+            "ExpressionAttributeValues": {":e": {"N": str(epoch)}},
+        }
+    }
+    return [*writes, check]
+
+
+def _put(pk: str, **attrs: Any) -> dict[str, Any]:
+    return {"Put": {"TableName": TABLE, "Item": {"pk": {"S": pk}, "sk": {"S": "s"}, **attrs}}}
+
+
+def _items(client: Any) -> dict[str, dict[str, Any]]:
+    return {i["pk"]["S"]: i for i in client.scan(TableName=TABLE)["Items"]}
+
+
+def test_the_patches_were_checked_against_this_moto() -> None:
+    """A moto upgrade must be checked against moto_patches.py (then update MOTO_VERSION)."""
+    assert version("moto") == moto_patches.MOTO_VERSION
+    from moto.dynamodb.models import DynamoDBBackend
+
+    source = inspect.getsource(inspect.unwrap(DynamoDBBackend.transact_write_items))
+    # The undo relies on moto copying tables with copy.deepcopy and putting the copies back.
+    assert "copy.deepcopy(" in source and "self.tables[table_name] = original" in source
+
+
+def test_a_failed_transaction_undoes_its_own_writes_only(dynamodb: Any) -> None:
+    client = dynamodb
+    client.put_item(TableName=TABLE, Item={"pk": {"S": "old"}, "sk": {"S": "s"}, "v": {"N": "1"}})
+    with pytest.raises(client.exceptions.TransactionCanceledException) as failed:
+        client.transact_write_items(
+            TransactItems=_transaction(2, _put("new"), _put("old", v={"N": "2"}))
+        )
+    codes = [r["Code"] for r in failed.value.response["CancellationReasons"]]
+    assert codes == ["None", "None", "ConditionalCheckFailed"]  # both puts ran, then failed
+    items = _items(client)
+    assert "new" not in items and items["old"]["v"] == {"N": "1"}
+    client.transact_write_items(
+        TransactItems=_transaction(1, _put("new"), _put("old", v={"N": "3"}))
+    )
+    items = _items(client)
+    assert "new" in items and items["old"]["v"] == {"N": "3"}
+
+
+def test_a_transaction_copies_no_table(dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.models.table import Table
+
+    copies = []
+    original = copy._reconstruct  # type: ignore[attr-defined]
+
+    def counting(x: Any, *args: Any, **kwargs: Any) -> Any:
+        copies.append(type(x).__name__)
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "_reconstruct", counting)
+    for i in range(50):
+        dynamodb.put_item(TableName=TABLE, Item={"pk": {"S": f"f{i}"}, "sk": {"S": "s"}})
+    dynamodb.transact_write_items(TransactItems=_transaction(1, _put("a")))
+    with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+        dynamodb.transact_write_items(TransactItems=_transaction(9, _put("b")))
+    assert "Table" not in copies
+    table = copy.deepcopy(next(iter(_backend().tables.values())))  # a backup still copies
+    assert isinstance(table, Table) and "Table" in copies
+
+
+def _backend() -> Any:
+    from moto.dynamodb.models import dynamodb_backends
+
+    return dynamodb_backends["123456789012"]["eu-west-1"]
+
+
+def test_changes_reach_the_sink_once_per_operation(dynamodb: Any) -> None:
+    sink = Recorder()
+    moto_patches.set_sink(sink)
+    client = dynamodb
+    client.transact_write_items(TransactItems=_transaction(1, _put("a", v={"B": b"\x00"})))
+    client.update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": "a"}, "sk": {"S": "s"}},
+        UpdateExpression="SET n = :n",
+        ExpressionAttributeValues={":n": {"N": "5"}},
+    )
+    client.delete_item(TableName=TABLE, Key={"pk": {"S": "a"}, "sk": {"S": "s"}})
+    with pytest.raises(client.exceptions.TransactionCanceledException):
+        client.transact_write_items(TransactItems=_transaction(2, _put("b")))
+    key = {"pk": {"S": "a"}, "sk": {"S": "s"}}
+    account, region = "123456789012", "eu-west-1"
+    assert sink.changes == [
+        [(account, region, TABLE, key, {**key, "v": {"B": b"\x00"}})],
+        [(account, region, TABLE, key, {**key, "v": {"B": b"\x00"}, "n": {"N": "5"}})],
+        [(account, region, TABLE, key, None)],
+        [(account, region, TABLE, {"pk": {"S": "b"}, "sk": {"S": "s"}}, None)],  # undone
+    ]
+    client.delete_table(TableName=TABLE)
+    assert sink.tables == [(account, region, "delete_table", {"name": TABLE})]
+
+
+def test_moto_lists_its_modules_once() -> None:
+    moto_patches.install()
+    from moto import backends
+
+    assert backends.list_of_moto_modules() is backends.list_of_moto_modules()
+    assert {"dynamodb", "s3", "awslambda"} <= set(backends.list_of_moto_modules())
+
+
+def test_failing_transactions_do_not_undo_concurrent_writes(dynamodb: Any) -> None:
+    client = dynamodb
+    stop = threading.Event()
+    failed = []
+
+    def failing_transactions() -> None:
+        while not stop.is_set():
+            try:
+                client.transact_write_items(TransactItems=_transaction(2, _put("never")))
+            except client.exceptions.TransactionCanceledException:
+                failed.append(1)
+
+    def writer(n: int) -> None:
+        for i in range(WRITES):
+            client.put_item(TableName=TABLE, Item={"pk": {"S": f"w{n}-{i}"}, "sk": {"S": "s"}})
+
+    spoiler = threading.Thread(target=failing_transactions)
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+    spoiler.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    spoiler.join()
+
+    written = set(_items(client)) - {"fence"}
+    assert failed, "the failing transactions must have run beside the writes"
+    assert written == {f"w{n}-{i}" for n in range(WRITERS) for i in range(WRITES)}
