@@ -22,6 +22,7 @@
     │   ├── PlanStaleError        the deployed state changed since the plan was made
     │   └── ApplyFailedError      a step failed; the journal records what was done
     ├── LocalCloudError           the local cloud is missing, stopped or failed to start
+    ├── LogsError                 the proxies' logs cannot be read as asked
     └── AwsError                  an AWS call failed (operation, region and resource in the text)
         ├── AwsThrottledError     still throttled after retries
         ├── AwsAccessDeniedError  credentials missing, expired or not allowed
@@ -53,6 +54,7 @@ __all__ = [
     "KeyStoreError",
     "LoadRecordError",
     "LocalCloudError",
+    "LogsError",
     "MapDecodeError",
     "MapError",
     "MapExpiredError",
@@ -214,6 +216,12 @@ class ApplyFailedError(DeployError):
         "fix the cause, then run the same `shardkit apply` (or `shardkit deploy`) again to "
         "resume, or `shardkit rollback` to return to the last good deployment"
     )
+
+
+class LogsError(ShardkitError):
+    """The proxies' logs cannot be read as asked (a bad --since, an unknown shard)."""
+
+    hint = "see `shardkit logs --help`"
 
 
 class LocalCloudError(ShardkitError):

@@ -66,6 +66,9 @@ class Deployer:
         self.store = StateStore(project.state_dir, target.name)
         self.progress = progress
         self.vendor = vendor
+        # The last map built, by what it was built from: a long-lived deployer (`shardkit dev`)
+        # re-plans after every save, and a code change leaves the map's inputs as they were.
+        self._built: tuple[tuple[Any, ...], ShardMap] | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -290,7 +293,12 @@ class Deployer:
         """The map to deploy; ``None`` bytes when the deployed one still serves as it is."""
         config = self.project.config
         floor = max(self._local_map_version(), manifest.map_version_max)
-        candidate = build_map(config, deployed, min_version=floor + 1)
+        inputs = (config, deployed.version if deployed else None, floor)
+        if self._built is not None and self._built[0] == inputs:
+            candidate = self._built[1]
+        else:
+            candidate = build_map(config, deployed, min_version=floor + 1)
+            self._built = (inputs, candidate)
         if deployed is not None and same_routing(candidate, deployed) and not self._stale(deployed):
             return deployed, None
         return candidate, self._sign(candidate)

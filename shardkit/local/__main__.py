@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from .journal import Journal
 from .server import (
@@ -43,18 +45,56 @@ POLL_S = 0.25
 SELF_EXITS = ("idle", "max lifetime")
 
 
+_LAMBDA_PATH = re.compile(r"^/20\d\d-\d\d-\d\d/functions(?:/(?P<fn>[^/]+)(?P<rest>/[^?]*)?)?")
+_REGION = re.compile(r"Credential=[^/]+/\d{8}/(?P<region>[a-z0-9-]+)/")
+PREWARM_SETTLE_S = 0.5  # a deploy changes many aliases at once: warm up after the last one
+
+
 class Activity:
-    """A WSGI wrapper that notes the time of the last request (for the idle timeout)."""
+    """What the server's front doors see: the time of the last request (for the idle timeout),
+    a generation counter of Lambda's configuration, and the functions whose aliases moved.
+
+    A write to the Lambda API (anything but GET/HEAD under ``/YYYY-MM-DD/functions``) bumps the
+    generation once moto has applied it, so the executor reads a function's configuration again
+    only after it changed - instead of asking moto every second."""
 
     def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.generation = 0
+        self.moved: dict[tuple[str, str], float] = {}  # (region, function) -> when
+        self._lock = threading.Lock()
+
+    def touch(self) -> None:
         self.last = time.monotonic()
 
     def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
         def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             self.last = time.monotonic()
-            return app(environ, start_response)
+            if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+                return app(environ, start_response)
+            lambda_write = _LAMBDA_PATH.match(environ.get("PATH_INFO", ""))
+            try:
+                return app(environ, start_response)
+            finally:
+                if lambda_write:
+                    self._lambda_changed(lambda_write, environ.get("HTTP_AUTHORIZATION", ""))
 
         return wsgi
+
+    def _lambda_changed(self, match: re.Match[str], authorization: str) -> None:
+        with self._lock:
+            self.generation += 1
+            region = _REGION.search(authorization)
+            if match["fn"] and (match["rest"] or "").startswith("/aliases") and region:
+                self.moved[region["region"], unquote(match["fn"])] = time.monotonic()
+
+    def settled_moves(self) -> list[tuple[str, str]]:
+        """Functions whose aliases moved, once no alias moved for :data:`PREWARM_SETTLE_S`."""
+        with self._lock:
+            if not self.moved or time.monotonic() - max(self.moved.values()) < PREWARM_SETTLE_S:
+                return []
+            moved, self.moved = list(self.moved), {}
+            return moved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         wsgi_server.app = activity.wrap(wsgi_server.app)
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    gateway = _gateway(root, endpoint)
+    gateway = _gateway(root, endpoint, activity)
+    threading.Thread(target=_prewarm_loop, args=(gateway, activity, stop), daemon=True).start()
     try:
         _log(f"moto config: {json.dumps(configure(endpoint))}")
         write_record(
@@ -87,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "endpoint": endpoint,
                 "gateway": gateway.endpoint,
+                "dynamodb": gateway.endpoint,
                 "pid": os.getpid(),
                 "started_at": time.time(),
                 "instance": instance,
@@ -107,17 +149,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _gateway(root: Path, endpoint: str) -> Any:
-    """The Lambda executor and its gateway (Invoke API and Function URLs) on 127.0.0.1."""
+def _gateway(root: Path, endpoint: str, activity: Activity) -> Any:
+    """The Lambda executor and its gateway (Invoke API, Function URLs, DynamoDB) on 127.0.0.1."""
     from .executor import LocalLambda
     from .gateway import Gateway
     from .server import client
 
     state = root / ".shardkit"
     executor = LocalLambda(
-        endpoint, state, lambda service, region: client(service, region, endpoint)
+        endpoint,
+        state,
+        lambda service, region: client(service, region, endpoint),
+        generation=lambda: activity.generation,
     )
-    return Gateway(executor, state / "deploy" / "local" / "manifest.json", HOST).start()
+    gateway = Gateway(executor, state / "deploy" / "local" / "manifest.json", HOST)
+    gateway.on_request = activity.touch
+    executor.service_endpoints["dynamodb"] = gateway.endpoint  # state calls skip moto's server
+    return gateway.start()
+
+
+def _prewarm_loop(gateway: Any, activity: Activity, stop: threading.Event) -> None:
+    """After a deploy moved aliases: one warm worker per alias, so the first request after a
+    deploy does not pay a cold start (the way provisioned concurrency works on Lambda)."""
+    while not stop.wait(POLL_S):
+        for region, function in activity.settled_moves():
+            try:
+                gateway.executor.prewarm_aliases(region, function)
+            except Exception as exc:  # deleted meanwhile, or the server is stopping
+                _log(f"pre-warm of {function} in {region} skipped: {exc}")
 
 
 def configure(endpoint: str) -> dict[str, Any]:

@@ -207,12 +207,26 @@ class Pool:
 class LocalLambda:
     """Invoke functions of the local cloud at ``endpoint`` with their deployed code."""
 
-    def __init__(self, endpoint: str, state_dir: Path, client: Callable[[str, str], Any]) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        state_dir: Path,
+        client: Callable[[str, str], Any],
+        *,
+        generation: Callable[[], int] | None = None,
+    ) -> None:
+        """``generation`` counts changes to Lambda's configuration (the server's front door
+        bumps it on every write to the Lambda API): a function's configuration is read again
+        only when it moved. Without it, a configuration is trusted for ``_CONFIG_TTL`` seconds.
+        """
         self.endpoint = endpoint
+        #: service -> endpoint the functions use instead of ``endpoint`` (AWS_ENDPOINT_URL_X)
+        self.service_endpoints: dict[str, str] = {}
         self.code_root = state_dir / "local" / "code"
         self.manifest_path = state_dir / "deploy" / "local" / "manifest.json"
         client = _reused(client)
         self._client = client
+        self._generation = generation
         self._pools: dict[tuple[str, str, str], Pool] = {}
         self._specs: dict[tuple[str, str, str], tuple[float, FunctionSpec]] = {}
         self._lock = threading.Lock()
@@ -278,10 +292,14 @@ class LocalLambda:
             duration_ms=(time.perf_counter() - started) * 1000,
         )
 
-    def _start(self, pool: Pool) -> Worker:
+    def _start(self, pool: Pool, init: str = "on-demand") -> Worker:
+        """A new worker; ``init`` is Lambda's AWS_LAMBDA_INITIALIZATION_TYPE for it."""
         spec = pool.spec
         worker = Worker(
-            spec, pool.code_dir, pool.env, lambda stream, line: self._logs.line(spec, stream, line)
+            spec,
+            pool.code_dir,
+            {**pool.env, "AWS_LAMBDA_INITIALIZATION_TYPE": init},
+            lambda stream, line: self._logs.line(spec, stream, line),
         )
         if not worker.ready.get("ready"):
             worker.kill()
@@ -291,7 +309,10 @@ class LocalLambda:
     def _spec(self, region: str, name: str, qualifier: str) -> FunctionSpec:
         key = (region, name, qualifier)
         cached = self._specs.get(key)
-        if cached and time.monotonic() - cached[0] < _CONFIG_TTL:
+        stamp = self._stamp()
+        if cached and (
+            cached[0] == stamp if self._generation else time.monotonic() - cached[0] < _CONFIG_TTL
+        ):
             return cached[1]
         lam = self._client("lambda", region)
         try:
@@ -315,8 +336,40 @@ class LocalLambda:
             concurrency=_UNRESERVED if reserved is None else int(reserved),
             env=tuple(sorted(conf.get("Environment", {}).get("Variables", {}).items())),
         )
-        self._specs[key] = (time.monotonic(), spec)
+        self._specs[key] = (stamp, spec)
         return spec
+
+    def _stamp(self) -> float:
+        """What a cached configuration is checked against: the generation, or the clock."""
+        return self._generation() if self._generation else time.monotonic()
+
+    def prewarm_aliases(self, region: str, name: str) -> list[str]:
+        """Pre-warm every alias of a function, each in its own thread; returns the aliases."""
+        lam = self._client("lambda", region)
+        aliases = [a["Name"] for a in lam.list_aliases(FunctionName=name)["Aliases"]]
+        for alias in aliases:
+            threading.Thread(target=self.prewarm, args=(region, name, alias), daemon=True).start()
+        return aliases
+
+    def prewarm(self, region: str, name: str, qualifier: str) -> bool:
+        """Start a worker for the function now, so that its first invoke finds one warm
+        (as provisioned concurrency does). False when one is idle already, or none may start."""
+        try:
+            pool = self._pool(self._spec(region, name, qualifier))
+        except LookupError:
+            return False
+        with pool.lock:
+            if pool.idle or pool.busy or pool.spec.concurrency < 1:
+                return False
+            pool.busy += 1
+        worker = None
+        try:
+            worker = self._start(pool, "provisioned-concurrency")
+        except (TimeoutError, MemoryError, ChildProcessError, InitError, OSError):
+            worker = None  # the first invoke reports why, as without a pre-warm
+        finally:
+            pool.release(worker)
+        return worker is not None
 
     def _pool(self, spec: FunctionSpec) -> Pool:
         key = (spec.region, spec.name, spec.version)
@@ -350,6 +403,10 @@ class LocalLambda:
                 "AWS_REGION": spec.region,
                 "AWS_DEFAULT_REGION": spec.region,
                 "AWS_ENDPOINT_URL": self.endpoint,
+                **{
+                    f"AWS_ENDPOINT_URL_{service.upper()}": url
+                    for service, url in self.service_endpoints.items()
+                },
                 "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_LAMBDA_FUNCTION_NAME": spec.name,
@@ -423,11 +480,18 @@ def _bytes_io(data: bytes) -> Any:
 
 
 class LogForwarder:
-    """Batches worker output into CloudWatch Logs; EMF documents become metrics."""
+    """Batches worker output into CloudWatch Logs, and EMF documents into metrics.
+
+    Both leave every ``interval`` seconds, one call per log stream and one per namespace and
+    region (up to 1,000 data points each): forwarding each EMF document on its own cost about
+    as much of the server's CPU as the request that printed it."""
+
+    METRICS_PER_CALL = 1000
 
     def __init__(self, client: Callable[[str, str], Any], interval: float = 0.5) -> None:
         self._client = client
         self._pending: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self._metrics: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._streams: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -435,13 +499,13 @@ class LogForwarder:
         self._thread.start()
 
     def line(self, spec: FunctionSpec, stream: str, text: str) -> None:
-        if text.startswith("{") and '"_aws"' in text:
-            self._metric(spec, text)
+        data = _emf(text) if text.startswith("{") and '"_aws"' in text else []
         key = (spec.region, f"/aws/lambda/{spec.name}", stream)
+        event = {"timestamp": int(time.time() * 1000), "message": text}
         with self._lock:
-            self._pending.setdefault(key, []).append(
-                {"timestamp": int(time.time() * 1000), "message": text}
-            )
+            self._pending.setdefault(key, []).append(event)
+            for namespace, datum in data:
+                self._metrics.setdefault((spec.region, namespace), []).append(datum)
 
     def close(self) -> None:
         self._stop.set()
@@ -455,6 +519,7 @@ class LogForwarder:
     def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            metrics, self._metrics = self._metrics, {}
         for (region, group, stream), events in pending.items():
             try:
                 logs = self._client("logs", region)
@@ -466,33 +531,46 @@ class LogForwarder:
                 logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
             except Exception as exc:  # logging must never break an invocation
                 print(f"log forwarding to {group} failed: {exc}", file=sys.stderr)
+        for (region, namespace), data in metrics.items():
+            for start in range(0, len(data), self.METRICS_PER_CALL):
+                try:
+                    self._client("cloudwatch", region).put_metric_data(
+                        Namespace=namespace, MetricData=data[start : start + self.METRICS_PER_CALL]
+                    )
+                except Exception as exc:
+                    print(f"EMF forwarding to {namespace} failed: {exc}", file=sys.stderr)
 
-    def _metric(self, spec: FunctionSpec, text: str) -> None:
-        try:
-            doc = json.loads(text)
-            for directive in doc["_aws"]["CloudWatchMetrics"]:
-                dims = [
-                    {"Name": d, "Value": str(doc[d])}
-                    for group in directive.get("Dimensions", [])
-                    for d in group
-                    if d in doc
-                ]
-                data = [
+
+def _emf(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The (namespace, metric datum) pairs of one EMF document; none for a malformed one (it
+    stays a log line)."""
+    try:
+        doc = json.loads(text)
+        found = []
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            dims = [
+                {"Name": d, "Value": str(doc[d])}
+                for group in directive.get("Dimensions", [])
+                for d in group
+                if d in doc
+            ]
+            found += [
+                (
+                    directive["Namespace"],
                     {
                         "MetricName": m["Name"],
                         "Unit": m.get("Unit", "None"),
                         "Dimensions": dims,
                         "Values": _values(doc.get(m["Name"])),
-                    }
-                    for m in directive["Metrics"]
-                    if doc.get(m["Name"]) is not None
-                ]
-                if data:
-                    self._client("cloudwatch", spec.region).put_metric_data(
-                        Namespace=directive["Namespace"], MetricData=data
-                    )
-        except Exception as exc:  # a malformed EMF line stays a log line
-            print(f"EMF forwarding failed: {exc}", file=sys.stderr)
+                    },
+                )
+                for m in directive["Metrics"]
+                if doc.get(m["Name"]) is not None
+            ]
+        return found
+    except Exception as exc:
+        print(f"EMF document not understood: {exc}", file=sys.stderr)
+        return []
 
 
 def _values(value: Any) -> list[float]:

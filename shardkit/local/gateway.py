@@ -9,6 +9,9 @@ executor:
   region comes from the SigV4 credential scope);
 * ``/urls/{url-id}/...`` - a Function URL (``https://{url-id}.lambda-url.{region}.on.aws``) as a
   payload-format-2.0 event. ``AWS_IAM`` auth requires a SigV4 ``Authorization`` header.
+
+It also serves DynamoDB's API (``POST /`` with ``X-Amz-Target: DynamoDB_20120810.*``) in the
+server's process, for the functions' state reads and writes (:mod:`shardkit.local.dynamodb`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import dynamodb
 from .executor import Invocation, LocalLambda
 
 __all__ = ["Gateway", "url_id"]
@@ -44,6 +49,7 @@ class Gateway:
     def __init__(self, executor: LocalLambda, manifest_path: Path, host: str = "127.0.0.1"):
         self.executor = executor
         self.urls = UrlTable(manifest_path)
+        self.on_request: Callable[[], None] = lambda: None  # e.g. the server's idle clock
         handler = type("Handler", (_Handler,), {"gateway": self})
         self.server = ThreadingHTTPServer((host, 0), handler)
         self.server.daemon_threads = True
@@ -131,9 +137,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        self.gateway.on_request()
         parts = urlsplit(self.path)
         body = self._body()
         if body is None:
+            return
+        if self.headers.get("x-amz-target", "").startswith(dynamodb.TARGET_PREFIX):
+            host = self.headers.get("host", "127.0.0.1")
+            status, headers, data = dynamodb.handle(f"http://{host}{self.path}", self.headers, body)
+            self._raw(status, data, headers)
             return
         invoke = _INVOKE.match(parts.path)
         if invoke and self.command == "POST":

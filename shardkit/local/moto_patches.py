@@ -13,8 +13,9 @@
    the outermost operation ends, still under the lock, the keys' current states go to the sink
    (the journal) in one call - before moto's response is sent. Table-level operations go to the
    sink with their arguments.
-4. **moto's module list, once.** The server answers each request after ``os.listdir`` of its own
-   ~250 service folders, under a global lock; the list cannot change while it runs.
+4. **What cannot change, once.** The server answers each request after ``os.listdir`` of its own
+   ~250 service folders, under a global lock, and each handler lists its class's methods with
+   ``inspect.getmembers`` (~1 ms a call); neither changes while the server runs.
 
 :func:`install` applies all of it, once per process; ``tests/functional/test_moto_patches.py``
 fails if a moto upgrade changes what these patches rely on.
@@ -97,6 +98,9 @@ def install() -> None:
     Table.__deepcopy__ = _table_deepcopy
     modules = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: modules
+    from moto.core import responses
+
+    responses.method_names_from_class = functools.cache(responses.method_names_from_class)
     _installed = True
 
 

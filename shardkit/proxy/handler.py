@@ -21,6 +21,10 @@ Logger, ``inspect`` and jmespath), three times everything else here. Logger and 
 therefore made on first use (the first request), like boto3, so importing this module stays
 cheap for everything that is not a request; with provisioned concurrency, where the init phase
 is free of request latency, set ``SHARDKIT_POWERTOOLS_AT_IMPORT=1`` to pay it at import instead.
+In an environment Lambda initialises ahead of requests (``AWS_LAMBDA_INITIALIZATION_TYPE`` is
+``provisioned-concurrency``; the local executor's pre-warmed workers say so too) the whole proxy
+is built at import - Powertools, the boto3 clients and the signed map - so the first request
+pays none of it; a failure there is left for the first request to report.
 """
 
 from __future__ import annotations
@@ -284,5 +288,18 @@ def handler(event: Any, context: Any) -> Any:
         tools.metrics.flush_metrics()
 
 
-if os.environ.get("SHARDKIT_POWERTOOLS_AT_IMPORT") == "1":
+def _init_ahead() -> None:
+    """Build the proxy now (the init phase of a provisioned environment), map included."""
+    global _proxy
+    try:
+        proxy = build_from_environment()
+        proxy.holder.refresh()
+        _proxy = proxy
+    except Exception:  # the first request builds it again, and reports what fails
+        _powertools().logger.exception("initialisation ahead of requests failed")
+
+
+if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "provisioned-concurrency":
+    _init_ahead()
+elif os.environ.get("SHARDKIT_POWERTOOLS_AT_IMPORT") == "1":
     _powertools()

@@ -187,3 +187,13 @@ def test_failing_transactions_do_not_undo_concurrent_writes(dynamodb: Any) -> No
     written = set(_items(client)) - {"fence"}
     assert failed, "the failing transactions must have run beside the writes"
     assert written == {f"w{n}-{i}" for n in range(WRITERS) for i in range(WRITES)}
+
+
+def test_moto_lists_a_handlers_methods_once() -> None:
+    moto_patches.install()
+    from moto.core import responses
+    from moto.dynamodb.responses import DynamoHandler
+
+    names = responses.method_names_from_class(DynamoHandler)
+    assert names is responses.method_names_from_class(DynamoHandler)
+    assert {"put_item", "transact_write_items"} <= set(names)
