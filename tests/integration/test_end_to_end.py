@@ -2,11 +2,12 @@
 the routing client, the local gateway and the local executor's worker processes, with state in
 the local DynamoDB.
 
-Two projects, each deployed once per module: a copy of examples/quickstart (8 shards, 4 regions,
-the quickstart's own model), and a one-shard-per-jurisdiction probe project whose model can
+Two projects: the copy of examples/quickstart (8 shards, 4 regions, the quickstart's own model)
+that shardkit's pytest plugin deploys for the session, and a one-shard-per-jurisdiction probe
+project deployed by this module whose model can
 sleep, allocate memory, hold until told, and report its environment, to check that the executor
-honours the function's configuration. Finalizers stop each local cloud and check that neither
-its server nor any of its worker processes is left behind.
+honours the function's configuration. The probe's finalizer stops its local cloud and checks
+that neither its server nor any of its worker processes is left behind.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -199,17 +199,10 @@ def _deploy(root: Path) -> Deployed:
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    root = tmp_path_factory.mktemp("e2e") / "quickstart"
-    root.mkdir()
-    shutil.copy(QUICKSTART / "shardkit.toml", root / "shardkit.toml")
-    shutil.copytree(
-        QUICKSTART / "app", root / "app", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    try:
-        yield _deploy(root)
-    finally:
-        _stop(root)
+def quickstart(shardkit_project: Any) -> Deployed:
+    """The quickstart, deployed by shardkit's pytest plugin (shardkit.testing): the copy that the
+    quickstart's own tests and docs/testing.md's example use too, stopped at the session's end."""
+    return Deployed(shardkit_project.root, shardkit_project.outputs)
 
 
 PROBE_CONFIG = """\
@@ -628,3 +621,32 @@ def test_reserved_concurrency_throttles_the_excess(probe: Deployed, tmp_path: Pa
     assert "FunctionError" not in response and reply["answer"]["held"] is True
     _, after = invoke(probe, "eu-0", "eu-west-1", "eu:other", {"op": "env"})
     assert after["status"] == 200  # the slot is free again
+
+
+# -- durability ------------------------------------------------------------------------------------
+
+
+def test_acknowledged_writes_survive_kill_9_of_the_local_cloud(probe: Deployed) -> None:
+    client = client_for_project(probe.root, retry=OWNER_ONLY)
+    tag = uuid.uuid4().hex[:6]
+    keys = [f"{tag}-{i}" if i % 2 else f"eu:{tag}-{i}" for i in range(12)]
+    acked: dict[str, int] = {}
+    try:
+        for n in range(3):
+            for key in keys:
+                acked[key] = client.infer(key, {"n": n}).seq  # each one acknowledged
+    finally:
+        client.close()
+    pid = server.status(probe.root)["pid"]
+    os.kill(pid, signal.SIGKILL)  # nothing is saved on the way out
+    wait_for(lambda: _gone(pid), f"server {pid} to die")
+
+    restored = cli("deploy", str(probe.root), "--yes")  # restarts it and restores the deployment
+    assert "local cloud restarted: restoring deployment" in restored.stdout
+    items = probe.state_items()
+    assert {key: items[key][0][2] for key in keys} == acked == dict.fromkeys(keys, 3)
+    client = client_for_project(probe.root, retry=OWNER_ONLY)
+    try:  # and the proxies see the same items: the next write follows the last acknowledged one
+        assert client.infer(keys[0], {"n": 3}).seq == 4
+    finally:
+        client.close()
