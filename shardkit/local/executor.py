@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import telemetry
+
 __all__ = ["Invocation", "LocalLambda"]
 
 _BOOT = (Path(__file__).parent / "worker.py").read_text()
@@ -230,7 +232,7 @@ class LocalLambda:
         self._pools: dict[tuple[str, str, str], Pool] = {}
         self._specs: dict[tuple[str, str, str], tuple[float, FunctionSpec]] = {}
         self._lock = threading.Lock()
-        self._logs = LogForwarder(client)
+        self._logs = LogForwarder()
 
     def invoke(self, region: str, name: str, qualifier: str, event: Any) -> Invocation:
         started = time.perf_counter()
@@ -483,16 +485,15 @@ class LogForwarder:
     """Batches worker output into CloudWatch Logs, and EMF documents into metrics.
 
     Both leave every ``interval`` seconds, one call per log stream and one per namespace and
-    region (up to 1,000 data points each): forwarding each EMF document on its own cost about
-    as much of the server's CPU as the request that printed it."""
+    region (up to 1,000 data points each), straight into moto's backends
+    (:mod:`shardkit.local.telemetry`): forwarding each EMF document on its own, through boto3,
+    cost about as much of the server's CPU as the request that printed it."""
 
     METRICS_PER_CALL = 1000
 
-    def __init__(self, client: Callable[[str, str], Any], interval: float = 0.5) -> None:
-        self._client = client
+    def __init__(self, interval: float = 0.5) -> None:
         self._pending: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self._metrics: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self._streams: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
@@ -522,20 +523,14 @@ class LogForwarder:
             metrics, self._metrics = self._metrics, {}
         for (region, group, stream), events in pending.items():
             try:
-                logs = self._client("logs", region)
-                if (region, group, stream) not in self._streams:
-                    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
-                        logs.create_log_group(logGroupName=group)
-                    logs.create_log_stream(logGroupName=group, logStreamName=stream)
-                    self._streams.add((region, group, stream))
-                logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+                telemetry.put_log_events(region, group, stream, events)
             except Exception as exc:  # logging must never break an invocation
                 print(f"log forwarding to {group} failed: {exc}", file=sys.stderr)
         for (region, namespace), data in metrics.items():
             for start in range(0, len(data), self.METRICS_PER_CALL):
                 try:
-                    self._client("cloudwatch", region).put_metric_data(
-                        Namespace=namespace, MetricData=data[start : start + self.METRICS_PER_CALL]
+                    telemetry.put_metric_data(
+                        region, namespace, data[start : start + self.METRICS_PER_CALL]
                     )
                 except Exception as exc:
                     print(f"EMF forwarding to {namespace} failed: {exc}", file=sys.stderr)

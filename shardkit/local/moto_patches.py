@@ -15,7 +15,10 @@
    sink with their arguments.
 4. **What cannot change, once.** The server answers each request after ``os.listdir`` of its own
    ~250 service folders, under a global lock, and each handler lists its class's methods with
-   ``inspect.getmembers`` (~1 ms a call); neither changes while the server runs.
+   ``inspect.getmembers`` (~1 ms a call); neither changes while the server runs. A condition
+   expression is parsed again for each item it is checked on (twice per fenced write, and every
+   fence check is the same expression with the same value): parsed ones are kept, by
+   expression, names and values (a parsed expression is only read when evaluated).
 
 :func:`install` applies all of it, once per process; ``tests/functional/test_moto_patches.py``
 fails if a moto upgrade changes what these patches rely on.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import json
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -101,6 +105,11 @@ def install() -> None:
     from moto.core import responses
 
     responses.method_names_from_class = functools.cache(responses.method_names_from_class)
+    from moto.dynamodb import models
+    from moto.dynamodb.models import table
+
+    cached = _cached_expressions(models.get_filter_expression)
+    models.get_filter_expression = table.get_filter_expression = cached
     _installed = True
 
 
@@ -187,6 +196,34 @@ def _recorded(op: str, original: Callable[..., Any]) -> Callable[..., Any]:
             return result
 
     return run
+
+
+def _cached_expressions(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.lru_cache(maxsize=4096)
+    def parse(expr: str | None, names: str, values: str) -> Any:
+        return original(expr, json.loads(names), json.loads(values, object_hook=_unbytes))
+
+    @functools.wraps(original)
+    def get_filter_expression(expr: str | None, names: Any, values: Any) -> Any:
+        try:
+            key = json.dumps(names, sort_keys=True), json.dumps(values, sort_keys=True, default=_b)
+        except (TypeError, ValueError):
+            return original(expr, names, values)
+        return parse(expr, *key)
+
+    return get_filter_expression
+
+
+def _b(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"__bytes__": value.hex()}
+    raise TypeError(type(value).__name__)
+
+
+def _unbytes(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and isinstance(obj.get("__bytes__"), str):
+        return bytes.fromhex(obj["__bytes__"])
+    return obj
 
 
 # -- 2: transactions undo single items ----------------------------------------------------------
