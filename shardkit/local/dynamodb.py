@@ -11,7 +11,10 @@ it with ``AWS_ENDPOINT_URL_DYNAMODB``: the proxy's code does not change.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["TARGET_PREFIX", "handle"]
 
@@ -22,13 +25,45 @@ _DROPPED = {"status", "content-length", "connection", "transfer-encoding", "date
 
 def handle(url: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
     """One DynamoDB API call: (status, headers, body) as moto answers it."""
-    from moto.core.request import Request
     from moto.dynamodb.responses import DynamoHandler
 
-    request = Request.from_primitives("POST", url, dict(headers), body)
+    request = _request(url, headers, body)
     status, out_headers, out_body = DynamoHandler.dispatch(
         request, request.raw_url, request.headers
     )
     data = out_body.encode() if isinstance(out_body, str) else bytes(out_body or b"")
     kept = {k: str(v) for k, v in out_headers.items() if k.lower() not in _DROPPED}
     return int(status), kept, data
+
+
+def _request(url: str, headers: Mapping[str, str], body: bytes) -> Any:
+    """moto's request for a POST of ``body`` to ``url``: the WSGI environ a server would make
+    (werkzeug's test-request builder does the same with four times the work)."""
+    from moto.core.request import Request
+
+    parts = urlsplit(url)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": parts.path or "/",
+        "QUERY_STRING": parts.query,
+        "SERVER_NAME": parts.hostname or "127.0.0.1",
+        "SERVER_PORT": str(parts.port or 80),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": parts.scheme or "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "CONTENT_LENGTH": str(len(body)),
+    }
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            environ[key] = value
+        else:
+            environ[f"HTTP_{key}"] = value
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return Request(environ)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import json
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -105,11 +104,12 @@ def install() -> None:
     from moto.core import responses
 
     responses.method_names_from_class = functools.cache(responses.method_names_from_class)
-    from moto.dynamodb import models
-    from moto.dynamodb.models import table
+    from moto.dynamodb import comparisons, models
+    from moto.dynamodb import responses as dynamodb_responses
 
-    cached = _cached_expressions(models.get_filter_expression)
-    models.get_filter_expression = table.get_filter_expression = cached
+    parsed_once = _parsed_once_factory()
+    for module in (comparisons, models, dynamodb_responses):
+        module.create_condition_expression_parser = parsed_once  # type: ignore[attr-defined]
     _installed = True
 
 
@@ -198,32 +198,46 @@ def _recorded(op: str, original: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _cached_expressions(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.lru_cache(maxsize=4096)
-    def parse(expr: str | None, names: str, values: str) -> Any:
-        return original(expr, json.loads(names), json.loads(values, object_hook=_unbytes))
-
-    @functools.wraps(original)
-    def get_filter_expression(expr: str | None, names: Any, values: Any) -> Any:
-        try:
-            key = json.dumps(names, sort_keys=True), json.dumps(values, sort_keys=True, default=_b)
-        except (TypeError, ValueError):
-            return original(expr, names, values)
-        return parse(expr, *key)
-
-    return get_filter_expression
+_parsed: dict[tuple[Any, ...], tuple[Any, list[str], list[str]]] = {}
+_PARSED_MAX = 4096
 
 
-def _b(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return {"__bytes__": value.hex()}
-    raise TypeError(type(value).__name__)
+def _parsed_once_factory() -> Callable[..., Any]:
+    """moto's ``create_condition_expression_parser``, whose ``parse`` is done once per
+    (expression, names, values); callers get fresh lists of the names and values it found
+    (moto's responses extend them)."""
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+
+    class ParsedOnce(ConditionExpressionParser):
+        def parse(self) -> Any:
+            try:
+                key = (
+                    self.condition_expression,
+                    _frozen(self.expression_attribute_names),
+                    _frozen(self.expression_attribute_values),
+                )
+            except TypeError:
+                return super().parse()
+            hit = _parsed.get(key)
+            if hit is None:
+                hit = (super().parse(), self.expr_attr_names_found, self.expr_attr_values_found)
+                if len(_parsed) >= _PARSED_MAX:
+                    _parsed.clear()
+                _parsed[key] = hit
+            self.expr_attr_names_found, self.expr_attr_values_found = list(hit[1]), list(hit[2])
+            return hit[0]
+
+    return ParsedOnce
 
 
-def _unbytes(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and isinstance(obj.get("__bytes__"), str):
-        return bytes.fromhex(obj["__bytes__"])
-    return obj
+def _frozen(value: Any) -> Any:
+    """A hashable copy of JSON-like data (dicts, lists, strings, numbers, bytes)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    hash(value)
+    return value
 
 
 # -- 2: transactions undo single items ----------------------------------------------------------

@@ -197,3 +197,23 @@ def test_moto_lists_a_handlers_methods_once() -> None:
     names = responses.method_names_from_class(DynamoHandler)
     assert names is responses.method_names_from_class(DynamoHandler)
     assert {"put_item", "transact_write_items"} <= set(names)
+
+
+def test_a_condition_is_parsed_once_and_still_judged_per_item(dynamodb: Any) -> None:
+    moto_patches._parsed.clear()
+    client = dynamodb
+    for epoch, ok in [(1, True), (2, False), (1, True)]:
+        try:
+            client.transact_write_items(TransactItems=_transaction(epoch, _put(f"p{epoch}")))
+            assert ok
+        except client.exceptions.TransactionCanceledException:
+            assert not ok
+    values = {key[2] for key in moto_patches._parsed if key[0] == "epoch = :e"}
+    assert values == {((":e", (("N", str(e)),)),) for e in (1, 2)}  # once for each value
+    with pytest.raises(client.exceptions.ClientError, match="ExpressionAttributeNames"):
+        client.put_item(
+            TableName=TABLE,
+            Item={"pk": {"S": "x"}, "sk": {"S": "s"}},
+            ConditionExpression="attribute_not_exists(pk)",
+            ExpressionAttributeNames={"#unused": "n"},
+        )
