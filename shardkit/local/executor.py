@@ -177,11 +177,19 @@ class Pool:
         self.spec, self.code_dir, self.env = spec, code_dir, env
         self.idle: list[Worker] = []
         self.busy = 0
+        self.warming = 0  # pre-warms under way (counted in busy too)
         self.lock = threading.Lock()
+        self.freed = threading.Condition(self.lock)
 
     def acquire(self) -> Worker | bool | None:
-        """An idle worker, True when a new one may be started, None when at the limit."""
+        """An idle worker, True when a new one may be started, None when at the limit.
+
+        While a pre-warm is under way and no worker is idle, wait for it (at most the
+        function's timeout) rather than pay a second cold start beside it."""
         with self.lock:
+            deadline = time.monotonic() + self.spec.timeout_s
+            while not self.idle and self.warming and time.monotonic() < deadline:
+                self.freed.wait(deadline - time.monotonic())
             while self.idle:
                 worker = self.idle.pop()
                 if worker.alive:
@@ -193,11 +201,13 @@ class Pool:
             self.busy += 1
             return True
 
-    def release(self, worker: Worker | None) -> None:
+    def release(self, worker: Worker | None, *, warmed: bool = False) -> None:
         with self.lock:
             self.busy -= 1
+            self.warming -= warmed
             if worker is not None and worker.alive:
                 self.idle.append(worker)
+            self.freed.notify_all()
 
     def close(self) -> None:
         with self.lock:
@@ -364,13 +374,14 @@ class LocalLambda:
             if pool.idle or pool.busy or pool.spec.concurrency < 1:
                 return False
             pool.busy += 1
+            pool.warming += 1
         worker = None
         try:
             worker = self._start(pool, "provisioned-concurrency")
         except (TimeoutError, MemoryError, ChildProcessError, InitError, OSError):
             worker = None  # the first invoke reports why, as without a pre-warm
         finally:
-            pool.release(worker)
+            pool.release(worker, warmed=True)
         return worker is not None
 
     def _pool(self, spec: FunctionSpec) -> Pool:

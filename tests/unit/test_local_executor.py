@@ -38,3 +38,22 @@ def test_a_new_version_retires_the_idle_pools_of_older_ones(tmp_path: Path) -> N
         assert set(executor._pools) == {("eu-west-1", "f", "2"), ("eu-west-1", "g", "1")}
     finally:
         executor.close()
+
+
+def test_an_invoke_waits_for_a_prewarm_under_way_instead_of_a_second_cold_start(
+    tmp_path: Path,
+) -> None:
+    import threading
+    import time
+
+    pool = Pool(_spec("1"), tmp_path, {})
+    pool.busy, pool.warming = 1, 1  # a pre-warm is starting the pool's first worker
+    warmed = type("Warm", (), {"alive": True})()
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    time.sleep(0.05)
+    assert got == []  # waiting, not starting a worker of its own
+    pool.release(warmed, warmed=True)  # type: ignore[arg-type]
+    waiter.join(5)
+    assert got == [warmed] and (pool.busy, pool.warming, pool.idle) == (1, 0, [])
