@@ -138,7 +138,15 @@ def test_up_status_use_reuse_down(project: Path) -> None:
     cloud = up(project)
     assert cloud.started and cloud.endpoint.startswith("http://127.0.0.1:")
     record = json.loads((local_dir(project) / "cloud.json").read_text())
-    assert set(record) == {"endpoint", "gateway", "pid", "started_at", "instance", "restored"}
+    assert set(record) == {
+        "endpoint",
+        "gateway",
+        "dynamodb",
+        "pid",
+        "started_at",
+        "instance",
+        "restored",
+    }
     assert (record["endpoint"], record["pid"]) == (cloud.endpoint, cloud.pid)
     assert status(project)["state"] == "running"
     assert require(project) == cloud.endpoint
