@@ -87,7 +87,7 @@ CREDENTIALS = {
 }
 
 START_TIMEOUT = 20.0
-STOP_TIMEOUT = 5.0
+STOP_TIMEOUT = 15.0  # an orderly stop compacts the DynamoDB journal: large tables take seconds
 IDLE_TIMEOUT = float(os.environ.get("SHARDKIT_LOCAL_IDLE_TIMEOUT", 8 * 3600))
 MAX_LIFETIME = float(os.environ.get("SHARDKIT_LOCAL_MAX_LIFETIME", 48 * 3600))
 
