@@ -28,6 +28,7 @@ print the load average. It never fails on a MISS: it only reports.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -204,10 +205,19 @@ class Run:
     latencies_ms: list[float]
     rps: float
     cpu_ms: float | None  # the server's CPU per request
+    client_ms: float = 0.0  # this process's CPU per request (the clients)
+    workers_ms: float = 0.0  # the local cloud's workers' CPU per request
 
 
-def run_load(call: Callable[[int], Any], threads: int, per_thread: int, pid: int | None) -> Run:
-    """``per_thread`` calls in each of ``threads`` threads; latencies, throughput, server CPU."""
+def run_load(
+    call: Callable[[int], Any],
+    threads: int,
+    per_thread: int,
+    pid: int | None,
+    workers: Callable[[], set[int]] = set,
+) -> Run:
+    """``per_thread`` calls in each of ``threads`` threads: latencies, throughput, and the CPU
+    per request of the server, of this process and of the ``workers()`` processes."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -220,13 +230,17 @@ def run_load(call: Callable[[int], Any], threads: int, per_thread: int, pid: int
         with lock:
             latencies.extend(mine)
 
-    cpu0, t0 = proc_cpu_s(pid), time.perf_counter()
+    before = {w: proc_cpu_s(w) for w in workers()}
+    cpu0, own0, t0 = proc_cpu_s(pid), time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(worker, range(threads)))
-    elapsed, cpu1 = time.perf_counter() - t0, proc_cpu_s(pid)
+    elapsed, cpu1, own1 = time.perf_counter() - t0, proc_cpu_s(pid), time.process_time()
+    spent = sum((proc_cpu_s(w) or 0.0) - (before.get(w) or 0.0) for w in workers())
     total = threads * per_thread
     cpu = (cpu1 - cpu0) * 1000 / total if cpu0 is not None and cpu1 is not None else None
-    return Run(sorted(latencies), total / elapsed, cpu)
+    return Run(
+        sorted(latencies), total / elapsed, cpu, (own1 - own0) * 1000 / total, spent * 1000 / total
+    )
 
 
 def summary(runs: list[Run]) -> dict[str, float]:
@@ -235,6 +249,8 @@ def summary(runs: list[Run]) -> dict[str, float]:
         "p99": med([pct(r.latencies_ms, 0.99) for r in runs]),
         "rps": med([r.rps for r in runs]),
         "cpu": med([r.cpu_ms for r in runs if r.cpu_ms is not None] or [float("nan")]),
+        "client": med([r.client_ms for r in runs]),
+        "workers": med([r.workers_ms for r in runs]),
     }
 
 
@@ -289,8 +305,9 @@ def bench_shardkit(p: Params, root: Path, moto: dict[str, dict[str, float]]) -> 
             client.infer(f"key-{i % 97}-{i // 1_000_000}", PAYLOAD)
 
         run_load(infer, 4, 30, None)  # warm-up: a worker per thread and shard
-        one = [run_load(infer, 1, p.requests, pid) for _ in range(p.rounds)]
-        four = [run_load(infer, 4, p.threaded, pid) for _ in range(p.rounds)]
+        mine = functools.partial(workers_of, root)
+        one = [run_load(infer, 1, p.requests, pid, mine) for _ in range(p.rounds)]
+        four = [run_load(infer, 4, p.threaded, pid, mine) for _ in range(p.rounds)]
         results["1"], results["4"] = summary(one), summary(four)
         print_requests(moto, results)
 
@@ -342,11 +359,19 @@ def bench_shardkit(p: Params, root: Path, moto: dict[str, dict[str, float]]) -> 
 
 def print_requests(moto: dict[str, dict[str, float]], local: dict[str, Any]) -> None:
     def row(label: str, s: dict[str, float]) -> list[str]:
-        return [label, f"{s['p50']:.1f}", f"{s['p99']:.1f}", f"{s['rps']:.0f}", f"{s['cpu']:.2f}"]
+        return [
+            label,
+            f"{s['p50']:.1f}",
+            f"{s['p99']:.1f}",
+            f"{s['rps']:.0f}",
+            f"{s['cpu']:.2f}",
+            f"{s['workers']:.2f}",
+            f"{s['client']:.2f}",
+        ]
 
     print_table(
         "Requests (medians of rounds)",
-        ["case", "p50 ms", "p99 ms", "req/s", "server CPU ms/req"],
+        ["case", "p50 ms", "p99 ms", "req/s", "server CPU", "workers CPU", "client CPU"],
         [
             row("plain moto PutItem, 1 thread", moto["1"]),
             row("plain moto PutItem, 4 threads", moto["4"]),
@@ -355,7 +380,9 @@ def print_requests(moto: dict[str, dict[str, float]], local: dict[str, Any]) -> 
         ],
         notes=[
             "shardkit infer: RoutingClient -> gateway -> worker (proxy: route, state, fenced "
-            "write, answer, EMF) -> DynamoDB; server CPU = the local cloud's process",
+            "write, answer, EMF) -> DynamoDB",
+            "CPU columns: ms of CPU per request in the local cloud's (or moto's) process, in its "
+            "worker processes, and in this process (the client threads)",
         ],
     )
 
