@@ -47,7 +47,7 @@ SELF_EXITS = ("idle", "max lifetime")
 
 _LAMBDA_PATH = re.compile(r"^/20\d\d-\d\d-\d\d/functions(?:/(?P<fn>[^/]+)(?P<rest>/[^?]*)?)?")
 _REGION = re.compile(r"Credential=[^/]+/\d{8}/(?P<region>[a-z0-9-]+)/")
-PREWARM_SETTLE_S = 0.3  # a deploy changes many aliases at once: warm up after the last one
+PREWARM_SETTLE_S = 0.05  # one burst of alias changes (a deploy) is one pre-warm per function
 
 
 class Activity:
