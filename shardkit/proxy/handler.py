@@ -278,21 +278,26 @@ def handler(event: Any, context: Any) -> Any:
     tools = _powertools()
     try:
         if _proxy is None:
-            _proxy = build_from_environment()
-            if os.environ.get("SHARDKIT_TRACING") == "1":
-                from aws_lambda_powertools.tracing import Tracer
-
-                Tracer().patch(["boto3", "botocore"])
+            _proxy = _build()
         return _proxy.handle(event)
     finally:
         tools.metrics.flush_metrics()
+
+
+def _build() -> Proxy:
+    proxy = build_from_environment()
+    if os.environ.get("SHARDKIT_TRACING") == "1":
+        from aws_lambda_powertools.tracing import Tracer
+
+        Tracer().patch(["boto3", "botocore"])
+    return proxy
 
 
 def _init_ahead() -> None:
     """Build the proxy now (the init phase of a provisioned environment), map included."""
     global _proxy
     try:
-        proxy = build_from_environment()
+        proxy = _build()
         proxy.holder.refresh()
         _proxy = proxy
     except Exception:  # the first request builds it again, and reports what fails
