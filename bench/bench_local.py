@@ -60,7 +60,11 @@ from _common import (
 
 import shardkit
 from shardkit.local import server
-from shardkit.routing.project import client_for_project
+
+try:
+    from shardkit.deploy.client import client_for_project
+except ImportError:  # a checkout from before it moved there
+    from shardkit.routing.project import client_for_project  # type: ignore[no-redef]
 
 CODE = Path(shardkit.__file__).resolve().parents[1]  # the checkout under test
 QUICKSTART_APP = REPO / "examples" / "quickstart" / "app"

@@ -58,8 +58,8 @@ class DeployedProject:
 
     def client(self, **options: Any) -> Any:
         """A new :class:`~shardkit.routing.RoutingClient` (closed at the end of the session);
-        ``options`` as for :func:`~shardkit.routing.project.client_for_project`."""
-        from .routing.project import client_for_project
+        ``options`` as for :func:`~shardkit.deploy.client.client_for_project`."""
+        from .deploy.client import client_for_project
 
         made = client_for_project(self.root, **options)
         self._clients.append(made)

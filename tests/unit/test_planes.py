@@ -47,6 +47,8 @@ CONTROL_PLANE = (
     "shardkit.deploy",
     "shardkit.kinds",
     "shardkit.local",
+    "shardkit.logs",
+    "shardkit.testing",
     "shardkit.traffic",
 )
 #: Helpers either plane may use: they import nothing of the control plane (checked below).
