@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from . import compat
+from .errors import LocalCloudError
 from .journal import Journal
 from .server import (
     CONFIG_PATH,
@@ -101,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     root, instance = Path(args.project), args.instance
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the log
+    try:
+        _log(f"moto and botocore: {json.dumps(compat.check())}")
+    except LocalCloudError as exc:
+        _log(f"error: {exc.message} — {exc.hint}")
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())

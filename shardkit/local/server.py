@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._files import write_bytes_atomic
+from . import compat
 from .errors import LocalCloudError
 
 if TYPE_CHECKING:
@@ -406,6 +407,7 @@ def _clear(root: Path, current: dict[str, Any], timeout: float = STOP_TIMEOUT) -
 
 
 def _start(root: Path, timeout: float, idle_timeout: float, max_lifetime: float) -> dict[str, Any]:
+    compat.check()  # fail here, naming the versions, rather than in the server's log
     instance = secrets.token_hex(8)
     directory = local_dir(root)
     log = directory / LOG_FILE
@@ -485,8 +487,8 @@ def _wait_ready(
 
 def _log_hint(log: Path) -> str:
     return (
-        f"read {log}; check that `moto[server]` is installed for {sys.executable}, "
-        "then retry `shardkit local up PROJECT_DIR`"
+        f"read {log}; check that the local cloud is installed for {sys.executable} "
+        f"({compat.INSTALL_HINT}), then retry `shardkit local up PROJECT_DIR`"
     )
 
 
