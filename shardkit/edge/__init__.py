@@ -6,7 +6,7 @@ which in a decision record. Maps are verified once per version, off the request 
 
 Import budget (DESIGN.md §3): stdlib, msgpack, xxhash and jump only; no pydantic, boto3 or numpy
 (transports import boto3 lazily, and the routing client is imported by
-:meth:`EdgeRuntime.create`, not here). ``tests/unit/test_edge_imports.py`` guards it.
+:meth:`EdgeRuntime.create`, not here). ``tests/integration/test_edge_imports.py`` guards it.
 
     from shardkit.edge import CachePolicy, CacheRules, EdgeRuntime, Location, payload_field
 
