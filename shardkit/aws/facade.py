@@ -3,7 +3,8 @@
 Every call goes through :meth:`Aws.call`, which
 
 * makes (and caches) one client per service and region from a factory, so the same code talks to
-  real AWS and to the local cloud - only the endpoint and credentials differ (DESIGN.md §4.7);
+  real AWS and to the local cloud - only the endpoint and credentials differ
+  (docs/architecture.md §4.7);
 * lets botocore retry throttling (standard mode, jittered backoff), then turns what is left into one of
   shardkit's errors, naming the operation, region and resource, with what to do about it;
 * counts mutating calls, so a no-op deploy can prove it made none.

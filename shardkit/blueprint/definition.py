@@ -5,8 +5,8 @@ A definition (``shardkit/blueprints/<name>.toml``) lists resources per region an
 shard of the map. A string that is exactly one placeholder takes the placeholder's type, so
 ``memory_mb = "{memory_mb}"`` becomes an integer.
 
-Expansion checks residency statically (docs/architecture.md §4.3): a shard's resources are placed only in the
-shard's own region, and that region must belong to the shard's jurisdiction.
+Expansion checks residency statically (docs/architecture.md §4.3): a shard's resources are
+placed only in the shard's own region, and that region must belong to the shard's jurisdiction.
 """
 
 from __future__ import annotations

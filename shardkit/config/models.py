@@ -4,9 +4,10 @@ Validated once at the boundary (:func:`shardkit.config.load_config`), trusted in
 forbids unknown fields, so a typo is an error rather than a silently ignored setting, and numbers
 and booleans are strict (``replicas = true`` is refused, not read as 1). Region names must be real
 AWS regions. Checks that span fields live on :class:`ProjectConfig`: a group's regions are all in
-the group's jurisdiction (residency is checked statically, DESIGN.md §4.3), every jurisdiction a
-rule or the default names has a group, shard ids and rule prefixes are unique, and replicas fit the
-group's failure domains. Their messages carry their own field paths (the loader prints them as is).
+the group's jurisdiction (residency is checked statically, docs/architecture.md §4.3), every
+jurisdiction a rule or the default names has a group, shard ids and rule prefixes are unique, and
+replicas fit the group's failure domains. Their messages carry their own field paths (the loader
+prints them as is).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Open a deploy target: real AWS, or the local cloud. One code path; only the endpoint and the
-credentials differ (DESIGN.md §4.7)."""
+credentials differ (docs/architecture.md §4.7)."""
 
 from __future__ import annotations
 

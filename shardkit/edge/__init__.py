@@ -1,11 +1,11 @@
-"""shardkit.edge: the compact edge runtime (DESIGN.md §6).
+"""shardkit.edge: the compact edge runtime (docs/architecture.md §6).
 
 An edge node answers a request from a local model when the model is confident, else from a
 compute-adjacent cache governed by policy-as-code, else from the key's owning shard - and says
 which in a decision record. Maps are verified once per version, off the request path.
 
-Import budget (DESIGN.md §3): stdlib, msgpack, xxhash and jump only; no pydantic, boto3 or numpy
-(transports import boto3 lazily, and the routing client is imported by
+Import budget (docs/architecture.md §3): stdlib, msgpack, xxhash and jump only; no pydantic,
+boto3 or numpy (transports import boto3 lazily, and the routing client is imported by
 :meth:`EdgeRuntime.create`, not here). ``tests/integration/test_edge_imports.py`` guards it.
 
     from shardkit.edge import CachePolicy, CacheRules, EdgeRuntime, Location, payload_field

@@ -5,7 +5,7 @@ fnmatch glob such as ``"eu:*"``); the first match wins and a default catches the
 default caches nothing: an edge node only holds what a policy explicitly allows, so a missing rule
 can cost latency but never correctness or residency.
 
-Residency fails closed here too (DESIGN.md §4.3): a policy's ``resident_only`` names the
+Residency fails closed here too (docs/architecture.md §4.3): a policy's ``resident_only`` names the
 jurisdictions whose keys may be cached only by an edge node located in that jurisdiction; the
 default, ``"all"``, means every jurisdiction, and a node whose jurisdiction is unknown then caches
 nothing at all.

@@ -1,6 +1,6 @@
 """The edge runtime: answer from a local model or the cache when it can, else from the shard.
 
-Per request (DESIGN.md §6):
+Per request (docs/architecture.md §6):
 
 1. **map** - the current verified map (never fetched here; see :mod:`.trust`). An expired map
    fails the request with :class:`~shardkit.errors.MapExpiredError`: without it the key's

@@ -1,4 +1,5 @@
-"""Per-key state in the regional DynamoDB table, with epoch-fenced writes (DESIGN.md §4.4).
+"""Per-key state in the regional DynamoDB table, with epoch-fenced writes
+(docs/architecture.md §4.4).
 
 Items (partition key ``pk``, sort key ``sk``):
 

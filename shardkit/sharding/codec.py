@@ -5,7 +5,7 @@ indices into the shard list (sorted by id), so a 1024-shard map with 16,384 slot
 table column. Encoding is canonical: the same map always gives the same bytes, and the decoder
 re-encodes what it parsed and refuses anything that differs, so there is one byte form per map.
 
-Envelope (DESIGN.md §4.5)::
+Envelope (docs/architecture.md §4.5)::
 
     msgpack array ["shardkit-map", 1, key_id, version, expires_at, body, signature]
 

@@ -1,8 +1,9 @@
 """Named, versioned key hashes and the stateless jump mode.
 
-Routing must give the same answer in every process, machine and future runtime (DESIGN.md §4.1),
-so the hash is part of the map format: a map names its hash (``xxh64-v1``) and a decoder refuses a
-name it does not know. Python's built-in ``hash()`` is salted per process and is never used.
+Routing must give the same answer in every process, machine and future runtime
+(docs/architecture.md §4.1), so the hash is part of the map format: a map names its hash
+(``xxh64-v1``) and a decoder refuses a name it does not know. Python's built-in ``hash()`` is
+salted per process and is never used.
 
 ``xxh64-v1``: XXH64 with seed 0 over the key's UTF-8 bytes, as an unsigned 64-bit integer. A key's
 slot is the top ``slot_bits`` bits of that hash, so every slot count that is a power of two nests

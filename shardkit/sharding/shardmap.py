@@ -2,8 +2,9 @@
 
 ``key -> jurisdiction (residency rules) -> 64-bit hash -> slot -> shard`` of that jurisdiction's
 group. Each group's table holds :class:`Shard` objects directly, so a route is one hash, one shift
-and two lookups. Residency fails closed (DESIGN.md §4.3): a key is routed only to shards of its
-own jurisdiction; with every such shard avoided, routing raises instead of looking elsewhere.
+and two lookups. Residency fails closed (docs/architecture.md §4.3): a key is routed only to
+shards of its own jurisdiction; with every such shard avoided, routing raises instead of looking
+elsewhere.
 
 This module is on the compact data-plane path: stdlib, xxhash and jump only. numpy is imported
 lazily by the batch methods.

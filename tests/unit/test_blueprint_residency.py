@@ -1,4 +1,5 @@
-"""DESIGN.md §4.3 at deploy time: no shard is ever placed in a region outside its jurisdiction."""
+"""docs/architecture.md §4.3 at deploy time: no shard is ever placed in a region outside its
+jurisdiction."""
 
 from __future__ import annotations
 

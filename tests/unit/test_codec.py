@@ -1,4 +1,5 @@
-"""The signed map envelope (DESIGN.md §4.5): canonical bytes, and every way decoding refuses.
+"""The signed map envelope (docs/architecture.md §4.5): canonical bytes, and every way decoding
+refuses.
 
 ``decode_map`` promises that nothing but :class:`MapDecodeError`, :class:`MapSignatureError`,
 :class:`MapRollbackError` and :class:`MapExpiredError` escapes it; the fuzz tests hold it to that.

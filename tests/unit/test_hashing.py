@@ -1,8 +1,9 @@
 """The routing hash is part of the map format: exact values, and the same in every process.
 
-DESIGN.md §4.1: key -> 64-bit hash -> slot -> shard gives the same answer in every process,
-machine and future runtime. These tests pin literal values, so any change to the hash, the slot
-rule, jump hash or the first-build planner shows up here as a failure, not as silently moved keys.
+docs/architecture.md §4.1: key -> 64-bit hash -> slot -> shard gives the same answer in every
+process, machine and future runtime. These tests pin literal values, so any change to the hash,
+the slot rule, jump hash or the first-build planner shows up here as a failure, not as silently
+moved keys.
 The same routes under several hash seeds, each in its own process:
 tests/integration/test_hashing_processes.py.
 """

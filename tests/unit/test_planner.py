@@ -1,5 +1,5 @@
 """The slot-table planner, through build_map: quotas, minimal movement, jump baseline, balance,
-replicas, epochs and determinism (DESIGN.md §4.2 and §4.4).
+replicas, epochs and determinism (docs/architecture.md §4.2 and §4.4).
 
 Key-level numbers use 200,000 fixed keys routed with ``route_indices``; they are deterministic,
 and every bound below says how far it sits from what was measured and why.

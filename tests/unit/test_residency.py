@@ -1,4 +1,5 @@
-"""Residency fails closed (DESIGN.md §4.3), on random maps, keys, tags and unhealthy sets.
+"""Residency fails closed (docs/architecture.md §4.3), on random maps, keys, tags and unhealthy
+sets.
 
 The key's jurisdiction is worked out here by an independent oracle (longest matching prefix,
 else the tag, else the default) and every routing method is checked against it.
