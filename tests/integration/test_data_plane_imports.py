@@ -6,14 +6,18 @@ every import statement, lazy ones included; this measures what really gets loade
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
-from test_planes import CONTROL_PLANE, DATA_PLANE  # one list of the planes
-
 import shardkit
+
+# One list of the planes: tests/unit/test_planes.py (another directory, so loaded by path).
+_PLANES = runpy.run_path(str(Path(__file__).resolve().parents[1] / "unit" / "test_planes.py"))
+CONTROL_PLANE, DATA_PLANE = _PLANES["CONTROL_PLANE"], _PLANES["DATA_PLANE"]
 
 HEAVY = ("pydantic", "boto3", "botocore", "numpy")
 
@@ -99,3 +103,22 @@ def test_importing_every_data_plane_module_loads_no_control_plane_and_nothing_he
 def test_the_import_probe_sees_the_control_plane() -> None:
     # The positive control: importing a control-plane package is seen.
     assert "shardkit.config" in _import_all(["shardkit.config"])["loaded"]
+
+
+def test_the_accumulator_is_data_plane_light() -> None:
+    """The proxy imports it on the request path: stdlib and msgpack only (no numpy, pydantic)."""
+    code = (
+        "import json, sys\n"
+        "before = set(sys.modules)\n"
+        "import shardkit.proxy.load as m\n"
+        "m.LoadAccumulator('i').add('s', 'g', 1, 1.0, 0.0)\n"
+        "names = {n.split('.')[0] for n in set(sys.modules) - before}\n"
+        "print(json.dumps(sorted(n for n in names - set(sys.stdlib_module_names)"
+        " if not n.startswith('_'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(json.loads(out.stdout))
+    assert "msgpack" in loaded  # the probe sees what is imported
+    assert not loaded & {"numpy", "pydantic", "boto3", "botocore", "click", "rich", "xxhash"}
