@@ -1,7 +1,8 @@
 """What the local cloud changes in moto's DynamoDB and server, and why (checked against moto 5.2.5).
 
 1. **One lock.** moto's item operations run one at a time, as each is atomic in DynamoDB; the
-   item-level undo below relies on it.
+   item-level undo below relies on it. ``TransactGetItems``, which moto's handler runs as one
+   read per item, holds the lock for all of them: its items are read at one instant.
 2. **Transactions undo single items.** moto's ``transact_write_items`` deep-copies every table it
    touches (once per item of the transaction) to roll back on a failed condition: a request's
    cost grew with the table (125 ms at 1,600 items), and a rollback undid writes other threads
@@ -19,6 +20,11 @@
    expression is parsed again for each item it is checked on (twice per fenced write, and every
    fence check is the same expression with the same value): parsed ones are kept, by
    expression, names and values (a parsed expression is only read when evaluated).
+
+5. **A Query reads its partition.** moto's ``Table.query`` sorts every item of the table on each
+   call; a slot migration queries slot partitions one by one (3,000 of them for one added shard
+   of the quickstart). A query of the table itself (not of an index) is given a view of the
+   table whose ``all_items`` is the queried partition, in sort-key order.
 
 :func:`install` applies all of it, once per process; ``tests/functional/test_moto_patches.py``
 fails if a moto upgrade changes what these patches rely on.
@@ -99,6 +105,10 @@ def install() -> None:
     Table.put_item = _noting_put(Table.put_item)
     Table.delete_item = _noting_delete(Table.delete_item)
     Table.__deepcopy__ = _table_deepcopy
+    Table.query = _partition_query(Table.query)
+    from moto.dynamodb.responses import DynamoHandler
+
+    DynamoHandler.transact_get_items = _locked(DynamoHandler.transact_get_items)
     modules = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: modules
     from moto.core import responses
@@ -132,6 +142,15 @@ def _serialised(original: Callable[..., Any]) -> Callable[..., Any]:
                     changed, _local.changed = _local.changed, {}
                     if changed and _sink is not None:
                         _sink.items([_current(*key) for key in changed])
+
+    return run
+
+
+def _locked(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with LOCK:
+            return original(*args, **kwargs)
 
     return run
 
@@ -308,3 +327,35 @@ def _put_back(table: Any, hash_key: Any, range_key: Any, item: Any, streamed: in
             bucket[range_key] = item
     if table.stream_shard is not None:
         del table.stream_shard.items[streamed:]
+
+
+# -- 5: a query reads its partition -------------------------------------------------------------
+
+
+def _partition_query(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Table.query``, reading only the queried partition of a table with a sort key (a query
+    of an index reads the whole table, as before)."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index = signature.bind(self, hash_key, *args, **kwargs).arguments.get("index_name")
+        if index or hash_key is None or not self.range_key_attr:
+            return original(self, hash_key, *args, **kwargs)
+        return original(_Partition(self, hash_key), hash_key, *args, **kwargs)
+
+    return query
+
+
+class _Partition:
+    """A moto table seen through one partition: ``all_items`` is that partition's, in order."""
+
+    def __init__(self, table: Any, hash_key: Any) -> None:
+        self._table, self._hash_key = table, hash_key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def all_items(self) -> list[Any]:
+        found = self._table.items.get(self._hash_key, {})
+        return sorted(found.values(), key=lambda item: item.range_key)

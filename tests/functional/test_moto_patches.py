@@ -217,3 +217,49 @@ def test_a_condition_is_parsed_once_and_still_judged_per_item(dynamodb: Any) -> 
             ConditionExpression="attribute_not_exists(pk)",
             ExpressionAttributeNames={"#unused": "n"},
         )
+
+
+def test_a_query_reads_its_partition_only(dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.models.table import Table
+
+    client = dynamodb
+    for pk, sks in (("a", ["z", "\x00rec", "m"]), ("b", ["x"])):
+        for sk in sks:
+            client.put_item(TableName=TABLE, Item={"pk": {"S": pk}, "sk": {"S": sk}})
+
+    def everything(self: Any) -> Any:
+        raise AssertionError("the query read the whole table")
+
+    monkeypatch.setattr(Table, "all_items", everything)
+
+    def query(**extra: Any) -> Any:
+        return client.query(
+            TableName=TABLE,
+            KeyConditionExpression="pk = :p",
+            ExpressionAttributeValues={":p": {"S": "a"}},
+            ConsistentRead=True,
+            **extra,
+        )
+
+    assert [i["sk"]["S"] for i in query()["Items"]] == ["\x00rec", "m", "z"]
+    first = query(Limit=2)
+    assert [i["sk"]["S"] for i in first["Items"]] == ["\x00rec", "m"]
+    rest = query(ExclusiveStartKey=first["LastEvaluatedKey"])
+    assert [i["sk"]["S"] for i in rest["Items"]] == ["z"]
+
+
+def test_a_transactional_read_holds_the_lock_for_all_its_items(dynamodb: Any) -> None:
+    """Its reads are at one instant: while a writer holds the lock, the read waits for it."""
+    client, key = dynamodb, {"pk": {"S": "fence"}, "sk": {"S": "epoch"}}
+    read: list[Any] = []
+    with moto_patches.LOCK:
+        reader = threading.Thread(
+            target=lambda: read.append(
+                client.transact_get_items(TransactItems=[{"Get": {"TableName": TABLE, "Key": key}}])
+            )
+        )
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and read == []  # still waiting for the lock
+    reader.join(10)
+    assert read[0]["Responses"][0]["Item"]["epoch"] == {"N": "1"}
