@@ -20,7 +20,9 @@
     ├── DeployError               a plan cannot be made or applied
     │   ├── PlanFileError         a plan file is unreadable, edited by hand, or for another project
     │   ├── PlanStaleError        the deployed state changed since the plan was made
-    │   └── ApplyFailedError      a step failed; the journal records what was done
+    │   ├── ApplyFailedError      a step failed; the journal records what was done
+    │   └── MigrationError        the state tables are not as a migration step expects
+    ├── TableWriteError           a conditional write or transaction on a state table was refused
     ├── LocalCloudError           the local cloud is missing, stopped or failed to start
     ├── LogsError                 the proxies' logs cannot be read as asked
     └── AwsError                  an AWS call failed (operation, region and resource in the text)
@@ -60,6 +62,7 @@ __all__ = [
     "MapExpiredError",
     "MapRollbackError",
     "MapSignatureError",
+    "MigrationError",
     "NoEligibleShardError",
     "PlanFileError",
     "PlanStaleError",
@@ -67,6 +70,7 @@ __all__ = [
     "ResidencyError",
     "RoutingError",
     "ShardkitError",
+    "TableWriteError",
     "WorkloadError",
 ]
 
@@ -222,6 +226,48 @@ class LogsError(ShardkitError):
     """The proxies' logs cannot be read as asked (a bad --since, an unknown shard)."""
 
     hint = "see `shardkit logs --help`"
+
+
+class MigrationError(DeployError):
+    """A migration step found a slot record (or a state table) that the plan does not expect:
+    another migration ran, or the table was changed by hand. Nothing was written for that slot."""
+
+    hint = (
+        "run `shardkit status` to see what is deployed; a migration step is safe to run again, "
+        "and a stopped migration is undone by aborting it"
+    )
+
+
+class TableWriteError(ShardkitError):
+    """A conditional write, or a transaction, on a state table was refused; nothing was written.
+
+    ``reasons`` has one entry per operation (a single write has one): ``"ConditionalCheckFailed"``
+    where the operation's condition did not hold, ``"TransactionConflict"`` where another
+    transaction held the item, ``None`` where the operation was fine - or is ``None`` as a whole
+    when the table did not say.
+    """
+
+    hint = "read the items again and decide; a refused write changed nothing"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reasons: tuple[str | None, ...] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.reasons = reasons
+
+    def failed(self, index: int) -> bool | None:
+        """Whether operation ``index``'s condition failed; None when the table did not say."""
+        if self.reasons is None:
+            return None
+        return index < len(self.reasons) and self.reasons[index] == CONDITION_FAILED
+
+
+#: The reason a refused operation gives when its condition did not hold.
+CONDITION_FAILED = "ConditionalCheckFailed"
 
 
 class LocalCloudError(ShardkitError):
