@@ -39,6 +39,7 @@ __all__ = [
     "MOVED",
     "MSGPACK",
     "OK",
+    "RESERVED_PREFIX",
     "THROTTLED",
     "TRANSIENT",
     "Answer",
@@ -61,6 +62,8 @@ __all__ = [
 
 #: Lambda's limit for a synchronous request or response.
 MAX_PAYLOAD = 6 * 1024 * 1024
+#: No key begins with this: in a state table, sort keys that do are shardkit's own records.
+RESERVED_PREFIX = "\x00"
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 
@@ -73,7 +76,7 @@ ERRORS: dict[str, int] = {
     "bad_event": 400,  # the event is not a request object or a Function URL event
     "bad_body": 400,  # the Function URL body is not valid base64, msgpack or JSON
     "bad_request": 400,  # unknown field, or a field of the wrong type
-    "bad_key": 400,  # not a non-empty UTF-8 string of at most 1024 bytes
+    "bad_key": 400,  # not a UTF-8 string of 1-1024 bytes not beginning with RESERVED_PREFIX
     "too_large": 413,  # the request body is over MAX_PAYLOAD
     "answer_too_large": 413,  # the answer would be over MAX_PAYLOAD: nothing was written
     "state_too_large": 413,  # the new state is over DynamoDB's item limit: nothing was written
@@ -83,7 +86,7 @@ ERRORS: dict[str, int] = {
     "no_handler": 500,  # the inference function cannot be imported
     "bad_answer": 500,  # the inference function's answer cannot be encoded
     "no_map": 503,  # the shard has no valid map (registry unreachable, map expired)
-    "resharding": 503,  # the shard's epoch is changing
+    "moving": 503,  # the key's slot is moving to another shard or region
     "contended": 503,  # the key was written concurrently too often
     "unavailable": 503,  # the state table (or anything else) failed
 }
@@ -138,7 +141,9 @@ class Request:
         key = data.get("key")
         if not _is_key(key):
             raise ProxyError(
-                "bad_key", "'key' must be a non-empty UTF-8 string of at most 1024 bytes"
+                "bad_key",
+                "'key' must be a non-empty UTF-8 string of at most 1024 bytes, not beginning "
+                "with U+0000",
             )
         version = data.get("map_version", 0)
         if not _is_count(version):
@@ -174,10 +179,10 @@ def request_wire(
 
 
 def _is_key(key: Any) -> bool:
-    """A non-empty UTF-8 string of at most 1024 bytes. A JSON string may hold a lone surrogate
-    ("\\ud800") that no UTF-8 can carry: a bad key (400), not an encoding error escaping as a
-    retryable 503."""
-    if not isinstance(key, str) or not key:
+    """A non-empty UTF-8 string of at most 1024 bytes (a DynamoDB sort key) that does not begin
+    with :data:`RESERVED_PREFIX`. A JSON string may hold a lone surrogate ("\\ud800") that no
+    UTF-8 can carry: a bad key (400), not an encoding error escaping as a retryable 503."""
+    if not isinstance(key, str) or not key or key.startswith(RESERVED_PREFIX):
         return False
     try:
         return len(key.encode()) <= 1024

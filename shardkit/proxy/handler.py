@@ -3,12 +3,17 @@
 Per request (docs/architecture.md §4.3-4.4):
 
 1. parse the event (direct invoke or Function URL, msgpack or JSON);
-2. route the key with the current signed map; if this shard does not own it - at the caller's
-   map version or newer - answer 421 with the owner and the map version, and do no work;
-3. load the key's state, run the user's inference function, and write the new state with a write
-   fenced on this shard's epoch; the answer is sent only after the write succeeded, and an answer
-   too large to send is refused before anything is written;
-4. a request id seen before gets its recorded answer again: a retry is never applied twice.
+2. route the key with the current signed map; if this shard (in this region) does not own it - at
+   the caller's map version or newer - answer 421 with the owner and the map version, and do no
+   work;
+3. load the key's state with its slot record, run the user's inference function, and write the
+   new state fenced on the slot record (``owner = this shard AND state = active``); the answer is
+   sent only after the write succeeded, and an answer too large to send is refused before
+   anything is written. A read-only answer comes only from the live copy;
+4. a request id seen before gets its recorded answer again: a retry is never applied twice;
+5. when the slot record says this shard may not write (the slot is moving, or has moved), the
+   answer is 421 to the owner a refreshed map names, or 503 ``moving`` (retry shortly) - never
+   a write.
 
 The user's function is named by ``SHARDKIT_HANDLER`` (``module:function``) and called as
 ``fn(key, payload, state) -> (answer, new_state)``; ``new_state=None`` means "nothing to write".
@@ -33,7 +38,7 @@ import importlib
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import MapError, ResidencyError
 from ..protocol import (
@@ -51,7 +56,17 @@ from ..protocol import (
 )
 from ..sharding.hashing import hash_key
 from ..sharding.holder import MapHolder, parse_trusted_keys
-from .state import Conflict, Fenced, StateStore, StateTooLarge
+from .state import (
+    FENCED,
+    READY,
+    Conflict,
+    KeyState,
+    SlotNotLive,
+    SlotRecord,
+    StateStore,
+    StateTooLarge,
+)
+from .table import DynamoTable
 
 __all__ = ["Proxy", "handler"]
 
@@ -87,8 +102,21 @@ InferFn = Callable[[str, Any, Any], tuple[Any, Any]]
 _WRITE_ATTEMPTS = 4
 
 
+class _Target(NamedTuple):
+    """Where a request's state lives, and what its answers report."""
+
+    group: str
+    slot: int
+    epoch: int  # the owner's epoch in the map
+    version: int  # the map's version
+
+
 class Proxy:
-    """The proxy of one shard; everything it talks to is passed in (easy to test)."""
+    """The proxy of one shard; everything it talks to is passed in (easy to test).
+
+    ``region`` is where this instance runs: a shard that moved to another region (same id) is
+    the owner only there. None: the region is not checked.
+    """
 
     def __init__(
         self,
@@ -97,9 +125,11 @@ class Proxy:
         holder: MapHolder,
         store: StateStore,
         infer: InferFn,
+        region: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.shard = shard
+        self.region = region
         self.holder = holder
         self.store = store
         self.infer = infer
@@ -126,18 +156,26 @@ class Proxy:
 
     def _serve(self, request: Request, encoding: Encoding) -> Reply:
         shard_map = self._map(request.map_version)
-        try:
-            owner = shard_map.route(request.key, request.jurisdiction)
-        except ResidencyError as exc:
-            raise ProxyError("residency", exc.message) from None
+        owner = self._route(shard_map, request)
         _powertools().logger.append_keys(
             key_hash=f"{hash_key(request.key):016x}", map_version=shard_map.version
         )
-        if owner.id != self.shard:
+        if not self._is_me(owner):
             if request.failover and self._is_replica(shard_map, request):
                 return self._degraded(request, shard_map.version)
             return Redirect(owner.id, shard_map.version)
-        return self._run(request, encoding, owner.epoch, shard_map.version)
+        at = _Target(owner.group, shard_map.slot(request.key), owner.epoch, shard_map.version)
+        return self._run(request, encoding, at)
+
+    @staticmethod
+    def _route(shard_map: Any, request: Request) -> Any:
+        try:
+            return shard_map.route(request.key, request.jurisdiction)
+        except ResidencyError as exc:
+            raise ProxyError("residency", exc.message) from None
+
+    def _is_me(self, owner: Any) -> bool:
+        return owner.id == self.shard and (self.region is None or owner.region == self.region)
 
     def _is_replica(self, shard_map: Any, request: Request) -> bool:
         """Failover is allowed only to a shard of the key's own preference list (jurisdiction)."""
@@ -158,48 +196,61 @@ class Proxy:
         except MapError as exc:
             raise ProxyError("no_map", exc.message) from None
 
-    def _run(self, request: Request, encoding: Encoding, epoch: int, version: int) -> Reply:
+    def _run(self, request: Request, encoding: Encoding, at: _Target) -> Reply:
         for _ in range(_WRITE_ATTEMPTS):
-            state = self.store.load(request.key)
+            state = self.store.load(at.group, at.slot, request.key)
             if request.request_id is not None and request.request_id in state.applied:
                 recorded = state.applied[request.request_id]
-                return Answer(recorded, self.shard, epoch, version, state.seq, replayed=True)
-            answer, new_state = self._infer(request, state.value)
-            seq = state.seq + (new_state is not None)
-            reply = Answer(answer, self.shard, epoch, version, seq)
-            if reply_size(reply, encoding) > MAX_PAYLOAD:
-                raise ProxyError(
-                    "answer_too_large",
-                    f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written",
-                )
-            if new_state is None:
-                if not self.store.is_current(request.key, state):
-                    continue  # another instance wrote this key: answer from what it wrote
-                return reply
+                return Answer(recorded, self.shard, at.epoch, at.version, state.seq, replayed=True)
             try:
-                saved = self.store.save(
-                    request.key, state, new_state, request.request_id, answer, epoch
-                )
-                _powertools().metrics.add_metric(name="state_bytes", unit="Bytes", value=saved.size)
-                return reply
+                return self._attempt(request, encoding, at, state)
             except Conflict:
                 continue  # someone else wrote this key first: re-read and run again
-            except Fenced:
-                return self._after_fence(request, encoding, epoch)
-            except StateTooLarge as exc:
-                raise ProxyError("state_too_large", f"{exc}; nothing was written") from None
+            except SlotNotLive as exc:
+                reply = self._not_live(request, at, exc)
+                if reply is not None:
+                    return reply
         raise ProxyError("contended", "the key was written concurrently too often; retry")
 
-    def _after_fence(self, request: Request, encoding: Encoding, epoch: int) -> Reply:
-        """Our epoch was fenced: a newer map moved slots. Redirect if the key moved away."""
-        self.holder.refresh()
-        shard_map = self.holder.require()
-        owner = shard_map.route(request.key, request.jurisdiction)
-        if owner.id != self.shard:
-            return Redirect(owner.id, shard_map.version)
-        if owner.epoch != epoch:
-            return self._run(request, encoding, owner.epoch, shard_map.version)
-        raise ProxyError("resharding", "the shard's epoch is changing; retry shortly")
+    def _attempt(
+        self, request: Request, encoding: Encoding, at: _Target, state: KeyState
+    ) -> Answer:
+        """One run of the model on ``state`` and its write (or, read-only, its confirmation)."""
+        if not state.cached and not self.store.is_live(state):
+            raise SlotNotLive(state.record)  # not the live copy: do not even run the model
+        answer, new_state = self._infer(request, state.value)
+        seq = state.seq + (new_state is not None)
+        reply = Answer(answer, self.shard, at.epoch, at.version, seq)
+        if reply_size(reply, encoding) > MAX_PAYLOAD:
+            raise ProxyError(
+                "answer_too_large",
+                f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written",
+            )
+        if new_state is None:
+            self.store.confirm(at.group, at.slot, request.key, state)  # only the live copy
+            return reply
+        try:
+            saved = self.store.save(
+                at.group, at.slot, request.key, state, new_state, request.request_id, answer
+            )
+        except StateTooLarge as exc:
+            raise ProxyError("state_too_large", f"{exc}; nothing was written") from None
+        _powertools().metrics.add_metric(name="state_bytes", unit="Bytes", value=saved.size)
+        return reply
+
+    def _not_live(self, request: Request, at: _Target, refusal: SlotNotLive) -> Reply | None:
+        """The slot record says this shard may not write the slot: redirect to the owner a
+        refreshed map names, or answer 503 ``moving``; None: it may again, run once more."""
+        record = refusal.record if refusal.known else self.store.record(at.group, at.slot)
+        if record is not None and record.live_for(self.shard):
+            return None  # a move was aborted (or the refusal was a write conflict): run again
+        if record is None or record.state not in (FENCED, READY):
+            self.holder.refresh()  # the slot has moved: does the published map say where?
+            shard_map = self.holder.require()
+            owner = self._route(shard_map, request)
+            if not self._is_me(owner):
+                return Redirect(owner.id, shard_map.version)
+        raise ProxyError("moving", _moving_message(at.group, at.slot, record))
 
     def _infer(self, request: Request, state: Any) -> tuple[Any, Any]:
         try:
@@ -211,6 +262,13 @@ class Proxy:
             _powertools().logger.exception("inference handler failed")
             raise ProxyError("handler_error", f"{type(exc).__name__}: {exc}") from None
         return answer, new_state
+
+
+def _moving_message(group: str, slot: int, record: SlotRecord | None) -> str:
+    where = f"slot {slot:x} of group {group}"
+    if record is None:
+        return f"{where} has no slot record in this region yet; retry shortly"
+    return f"{where} is moving (its record here: {record}); retry shortly"
 
 
 def _record_metrics(reply: Reply, latency_ms: float) -> None:
@@ -242,14 +300,14 @@ def build_from_environment(env: dict[str, str] | None = None) -> Proxy:
 
     holder = MapHolder(parse_trusted_keys(env["SHARDKIT_TRUSTED_KEYS"]), fetch)
     store = StateStore(
-        boto3.client("dynamodb"),
-        env["SHARDKIT_TABLE"],
+        DynamoTable(boto3.client("dynamodb"), env["SHARDKIT_TABLE"]),
         shard,
         int(env.get("SHARDKIT_STATE_CACHE", "1024")),
     )
     _powertools().metrics.set_default_dimensions(shard=shard)
     return Proxy(
         shard=shard,
+        region=env.get("AWS_REGION"),
         holder=holder,
         store=store,
         infer=load_infer(env.get("SHARDKIT_HANDLER", "app.model:infer")),

@@ -1,11 +1,13 @@
 """The proxy handler: real Powertools, DynamoDB (and S3) emulated in-process by moto.
 
 Every test builds its proxies over a signed map of a small two-jurisdiction project (version 1)
-and, where a reshard is involved, version 2 with a fifth "us" shard: us-0..us-3 lose slots
-(epoch 2), the eu shards keep theirs. The properties checked are the proxy's promises
-(docs/architecture.md §4.3-4.4): only the owner writes, every write is fenced on the owner's epoch, a
-retried request id is applied once, concurrent writers lose no update, a refused request writes
-nothing, and logs carry the key's hash, never the key.
+and, where a reshard is involved, version 2 with a fifth "us" shard (us-4, in us-east-1): us-0..us-3
+lose slots to it - from their own region or from us-west-2 - and the eu shards keep theirs. Each
+region has its own state table, with the slot records of version 1 written as a first deploy
+does. The properties checked are the proxy's promises (docs/architecture.md §4.3-4.4): only the
+owner writes, every write is fenced on the slot record, a read-only answer comes only from the
+live copy, a moved key keeps its state, a retried request id is applied once, concurrent writers
+lose no update, a refused request writes nothing, and logs carry the key's hash, never the key.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ from moto import mock_aws
 import shardkit
 import shardkit.proxy.handler as handler_module
 from shardkit.keys import format_trusted_keys
+from shardkit.local import moto_patches
+from shardkit.migrate import Move, Place, catch_up, fence, initialise, plan_migration, switch
 from shardkit.protocol import MAX_PAYLOAD, Answer, Redirect, decode_reply
 from shardkit.proxy.handler import Proxy
-from shardkit.proxy.state import StateStore, fence_item
+from shardkit.proxy.state import RESERVED_PREFIX, StateStore, partition
+from shardkit.proxy.table import DynamoTable
 from shardkit.sharding.codec import encode_map
 from shardkit.sharding.hashing import hash_key
 from shardkit.sharding.holder import MapHolder
@@ -69,6 +74,7 @@ def maps(
     signing_key: Any,
 ) -> Maps:
     config = quickstart_like("proxytest", eu_shards=2)
+    config["hashing"]["slot_bits"] = 8  # 256 slot records per group: quick to write and move
     v1 = shardkit.build_map(config_from(config))
     more = copy.deepcopy(config)
     more["groups"]["us"]["shards"] = 5
@@ -83,27 +89,6 @@ def maps(
 
 
 # -- the world: a table, a registry, proxies ------------------------------------------------------
-
-
-class Serialized:
-    """A DynamoDB client whose calls are atomic, as DynamoDB's are. moto's are not: a failed
-    transaction restores a snapshot of the whole table, undoing what other threads wrote
-    meanwhile. Proxies still interleave between calls."""
-
-    _lock = threading.Lock()
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.exceptions = client.exceptions
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._client, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return method(*args, **kwargs)
-
-        return call
 
 
 class Registry:
@@ -122,61 +107,87 @@ class Registry:
 
 
 class World:
-    def __init__(self, maps: Maps, trusted: dict[str, bytes]) -> None:
+    """One state table per region (moto, item operations atomic as in DynamoDB), the slot
+    records of map version 1, and proxies over them."""
+
+    def __init__(
+        self, maps: Maps, trusted: dict[str, bytes], make_table: Callable[[Any, str], None]
+    ) -> None:
+        moto_patches.install()
         self.maps = maps
         self.trusted = trusted
-        self.ddb = Serialized(boto3.client("dynamodb", region_name=REGION))
-        self.ddb.create_table(
-            TableName=TABLE,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-        )
-        for shard in maps.v1.shards:
-            self.fence(shard.id, shard.epoch)
+        self.ddb = boto3.client("dynamodb", region_name=REGION)
+        self.tables = {}
+        for region in maps.v1.regions:
+            name = f"{TABLE}-{region}"
+            make_table(self.ddb, name)
+            self.tables[region] = DynamoTable(self.ddb, name)
+        initialise(self.tables, maps.v1)  # what a first deploy writes
 
-    def fence(self, shard: str, epoch: int) -> None:
-        """What the control plane does before it publishes a map that changes a shard's slots."""
-        self.ddb.put_item(TableName=TABLE, Item=fence_item(shard, epoch))
+    def reshard(self) -> None:
+        """What the control plane does before it publishes version 2: same-region slots switch,
+        cross-region slots are fenced, copied and switched."""
+        migration = plan_migration(self.maps.v1, self.maps.v2)
+        fence(self.tables, migration.moves)
+        catch_up(self.tables, migration.moves, 2)
+        switch(self.tables, migration.moves, 2)
+
+    def fence_slot(self, key: str) -> None:
+        """The control plane starts moving ``key``'s slot to another region."""
+        owner = self.maps.v1.route(key)
+        elsewhere = next(r for r in self.maps.v1.regions if r != owner.region)
+        move = Move(
+            owner.group,
+            self.maps.v1.slot(key),
+            Place(owner.id, owner.region),
+            Place("us-9", elsewhere),
+        )
+        fence(self.tables, [move])
 
     def proxy(
         self,
         shard: str,
         infer: Callable[..., Any],
         registry: Registry | None = None,
-        table: str = TABLE,
+        table: str | None = None,
     ) -> Proxy:
         registry = registry or Registry(self.maps.env1)
         holder = MapHolder(self.trusted, registry.fetch)
         holder.refresh()
-        return Proxy(
-            shard=shard, holder=holder, store=StateStore(self.ddb, table, shard), infer=infer
-        )
+        region = (self.maps.v2 if shard == "us-4" else self.maps.v1).shard(shard).region
+        store = StateStore(DynamoTable(self.ddb, table or self.tables[region].name), shard)
+        return Proxy(shard=shard, region=region, holder=holder, store=store, infer=infer)
 
-    def state_items(self) -> dict[str, dict[str, Any]]:
-        """Every key-state item in the table: ``{pk: {"seq", "state", "applied"}}``."""
-        items = self.ddb.scan(TableName=TABLE, ConsistentRead=True)["Items"]
+    def state_items(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every key-state item: ``{(region, key): {"seq", "state", "applied"}}``."""
         out = {}
-        for item in items:
-            if item["sk"]["S"] == "state":
+        for region, table in self.tables.items():
+            found = self.ddb.scan(
+                TableName=table.name,
+                ConsistentRead=True,
+                FilterExpression="attribute_exists(seq)",  # not the slot records (moto is slow)
+            )["Items"]
+            for item in found:
+                assert not item["sk"]["S"].startswith(RESERVED_PREFIX)
                 data = msgpack.unpackb(item["data"]["B"], raw=False)
-                out[item["pk"]["S"]] = {"seq": int(item["seq"]["N"]), **data}
+                out[region, item["sk"]["S"]] = {"seq": int(item["seq"]["N"]), **data}
         return out
 
-    def item(self, shard: str, key: str) -> dict[str, Any] | None:
-        return self.state_items().get(f"{shard}#{key}")
+    def item(self, key: str, shard_map: shardkit.ShardMap | None = None) -> dict[str, Any] | None:
+        """The key's item in the table of its owner (in ``shard_map``, default version 1)."""
+        owner = (shard_map or self.maps.v1).route(key)
+        return self.state_items().get((owner.region, key))
 
 
 @pytest.fixture
-def world(aws_env: None, maps: Maps, trusted_keys: dict[str, bytes]) -> Iterator[World]:
+def world(
+    aws_env: None,
+    maps: Maps,
+    trusted_keys: dict[str, bytes],
+    pk_sk_table: Callable[..., None],
+) -> Iterator[World]:
     with mock_aws():
-        yield World(maps, trusted_keys)
+        yield World(maps, trusted_keys, pk_sk_table)
 
 
 @pytest.fixture(autouse=True)
@@ -258,10 +269,16 @@ def test_the_owner_serves_and_counts_its_writes(world: World) -> None:
     replies = [proxy.handle({"key": key, "payload": {"seq": n}}) for n in (1, 2, 3)]
     for n, reply in enumerate(replies, 1):
         assert reply == Answer({"count": n}, owner.id, owner.epoch, 1, n).to_wire()
-    stored = world.item(owner.id, key)
+    stored = world.item(key)
     assert stored is not None and stored["seq"] == 3
     assert stored["state"] == {"count": 3, "seqs": [1, 2, 3]}
-    assert list(world.state_items()) == [f"{owner.id}#{key}"]
+    assert list(world.state_items()) == [(owner.region, key)]
+    (pk,) = {
+        i["pk"]["S"]
+        for i in world.ddb.scan(TableName=f"{TABLE}-{owner.region}")["Items"]
+        if i["sk"]["S"] == key
+    }
+    assert pk == partition(owner.group, world.maps.v1.slot(key))  # addressed by slot
 
 
 def test_a_read_on_a_warm_instance_sees_another_instances_acknowledged_write(world: World) -> None:
@@ -281,7 +298,7 @@ def test_a_read_on_a_warm_instance_sees_another_instances_acknowledged_write(wor
     assert second.handle({"key": key, "payload": {}})["answer"] == {"count": 2}
     read = first.handle({"key": key, "payload": {"read": True}})
     assert (read["answer"], read["seq"]) == ({"count": 2}, 2)
-    assert world.item(owner.id, key)["seq"] == 2  # the read wrote nothing
+    assert world.item(key)["seq"] == 2  # the read wrote nothing
 
 
 def test_a_non_owner_redirects_and_does_no_work(world: World) -> None:
@@ -310,9 +327,9 @@ def test_a_caller_with_a_newer_map_makes_the_shard_refresh(world: World) -> None
     assert registry.fetches == 2
     assert (reply["status"], reply["map_version"]) == (200, 1)
 
-    # Version 2 is published (and fenced): the caller's newer version makes the shard fetch it.
-    for shard in maps.v2.shards:
-        world.fence(shard.id, shard.epoch)
+    # Version 2 is published (after the slot records): the caller's newer version makes the
+    # shard fetch it.
+    world.reshard()
     registry.envelope = maps.env2
     before = world.state_items()
     reply = proxy.handle({"key": moved, "payload": {}, "map_version": 2})
@@ -350,12 +367,12 @@ def test_a_replayed_request_id_gets_its_recorded_answer_and_writes_nothing(world
     )
     assert decode_reply(cold) == replace(decode_reply(first), replayed=True)
     assert len(model.calls) == 1
-    assert world.item(owner.id, key)["seq"] == 1  # type: ignore[index]
-    assert world.item(owner.id, key)["state"] == {"count": 1, "seqs": [1]}  # type: ignore[index]
+    assert world.item(key)["seq"] == 1  # type: ignore[index]
+    assert world.item(key)["state"] == {"count": 1, "seqs": [1]}  # type: ignore[index]
 
     other = proxy.handle({"key": key, "payload": {"seq": 2}, "request_id": "req-2"})
     assert (other["status"], other["seq"], other["replayed"]) == (200, 2, False)
-    assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [1, 2]}  # type: ignore[index]
+    assert world.item(key)["state"] == {"count": 2, "seqs": [1, 2]}  # type: ignore[index]
 
 
 def test_two_writers_interleaved_on_one_key_lose_no_update(world: World) -> None:
@@ -382,7 +399,7 @@ def test_two_writers_interleaved_on_one_key_lose_no_update(world: World) -> None
     assert (fast["status"], fast["seq"]) == (200, 1)
     assert (late["status"], late["seq"]) == (200, 2)
     assert counter.calls == [None, None, {"count": 1, "seqs": ["B"]}]  # A ran again on B's state
-    stored = world.item(owner.id, key)
+    stored = world.item(key)
     assert stored is not None and stored["seq"] == 2
     assert stored["state"] == {"count": 2, "seqs": ["B", "A"]}
 
@@ -402,7 +419,7 @@ def test_many_concurrent_writers_apply_exactly_the_acknowledged_requests(world: 
     acked = [rid for rid, r in replies if r["status"] == 200]
     assert {r["status"] for _, r in replies} <= {200, 503}
     assert all(r["error"] == "contended" for _, r in replies if r["status"] == 503)
-    stored = world.item(owner.id, key)
+    stored = world.item(key)
     assert stored is not None
     assert stored["seq"] == len(acked) == stored["state"]["count"]
     assert sorted(stored["state"]["seqs"]) == sorted(acked)  # each acknowledged once, no other
@@ -411,10 +428,10 @@ def test_many_concurrent_writers_apply_exactly_the_acknowledged_requests(world: 
     )
 
 
-# -- fencing ------------------------------------------------------------------------------------
+# -- fencing and moving slots ----------------------------------------------------------------------
 
 
-def test_a_fenced_write_answers_resharding_and_writes_nothing(world: World) -> None:
+def test_a_write_to_a_slot_being_moved_answers_moving_and_writes_nothing(world: World) -> None:
     key = "user-5"
     owner = world.maps.v1.route(key)
     model = Counter()
@@ -422,47 +439,132 @@ def test_a_fenced_write_answers_resharding_and_writes_nothing(world: World) -> N
     assert proxy.handle({"key": key, "payload": {"seq": 1}})["status"] == 200
     before = world.state_items()
 
-    world.fence(owner.id, owner.epoch + 1)  # the control plane is moving this shard's slots
+    world.fence_slot(key)  # the control plane is copying this slot to another region
     reply = proxy.handle({"key": key, "payload": {"seq": 2}})
-    assert (reply["status"], reply["error"]) == (503, "resharding")
+    assert (reply["status"], reply["error"]) == (503, "moving")
+    assert "is moving" in reply["message"] and "fenced" in reply["message"]
+    # A cold instance reads the slot record with the state: it does not even run the model.
+    cold = Counter()
+    reply = world.proxy(owner.id, cold).handle({"key": key, "payload": {"seq": 3}})
+    assert (reply["status"], reply["error"], cold.calls) == (503, "moving", [])
     assert world.state_items() == before
 
 
-def test_a_fenced_write_redirects_when_the_new_map_moved_the_key(world: World) -> None:
+def test_a_write_to_a_slot_that_moved_redirects_and_writes_nothing(world: World) -> None:
     maps = world.maps
     key = maps.key(moved=True)
     owner, new_owner = maps.v1.route(key), maps.v2.route(key)
     registry = Registry(maps.env1)
     proxy = world.proxy(owner.id, Counter(), registry)
-    assert proxy.handle({"key": key, "payload": {"seq": 1}})["status"] == 200
-    before = world.state_items()
+    assert proxy.handle({"key": key, "payload": {"seq": 1}})["status"] == 200  # now cached
 
-    # Deploy: fence, then publish v2. The proxy still holds v1 and the caller knows only v1.
-    world.fence(owner.id, maps.v2.shard(owner.id).epoch)
+    # Deploy: the slot records switch, then v2 is published. The proxy still holds v1 and the
+    # caller knows only v1: the write fails its slot check, the proxy refreshes and redirects.
+    world.reshard()
     registry.envelope = maps.env2
+    before = world.state_items()
     reply = proxy.handle({"key": key, "payload": {"seq": 2}, "map_version": 1})
     assert reply == Redirect(new_owner.id, 2).to_wire()
     assert world.state_items() == before
 
 
-def test_a_fenced_write_is_redone_with_the_new_epoch_when_the_key_stayed(world: World) -> None:
+@pytest.mark.parametrize("cross_region", [False, True], ids=["same-region", "cross-region"])
+def test_a_moved_key_keeps_its_state_and_its_request_ids(world: World, cross_region: bool) -> None:
+    maps = world.maps
+    key = next(
+        k
+        for k in (f"user-{i}" for i in range(10_000))
+        if maps.v2.route(k).id == "us-4"
+        and (maps.v1.route(k).region != "us-east-1") == cross_region
+    )
+    owner = maps.v1.route(key)
+    old = world.proxy(owner.id, Counter())
+    for n in (1, 2):
+        old.handle({"key": key, "payload": {"seq": n}, "request_id": f"r{n}"})
+
+    world.reshard()
+    new = world.proxy("us-4", Counter(), Registry(maps.env2))
+    retry = new.handle({"key": key, "payload": {"seq": 2}, "request_id": "r2", "map_version": 2})
+    assert (retry["status"], retry["replayed"], retry["answer"]) == (200, True, {"count": 2})
+    reply = new.handle({"key": key, "payload": {"seq": 3}, "map_version": 2})
+    assert (reply["status"], reply["shard"], reply["seq"]) == (200, "us-4", 3)
+    assert world.item(key, maps.v2)["state"] == {"count": 3, "seqs": [1, 2, 3]}  # type: ignore[index]
+    if cross_region:  # the old copy stays, unchanged, until it is cleaned up
+        assert world.state_items()[owner.region, key]["seq"] == 2
+
+
+def test_the_new_owner_answers_moving_until_the_records_switch(world: World) -> None:
+    """A client may learn of the new map before the control plane has switched the slot (a map
+    published in another region first): the new owner refuses to write until the record is its."""
+    maps = world.maps
+    key = next(k for k in (f"user-{i}" for i in range(10_000)) if maps.v2.route(k).id == "us-4")
+    new = world.proxy("us-4", Counter(), Registry(maps.env2))
+    reply = new.handle({"key": key, "payload": {"seq": 1}, "map_version": 2})
+    assert (reply["status"], reply["error"]) == (503, "moving")
+    assert world.state_items() == {}
+
+
+def test_a_stale_cached_copy_never_answers_a_read_after_the_slot_moved(world: World) -> None:
+    maps = world.maps
+    key = maps.key(moved=True)
+    owner = maps.v1.route(key)
+
+    def model(key: str, payload: Any, state: Any) -> tuple[Any, Any]:
+        count = (state or {}).get("count", 0)
+        if payload.get("read"):
+            return {"count": count}, None
+        return {"count": count + 1}, {"count": count + 1}
+
+    registry = Registry(maps.env1)
+    old = world.proxy(owner.id, model, registry)
+    assert old.handle({"key": key, "payload": {}})["answer"] == {"count": 1}  # cached here
+    world.reshard()
+    new = world.proxy("us-4", model, Registry(maps.env2))
+    assert new.handle({"key": key, "payload": {}, "map_version": 2})["answer"] == {"count": 2}
+
+    # The old owner, still on version 1 (not yet published), must not answer from its cache.
+    read = old.handle({"key": key, "payload": {"read": True}})
+    assert (read["status"], read["error"]) == (503, "moving")
+    registry.envelope = maps.env2  # once it is published: a redirect
+    read = old.handle({"key": key, "payload": {"read": True}})
+    assert (read["status"], read["owner"]) == (421, "us-4")
+
+
+def test_a_slot_that_does_not_move_is_never_blocked_by_a_reshard(world: World) -> None:
+    """Only moving slots are fenced: a key whose shard gains or loses other slots (a new epoch)
+    is written on through the reshard, by a proxy still holding the old map."""
     maps = world.maps
     key = maps.key(moved=False)
     owner = maps.v1.route(key)
+    assert maps.v2.shard(owner.id).epoch != owner.epoch
     registry = Registry(maps.env1)
     proxy = world.proxy(owner.id, Counter(), registry)
-    assert proxy.handle({"key": key, "payload": {"seq": 1}})["epoch"] == owner.epoch
-    new_epoch = maps.v2.shard(owner.id).epoch
-    world.fence(owner.id, new_epoch)
+    assert proxy.handle({"key": key, "payload": {"seq": 1}})["status"] == 200
+    world.reshard()
     registry.envelope = maps.env2
     reply = proxy.handle({"key": key, "payload": {"seq": 2}, "map_version": 1})
     assert (reply["status"], reply["epoch"], reply["map_version"], reply["seq"]) == (
         200,
-        new_epoch,
-        2,
+        owner.epoch,
+        1,
         2,
     )
-    assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [1, 2]}  # type: ignore[index]
+    assert registry.fetches == 1  # no refresh was needed
+    assert world.item(key)["state"] == {"count": 2, "seqs": [1, 2]}  # type: ignore[index]
+
+
+def test_a_shard_moved_to_another_region_redirects_from_the_old_one(world: World) -> None:
+    """Same shard id, another region: only the instance in the map's region owns its slots."""
+    key = "user-7"
+    owner = world.maps.v1.route(key)
+    elsewhere = next(r for r in world.maps.v1.regions if r != owner.region)
+    proxy = world.proxy(owner.id, Counter())
+    stale = Proxy(
+        shard=owner.id, region=elsewhere, holder=proxy.holder, store=proxy.store, infer=Counter()
+    )
+    reply = stale.handle({"key": key, "payload": {}})
+    assert reply == Redirect(owner.id, 1).to_wire()
+    assert world.state_items() == {}
 
 
 # -- malformed and refused requests --------------------------------------------------------------
@@ -479,6 +581,7 @@ MALFORMED = [
     pytest.param({"key": 17, "payload": 1}, 400, "bad_key", id="key-not-a-string"),
     pytest.param({"key": "k" * 1025, "payload": 1}, 400, "bad_key", id="key-too-long"),
     pytest.param({"key": "é" * 513, "payload": 1}, 400, "bad_key", id="key-too-long-in-utf8"),
+    pytest.param({"key": "\x00slot", "payload": 1}, 400, "bad_key", id="key-reserved-prefix"),
     pytest.param(
         json.loads('{"key": "user-\\ud800", "payload": 1}'),
         400,
@@ -573,7 +676,7 @@ def test_an_answer_over_the_limit_is_refused_and_nothing_is_written(world: World
     # The refused requests changed the state they were given in place; none of it may leak.
     reply = proxy.handle({"key": key, "payload": {"seq": 4}})
     assert (reply["status"], reply["answer"], reply["seq"]) == (200, {"count": 2}, 2)
-    assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [2, 4]}  # type: ignore[index]
+    assert world.item(key)["state"] == {"count": 2, "seqs": [2, 4]}  # type: ignore[index]
 
 
 @pytest.mark.parametrize("content_type", [MSGPACK, "application/json"])
@@ -620,7 +723,7 @@ def test_a_model_that_raises_gets_500_and_nothing_is_written(world: World) -> No
     assert proxy.handle({"key": key, "payload": {"seq": 2}})["seq"] == 1
     assert proxy.handle({"key": key, "payload": {"seq": 3, "fail": True}})["status"] == 500
     assert proxy.handle({"key": key, "payload": {"seq": 4}})["answer"] == {"count": 2}
-    assert world.item(owner.id, key)["state"] == {"count": 2, "seqs": [2, 4]}  # type: ignore[index]
+    assert world.item(key)["state"] == {"count": 2, "seqs": [2, 4]}  # type: ignore[index]
 
 
 def test_an_answer_that_cannot_be_encoded_is_a_500_not_a_retryable_503(world: World) -> None:
@@ -772,7 +875,7 @@ def test_the_lambda_handler_prints_emf_metrics_per_shard(
     monkeypatch.setenv("SHARDKIT_SHARD", owner.id)
     monkeypatch.setenv("SHARDKIT_REGISTRY", "s3://registry-bucket/registry/map.skm")
     monkeypatch.setenv("SHARDKIT_TRUSTED_KEYS", format_trusted_keys(key_dir))
-    monkeypatch.setenv("SHARDKIT_TABLE", TABLE)
+    monkeypatch.setenv("SHARDKIT_TABLE", world.tables[maps.v1.route(key).region].name)
     monkeypatch.setenv("SHARDKIT_HANDLER", f"{__name__}:echo_model")
     capsys.readouterr()
 
@@ -793,7 +896,7 @@ def test_the_lambda_handler_prints_emf_metrics_per_shard(
         assert {"requests", "latency"} <= {m["Name"] for m in directive["Metrics"]}
         assert doc["shard"] == owner.id
         assert doc["requests"] in (1, [1])  # this invocation's request, and only it
-    assert world.item(owner.id, key)["state"] == {"count": 2}  # type: ignore[index]
+    assert world.item(key)["state"] == {"count": 2}  # type: ignore[index]
 
 
 def test_the_lambda_handler_reports_a_missing_model_cleanly(
@@ -806,7 +909,7 @@ def test_the_lambda_handler_reports_a_missing_model_cleanly(
     monkeypatch.setenv("SHARDKIT_SHARD", maps.v1.route(key).id)
     monkeypatch.setenv("SHARDKIT_REGISTRY", "s3://registry-bucket/registry/map.skm")
     monkeypatch.setenv("SHARDKIT_TRUSTED_KEYS", format_trusted_keys(key_dir))
-    monkeypatch.setenv("SHARDKIT_TABLE", TABLE)
+    monkeypatch.setenv("SHARDKIT_TABLE", world.tables[maps.v1.route(key).region].name)
     monkeypatch.setenv("SHARDKIT_HANDLER", "no_such_module_here:infer")
     reply = handler_module.handler({"key": key, "payload": {}}, None)
     assert (reply["status"], reply["error"]) == (500, "no_handler")

@@ -48,6 +48,7 @@ CONTROL_PLANE = (
     "shardkit.kinds",
     "shardkit.local",
     "shardkit.logs",
+    "shardkit.migrate",
     "shardkit.testing",
     "shardkit.traffic",
 )

@@ -161,7 +161,7 @@ def test_a_malformed_reply_is_an_inference_error_naming_the_field(data: Any, pro
 
 def test_transient_statuses_are_the_ones_a_client_retries() -> None:
     assert [s for s in range(100, 600) if is_transient(s)] == [429, 502, 503, 504]
-    assert {ERRORS[c] for c in ("no_map", "resharding", "contended", "unavailable")} == {503}
+    assert {ERRORS[c] for c in ("no_map", "moving", "contended", "unavailable")} == {503}
 
 
 def test_a_proxy_error_must_use_a_known_code() -> None:
@@ -208,7 +208,7 @@ def test_a_url_event_is_answered_in_its_own_encoding(ctype: str) -> None:
         Request("k", {"q": [1, 2]}, 3, request_id="r"),
         Encoding(True, ctype),
     )
-    reply = ErrorReply(503, "resharding", "retry shortly")
+    reply = ErrorReply(503, "moving", "retry shortly")
     response = encode_reply(reply, encoding)
     assert response["statusCode"] == 503
     assert response["headers"] == {"content-type": ctype}
