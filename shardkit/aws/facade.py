@@ -31,7 +31,17 @@ __all__ = ["READ_PREFIXES", "Aws", "ClientFactory", "boto3_factory", "is_mutatin
 ClientFactory = Callable[[str, str], Any]
 
 #: Operations that only read. Everything else counts as mutating.
-READ_PREFIXES = ("get_", "list_", "describe_", "head_", "lookup_", "batch_get_", "query", "scan")
+READ_PREFIXES = (
+    "get_",
+    "list_",
+    "describe_",
+    "head_",
+    "lookup_",
+    "batch_get_",
+    "transact_get_",
+    "query",
+    "scan",
+)
 
 _THROTTLED = {
     "Throttling",

@@ -157,6 +157,7 @@ def _shard_values(
     group = config.groups[shard.group]
     values.update(
         shard=shard.id,
+        group=shard.group,
         epoch=shard.epoch,
         jurisdiction=shard.jurisdiction,
         memory_mb=group.memory_mb,

@@ -23,6 +23,7 @@ from ..config.build import build_map, rebase_map, same_routing, signing_key_for
 from ..config.loader import Project
 from ..errors import DeployError, MapError, PlanFileError
 from ..keys import format_trusted_keys, load_trusted_keys
+from ..migrate.deploy import slot_batches
 from ..sharding.codec import decode_map, encode_map
 from ..sharding.shardmap import ShardMap
 from .executor import ApplyResult, Executor, Progress
@@ -104,7 +105,9 @@ class Deployer:
         manifest records still exists, and plans to re-create whatever was deleted behind
         shardkit's back."""
         manifest = self.manifest()
-        shard_map, envelope = self._next_map(self.deployed_map(), manifest)
+        _check_layout(manifest)
+        deployed = self.deployed_map()
+        shard_map, envelope = self._next_map(deployed, manifest)
         package = build_package(self.project, self._dependencies())
         self._cache_artifact(package.sha256, package.data)
         blueprint = self._blueprint(shard_map, package.artifact)
@@ -119,7 +122,7 @@ class Deployer:
             artifact=_artifact_dict(package.artifact),
             map_envelope=envelope,
             map_version=shard_map.version,
-            epochs=_epochs(shard_map),
+            slots=slot_batches(deployed, shard_map) if envelope is not None else (),
         )
         return replace(plan, base=base)  # what is recorded is still what the plan replaces
 
@@ -185,6 +188,7 @@ class Deployer:
     def plan_rollback(self) -> Plan:
         """Back to the deployment before the current one, as a new, higher map version."""
         manifest = self.manifest()
+        _check_layout(manifest)
         earlier = [n for n in self.store.deployments() if n < manifest.deployment]
         if not earlier:
             raise DeployError(
@@ -194,15 +198,14 @@ class Deployer:
         record = self.store.load_deployment(earlier[-1])
         blueprint = Blueprint.from_dict(record["blueprint"])
         current = self.deployed_map()
-        envelope, version = None, manifest.map_version
+        envelope, version, slots = None, manifest.map_version, []
         if record["map"] and current is not None:
             old = decode_map(
                 record["map"], load_trusted_keys(self.project.keys_dir), now=float("-inf")
             )
             shard_map = rebase_map(old, current, ttl_s=self._ttl())
-            envelope, version, epochs = self._sign(shard_map), shard_map.version, _epochs(shard_map)
-        else:
-            epochs = {}
+            envelope, version = self._sign(shard_map), shard_map.version
+            slots = slot_batches(current, shard_map)
         artifact = _blueprint_artifact(blueprint)
         return make_plan(
             blueprint,
@@ -211,15 +214,17 @@ class Deployer:
             artifact=artifact,
             map_envelope=envelope,
             map_version=version,
-            epochs=epochs,
+            slots=slots,
             kind="rollback",
         )
 
     def plan_restore(self) -> Plan:
         """Everything of the current deployment, onto a fresh (restarted) local cloud."""
         manifest = self.manifest()
+        _check_layout(manifest)
         record = self.store.load_deployment(manifest.deployment)
         blueprint = Blueprint.from_dict(record["blueprint"])
+        current = self.deployed_map()
         empty = Manifest(
             project=manifest.project, target=manifest.target, deployment=manifest.deployment - 1
         )
@@ -230,7 +235,7 @@ class Deployer:
             artifact=_blueprint_artifact(blueprint),
             map_envelope=record["map"] or None,
             map_version=manifest.map_version,
-            epochs=manifest.epochs,
+            slots=slot_batches(None, current) if current is not None else (),
             kind="restore",
         )
         # A restore re-creates the same deployment, so it is based on the manifest as it stands.
@@ -378,8 +383,16 @@ class Deployer:
         return kind.exists(self.target.aws, rec["region"], rec["name"], rec["props"])
 
 
-def _epochs(shard_map: ShardMap) -> dict[str, int]:
-    return {s.id: s.epoch for s in shard_map.shards}
+def _check_layout(manifest: Manifest) -> None:
+    """A deployment made before state was addressed by slot keeps per-shard epoch records and
+    ``{shard}#{key}`` items; deploying over it would mix the two layouts."""
+    if manifest.epochs:
+        raise DeployError(
+            f"deployment {manifest.deployment} of {manifest.project} keeps its state in the old "
+            "per-shard layout ({{shard}}#{{key}} items fenced by per-shard epochs); this shardkit "
+            "addresses state by slot and cannot deploy over it",
+            hint="export what you need, then `shardkit destroy --delete-data` and deploy again",
+        )
 
 
 def _artifact_dict(artifact: CodeArtifact) -> dict[str, str]:

@@ -25,7 +25,7 @@ from .. import kinds
 from ..aws.facade import Aws
 from ..errors import ApplyFailedError, PlanStaleError, ShardkitError
 from ..kinds import Context
-from .fence import fence
+from .fence import slot_records
 from .plan import Plan, Step
 from .state import Manifest, StateStore
 
@@ -154,8 +154,7 @@ class Executor:
             out = self._put(step, ctx.map_envelope, "application/vnd.shardkit.map")
             return {"version_id": out.get("VersionId", "")}
         if step.action == "fence":
-            fence(self.aws, step.region, step.name, step.props["table"], step.props["epoch"])
-            return {}
+            return slot_records(self.aws, step.region, step.props)
         return kinds.get(step.kind).apply(step.action, ctx, step.region, step.name, step.props)
 
     def _put(self, step: Step, body: bytes | None, content_type: str) -> dict[str, Any]:
@@ -231,7 +230,7 @@ def _record_upload(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> N
 
 
 def _record_fence(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
-    manifest.epochs[step.name] = step.props["epoch"]
+    """Nothing to record: the slot records are in the state tables, and the map says which."""
 
 
 def _record_publish(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:

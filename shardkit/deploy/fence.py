@@ -1,32 +1,39 @@
-"""The fence step: a shard's epoch record, written before a map that changes its slots goes out.
+"""The fence step: the slot records of a map, written before the map goes out.
 
-A shard still routing with the old map cannot write once its epoch record is higher than the
-epoch it holds (docs/architecture.md §4.4).
+A plan's ``fence`` steps carry slot batches (see :mod:`shardkit.migrate.deploy`): the records of
+a first deploy, or the switch of the slots a reshard moves. Once a slot's record names its new
+owner, a shard still routing with the old map cannot write it (docs/architecture.md §4.4). The
+state tables are reached through the facade, like every other AWS call of the control plane.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from ..aws.facade import Aws
-from ..errors import AwsError
 
-__all__ = ["fence"]
+__all__ = ["slot_records"]
 
 
-def fence(aws: Aws, region: str, shard: str, table: str, epoch: int) -> None:
-    """Write ``shard``'s epoch record; never lowers it, so replaying the step is harmless."""
-    from ..proxy.state import fence_item
+def slot_records(aws: Aws, region: str, props: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the slot records of one ``fence`` step; returns the step's progress."""
+    from ..migrate.deploy import run_batch
+    from ..proxy.table import DynamoTable
 
-    try:
-        aws.call(
-            "dynamodb",
-            region,
-            "put_item",
-            resource=f"{table} ({shard} epoch)",
-            TableName=table,
-            Item=fence_item(shard, epoch),
-            ConditionExpression="attribute_not_exists(pk) OR epoch < :epoch",
-            ExpressionAttributeValues={":epoch": {"N": str(epoch)}},
-        )
-    except AwsError as exc:
-        if exc.code != "ConditionalCheckFailedException":
-            raise
+    return run_batch(lambda r, name: DynamoTable(_Dynamo(aws, r, name), name), region, props)
+
+
+class _Dynamo:
+    """The facade, spoken as a boto3 DynamoDB client (what :class:`DynamoTable` talks to)."""
+
+    def __init__(self, aws: Aws, region: str, table: str) -> None:
+        self._aws, self._region, self._table = aws, region, table
+
+    def __getattr__(self, operation: str) -> Callable[..., dict[str, Any]]:
+        def call(**params: Any) -> dict[str, Any]:
+            return self._aws.call(
+                "dynamodb", self._region, operation, resource=self._table, **params
+            )
+
+        return call

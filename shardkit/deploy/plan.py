@@ -19,14 +19,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .. import kinds
 from ..blueprint.model import Blueprint, Resource, canonical_json
-from ..errors import PlanFileError
+from ..errors import DeployError, PlanFileError
+from ..migrate.deploy import SlotBatch
 from .state import Manifest
 
 __all__ = ["PLAN_FORMAT", "Plan", "Step", "make_plan"]
@@ -181,15 +182,16 @@ def make_plan(
     artifact: dict[str, str] | None,
     map_envelope: bytes | None,
     map_version: int,
-    epochs: Mapping[str, int] | None = None,
+    slots: Sequence[SlotBatch] = (),
     delete_data: bool = False,
     kind: str = "deploy",
 ) -> Plan:
     """The steps that turn ``deployed`` into ``desired``. Pure: reads and writes nothing.
 
-    ``epochs`` (shard -> epoch, from the map being deployed) become fence steps: each shard whose
-    epoch changed gets its epoch record written to its region's state table before the map is
-    published, so a shard still routing with the old map cannot write (docs/architecture.md §4.4).
+    ``slots`` (see :func:`shardkit.migrate.deploy.slot_batches`) become ``fence`` steps: the slot
+    records of the map being deployed are written to the state tables - initialised, or switched
+    to the slots' new owners - before the map is published, so a shard still routing with the
+    old map cannot write a slot it lost (docs/architecture.md §4.4).
     """
     steps: list[Step] = []
     wanted = desired.by_key()
@@ -215,7 +217,7 @@ def make_plan(
             steps.append(_resource_step(len(steps), "update", r, _changed(record, r)))
         elif record.get("retained"):
             steps.append(_resource_step(len(steps), "create", r, "kept from an earlier destroy"))
-    steps += _fences(desired, deployed, epochs or {})
+    steps += _fences(desired, deployed, slots)
     if map_envelope is not None:
         for region in desired.regions:
             steps.append(
@@ -272,22 +274,25 @@ def make_plan(
     )
 
 
-def _fences(desired: Blueprint, deployed: Manifest, epochs: Mapping[str, int]) -> list[Step]:
-    tables = {r.region: r.name for r in desired.of_kind("dynamodb_table")}
-    regions = {r.shard: r.region for r in desired.of_kind("lambda_function")}
-    return [
-        _step(
-            0,
-            "fence",
-            "epoch",
-            regions[shard],
-            shard,
-            {"table": tables[regions[shard]], "epoch": epoch},
-            f"epoch {deployed.epochs.get(shard, 0)} -> {epoch}",
-        )
-        for shard, epoch in sorted(epochs.items())
-        if shard in regions and deployed.epochs.get(shard) != epoch
-    ]
+def _fences(desired: Blueprint, deployed: Manifest, slots: Sequence[SlotBatch]) -> list[Step]:
+    """One step per slot batch, in the region it runs in, naming every state table it uses."""
+    tables = {
+        r["region"]: r["name"] for r in deployed.resources.values() if r["kind"] == "dynamodb_table"
+    }
+    tables.update({r.region: r.name for r in desired.of_kind("dynamodb_table")})
+    steps = []
+    for batch in slots:
+        regions = {batch.region} | {m["source_region"] for m in batch.props.get("moves", ())}
+        missing = sorted(regions - set(tables))
+        if missing:
+            raise DeployError(
+                f"slot records of group {batch.group} need a state table in "
+                f"{', '.join(missing)}, and the blueprint has none there",
+                hint="the blueprint must declare a dynamodb_table in every region with shards",
+            )
+        props = {**batch.props, "tables": {r: tables[r] for r in sorted(regions)}}
+        steps.append(_step(0, "fence", "slots", batch.region, batch.group, props, batch.reason))
+    return steps
 
 
 def _phase(step: Step) -> tuple[int, int]:

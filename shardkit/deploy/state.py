@@ -44,7 +44,7 @@ class Manifest:
     map_version_max: int = 0  # highest version published anywhere, even by a failed apply
     map_sha256: str = ""
     map_regions: list[str] = field(default_factory=list)
-    epochs: dict[str, int] = field(default_factory=dict)  # shard -> epoch fenced in its table
+    epochs: dict[str, int] = field(default_factory=dict)  # old layout only (per-shard fences)
     deployment: int = 0
     status: str = "empty"  # empty | ok | failed
     local_instance: str = ""

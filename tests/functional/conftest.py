@@ -31,7 +31,7 @@ from shardkit.deploy.engine import Deployer, Target
 from shardkit.deploy.targets import identify
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "shardkit.toml"
-READ_VERBS = ("get", "list", "describe", "head")
+READ_VERBS = ("get", "list", "describe", "head", "query", "scan")
 
 
 # -- AWS -------------------------------------------------------------------------------------
@@ -72,8 +72,10 @@ class Call:
 
     @property
     def mutating(self) -> bool:
-        """Decided here, not by the facade: anything but a get/list/describe/head call."""
-        return self.operation.split("_", 1)[0] not in READ_VERBS
+        """Decided here, not by the facade: anything but a get/list/describe/head/query/scan
+        call (a transactional or batched get included)."""
+        verb = self.operation.removeprefix("transact_").removeprefix("batch_")
+        return verb.split("_", 1)[0] not in READ_VERBS
 
 
 @dataclass
@@ -214,8 +216,10 @@ def quickstart() -> dict[str, Any]:
 
 
 def small() -> dict[str, Any]:
-    """The quickstart cut down to 2 regions x 2 shards per jurisdiction, no replicas."""
+    """The quickstart cut down to 2 regions x 2 shards per jurisdiction, no replicas, 256 slots
+    per group (a first deploy writes a slot record per slot)."""
     data = quickstart()
+    data["hashing"]["slot_bits"] = 8
     data["regions"] = {"eu-west-1": {"jurisdiction": "eu"}, "us-east-1": {"jurisdiction": "us"}}
     data["groups"]["eu"].update(regions=["eu-west-1"], shards=2, replicas=0)
     data["groups"]["us"].update(regions=["us-east-1"], shards=2, replicas=0)

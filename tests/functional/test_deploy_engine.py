@@ -144,8 +144,9 @@ def call_ident(call: Call) -> tuple[str, str, str]:
     if call.operation == "put_object":
         kind = "map" if p["Key"] == "registry/map.skm" else "artifact"
         return (kind, call.region, p["Key"])
-    if call.operation == "put_item":  # a shard's epoch record, written by a fence step
-        return ("epoch", call.region, p["Item"]["pk"]["S"].removesuffix("#epoch"))
+    pk = _slot_partition(call)
+    if pk is not None:  # slot records, written by a fence step (named after their group)
+        return ("slots", call.region, pk.partition("#")[0])
     kind = _OP_KIND[call.operation]  # a KeyError here: a mutating call the test did not expect
     if kind == "lambda_alias":
         return (kind, call.region, f"{p['FunctionName']}:{p.get('Name', 'live')}")
@@ -153,6 +154,20 @@ def call_ident(call: Call) -> tuple[str, str, str]:
         (name,) = p["AlarmNames"]
         return (kind, call.region, name)
     return (kind, call.region, p[_NAME_PARAM[kind]])
+
+
+def _slot_partition(call: Call) -> str | None:
+    """The partition a write to a state table's items is in (None: not such a write)."""
+    p = call.params
+    if call.operation == "batch_write_item":
+        ((requests,),) = [list(p["RequestItems"].values())]
+        return str(requests[0]["PutRequest"]["Item"]["pk"]["S"])
+    if call.operation == "transact_write_items":
+        ((_, op),) = p["TransactItems"][0].items()
+        return str((op.get("Key") or op["Item"])["pk"]["S"])
+    if call.operation in ("put_item", "update_item", "delete_item") and call.service == "dynamodb":
+        return str((p.get("Key") or p["Item"])["pk"]["S"])
+    return None
 
 
 def touched(calls: Iterable[Call]) -> set[tuple[str, str, str]]:
@@ -167,21 +182,38 @@ def keys_of(plan: Plan) -> set[tuple[str, str]]:
     return {(s.action, s.key) for s in plan.steps}
 
 
-def epoch_records(project: Project) -> dict[str, int]:
-    """shard -> the epoch recorded in its region's state table (what fences writes)."""
-    out = {}
-    for shard, region in shard_ids(project).items():
-        item = (
-            aws("dynamodb", region)
-            .get_item(
-                TableName=f"shardkit-{project.config.project.name}-state",
-                Key={"pk": {"S": f"{shard}#epoch"}, "sk": {"S": "epoch"}},
-            )
-            .get("Item")
-        )
-        if item:
-            out[shard] = int(item["epoch"]["N"])
+def slot_records(project: Project, shard_map: shardkit.ShardMap, step: int = 1) -> dict:
+    """``{(group, slot): {region: (owner, state)}}`` for every ``step``-th slot of every group,
+    read from each region's state table (what fences writes)."""
+    table = f"shardkit-{project.config.project.name}-state"
+    out: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
+    for name in shard_map.groups:
+        for slot in range(0, shard_map.slot_count, step):
+            found = {}
+            for region in sorted(set(shard_ids(project).values())):
+                item = (
+                    aws("dynamodb", region)
+                    .get_item(TableName=table, Key=_record_key(name, slot))
+                    .get("Item")
+                )
+                if item:
+                    found[region] = (item["owner"]["S"], item["state"]["S"])
+            out[name, slot] = found
     return out
+
+
+def _record_key(group: str, slot: int) -> dict[str, Any]:
+    return {"pk": {"S": f"{group}#{slot:05x}"}, "sk": {"S": "\x00slot"}}
+
+
+def owners(shard_map: shardkit.ShardMap, step: int = 1) -> dict:
+    """What :func:`slot_records` should find for ``shard_map``: each slot active under its
+    owner, in the owner's region."""
+    return {
+        (name, slot): {g.primary[slot].region: (g.primary[slot].id, "active")}
+        for name, g in shard_map.groups.items()
+        for slot in range(0, shard_map.slot_count, step)
+    }
 
 
 def fingerprints(d: Deployer) -> dict[str, str]:
@@ -204,7 +236,7 @@ def test_first_deploy_creates_every_resource_and_publishes_the_signed_map(
     assert plan.summary() == {
         "create": 3 * len(regions) + 7 * len(shards),
         "upload": len(regions),
-        "fence": len(shards),
+        "fence": len(regions),  # the slot records of the region's group (one group per region)
         "publish": len(regions),
     }
 
@@ -230,7 +262,8 @@ def test_first_deploy_creates_every_resource_and_publishes_the_signed_map(
         assert {s.id: s.region for s in shard_map.shards} == shards
     assert envelopes == {d.store.load_map_bytes()}  # one map, the one recorded as published
     shard_map = shardkit.decode_map(envelopes.pop(), trusted)
-    assert epoch_records(project) == {s.id: s.epoch for s in shard_map.shards} == manifest.epochs
+    assert slot_records(project, shard_map, step=509) == owners(shard_map, step=509)
+    assert manifest.epochs == {}  # the old per-shard fences are gone
     assert {shard_map.route(k).region for k in KEYS if k.startswith("eu:")} <= {
         r for r, c in project.config.regions.items() if c.jurisdiction == "eu"
     }
@@ -310,12 +343,18 @@ def test_deployed_functions_stay_in_their_jurisdiction(
             shard = shard_map.shard(env["SHARDKIT_SHARD"])
             assert (shard.region, shard.jurisdiction) == (region, jurisdiction[region])
             policy = iam.get_role_policy(RoleName=fn["FunctionName"], PolicyName="shardkit")
-            tables = [
-                s["Resource"]
-                for s in policy["PolicyDocument"]["Statement"]
-                if s["Sid"] == "OwnStateItems"
+            (state,) = [
+                s for s in policy["PolicyDocument"]["Statement"] if s["Sid"] == "OwnStateItems"
             ]
-            assert tables == [f"arn:aws:dynamodb:{region}:123456789012:table/{P}-state"]
+            assert state["Resource"] == f"arn:aws:dynamodb:{region}:123456789012:table/{P}-state"
+            # the items of the shard's group (jurisdiction), whichever shard owns a slot now
+            leading = state["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+            assert leading == [f"{shard.group}#*"]
+            assert set(state["Action"]) == {
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:ConditionCheckItem",
+            }
             seen[shard.id] = region
     assert seen == shard_ids(project)  # every shard deployed once, in its own region
 
@@ -420,9 +459,7 @@ def test_adding_a_shard_creates_only_its_resources_and_moves_slots_only_to_it(
         ("create", f"eu-west-1/function_url/{new}"),
         ("create", f"eu-west-1/alarm/{new}-errors"),
         ("create", f"eu-west-1/alarm/{new}-throttles"),
-        ("fence", "eu-west-1/epoch/eu-0"),  # the eu shards' slot sets change: new epochs
-        ("fence", "eu-west-1/epoch/eu-1"),
-        ("fence", "eu-west-1/epoch/eu-2"),
+        ("fence", "eu-west-1/slots/eu"),  # the eu slots that move switch to eu-2
         ("publish", "eu-west-1/map/registry/map.skm"),
         ("publish", "us-east-1/map/registry/map.skm"),
     }
@@ -445,7 +482,7 @@ def test_adding_a_shard_creates_only_its_resources_and_moves_slots_only_to_it(
     assert {(m.group, m.destination) for m in diff.moves} == {("eu", "eu-2")}
     assert {m.source for m in diff.moves} == {"eu-0", "eu-1"}
     assert set(diff.epochs) == {"eu-0", "eu-1"}  # us shards keep their slots and epochs
-    assert epoch_records(d.project) == {s.id: s.epoch for s in current.shards}
+    assert slot_records(d.project, current) == owners(current)
     assert {s: alias_version(r, f"{P}-{s}") for s, r in shard_ids(d.project).items()} == {
         "eu-0": "1",
         "eu-1": "1",
@@ -673,10 +710,10 @@ def test_a_passing_throttle_is_retried_below_the_facade(
     deployer: Deploy,
     recorder: Recorder,
 ) -> None:
-    # the last DynamoDB call in eu-west-1 (the fence of eu-1): after a throttle botocore's
-    # adaptive mode slows that client down, which would only make the test slow
+    # the batch of eu's slot records that holds slot ff (written in eu-west-1)
+    last = b'"eu#000ff"'
     attempts = recorder.throttle_http(
-        "dynamodb", "PutItem", times=1, when=lambda request: b"eu-1#epoch" in request.body
+        "dynamodb", "BatchWriteItem", times=1, when=lambda request: last in request.body
     )
     d = deployer(make_project())
     mark = recorder.mark()
@@ -684,11 +721,13 @@ def test_a_passing_throttle_is_retried_below_the_facade(
     fences = [
         c
         for c in recorder.since(mark)
-        if c.operation == "put_item" and c.params["Item"]["pk"]["S"] == "eu-1#epoch"
+        if c.operation == "batch_write_item" and last.decode() in json.dumps(c.params)
     ]
     assert len(fences) == 1  # one API call ...
     assert len(attempts) == 2  # ... sent twice: throttled, then retried by botocore
-    assert d.manifest().status == "ok" and epoch_records(d.project)["eu-1"] >= 1
+    _, shard_map = published_map(d.project, "eu-west-1")
+    assert d.manifest().status == "ok"
+    assert slot_records(d.project, shard_map) == owners(shard_map)
 
 
 def test_a_function_that_already_exists_is_adopted_not_failed(
@@ -902,7 +941,26 @@ def test_rollback_republishes_the_earlier_routing_as_a_higher_version(
         "us-0": v2_epochs["us-0"],
         "us-1": v2_epochs["us-1"],
     }
-    assert epoch_records(project) == epochs  # fenced in the tables before the map went out
+    # the slots eu-2 held went back to eu-0 and eu-1 in the tables before the map went out
+    assert slot_records(project, back) == owners(back)
+
+
+def test_a_deployment_in_the_old_per_shard_layout_is_refused_not_mixed(
+    make_project: MakeProject,
+    deployer: Deploy,
+    recorder: Recorder,
+) -> None:
+    d = deployer(make_project())
+    deploy(d)
+    manifest = d.manifest()
+    manifest.epochs = {"eu-0": 1}  # what a deploy of the per-shard layout recorded
+    d.store.save_manifest(manifest)
+    mark = recorder.mark()
+    for make in (d.plan, d.plan_rollback):
+        with pytest.raises(DeployError, match="old per-shard layout") as refused:
+            make()
+        assert "destroy --delete-data" in refused.value.hint
+    assert recorder.mutating_since(mark) == []
 
 
 def test_rollback_without_an_earlier_deployment_is_refused(

@@ -37,6 +37,7 @@ import shardkit
 from shardkit.deploy.client import client_for_project
 from shardkit.errors import ShardkitError
 from shardkit.local import server
+from shardkit.proxy.state import partition
 from shardkit.routing import InferenceError, Result, RetryPolicy
 
 pytestmark = pytest.mark.integration
@@ -177,18 +178,20 @@ class Deployed:
             return self._lambdas[region]
 
     def state_items(self) -> dict[str, list[tuple[str, str, int, dict[str, Any]]]]:
-        """Key -> every (region, shard, seq, data) state item of it in the project's tables."""
+        """Key -> every (region, partition, seq, data) state item of it in the project's tables
+        (the slot records, one per slot, are left out)."""
         found: dict[str, list[tuple[str, str, int, dict[str, Any]]]] = {}
         table = f"shardkit-{self.name}-state"
         for region in self.regions:
             ddb = server.client("dynamodb", region, self.endpoint())
-            for page in ddb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+            pages = ddb.get_paginator("scan").paginate(
+                TableName=table, ConsistentRead=True, FilterExpression="attribute_exists(seq)"
+            )
+            for page in pages:
                 for item in page["Items"]:
-                    if item["sk"]["S"] != "state":
-                        continue
-                    shard, _, key = item["pk"]["S"].partition("#")
+                    key, pk = item["sk"]["S"], item["pk"]["S"]
                     data = msgpack.unpackb(item["data"]["B"], raw=False)
-                    found.setdefault(key, []).append((region, shard, int(item["seq"]["N"]), data))
+                    found.setdefault(key, []).append((region, pk, int(item["seq"]["N"]), data))
         return found
 
 
@@ -349,8 +352,8 @@ def test_thousands_of_requests_go_to_owners_and_no_write_is_lost_or_doubled(
         assert {(r.region, r.jurisdiction) for r in got} == {(owner.region, owner.jurisdiction)}
         assert [r.seq for r in got] == list(range(1, n + 1))  # acknowledged in order, once each
         assert not any(r.failover or r.redirected for r in got)
-        ((region, shard, seq, data),) = items[key]  # one item: under its owner, nowhere else
-        assert (region, shard, seq) == (owner.region, owner.id, n)
+        ((region, pk, seq, data),) = items[key]  # one item: in its owner's table, nowhere else
+        assert (region, pk, seq) == (owner.region, partition(owner.group, shard_map.slot(key)), n)
         assert data["state"]["count"] == n
         assert data["state"]["seqs"] == list(range(1, n + 1))[-256:]
     assert {owner.jurisdiction for owner in map(shard_map.route, planned)} == {"eu", "us"}
@@ -369,12 +372,14 @@ def test_an_old_client_is_redirected_once_after_a_reshard(quickstart: Deployed) 
         )
         predicted = shardkit.build_map(shardkit.load_project(root).config, before)
         tag = uuid.uuid4().hex[:6]
-        moved = [
+        candidates = [
             k
             for k in (f"{tag}-{i}" for i in range(400))
             if predicted.route(k).id != before.route(k).id
-        ][:3]
-        assert len(moved) == 3
+        ]
+        within = [k for k in candidates if predicted.route(k).region == before.route(k).region]
+        across = [k for k in candidates if predicted.route(k).region != before.route(k).region]
+        moved = [across[0], within[0], across[1]]  # keys moving within a region and across
         for key in moved:  # the old owners hold these keys, warm, before the reshard
             assert old.infer(key, {"text": "before", "seq": 1}).shard == before.route(key).id
 
@@ -385,20 +390,22 @@ def test_an_old_client_is_redirected_once_after_a_reshard(quickstart: Deployed) 
 
         assert old.holder.version == before.version  # nobody told the old client
         results = [old.infer(key, {"text": "after", "seq": 2}) for key in moved]
-        # The first is redirected by its old owner (whose write was fenced) and converges in one
-        # hop; the redirect refreshed the client's map, so the others go straight to the owner.
+        # The first is redirected by its old owner (its slot record moved on) and converges in
+        # one hop; the redirect refreshed the client's map, so the others go straight to the owner.
         assert [(r.redirected, r.attempts) for r in results] == [(True, 2), (False, 1), (False, 1)]
         for key, result in zip(moved, results, strict=True):
             assert result.map_version == new_version == old.holder.version
             assert result.shard == predicted.route(key).id
-            assert result.seq == 1  # a write on the new owner
+            assert result.seq == 2  # the new owner carries on from the old owner's state
     finally:
         old.close()
     items = quickstart.state_items()
     for key in moved:
-        owners = {shard: data["state"]["seqs"] for _, shard, _, data in items[key]}
-        # The old owner's copy was not touched by the redirected request.
-        assert owners == {before.route(key).id: [1], predicted.route(key).id: [2]}
+        copies = {region: data["state"]["seqs"] for region, _, _, data in items[key]}
+        new, old_region = predicted.route(key).region, before.route(key).region
+        assert copies[new] == [1, 2]
+        # A slot that moved to another region leaves its old copy, untouched, until cleanup.
+        assert copies == ({new: [1, 2]} if new == old_region else {new: [1, 2], old_region: [1]})
 
 
 def test_a_killed_worker_is_replaced_and_a_retry_is_not_applied_twice(quickstart: Deployed) -> None:
@@ -420,8 +427,13 @@ def test_a_killed_worker_is_replaced_and_a_retry_is_not_applied_twice(quickstart
         assert client.infer(key, {"text": "two", "seq": 2}).seq == 2
     finally:
         client.close()
-    ((_, shard, seq, data),) = quickstart.state_items()[key]
-    assert (shard, seq, data["state"]["seqs"], data["state"]["count"]) == (owner.id, 2, [1, 2], 2)
+    ((region, _, seq, data),) = quickstart.state_items()[key]
+    assert (region, seq, data["state"]["seqs"], data["state"]["count"]) == (
+        owner.region,
+        2,
+        [1, 2],
+        2,
+    )
 
 
 def test_workers_killed_mid_traffic_never_apply_a_request_twice(quickstart: Deployed) -> None:
@@ -465,9 +477,9 @@ def test_workers_killed_mid_traffic_never_apply_a_request_twice(quickstart: Depl
         f"{sum(r.attempts > 1 for _, r in acked)} retried"
     )
     assert killed
-    ((_, shard, seq, data),) = quickstart.state_items()[key]
+    ((region, _, seq, data),) = quickstart.state_items()[key]
     applied = data["state"]["seqs"]
-    assert shard == owner.id
+    assert region == owner.region
     assert len(applied) == len(set(applied)) == seq == data["state"]["count"]  # none twice
     assert applied == sorted(applied) and set(applied) <= set(range(1, n + 1))
     assert {n for n, _ in acked} <= set(applied)  # every acknowledged write is there...

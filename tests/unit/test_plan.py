@@ -17,7 +17,8 @@ from shardkit import kinds
 from shardkit.blueprint.model import Blueprint, Resource
 from shardkit.deploy.plan import Plan, Step, make_plan
 from shardkit.deploy.state import Manifest
-from shardkit.errors import PlanFileError
+from shardkit.errors import DeployError, PlanFileError
+from shardkit.migrate.deploy import SlotBatch
 
 ACCOUNT = "123456789012"
 ARTIFACT = {"key": "artifacts/code/" + "ab" * 32 + ".zip", "sha256": "ab" * 32}
@@ -73,7 +74,6 @@ def two_regions(memory_eu: int = 512) -> Blueprint:
 def deployed(
     bp: Blueprint,
     *,
-    epochs: dict[str, int] | None = None,
     deployment: int = 1,
     artifacts: bool = True,
 ) -> Manifest:
@@ -98,7 +98,6 @@ def deployed(
         artifacts={r: [ARTIFACT["key"]] for r in bp.regions} if artifacts else {},
         map_version=1,
         map_regions=bp.regions,
-        epochs=dict(epochs or {}),
         deployment=deployment,
         status="ok",
     )
@@ -115,6 +114,18 @@ def plan_of(desired: Blueprint, manifest: Manifest, **kw: Any) -> Plan:
     return make_plan(desired, manifest, project_root="/srv/demo", **kw)
 
 
+def initial(region: str, group: str, shard: str) -> SlotBatch:
+    """The slot records of a first deploy of ``group`` in ``region`` (what the engine passes)."""
+    props = {"group": group, "version": 1, "owners": {shard: "0-ff"}}
+    return SlotBatch(region, group, props, f"slot records of group {group}")
+
+
+def moving(region: str, group: str, source: str, source_region: str, to: str) -> SlotBatch:
+    """Slots of ``group`` moving to ``to`` in ``region``, from ``source`` in ``source_region``."""
+    move = {"source": source, "source_region": source_region, "destination": to, "slots": "0-7f"}
+    return SlotBatch(region, group, {"group": group, "version": 2, "moves": [move]}, "slots move")
+
+
 def actions(plan: Plan) -> dict[str, str]:
     return {s.key: s.action for s in plan.steps}
 
@@ -128,7 +139,8 @@ def index(plan: Plan) -> dict[tuple[str, str], int]:
 
 def test_an_empty_manifest_creates_everything_uploads_code_and_publishes_the_map() -> None:
     bp = two_regions()
-    plan = plan_of(bp, empty(), map_envelope=ENVELOPE, map_version=1, epochs={"eu-0": 1, "us-0": 1})
+    slots = [initial("eu-west-1", "eu", "eu-0"), initial("us-east-1", "us", "us-0")]
+    plan = plan_of(bp, empty(), map_envelope=ENVELOPE, map_version=1, slots=slots)
 
     assert [s.id for s in plan.steps] == list(range(len(plan.steps)))
     creates = {s.key: s for s in plan.steps if s.action == "create"}
@@ -142,9 +154,10 @@ def test_an_empty_manifest_creates_everything_uploads_code_and_publishes_the_map
         for s in plan.steps
         if s.action == "publish"
     } == {("eu-west-1", "bucket-eu-west-1", 1), ("us-east-1", "bucket-us-east-1", 1)}
-    assert {(s.region, s.name, s.props["epoch"]) for s in plan.steps if s.action == "fence"} == {
-        ("eu-west-1", "eu-0", 1),
-        ("us-east-1", "us-0", 1),
+    fences = {(s.region, s.kind, s.name): s.props for s in plan.steps if s.action == "fence"}
+    assert fences == {
+        ("eu-west-1", "slots", "eu"): {**slots[0].props, "tables": {"eu-west-1": "state"}},
+        ("us-east-1", "slots", "us"): {**slots[1].props, "tables": {"us-east-1": "state"}},
     }
     assert plan.summary() == {"create": 16, "upload": 2, "fence": 2, "publish": 2}
     assert (plan.base, plan.deployment, plan.kind) == (empty().fingerprint(), 1, "deploy")
@@ -153,7 +166,7 @@ def test_an_empty_manifest_creates_everything_uploads_code_and_publishes_the_map
 
 def test_what_is_deployed_as_desired_plans_nothing() -> None:
     bp = two_regions()
-    plan = plan_of(bp, deployed(bp, epochs={"eu-0": 3, "us-0": 1}), epochs={"eu-0": 3, "us-0": 1})
+    plan = plan_of(bp, deployed(bp))
     assert plan.steps == () and plan.is_noop and plan.summary() == {}
 
 
@@ -176,15 +189,27 @@ def test_missing_artifacts_are_uploaded_only_where_missing() -> None:
     ]
 
 
-def test_only_shards_whose_epoch_changed_are_fenced() -> None:
-    bp = two_regions()
-    plan = plan_of(
-        bp, deployed(bp, epochs={"eu-0": 1, "us-0": 1}), epochs={"eu-0": 2, "us-0": 1, "gone-9": 5}
-    )  # no function: no fence
-    assert [(s.action, s.key, s.props["epoch"]) for s in plan.steps] == [
-        ("fence", "eu-west-1/epoch/eu-0", 2)
-    ]
-    assert plan.steps[0].props["table"] == "state"
+def test_slot_records_are_written_where_they_move_and_name_every_table_they_use() -> None:
+    old = two_regions()
+    new = blueprint(regional("eu-west-1"), shard("eu-0", "eu-west-1"))  # us-east-1 retired
+    batch = moving("eu-west-1", "eu", "us-0", "us-east-1", "eu-0")
+    plan = plan_of(new, deployed(old), slots=[batch])
+    (step,) = [s for s in plan.steps if s.action == "fence"]
+    assert (step.region, step.kind, step.name, step.key) == (
+        "eu-west-1",
+        "slots",
+        "eu",
+        "eu-west-1/slots/eu",
+    )
+    # the source table is no longer in the blueprint (retained): its name comes from the manifest
+    assert step.props["tables"] == {"eu-west-1": "state", "us-east-1": "state"}
+    assert step.reason == "slots move"
+
+
+def test_slot_records_without_a_state_table_are_refused() -> None:
+    bp = blueprint(regional("eu-west-1"), shard("eu-0", "eu-west-1"))
+    with pytest.raises(DeployError, match="need a state table in ap-south-1"):
+        plan_of(bp, empty(), slots=[moving("eu-west-1", "eu", "x-0", "ap-south-1", "eu-0")])
 
 
 def test_resources_no_longer_wanted_are_deleted_but_tables_are_retained() -> None:
@@ -251,13 +276,16 @@ def _mixed_plan() -> tuple[Plan, Blueprint, Blueprint]:
         shard("eu-1", "eu-west-1"),
         shard("us-1", "us-east-1"),
     )
-    manifest = deployed(old, epochs={"eu-0": 1, "us-0": 1}, artifacts=False)
+    manifest = deployed(old, artifacts=False)
     plan = plan_of(
         new,
         manifest,
         map_envelope=ENVELOPE,
         map_version=2,
-        epochs={"eu-0": 2, "eu-1": 2, "us-1": 2},
+        slots=[
+            moving("eu-west-1", "eu", "eu-0", "eu-west-1", "eu-1"),
+            moving("us-east-1", "us", "us-0", "us-east-1", "us-1"),
+        ],
     )
     return plan, old, new
 
