@@ -295,6 +295,7 @@ class MemoryTable(Table):
 
     Thread-safe: every operation holds one lock. ``page_size`` bounds a query page (small pages
     let a model interleave other work with a long read). ``calls`` counts operations by name.
+    ``items`` (key -> item) is for reading; write through the operations.
     """
 
     name: str = "memory"
@@ -302,6 +303,11 @@ class MemoryTable(Table):
     items: dict[Key, Item] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _by_pk: dict[str, set[str]] = field(default_factory=dict, repr=False)  # pk -> sort keys
+
+    def __post_init__(self) -> None:
+        for pk, sk in self.items:
+            self._by_pk.setdefault(pk, set()).add(sk)
 
     def get(self, key: Key) -> Item | None:
         with self._lock:
@@ -318,7 +324,8 @@ class MemoryTable(Table):
         size = min(self.page_size, limit) if limit else self.page_size
         with self._lock:
             self._count("query")
-            sks = sorted(sk for p, sk in self.items if p == pk and (after is None or sk > after))
+            partition = self._by_pk.get(pk, ())
+            sks = sorted(sk for sk in partition if after is None or sk > after)
             page = [dict(self.items[(pk, sk)]) for sk in sks[:size]]
             return Page(page, sks[size - 1] if len(sks) > size else None)
 
@@ -365,6 +372,11 @@ class MemoryTable(Table):
             self.items[key] = updated
         elif isinstance(op, Delete):
             self.items.pop(key, None)
+            self._by_pk.get(key[0], set()).discard(key[1])
+            return
+        else:
+            return
+        self._by_pk.setdefault(key[0], set()).add(key[1])
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
