@@ -1,4 +1,4 @@
-"""``dynamodb_table``: a region's state table (per-key state and the shards' epoch records).
+"""``dynamodb_table``: a region's state table (per-key state and the slots' records).
 
 The key schema comes from the properties, for apply and template alike. A table's keys cannot
 change in place, so applying a blueprint whose keys differ from the existing table's is refused

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PlanningError
-from ..sharding.diff import slot_ranges
+from ..sharding.diff import check_comparable, slot_ranges
 from ..sharding.shardmap import ShardMap
 
 __all__ = [
@@ -140,16 +140,7 @@ def placements(shard_map: ShardMap, group: str) -> list[Place]:
 
 def plan_migration(old: ShardMap, new: ShardMap) -> Migration:
     """Every slot whose owner (shard or region) differs between ``old`` and ``new``."""
-    if old.project != new.project:
-        raise PlanningError(
-            f"cannot migrate between maps of projects {old.project!r} and {new.project!r}"
-        )
-    if (old.hash, old.slot_bits) != (new.hash, new.slot_bits):
-        raise PlanningError(
-            f"cannot migrate slots between {old.hash}/{old.slot_bits} bits and "
-            f"{new.hash}/{new.slot_bits} bits: every key would move",
-            hint="keep [hashing] as it is",
-        )
+    check_comparable(old, new, "migrate between")
     if new.version <= old.version:
         raise PlanningError(
             f"a migration goes to a newer map: version {new.version} is not after {old.version}",

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import PlanningError
 from .shardmap import ShardMap
 
-__all__ = ["MapDiff", "SlotMove", "diff_maps", "slot_ranges"]
+__all__ = ["MapDiff", "SlotMove", "check_comparable", "diff_maps", "slot_ranges"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +57,24 @@ class MapDiff:
         }
 
 
-def diff_maps(old: ShardMap, new: ShardMap) -> MapDiff:
-    """Every moved slot between ``old`` and ``new`` (same project and hashing)."""
+def check_comparable(old: ShardMap, new: ShardMap, doing: str) -> None:
+    """Refuse to compare slots of maps of different projects or hashing (``doing``: what was
+    asked, for the message: "diff", "migrate between")."""
     if old.project != new.project:
         raise PlanningError(
-            f"cannot diff maps of different projects: {old.project!r} and {new.project!r}"
+            f"cannot {doing} maps of different projects: {old.project!r} and {new.project!r}"
         )
     if (old.hash, old.slot_bits) != (new.hash, new.slot_bits):
         raise PlanningError(
-            f"cannot diff maps with different hashing ({old.hash}/{old.slot_bits} bits vs "
-            f"{new.hash}/{new.slot_bits} bits): every key moves"
+            f"cannot {doing} maps with different hashing ({old.hash}/{old.slot_bits} bits vs "
+            f"{new.hash}/{new.slot_bits} bits): every key moves",
+            hint="keep [hashing] as it is, or build a fresh map",
         )
+
+
+def diff_maps(old: ShardMap, new: ShardMap) -> MapDiff:
+    """Every moved slot between ``old`` and ``new`` (same project and hashing)."""
+    check_comparable(old, new, "diff")
     moves: list[SlotMove] = []
     replica_changes = 0
     for name in sorted(set(old.groups) | set(new.groups)):
