@@ -122,7 +122,7 @@ class Deployer:
             artifact=_artifact_dict(package.artifact),
             map_envelope=envelope,
             map_version=shard_map.version,
-            slots=slot_batches(deployed, shard_map) if envelope is not None else (),
+            slots=slot_batches(deployed, shard_map, _fresh_tables(blueprint, manifest)),
         )
         return replace(plan, base=base)  # what is recorded is still what the plan replaces
 
@@ -205,7 +205,7 @@ class Deployer:
             )
             shard_map = rebase_map(old, current, ttl_s=self._ttl())
             envelope, version = self._sign(shard_map), shard_map.version
-            slots = slot_batches(current, shard_map)
+            slots = slot_batches(current, shard_map, _fresh_tables(blueprint, manifest))
         artifact = _blueprint_artifact(blueprint)
         return make_plan(
             blueprint,
@@ -381,6 +381,13 @@ class Deployer:
     def _exists(self, rec: dict[str, Any]) -> bool:
         kind = kinds.get(rec["kind"])
         return kind.exists(self.target.aws, rec["region"], rec["name"], rec["props"])
+
+
+def _fresh_tables(blueprint: Blueprint, manifest: Manifest) -> set[str]:
+    """Regions whose state table the plan creates: empty, so their slots' records are new."""
+    return {
+        r.region for r in blueprint.of_kind("dynamodb_table") if r.key not in manifest.resources
+    }
 
 
 def _check_layout(manifest: Manifest) -> None:

@@ -17,7 +17,7 @@ the error goes up, so nothing stays fenced; running the step again starts it ove
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,18 +40,34 @@ class SlotBatch:
     reason: str
 
 
-def slot_batches(old: ShardMap | None, new: ShardMap) -> list[SlotBatch]:
-    """The slot-record steps that deploying ``new`` over ``old`` (None: nothing yet) needs."""
-    groups = sorted(new.groups) if old is None else list(plan_migration(old, new).added_groups)
-    batches = [b for g in groups for b in _initial(new, g)]
-    if old is not None:
-        batches += _moves(old, new)
-    return batches
+def slot_batches(old: ShardMap | None, new: ShardMap, fresh: Iterable[str] = ()) -> list[SlotBatch]:
+    """The slot-record steps that deploying ``new`` over ``old`` (None: nothing yet) needs.
+
+    ``fresh``: regions whose state table the deploy creates (empty: no records, no state). A slot
+    whose state was in one starts anew under its owner in ``new``, like every slot of a first
+    deploy or of a new group; the other slots whose owner changes move.
+    """
+    fresh = set(fresh)
+    starting: dict[str, list[int]] = {}
+    for group in sorted(new.groups):
+        if old is None or group not in old.groups:
+            starting[group] = list(range(new.slot_count))
+        else:
+            before = placements(old, group)
+            starting[group] = [slot for slot, place in enumerate(before) if place.region in fresh]
+    moves: list[Move] = []
+    if old is not None and new.version > old.version:
+        skip = {(g, slot) for g, slots in starting.items() for slot in slots}
+        moves = [m for m in plan_migration(old, new).moves if (m.group, m.slot) not in skip]
+    batches = [b for g, slots in starting.items() if slots for b in _initial(new, g, slots)]
+    return batches + _moves(moves, new.version)
 
 
-def _initial(shard_map: ShardMap, group: str) -> list[SlotBatch]:
+def _initial(shard_map: ShardMap, group: str, slots: list[int]) -> list[SlotBatch]:
     by_region: dict[str, dict[str, list[int]]] = {}
-    for slot, place in enumerate(placements(shard_map, group)):
+    owners = placements(shard_map, group)
+    for slot in slots:
+        place = owners[slot]
         by_region.setdefault(place.region, {}).setdefault(place.shard, []).append(slot)
     return [
         SlotBatch(
@@ -60,27 +76,27 @@ def _initial(shard_map: ShardMap, group: str) -> list[SlotBatch]:
             {
                 "group": group,
                 "version": shard_map.version,
-                "owners": {shard: format_slots(slots) for shard, slots in sorted(owners.items())},
+                "owners": {shard: format_slots(got) for shard, got in sorted(shards.items())},
             },
-            f"slot records of group {group}: {sum(map(len, owners.values()))} slots "
-            f"({', '.join(sorted(owners))}), map version {shard_map.version}",
+            f"slot records of group {group}: {sum(map(len, shards.values()))} slots "
+            f"({', '.join(sorted(shards))}), map version {shard_map.version}",
         )
-        for region, owners in sorted(by_region.items())
+        for region, shards in sorted(by_region.items())
     ]
 
 
-def _moves(old: ShardMap, new: ShardMap) -> list[SlotBatch]:
-    migration = plan_migration(old, new)
-    steps: dict[tuple[str, str], list[tuple[Place, Place, list[int]]]] = {}
-    for group, source, destination, slots in migration.by_pair():
-        steps.setdefault((destination.region, group), []).append((source, destination, slots))
+def _moves(moves: list[Move], version: int) -> list[SlotBatch]:
+    steps: dict[tuple[str, str], dict[tuple[Place, Place], list[int]]] = {}
+    for m in sorted(moves):
+        pairs = steps.setdefault((m.destination.region, m.group), {})
+        pairs.setdefault((m.source, m.destination), []).append(m.slot)
     return [
         SlotBatch(
             region,
             group,
             {
                 "group": group,
-                "version": new.version,
+                "version": version,
                 "moves": [
                     {
                         "source": s.shard,
@@ -88,10 +104,12 @@ def _moves(old: ShardMap, new: ShardMap) -> list[SlotBatch]:
                         "destination": d.shard,
                         "slots": format_slots(slots),
                     }
-                    for s, d, slots in pairs
+                    for (s, d), slots in sorted(pairs.items())
                 ],
             },
-            _describe(group, region, pairs, new.version),
+            _describe(
+                group, region, [(s, d, slots) for (s, d), slots in sorted(pairs.items())], version
+            ),
         )
         for (region, group), pairs in sorted(steps.items())
     ]

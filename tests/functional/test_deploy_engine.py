@@ -875,6 +875,24 @@ def test_destroy_with_delete_data_removes_everything(
     assert d.plan_destroy(delete_data=True).is_noop
 
 
+def test_a_deploy_over_recreated_state_tables_writes_their_slot_records(
+    make_project: MakeProject,
+    deployer: Deploy,
+) -> None:
+    """Tables deleted with their data come back empty: the same map needs its records again."""
+    d = deployer(make_project())
+    deploy(d)
+    _, shard_map = published_map(d.project, "eu-west-1")
+    d.apply(d.plan_destroy(delete_data=True))
+    plan = d.plan()
+    assert {(s.region, s.kind, s.name) for s in plan.steps if s.action == "fence"} == {
+        ("eu-west-1", "slots", "eu"),
+        ("us-east-1", "slots", "us"),
+    }
+    d.apply(plan)
+    assert slot_records(d.project, shard_map) == owners(shard_map)
+
+
 def test_destroy_with_nothing_deployed_is_a_noop(
     make_project: MakeProject,
     deployer: Deploy,

@@ -316,6 +316,33 @@ def test_a_first_deploy_and_a_reshard_as_deploy_steps() -> None:
     )
 
 
+def test_slots_whose_table_is_new_start_anew_instead_of_moving() -> None:
+    """A state table the deploy creates (deleted with its data, or never there) holds no
+    records: its slots get records as on a first deploy, and nothing moves out of it."""
+    v2 = build(config(("a", WEST), ("b", CENTRAL), ("c", CENTRAL)), V1)  # b moves to central
+    (moving,) = slot_batches(V1, v2)
+    assert moving.region == CENTRAL and "moves" in moving.props
+    batches = slot_batches(V1, v2, fresh={WEST})
+    assert [(b.region, sorted(b.props)) for b in batches] == [
+        (CENTRAL, ["group", "owners", "version"]),
+        (WEST, ["group", "owners", "version"]),
+    ]
+    owners = {
+        (b.region, shard): parse_slots(text)
+        for b in batches
+        for shard, text in b.props["owners"].items()
+    }
+    assert owners == {  # the slots that were in eu-west-1: a's (stay), b's (moved away)
+        (s.region, s.id): [i for i, o in enumerate(v2.groups["g"].primary) if o.id == s.id]
+        for s in v2.shards
+        if s.id in ("a", "b")
+    }
+    # the same map again (nothing to publish), over a recreated table: its records only
+    (again,) = slot_batches(V1, V1, fresh={CENTRAL})
+    assert again.region == CENTRAL and set(again.props["owners"]) == {"c"}
+    assert slot_batches(V1, V1) == []
+
+
 def test_a_failed_cross_region_deploy_step_leaves_nothing_fenced() -> None:
     t = tables()
     initialise(t, V1)
