@@ -476,7 +476,7 @@ def _is_active(record: SlotRecord | None) -> bool:
     return record is not None and record.state == ACTIVE
 
 
-def _owned_by(place: Any) -> Cond:
+def _owned_by(place: Place) -> Cond:
     return eq("owner", place.shard)
 
 

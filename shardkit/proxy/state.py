@@ -37,7 +37,7 @@ import msgpack
 
 from ..errors import TableWriteError
 from ..protocol import RESERVED_PREFIX
-from .table import Check, Item, Key, Put, Table, absent, all_of, eq
+from .table import Check, Cond, Item, Key, Put, Table, absent, all_of, eq
 
 __all__ = [
     "ACTIVE",
@@ -60,7 +60,6 @@ REMEMBERED_REQUESTS = 16
 
 SLOT_RECORD = RESERVED_PREFIX + "slot"  # no key begins with RESERVED_PREFIX (the protocol's rule)
 ACTIVE, FENCED, READY, MOVED = "active", "fenced", "ready", "moved"
-STATES = (ACTIVE, FENCED, READY, MOVED)
 
 
 def partition(group: str, slot: int) -> str:
@@ -98,7 +97,7 @@ class SlotRecord:
         return f"{self.state} (owner {self.owner}, epoch {self.epoch})"
 
 
-def live_for(shard: str) -> Any:
+def live_for(shard: str) -> Cond:
     """The condition under which ``shard`` may write a slot: its record names it, active."""
     return all_of(eq("owner", shard), eq("state", ACTIVE))
 
