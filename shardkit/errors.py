@@ -8,7 +8,8 @@
     ├── LoadRecordError           a load record (autoshard's signal) is malformed
     ├── WorkloadError             a simulator workload spec or trace file is invalid
     ├── PlanningError             a shard map cannot be planned as asked (weights, failure domains)
-    ├── MapError                  a shard map could not be accepted
+    ├── RegistryUnreachableError  the map's source (registry, URL, file) could not be read
+    ├── MapError                  a shard map could not be had: refused, expired, or none loaded
     │   ├── MapDecodeError        the bytes are not a well-formed shardkit map
     │   ├── MapSignatureError     the signature is wrong or the signing key is not trusted
     │   ├── MapRollbackError      the map is older than the one already held
@@ -67,6 +68,7 @@ __all__ = [
     "PlanFileError",
     "PlanStaleError",
     "PlanningError",
+    "RegistryUnreachableError",
     "ResidencyError",
     "RoutingError",
     "ShardkitError",
@@ -135,8 +137,20 @@ class PlanningError(ShardkitError):
     """The shard map cannot be planned as the configuration asks."""
 
 
+class RegistryUnreachableError(ShardkitError):
+    """The map's source - the registry object in S3, a URL, a file - could not be read, so no
+    map was offered. Not a :class:`MapError`: nothing was refused, and the last good map stays
+    in force until it expires (offline mode). The message names the source and the failure."""
+
+    hint = (
+        "check that the map registry can be reached from here (network, credentials, the "
+        "location); until it can, the last good map is used until it expires"
+    )
+
+
 class MapError(ShardkitError):
-    """A shard map could not be accepted."""
+    """A shard map could not be had: a candidate was refused (the subclasses say why), the map
+    held has expired, or none is loaded yet."""
 
 
 class MapDecodeError(MapError):

@@ -21,6 +21,7 @@ from ..config.loader import load_project
 from ..errors import DeployError
 from ..keys import load_trusted_keys
 from ..routing.client import RetryPolicy, RoutingClient
+from ..routing.sources import map_source
 from ..routing.transports import FunctionUrlTransport, LambdaTransport, Transport
 from ..sharding.holder import MapHolder
 from ..sharding.shardmap import Shard
@@ -53,10 +54,9 @@ def client_for_project(
     gateway, client = _clients(project.root, target)
     region = manifest.map_regions[0]
 
-    def fetch() -> bytes:
-        s3 = client("s3", region)
-        return s3.get_object(Bucket=buckets[region], Key="registry/map.skm")["Body"].read()
-
+    # One translation of the registry's failures for every client: RegistryUnreachableError
+    # naming the S3 URI and the error code, never a raw botocore error (map_source).
+    fetch = map_source(f"s3://{buckets[region]}/registry/map.skm", s3_client=client("s3", region))
     holder = MapHolder(load_trusted_keys(project.keys_dir), fetch)
     holder.refresh()
     deployed = _Deployed(lambda: store.load_manifest(name).resources)

@@ -364,11 +364,13 @@ class EdgeRuntime:
 
     def offer(self, data: bytes) -> bool:
         """A signed map pushed by the control plane: verified now, swapped in if newer. Refused
-        maps (tampered, older, expired) raise a MapError and change nothing."""
+        maps (undecodable, tampered, older, expired) raise a MapError, are counted in
+        ``stats()["map"]["refused"]`` and change nothing."""
         return self.trust.offer(data)
 
     def refresh(self) -> bool:
-        """Pull the map from the registry. False if unchanged or unreachable (offline mode)."""
+        """Pull the map from the registry. False if unchanged or unreachable (offline mode:
+        ``stats()["map"]["offline"]``); a refused map raises a MapError."""
         return self.trust.refresh()
 
     def set_model_version(self, version: str, pattern: str = "*") -> None:

@@ -386,14 +386,74 @@ def test_offline_mode_routes_on_the_last_good_map_until_it_expires(
         raise ConnectionError("registry unreachable")
 
     edge, _ = edge_for(quickstart_map, fetch=unreachable)
+    failed_at = clock.t  # the holder's clock, injected: not the wall clock
     assert edge.refresh() is False
     assert edge.stats()["map"]["offline"] is True
+    clock.t += 600
+    assert edge.refresh() is False  # unreachable since the first failure in a row
     clock.t = quickstart_map.expires_at - 1
     assert edge.infer("alice").path == "shard"
     clock.t = quickstart_map.expires_at
-    with pytest.raises(shardkit.MapExpiredError, match=r"unreachable since .*ConnectionError"):
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failed_at))
+    with pytest.raises(
+        shardkit.MapExpiredError, match=rf"unreachable since {since} \(ConnectionError"
+    ):
         edge.infer("alice")
     assert edge.stats()["counters"]["errors"] == 1
+    stats = edge.stats()["map"]
+    assert (stats["unreachable_since"], stats["fetch_failures"], stats["refused"]) == (since, 2, 0)
+
+
+@pytest.mark.parametrize("where", ["file", "url"])
+def test_an_unreachable_registry_is_offline_mode_not_a_refused_map(
+    edge_for: Any, quickstart_map: shardkit.ShardMap, clock: Clock, tmp_path: Path, where: str
+) -> None:
+    import socket
+
+    from shardkit.routing.sources import map_source
+
+    if where == "file":
+        spec = str(tmp_path / "registry" / "map.skm")
+    else:
+        with socket.socket() as probe:  # a port on this machine that nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            spec = f"http://127.0.0.1:{probe.getsockname()[1]}/map.skm"
+    edge, _ = edge_for(quickstart_map, fetch=map_source(spec, timeout=2.0))
+    assert edge.refresh() is False
+    stats = edge.stats()["map"]
+    assert (stats["offline"], stats["fetches"], stats["fetch_failures"]) == (True, 1, 1)
+    assert stats["refused"] == 0 and stats["version"] == quickstart_map.version
+    assert (
+        stats["last_error"].startswith("cannot ") and spec.rsplit("/", 1)[-1] in stats["last_error"]
+    )
+    assert edge.infer("alice").path == "shard"  # the last good map is in force
+
+    with pytest.raises(shardkit.RegistryUnreachableError) as err:  # the holder's own refresh
+        edge.client.holder.refresh()
+    assert not isinstance(err.value, shardkit.MapError) and err.value.hint
+
+
+def test_an_undecodable_or_same_version_forged_map_is_refused_and_counted(
+    edge_for: Any,
+    quickstart_map: shardkit.ShardMap,
+    seal: Any,
+    key_dir: Path,
+    tmp_path: Path,
+) -> None:
+    edge, _ = edge_for(quickstart_map)
+    for junk in (b"", b"not a map at all", "a str, not bytes"):
+        with pytest.raises(shardkit.MapDecodeError):
+            edge.offer(junk)  # type: ignore[arg-type]
+    shardkit.create_key("impostor", tmp_path)
+    impostor = shardkit.load_signing_key("impostor", tmp_path)
+    forged = shardkit.encode_map(quickstart_map, impostor.key_id, impostor.sign)
+    with pytest.raises(shardkit.MapSignatureError):
+        edge.offer(forged)  # the version held, signed by a key nobody trusts
+    stats = edge.stats()["map"]
+    assert (stats["refused"], stats["swaps"], stats["version"]) == (4, 1, 1)  # 1: the first
+    assert stats["last_error"].startswith("MapSignatureError") and stats["offline"] is False
+    assert edge.offer(seal(quickstart_map)) is False  # the genuine one: unchanged, not refused
+    assert edge.stats()["map"]["refused"] == 4
 
 
 def test_a_shard_answering_at_another_epoch_is_not_cached_and_refreshes_the_map(

@@ -9,6 +9,7 @@ never waited for (hedging is the one place where real threads race, ordered by e
 from __future__ import annotations
 
 import copy
+import io
 import random
 import threading
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shardkit
-from shardkit.errors import MapError, NoEligibleShardError, RoutingError
+from shardkit.errors import MapError, NoEligibleShardError, RegistryUnreachableError, RoutingError
 from shardkit.protocol import Answer, ErrorReply, Redirect, Request
 from shardkit.routing import (
     InferenceError,
@@ -807,14 +808,66 @@ def test_a_client_loads_its_map_from_a_file_or_a_url(maps: Maps, tmp_path: Path)
         server.server_close()
 
 
-def test_a_map_source_that_cannot_be_read_is_a_map_error(maps: Maps, tmp_path: Path) -> None:
-    with pytest.raises(MapError, match="cannot read the map"):
+def test_a_map_source_that_cannot_be_read_is_unreachable_a_bad_one_a_map_error(
+    maps: Maps, tmp_path: Path
+) -> None:
+    with pytest.raises(RegistryUnreachableError, match="cannot read the map") as err:
         RoutingClient.from_source(
             str(tmp_path / "none.skm"), maps.trusted, MockTransport(Shards(served))
         )
+    assert not isinstance(err.value, MapError) and "check the path" in err.value.hint
     with pytest.raises(MapError, match="not s3://BUCKET/KEY"):
         RoutingClient.from_source("s3://bucket-only", maps.trusted, MockTransport(Shards(served)))
     tampered = tmp_path / "tampered.skm"
     tampered.write_bytes(maps.env1[:-3] + b"xyz")
     with pytest.raises(MapError):
         RoutingClient.from_source(str(tampered), maps.trusted, MockTransport(Shards(served)))
+
+
+def test_a_file_uri_is_read_as_its_path(maps: Maps, tmp_path: Path) -> None:
+    folder = tmp_path / "a map dir"  # a space: %20 in the URI
+    folder.mkdir()
+    path = folder / "map.skm"
+    path.write_bytes(maps.env1)
+    for source in (path.as_uri(), f"file://localhost{path.as_uri().removeprefix('file://')}"):
+        assert "%20" in source
+        client = RoutingClient.from_source(source, maps.trusted, MockTransport(Shards(served)))
+        assert client.holder.version == 1
+    missing = (tmp_path / "none.skm").as_uri()
+    with pytest.raises(RegistryUnreachableError, match=f"cannot read the map at {tmp_path}/none"):
+        RoutingClient.from_source(missing, maps.trusted, MockTransport(Shards(served)))
+    for bad, problem in [
+        ("file://elsewhere/map.skm", "not a local file URI"),
+        ("ftp://host/map.skm", "the scheme 'ftp' is not supported"),
+    ]:
+        with pytest.raises(MapError, match=problem) as err:
+            RoutingClient.from_source(bad, maps.trusted, MockTransport(Shards(served)))
+        assert err.value.hint
+
+
+def test_an_s3_source_reports_what_s3_said_as_unreachable(maps: Maps) -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from shardkit.routing.sources import map_source
+
+    class S3:
+        def __init__(self, error: Exception | None) -> None:
+            self.error = error
+
+        def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+            if self.error is not None:
+                raise self.error
+            return {"Body": io.BytesIO(maps.env1)}
+
+    uri = "s3://registry-bucket/registry/map.skm"
+    assert map_source(uri, s3_client=S3(None))() == maps.env1
+    cases = [
+        (ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject"), "NoSuchKey", "published"),
+        (ClientError({"Error": {"Code": "AccessDenied"}}, "GetObject"), "AccessDenied", "s3:Get"),
+        (EndpointConnectionError(endpoint_url="https://s3"), "EndpointConnectionError", "network"),
+    ]
+    for error, problem, hint in cases:
+        with pytest.raises(RegistryUnreachableError, match=problem) as err:
+            map_source(uri, s3_client=S3(error))()
+        assert uri in err.value.message and hint in err.value.hint
+        assert not isinstance(err.value, MapError)
