@@ -125,11 +125,10 @@ def _clients(root: Path, target: str) -> tuple[str | None, Any]:
 
 
 def _transport(kind: str, deployed: _Deployed, gateway: str | None, client: Any) -> Transport:
-    def function_for(shard: Shard) -> str:
-        name = deployed.lookup("functions", shard.id)
-        if name is None:
-            raise DeployError(f"shard {shard.id} is in the map but not deployed")
-        return name
+    def function_for(shard: Shard) -> str | None:
+        # None: not deployed (a removed shard of a stale map, most likely). The transport
+        # reports it as a missing shard, which makes the client refresh its map first.
+        return deployed.lookup("functions", shard.id)
 
     if kind == "invoke":
         if gateway is None:

@@ -118,7 +118,7 @@ class EdgeRuntime:
         started = _now()
         try:
             decision = self._serve(key, payload, jurisdiction)
-        except ShardkitError:
+        except Exception:  # a ShardkitError (all the runtime and the client raise), counted
             self.counters.add("errors")
             raise
         decision.latency_s = _now() - started
@@ -379,9 +379,11 @@ class EdgeRuntime:
         self.versions.set(version, pattern)
 
     def stats(self) -> dict[str, Any]:
-        """Counters per path and cache status, cache, map, divergence and background state."""
+        """Counters per path and cache status, the routing client's counters, cache, map,
+        divergence and background state."""
         return {
             "counters": self.counters.snapshot(),
+            "client": self.client.router.stats(),
             "cache": self.cache.stats(),
             "map": self.trust.stats(),
             "divergence": self.divergence.stats() if self.divergence is not None else None,

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .client import Result, RoutingClient, new_request_id
-from .decide import Refresh, Send, Sent, Sleep, Step
-from .transports import TransportError
+from .decide import Fetched, Refresh, Send, Sent, Sleep, Step
+from .transports import failure
 
 __all__ = ["AsyncRoutingClient"]
 
@@ -59,16 +59,16 @@ class AsyncRoutingClient:
 
     # -- the I/O ---------------------------------------------------------------------------------
 
-    async def _do(self, step: Step) -> Sent | None:
+    async def _do(self, step: Step) -> Sent | Fetched | None:
         if isinstance(step, Send):
             try:
                 return await self._send(step)
-            except TransportError as exc:
-                return Sent(exc)
+            except Exception as exc:  # the router decides; nothing foreign reaches the caller
+                return Sent(failure(step.shard, exc))
         if isinstance(step, Sleep):
             await self._sleep(step.seconds)
         elif isinstance(step, Refresh):
-            await asyncio.to_thread(self.sync.holder.refresh)
+            return await asyncio.to_thread(step.run, self.sync.holder)
         return None
 
     async def _send(self, step: Send) -> Sent:
@@ -91,7 +91,7 @@ class AsyncRoutingClient:
         other.add_done_callback(_retrieve)  # the loser's outcome is not needed
         try:
             return Sent(winner.result(), hedged=True)
-        except TransportError:
+        except Exception:  # the other one may still answer
             return Sent(await other, hedged=True)
 
 

@@ -4,6 +4,11 @@ For each call it routes the key with the current signed map and sends the reques
 shard through a transport, then:
 
 * **redirect** (421, the shard's map is newer): refresh the map and retry once on the new owner;
+* **missing shard** (the transport says the shard does not exist - a removed shard of a stale
+  map): the same one hop - refresh the map and route again; if the registry serves no newer map,
+  the shard is missing from the deployment and the key fails over; if the registry cannot be
+  read, the call fails (:class:`~shardkit.errors.RegistryUnreachableError`) rather than let a
+  replica answer for a key whose owner may be healthy;
 * **transient failure** (no reply, throttling, 503): retry with full-jitter exponential backoff,
   within a retry budget - at most ``budget_ratio`` retries per request on average, so a sick
   fleet is not hammered by its own clients;
@@ -14,6 +19,8 @@ shard through a transport, then:
   (same request id, so it is applied once) is sent again and the first answer wins.
 
 Every request carries a request id: retries and hedges of one call are applied at most once.
+Every error a call raises is a :class:`~shardkit.errors.ShardkitError`; ``stats()`` counts
+what the client did besides answering (:data:`~shardkit.routing.decide.COUNTERS`).
 
 The decisions are made without I/O in :mod:`.decide` (shared with the asyncio client); this
 module does the I/O they ask for: it sends through the transport (hedging with threads), sleeps
@@ -29,8 +36,8 @@ from typing import Any
 from ..errors import InferenceError
 from ..sharding.holder import MapHolder
 from ..sharding.shardmap import Shard
-from .decide import Refresh, Result, RetryPolicy, Router, Send, Sent, Sleep, Step
-from .transports import Transport, TransportError
+from .decide import Fetched, Refresh, Result, RetryPolicy, Router, Send, Sent, Sleep, Step
+from .transports import Transport, failure
 
 __all__ = ["InferenceError", "Result", "RetryPolicy", "RoutingClient"]
 
@@ -58,9 +65,11 @@ class RoutingClient:
     def from_source(
         cls, source: str, trusted_keys: dict[str, bytes], transport: Transport, **options: Any
     ) -> RoutingClient:
-        """A client whose map comes from ``source``: a file, an http(s) URL or an ``s3://``
-        URI (see :func:`shardkit.routing.sources.map_source`); the map is loaded and verified
-        now, and again whenever a shard says it is behind."""
+        """A client whose map comes from ``source``: a file path or ``file://`` URI, an
+        http(s) URL or an ``s3://`` URI (see :func:`shardkit.routing.sources.map_source`). The
+        map is loaded and verified now - :class:`~shardkit.errors.RegistryUnreachableError` if
+        it cannot be read, a :class:`~shardkit.errors.MapError` if it is refused - and again
+        whenever a shard says it is behind."""
         from .sources import map_source
 
         holder = MapHolder(trusted_keys, map_source(source))
@@ -83,6 +92,11 @@ class RoutingClient:
         assert calling.result is not None
         return calling.result
 
+    def stats(self) -> dict[str, Any]:
+        """``counters`` (:data:`~shardkit.routing.decide.COUNTERS`) and ``map`` (the holder's
+        version, fetches, refusals and reachability: ``MapHolder.stats()``)."""
+        return {"counters": self.router.stats(), "map": self.holder.stats()}
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -90,16 +104,16 @@ class RoutingClient:
 
     # -- the I/O ---------------------------------------------------------------------------------
 
-    def _do(self, step: Step) -> Sent | None:
+    def _do(self, step: Step) -> Sent | Fetched | None:
         if isinstance(step, Send):
             try:
                 return self._send(step.shard, step.request)
-            except TransportError as exc:
-                return Sent(exc)
+            except Exception as exc:  # the router decides; nothing foreign reaches the caller
+                return Sent(failure(step.shard, exc))
         if isinstance(step, Sleep):
             self._sleep(step.seconds)
         elif isinstance(step, Refresh):
-            self.holder.refresh()
+            return step.run(self.holder)
         return None
 
     def _send(self, shard: Shard, request: dict[str, Any]) -> Sent:
@@ -117,7 +131,7 @@ class RoutingClient:
         winner = next(iter(done))
         try:
             return Sent(winner.result(), hedged=True)
-        except TransportError:
+        except Exception:  # the other one may still answer
             other = second if winner is first else first
             return Sent(other.result(), hedged=True)
 

@@ -8,6 +8,13 @@
 
 A transport raises :class:`TransportError` for anything that did not produce a proxy reply
 (connection refused, timeout, throttling, a function error); the client decides about retries.
+``missing`` marks "this shard does not exist here" (Lambda's ResourceNotFoundException, a
+Function URL's 404, no function or URL known for it): the strongest hint, with a 421, that the
+caller's map is stale. A :class:`TransportError` is the transports' contract with the client,
+never shown to callers: the client translates it, at one place
+(:func:`shardkit.routing.decide.decide`), into a :class:`~shardkit.errors.RoutingError` that
+names the key, the shard and the attempts. Anything else a transport raises is made a
+:class:`TransportError` by :func:`failure` first.
 Requests and replies travel in their wire form (:mod:`shardkit.protocol`): the client encodes
 the request and decodes the reply, strictly; a transport only carries them.
 boto3 and botocore are imported only by the transports that need them, when first used.
@@ -20,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import ShardkitError
 from ..protocol import JSON, MSGPACK, THROTTLED, decode_body, encode_body, is_transient
 from ..sharding.shardmap import Shard
 
@@ -29,17 +37,43 @@ __all__ = [
     "MockTransport",
     "Transport",
     "TransportError",
+    "failure",
 ]
 
 
 class TransportError(Exception):
     """No reply from the shard. ``retryable`` says whether trying again may help; ``throttled``
-    that the shard is healthy but busy (try it again later, do not fail over)."""
+    that the shard is healthy but busy (try it again later, do not fail over); ``missing`` that
+    the shard does not exist where the transport looks (refresh the map before anything else).
+    """
 
-    def __init__(self, message: str, *, retryable: bool = True, throttled: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        throttled: bool = False,
+        missing: bool = False,
+    ) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable = retryable and not missing
         self.throttled = throttled
+        self.missing = missing
+
+
+def failure(shard: Shard, exc: Exception) -> TransportError | ShardkitError:
+    """What a send that raised ``exc`` tells the client: a :class:`TransportError` or a
+    :class:`ShardkitError` as it is; anything else (a library's own exception, a transport's
+    bug) a :class:`TransportError` with ``exc`` as its cause - retried if it is an OSError
+    (connection, timeout), else not."""
+    if isinstance(exc, TransportError | ShardkitError):
+        return exc
+    error = TransportError(
+        f"{shard.id}: the transport failed: {type(exc).__name__}: {exc}",
+        retryable=isinstance(exc, OSError),
+    )
+    error.__cause__ = exc
+    return error
 
 
 class Transport(ABC):
@@ -66,11 +100,13 @@ class MockTransport(Transport):
 
 
 class LambdaTransport(Transport):
-    """Invoke each shard's function (``function_for(shard)`` names it) via boto3."""
+    """Invoke each shard's function (``function_for(shard)`` names it) via boto3. A shard
+    ``function_for`` knows no function for (None, or a LookupError) is ``missing``, like a
+    function Lambda does not have."""
 
     def __init__(
         self,
-        function_for: Callable[[Shard], str],
+        function_for: Callable[[Shard], str | None],
         *,
         client_for: Callable[[str], Any] | None = None,
         endpoint: str | None = None,
@@ -106,11 +142,11 @@ class LambdaTransport(Transport):
     def send(self, shard: Shard, request: dict[str, Any], timeout: float) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        name = self._function(shard)
+        payload = _encoded(shard, request, JSON)
         try:
             out = self._client(shard.region).invoke(
-                FunctionName=self.function_for(shard),
-                Qualifier=self.qualifier,
-                Payload=encode_body(request, JSON),
+                FunctionName=name, Qualifier=self.qualifier, Payload=payload
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -121,9 +157,10 @@ class LambdaTransport(Transport):
                 "EC2ThrottledException",
             }
             raise TransportError(
-                f"invoke {shard.id}: {code}",
+                f"invoke {shard.id} ({name}:{self.qualifier}): {code}",
                 retryable=retryable,
                 throttled=code == "TooManyRequestsException",
+                missing=code == "ResourceNotFoundException",
             ) from None
         except BotoCoreError as exc:
             raise TransportError(f"invoke {shard.id}: {exc}") from None
@@ -134,6 +171,15 @@ class LambdaTransport(Transport):
             return decode_body(body, JSON)
         except ValueError:
             raise TransportError(f"{shard.id} answered non-JSON: {body[:200]!r}") from None
+
+    def _function(self, shard: Shard) -> str:
+        try:
+            name = self.function_for(shard)
+        except LookupError:
+            name = None
+        if not name:
+            raise TransportError(f"no function is known for shard {shard.id}", missing=True)
+        return name
 
 
 class FunctionUrlTransport(Transport):
@@ -151,9 +197,9 @@ class FunctionUrlTransport(Transport):
         import urllib.request
 
         url = self.urls.get(shard.id)
-        if url is None:
-            raise TransportError(f"no Function URL known for shard {shard.id}", retryable=False)
-        body = encode_body(request, MSGPACK)
+        if not url:
+            raise TransportError(f"no Function URL is known for shard {shard.id}", missing=True)
+        body = _encoded(shard, request, MSGPACK)
         headers = self._sign(url, body, shard.region)
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
@@ -164,9 +210,10 @@ class FunctionUrlTransport(Transport):
             if exc.headers.get("content-type", "").startswith(MSGPACK):
                 return _msgpack_reply(shard, data)  # the proxy's error reply, as HTTP status
             raise TransportError(
-                f"{shard.id}: HTTP {exc.code}",
+                f"{shard.id}: HTTP {exc.code} from {url}",
                 retryable=is_transient(exc.code),
                 throttled=exc.code == THROTTLED,
+                missing=exc.code == 404,  # no such Function URL (the proxy never answers 404)
             ) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise TransportError(f"{shard.id}: {exc}") from None
@@ -185,6 +232,16 @@ class FunctionUrlTransport(Transport):
         if credentials is not None:
             SigV4Auth(credentials, "lambda", region).add_auth(request)
         return dict(request.headers.items())
+
+
+def _encoded(shard: Shard, request: dict[str, Any], content_type: str) -> bytes:
+    try:
+        return encode_body(request, content_type)
+    except (TypeError, ValueError, OverflowError) as exc:  # the payload's fault: not retried
+        raise TransportError(
+            f"the request for {shard.id} cannot be encoded as {content_type}: {exc}",
+            retryable=False,
+        ) from None
 
 
 def _msgpack_reply(shard: Shard, data: bytes) -> Any:

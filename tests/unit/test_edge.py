@@ -32,7 +32,7 @@ from shardkit.edge import (
     Location,
     payload_field,
 )
-from shardkit.protocol import Answer, ErrorReply
+from shardkit.protocol import Answer, ErrorReply, Redirect
 from shardkit.routing import MockTransport, RetryPolicy, RoutingClient, TransportError
 from shardkit.sharding.holder import MapHolder
 
@@ -454,6 +454,21 @@ def test_an_undecodable_or_same_version_forged_map_is_refused_and_counted(
     assert stats["last_error"].startswith("MapSignatureError") and stats["offline"] is False
     assert edge.offer(seal(quickstart_map)) is False  # the genuine one: unchanged, not refused
     assert edge.stats()["map"]["refused"] == 4
+
+
+def test_offline_while_a_shard_redirects_the_edge_raises_a_shardkit_error_and_counts_it(
+    edge_for: Any, quickstart_map: shardkit.ShardMap
+) -> None:
+    def unreachable() -> bytes:
+        raise ConnectionError("registry unreachable")
+
+    edge, _ = edge_for(quickstart_map, fetch=unreachable)
+    edge.client.transport.fn = lambda shard, request: Redirect("us-0", 2).to_wire()
+    with pytest.raises(shardkit.RegistryUnreachableError, match="redirected key 'alice' to us-0"):
+        edge.infer("alice")
+    stats = edge.stats()
+    assert stats["counters"]["errors"] == 1 and stats["map"]["offline"] is True
+    assert (stats["client"]["redirects"], stats["client"]["refresh_failures"]) == (1, 1)
 
 
 def test_a_shard_answering_at_another_epoch_is_not_cached_and_refreshes_the_map(

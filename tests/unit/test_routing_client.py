@@ -634,10 +634,10 @@ def test_a_call_is_a_sequence_of_steps_driven_with_values(maps: Maps) -> None:
     holder = MapHolder(maps.trusted, Registry(maps.env1).fetch)
     router = Router(holder, RetryPolicy(base_s=0.5, cap_s=0.5), clock=lambda: 0.0)
     calling = router.call("user-1", {"q": 1}, None, "req-1")
-    assert calling.next(None) == Refresh()  # no map yet: fetch it
-    holder.refresh()
+    refresh = calling.next(None)
+    assert refresh == Refresh()  # no map yet: fetch it
     owner = maps.v1.route("user-1")
-    send = calling.next(None)
+    send = calling.next(refresh.run(holder))  # what the driver does
     wire = Request("user-1", {"q": 1}, 1, request_id="req-1").to_wire()
     assert send == Send(owner, wire)
     sleep = calling.next(Sent(ErrorReply(503, "contended", "again").to_wire()))
