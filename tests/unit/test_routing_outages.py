@@ -23,13 +23,17 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 import shardkit
+from shardkit.edge import EdgeRuntime
 from shardkit.errors import (
     DependencyError,
     MapExpiredError,
     RegistryUnreachableError,
     RoutingError,
+    ShardkitError,
 )
 from shardkit.protocol import Answer, ErrorReply, Redirect
 from shardkit.routing import (
@@ -384,3 +388,97 @@ def test_anything_a_transport_raises_reaches_the_caller_as_a_shardkit_error(
     with pytest.raises(DependencyError, match="boto3"):
         infer(client, "eu:anna")
     assert client.stats()["counters"]["errors"] == 1
+
+
+# -- the property ---------------------------------------------------------------------------------
+
+REQUEST = st.tuples(st.just("request"), st.sampled_from(["sync", "async", "edge"]), st.integers())
+EVENTS = st.one_of(
+    REQUEST,
+    st.tuples(st.just("deploy"), st.booleans()),
+    REQUEST,
+    st.tuples(st.just("registry"), st.booleans()),
+    REQUEST,
+    st.tuples(st.just("jump"), st.sampled_from([30, 900, 3600, 3 * 3600])),
+    st.tuples(st.just("refresh"), st.sampled_from(["client", "edge"])),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(events=st.lists(EVENTS, min_size=10, max_size=40))
+def test_clients_converge_and_fail_only_with_shardkit_errors(
+    chain: Chain, events: list[tuple[Any, ...]]
+) -> None:
+    world = World(chain, Clock(chain.maps[0].created_at + 10))
+    client = client_on(world)
+    edge = EdgeRuntime(client_on(world), background=lambda fn: fn() or True)
+    callers = {"sync": client, "async": client, "edge": edge.client}
+    try:
+        for event in events:
+            if event[0] == "deploy":
+                world.deploy(redirects=event[1])
+            elif event[0] == "registry":
+                world.registry_up = event[1]
+            elif event[0] == "jump":
+                world.clock.advance(event[1])
+            elif event[0] == "refresh":
+                check_refresh(world, client if event[1] == "client" else edge)
+            else:
+                world.clock.advance(1)  # requests take time
+                by, key = event[1], chain.keys[event[2] % len(chain.keys)]
+                check_request(world, by, callers[by], edge, key)
+    finally:
+        edge.close()
+
+
+def check_request(world: World, by: str, client: RoutingClient, edge: Any, key: str) -> None:
+    held = client.holder.current  # None: expired
+    fresh = world.registry_up and world.map.expires_at > world.clock()  # the registry serves it
+    sends = len(world.sends)
+    try:
+        if by == "edge":
+            decision = edge.infer(key, {"q": 1})
+            shard, degraded = decision.shard, decision.path == "failover"
+        else:
+            result = sync_infer(client, key) if by == "sync" else run_async(client, key)
+            shard, degraded = result.shard, result.degraded
+    except Exception as exc:
+        event(f"raised {type(exc).__name__}")  # --hypothesis-show-statistics shows the mix
+        assert isinstance(exc, ShardkitError), f"{by}: {exc!r} is not a ShardkitError"
+        if held is None and (by == "edge" or not fresh):
+            assert isinstance(exc, MapExpiredError), f"{by}, after expiry: {exc!r}"
+        assert not (fresh and (held is not None or by != "edge")), f"{by}, registry fresh: {exc!r}"
+        return
+    finally:
+        hops = len(world.sends) - sends - 1
+        assert not (fresh and hops > 1), f"{by}: {hops} hops with the registry serving the map"
+    event(f"answered after {len(world.sends) - sends - 1} hop(s)")
+    assert held is not None or by != "edge", "the edge answered with an expired map"
+    owner = world.map.route(key).id
+    assert (shard, degraded) == (owner, False), f"{by}: {key} answered by {shard}, not {owner}"
+
+
+def check_refresh(world: World, caller: Any) -> None:
+    """refresh() pulls: True/False while the registry is down (offline mode, never raised); a
+    refused map (here: the registry's map expired too) raises a MapError and is counted."""
+    holder = caller.holder if isinstance(caller, RoutingClient) else caller.trust.holder
+    refused = holder.refused
+    try:
+        changed = caller.refresh() if not isinstance(caller, RoutingClient) else holder.refresh()
+    except RegistryUnreachableError:
+        assert isinstance(caller, RoutingClient) and not world.registry_up
+        return
+    except MapExpiredError:
+        assert world.registry_up and world.map.expires_at <= world.clock()
+        assert holder.refused == refused + 1
+        return
+    assert isinstance(changed, bool)
+    assert world.registry_up or not changed
+    if world.registry_up:
+        assert holder.version == world.deployed
+    stats = holder.stats()
+    assert stats["offline"] is (not world.registry_up)
