@@ -432,6 +432,13 @@ def test_an_unreachable_registry_is_offline_mode_not_a_refused_map(
         edge.client.holder.refresh()
     assert not isinstance(err.value, shardkit.MapError) and err.value.hint
 
+    clock.t = quickstart_map.expires_at  # then the map expires: that is the error, not the fetch's
+    for call in (lambda: edge.infer("alice"), edge.client.holder.require):
+        with pytest.raises(shardkit.MapExpiredError) as expired:
+            call()
+        assert f"unreachable since {stats['unreachable_since']} (cannot " in expired.value.message
+        assert spec.rsplit("/", 1)[-1] in expired.value.message and "registry" in expired.value.hint
+
 
 def test_an_undecodable_or_same_version_forged_map_is_refused_and_counted(
     edge_for: Any,

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import http.server
 import io
 import itertools
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -35,17 +38,20 @@ from shardkit.errors import (
     RoutingError,
     ShardkitError,
 )
-from shardkit.protocol import Answer, ErrorReply, Redirect
+from shardkit.protocol import MSGPACK, Answer, ErrorReply, Redirect, decode_body, encode_body
 from shardkit.routing import (
     AsyncRoutingClient,
+    FunctionUrlTransport,
     LambdaTransport,
     MockTransport,
     Result,
     RetryPolicy,
     RoutingClient,
+    Transport,
 )
 from shardkit.sharding.codec import encode_map
 from shardkit.sharding.holder import MapHolder, iso
+from shardkit.sharding.shardmap import Shard
 
 T0 = 1_700_000_000  # the first map's build time (as tests/conftest.py's T0)
 STEP_S = 1800  # between two deploys' map builds
@@ -200,18 +206,26 @@ def _client_error(code: str, message: str) -> ClientError:
 POLICY = RetryPolicy(attempts=4, budget_floor=1000.0, avoid_s=60.0, failures_to_avoid=1)
 
 
-def client_on(world: World, version: int | None = None, **retry: Any) -> RoutingClient:
-    """A client holding map ``version`` (default: what the registry serves now)."""
+def client_on(
+    world: World, version: int | None = None, transport: Transport | None = None, **retry: Any
+) -> RoutingClient:
+    """A client holding map ``version`` (default: what the registry serves now), through the
+    fleet's Lambda functions (default) or ``transport``."""
     holder = MapHolder(world.chain.trusted, world.fetch, clock=world.clock)
     if version is None:
         holder.refresh()
     else:
         holder.offer(world.chain.envelopes[version - 1])
-    transport = LambdaTransport(lambda s: f"fn-{s.id}", client_for=lambda region: FakeLambda(world))
+    if transport is None:
+        transport = lambda_transport(world, lambda shard: f"fn-{shard.id}")
     policy = RetryPolicy(**{**POLICY.__dict__, **retry})
     return RoutingClient(
         holder, transport, retry=policy, clock=world.clock, sleep=world.clock.advance
     )
+
+
+def lambda_transport(world: World, function_for: Callable[[Shard], str | None]) -> Transport:
+    return LambdaTransport(function_for, client_for=lambda region: FakeLambda(world))
 
 
 def run_async(client: RoutingClient, key: str) -> Result:
@@ -282,6 +296,77 @@ def test_a_removed_shard_with_the_registry_unreachable_fails_rather_than_fail_ov
     world.registry_up = True
     world.clock.advance(1)
     assert infer(client, key).shard == "eu-9" and world.fetches == 5
+
+
+def test_a_shard_the_deployment_no_longer_names_is_a_stale_map_too(
+    world: World, chain: Chain
+) -> None:
+    """As ``client_for_project`` sends: the function of a shard comes from the deployment's
+    manifest, which no longer names a removed shard - nothing is invoked for it."""
+    deployed = {s.id for s in world.map.shards}
+    transport = lambda_transport(world, lambda s: f"fn-{s.id}" if s.id in deployed else None)
+    client = client_on(world, transport=transport)
+    world.deploy(redirects=False)
+    deployed = {s.id for s in world.map.shards}  # eu-2 is no longer in the manifest
+    result = client.infer(chain.owned(1, "eu-2")[0])
+    assert (result.shard, result.redirected, result.degraded) == ("eu-9", True, False)
+    assert [s for s, _ in world.sends] == ["eu-9"] and world.fetches == 2
+    assert client.stats()["counters"]["missing_shards"] == 1
+
+
+@pytest.fixture
+def function_urls(world: World) -> Any:
+    """The fleet behind Function URLs on 127.0.0.1: a gone shard's URL answers 404 (text, as
+    Lambda does for a deleted Function URL), the others the proxy's msgpack replies."""
+
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            shard = self.path.strip("/")
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if world.gone.get(shard) is False:
+                world.sends.append((shard, decode_body(body, MSGPACK)))
+                self._reply(404, "text/plain", b"Not Found")
+            else:
+                reply = world.proxy(shard, decode_body(body, MSGPACK))
+                self._reply(reply["status"], MSGPACK, encode_body(reply, MSGPACK))
+
+        def _reply(self, status: int, content_type: str, data: bytes) -> None:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    shards = {s.id for m in world.chain.maps for s in m.shards}
+    yield {shard: f"{base}/{shard}" for shard in shards}
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_function_url_that_answers_404_is_a_removed_shard(
+    world: World, chain: Chain, function_urls: dict[str, str]
+) -> None:
+    credentials = Credentials("AKIDEXAMPLE", "secret")  # signed, never checked here
+    client = client_on(
+        world, transport=FunctionUrlTransport(function_urls, credentials=credentials)
+    )
+    world.deploy(redirects=False)
+    result = client.infer(chain.owned(1, "eu-2")[0])
+    assert (result.shard, result.redirected, result.attempts) == ("eu-9", True, 2)
+    assert [s for s, _ in world.sends] == ["eu-2", "eu-9"] and world.fetches == 2
+
+    world.registry_up = False  # the next deploy removes eu-9 too; no newer map can be had
+    world.deploy(redirects=False)
+    world.deploy(redirects=False)
+    with pytest.raises(RegistryUnreachableError, match=r"shard eu-9 .* HTTP 404 from http://"):
+        client.infer(chain.owned(2, "eu-9")[0])
+    assert client.stats()["counters"]["missing_shards"] == 2
 
 
 def test_a_shard_missing_from_the_map_the_registry_serves_is_failed_over_at_once(
