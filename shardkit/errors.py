@@ -22,7 +22,9 @@
     │   ├── PlanFileError         a plan file is unreadable, edited by hand, or for another project
     │   ├── PlanStaleError        the deployed state changed since the plan was made
     │   ├── ApplyFailedError      a step failed; the journal records what was done
-    │   └── MigrationError        the state tables are not as a migration step expects
+    │   ├── MigrationError        the state tables are not as a migration step expects
+    │   ├── StateLockedError      another command holds the deployment's lock
+    │   └── RecordFormatError     a deployment record is unreadable or of a newer format
     ├── TableWriteError           a conditional write or transaction on a state table was refused
     ├── LocalCloudError           the local cloud is missing, stopped or failed to start
     ├── LogsError                 the proxies' logs cannot be read as asked
@@ -68,10 +70,12 @@ __all__ = [
     "PlanFileError",
     "PlanStaleError",
     "PlanningError",
+    "RecordFormatError",
     "RegistryUnreachableError",
     "ResidencyError",
     "RoutingError",
     "ShardkitError",
+    "StateLockedError",
     "TableWriteError",
     "WorkloadError",
 ]
@@ -234,6 +238,21 @@ class ApplyFailedError(DeployError):
         "fix the cause, then run the same `shardkit apply` (or `shardkit deploy`) again to "
         "resume, or `shardkit rollback` to return to the last good deployment"
     )
+
+
+class StateLockedError(DeployError):
+    """Another command (here or on another machine) holds the deployment's lock."""
+
+    hint = (
+        "wait for it to finish (or pass --lock-timeout SECONDS to wait); if its holder died, "
+        "break the lock with `shardkit unlock PROJECT_DIR LOCK_ID`"
+    )
+
+
+class RecordFormatError(DeployError):
+    """A deployment record is damaged, or was written by a newer shardkit."""
+
+    hint = "upgrade shardkit (`pip install -U shardkit`) to read it"
 
 
 class LogsError(ShardkitError):

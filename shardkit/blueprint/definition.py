@@ -25,7 +25,7 @@ from ..errors import ConfigError, PlanningError
 from ..sharding.shardmap import Shard, ShardMap
 from .model import Blueprint, Resource
 
-__all__ = ["CodeArtifact", "available", "expand", "load_definition"]
+__all__ = ["CodeArtifact", "available", "expand", "load_definition", "region_resources"]
 
 DEFAULT_BLUEPRINT = "stateful-inference-proxy"
 _PLACEHOLDER = re.compile(r"\{([a-z_0-9]+)\}")
@@ -129,6 +129,20 @@ def expand(
     return Blueprint(
         config.project.name, definition["name"], account, tuple(_with_revisions(resources))
     )
+
+
+def region_resources(
+    definition: Mapping[str, Any],
+    *,
+    config: ProjectConfig,
+    region: str,
+    account: str,
+    partition: str = "aws",
+) -> list[Resource]:
+    """The per-region resources of the definition (bucket, table) for one region, without a
+    map: what the deploy engine needs to find or make the home region's foundation."""
+    values = _region_values(definition, config, region, account, partition)
+    return [_resource(item, values, region, None) for item in definition.get("region", [])]
 
 
 def _region_values(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .._files import write_bytes_atomic, write_json_atomic
+from .._files import write_bytes_atomic
 from ..config import load_project
 from ..config.loader import Project
 from ..deploy.engine import Deployer
@@ -19,7 +20,7 @@ from ..deploy.executor import ApplyResult
 from ..deploy.plan import Plan, Step
 from ..deploy.targets import open_target
 from ..errors import DeployError
-from .output import console, emit_json, json_option
+from .output import console, emit_json, err_console, json_option
 
 _PATH = click.Path(path_type=Path)
 _STEP_LIST_LIMIT = 40
@@ -34,13 +35,38 @@ yes_option = click.option("--yes", "-y", is_flag=True, help="Apply without askin
 project_arg = click.argument("project_dir", type=_PATH, default=".")
 
 
-def _deployer(project_dir: Path, local: bool | None, *, start: bool, json_: bool) -> Deployer:
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for another command's deployment lock instead of failing at once.",
+)
+
+
+def _deployer(
+    project_dir: Path,
+    local: bool | None,
+    *,
+    start: bool,
+    json_: bool,
+    lock_timeout: float = 0.0,
+) -> Deployer:
     project = load_project(project_dir)
     target = open_target(project, local=local, start=start)
-    deployer = Deployer(project, target, vendor=_vendor(project, target.name))
-    if start and deployer.needs_restore():
-        _restore(deployer, json_)
-    return deployer
+    return Deployer(
+        project,
+        target,
+        vendor=_vendor(project, target.name),
+        notify=_notify(json_),
+        lock_timeout=lock_timeout,
+    )
+
+
+def _notify(json_: bool) -> Callable[[str], None]:
+    """Messages of the engine (a restore, a wait for the lock): on stderr, never in JSON."""
+    return lambda message: None if json_ else err_console.print(message, soft_wrap=True)
 
 
 def _vendor(project: Project, target: str) -> bool:
@@ -51,21 +77,7 @@ def _vendor(project: Project, target: str) -> bool:
 def restore_local(project_dir: Path, json_: bool) -> ApplyResult | None:
     """After the local cloud (re)starts: re-create the recorded deployment, if there is one."""
     project = load_project(project_dir)
-    deployer = Deployer(project, open_target(project, local=True))
-    return _restore(deployer, json_) if deployer.needs_restore() else None
-
-
-def _restore(deployer: Deployer, json_: bool) -> ApplyResult:
-    """The local cloud restarted: re-create what the manifest records, from shardkit's state."""
-    plan = deployer.plan_restore()
-    if not json_:
-        console.print(
-            f"local cloud restarted: restoring deployment {plan.deployment} "
-            f"({len(plan.steps)} steps)"
-        )
-    # DynamoDB's tables and items came back with the server itself (its journal): the restore
-    # adopts the tables, and no older copy of the items is written over them.
-    return _apply(deployer, plan, json_)
+    return Deployer(project, open_target(project, local=True), notify=_notify(json_)).restore()
 
 
 refresh_option = click.option(
@@ -90,8 +102,10 @@ def plan_cmd(
     if out:
         write_bytes_atomic(out, plan.to_json().encode())
     if json_:
-        emit_json(_plan_dict(plan, out))
+        emit_json({**_plan_dict(plan, out), "mutating_calls": deployer.target.aws.mutating_calls})
         return
+    if plan.restores:
+        console.print("the local cloud restarted: this plan restores the recorded deployment")
     _show_plan(plan)
     if out:
         console.print(
@@ -101,15 +115,17 @@ def plan_cmd(
 
 @click.command("apply")
 @click.argument("plan_file", type=_PATH)
+@lock_timeout_option
 @json_option
-def apply_cmd(plan_file: Path, json_: bool) -> None:
+def apply_cmd(plan_file: Path, lock_timeout: float, json_: bool) -> None:
     """Apply a saved plan. Refused if the deployed state changed since it was made."""
     plan = Plan.load(plan_file)
-    project = load_project(plan.project_root)
-    deployer = Deployer(
-        project,
-        open_target(project, local=plan.target == "local"),
-        vendor=_vendor(project, plan.target),
+    deployer = _deployer(
+        Path(plan.project_root),
+        plan.target == "local",
+        start=False,
+        json_=json_,
+        lock_timeout=lock_timeout,
     )
     result = _apply(deployer, plan, json_)
     _report(deployer, plan, result, json_)
@@ -120,13 +136,24 @@ def apply_cmd(plan_file: Path, json_: bool) -> None:
 @local_option
 @refresh_option
 @yes_option
+@lock_timeout_option
 @json_option
 def deploy_cmd(
-    project_dir: Path, local: bool | None, refresh: bool, yes: bool, json_: bool
+    project_dir: Path,
+    local: bool | None,
+    refresh: bool,
+    yes: bool,
+    lock_timeout: float,
+    json_: bool,
 ) -> None:
     """Plan, show, and apply: the project as configured, in every region."""
-    deployer = _deployer(project_dir, local, start=True, json_=json_)
-    _carry_out(deployer, deployer.plan(refresh=refresh), yes, json_)
+    deployer = _deployer(project_dir, local, start=True, json_=json_, lock_timeout=lock_timeout)
+
+    def plan() -> Plan:
+        return deployer.plan(refresh=refresh)
+
+    # With --yes, a deploy that waited for the lock plans afresh from what it finds.
+    _carry_out(deployer, plan(), yes, json_, replan=plan if yes else None)
 
 
 @click.command("status")
@@ -147,9 +174,15 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
         return
     console.print(
         f"project [bold]{info['project']}[/] on {info['target']} "
-        f"(account {info['account'] or '-'}): deployment {info['deployment']}, "
-        f"map version {info['map_version']}, status {info['status']}"
+        f"(account {info['account'] or '-'}, home {info['home_region']}): deployment "
+        f"{info['deployment']}, map version {info['map_version']}, status {info['status']}"
     )
+    if info["lock"]:
+        lock = info["lock"]
+        console.print(
+            f"[yellow]locked[/] by {lock['holder']} (pid {lock['pid']}, `{lock['command']}`), "
+            f"lock id {lock['id']}"
+        )
     console.print(
         f"{info['resources']} resources in {', '.join(info['regions']) or 'no region'}; "
         f"missing: {len(info['missing'])}; kept data tables: {len(info['retained'])}"
@@ -166,15 +199,26 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
 
 @click.command("destroy")
 @project_arg
-@click.option("--delete-data", is_flag=True, help="Also delete the DynamoDB state tables.")
+@click.option(
+    "--delete-data",
+    is_flag=True,
+    help="Also delete the state tables and the home bucket with the deployment record.",
+)
 @local_option
 @yes_option
+@lock_timeout_option
 @json_option
 def destroy_cmd(
-    project_dir: Path, delete_data: bool, local: bool | None, yes: bool, json_: bool
+    project_dir: Path,
+    delete_data: bool,
+    local: bool | None,
+    yes: bool,
+    lock_timeout: float,
+    json_: bool,
 ) -> None:
-    """Delete every deployed resource; state tables are kept unless --delete-data."""
-    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    """Delete every deployed resource; the state tables and the home bucket (which keeps the
+    deployment record) stay unless --delete-data."""
+    deployer = _deployer(project_dir, local, start=False, json_=json_, lock_timeout=lock_timeout)
     _carry_out(deployer, deployer.plan_destroy(delete_data=delete_data), yes, json_)
 
 
@@ -182,10 +226,13 @@ def destroy_cmd(
 @project_arg
 @local_option
 @yes_option
+@lock_timeout_option
 @json_option
-def rollback_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) -> None:
+def rollback_cmd(
+    project_dir: Path, local: bool | None, yes: bool, lock_timeout: float, json_: bool
+) -> None:
     """Return to the previous successful deployment (its map is republished as a new version)."""
-    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    deployer = _deployer(project_dir, local, start=False, json_=json_, lock_timeout=lock_timeout)
     _carry_out(deployer, deployer.plan_rollback(), yes, json_)
 
 
@@ -193,33 +240,74 @@ def rollback_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) 
 @project_arg
 @local_option
 @yes_option
+@lock_timeout_option
 @json_option
-def bootstrap_cmd(project_dir: Path, local: bool | None, yes: bool, json_: bool) -> None:
+def bootstrap_cmd(
+    project_dir: Path, local: bool | None, yes: bool, lock_timeout: float, json_: bool
+) -> None:
     """Create only the per-region foundation: artifact/registry buckets and state tables."""
-    deployer = _deployer(project_dir, local, start=True, json_=json_)
+    deployer = _deployer(project_dir, local, start=True, json_=json_, lock_timeout=lock_timeout)
     _carry_out(deployer, deployer.plan_bootstrap(), yes, json_)
 
 
-COMMANDS = (plan_cmd, apply_cmd, deploy_cmd, status_cmd, destroy_cmd, rollback_cmd, bootstrap_cmd)
+@click.command("unlock")
+@project_arg
+@click.argument("lock_id")
+@local_option
+@json_option
+def unlock_cmd(project_dir: Path, lock_id: str, local: bool | None, json_: bool) -> None:
+    """Break the deployment lock LOCK_ID, left by a command that died (see `shardkit status`)."""
+    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    broken = deployer.unlock(lock_id)
+    if json_:
+        emit_json({"unlocked": vars(broken)})
+        return
+    console.print(
+        f"broke lock {broken.id} held by {broken.holder} (pid {broken.pid}, `{broken.command}`)"
+    )
+
+
+COMMANDS = (
+    plan_cmd,
+    apply_cmd,
+    deploy_cmd,
+    status_cmd,
+    destroy_cmd,
+    rollback_cmd,
+    bootstrap_cmd,
+    unlock_cmd,
+)
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _carry_out(deployer: Deployer, plan: Plan, yes: bool, json_: bool) -> None:
+def _carry_out(
+    deployer: Deployer,
+    plan: Plan,
+    yes: bool,
+    json_: bool,
+    replan: Callable[[], Plan] | None = None,
+) -> None:
     """Show the plan, ask (unless --yes), apply, report; or say there is nothing to do."""
-    if plan.is_noop:
+    if plan.is_noop and not plan.restores:
         _nothing_to_do(deployer, plan, json_)
         return
     if not json_:
         _show_plan(plan)
     _confirm(plan, yes, json_)
-    _report(deployer, plan, _apply(deployer, plan, json_), json_)
+    result = _apply(deployer, plan, json_, replan)
+    if result.steps_done == 0 and result.steps_skipped == 0:
+        _nothing_to_do(deployer, plan, json_)
+        return
+    _report(deployer, plan, result, json_)
 
 
-def _apply(deployer: Deployer, plan: Plan, json_: bool) -> ApplyResult:
+def _apply(
+    deployer: Deployer, plan: Plan, json_: bool, replan: Callable[[], Plan] | None = None
+) -> ApplyResult:
     if json_ or not sys.stderr.isatty():
-        return deployer.apply(plan)
+        return deployer.apply(plan, replan=replan)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -235,7 +323,7 @@ def _apply(deployer: Deployer, plan: Plan, json_: bool) -> ApplyResult:
                 bar.advance(task)
 
         deployer.progress = progress
-        return deployer.apply(plan)
+        return deployer.apply(plan, replan=replan)
 
 
 def _confirm(plan: Plan, yes: bool, json_: bool) -> None:
@@ -270,15 +358,14 @@ def _nothing_to_do(deployer: Deployer, plan: Plan, json_: bool) -> None:
 
 
 def _report(deployer: Deployer, plan: Plan, result: ApplyResult, json_: bool) -> None:
-    outputs = deployer.outputs()
-    path = deployer.store.root / "outputs.json"
-    write_json_atomic(path, outputs)
+    outputs = result.record.outputs()
+    path = deployer.outputs_path
     if json_:
         emit_json(
             {
                 "changed": True,
-                "plan_id": plan.plan_id,
-                "kind": plan.kind,
+                "plan_id": result.plan_id,
+                "kind": result.kind,
                 "steps_done": result.steps_done,
                 "steps_resumed": result.steps_skipped,
                 "mutating_calls": result.mutating_calls,
@@ -289,7 +376,7 @@ def _report(deployer: Deployer, plan: Plan, result: ApplyResult, json_: bool) ->
         return
     resumed = f" (resumed: {result.steps_skipped} already done)" if result.resumed else ""
     console.print(
-        f"applied {plan.kind} {plan.plan_id}: {result.steps_done} steps{resumed}, "
+        f"applied {result.kind} {result.plan_id}: {result.steps_done} steps{resumed}, "
         f"{result.mutating_calls} mutating AWS calls; deployment "
         f"{outputs['deployment']}, map version {outputs['map_version']}"
     )

@@ -27,9 +27,9 @@ from .output import json_option
 def shard_logs(deployer: Deployer, shard: str | None = None) -> list[ShardLogs]:
     """Where each deployed shard logs (only ``shard``, when given)."""
     found = [
-        ShardLogs(rec["shard"], rec["region"], rec["name"])
-        for rec in deployer.manifest().resources.values()
-        if rec["kind"] == "lambda_function"
+        ShardLogs(rec.shard, rec.region, rec.name)
+        for rec in deployer.record().of_kind("lambda_function").values()
+        if rec.shard
     ]
     if not found:
         raise LogsError(

@@ -177,8 +177,7 @@ def _previous(project: Project, out: Path) -> Path | None:
     `map build` or a deploy), so versions keep moving forward."""
     if out.exists():
         return out
-    newest = newest_map(project)
-    return newest if newest.exists() else None
+    return project.root if newest_map(project)[1] is not None else None
 
 
 def _route_row(shard_map: ShardMap, key: str, jurisdiction: str | None) -> dict[str, object]:

@@ -30,6 +30,7 @@ keys_option = click.option(
 # Piped output is read by scripts and grep: never wrap or truncate it to 80 columns.
 _piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
 console = Console(highlight=False, width=10_000 if _piped else None)
+err_console = Console(stderr=True, highlight=False)
 
 
 def emit_json(data: Any) -> None:
@@ -40,25 +41,37 @@ def iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def resolve_map(target: Path, keys: Path | None) -> tuple[Path, Path]:
-    """(map file, key directory) for a map FILE or a PROJECT_DIR. A project's map is the newest
-    of the one `shardkit map build` wrote and the ones its deploys published."""
+def resolve_map(target: Path, keys: Path | None) -> tuple[str, bytes | None, Path]:
+    """(where, map bytes or None, key directory) for a map FILE or a PROJECT_DIR. A project's
+    map is the newest of the one `shardkit map build` wrote and the ones its deploys
+    published (as this machine's deployment records last saw them)."""
     if target.is_dir():
         project = load_project(target)
-        return newest_map(project), keys or project.keys_dir
+        where, data = newest_map(project)
+        return where, data, keys or project.keys_dir
     env = os.environ.get("SHARDKIT_KEYS_DIR")
-    return target, keys or (Path(env) if env else Path(".shardkit/keys"))
+    try:
+        data: bytes | None = target.read_bytes()
+    except FileNotFoundError:
+        data = None
+    return str(target), data, keys or (Path(env) if env else Path(".shardkit/keys"))
 
 
-def newest_map(project: Project) -> Path:
-    candidates = [project.map_path, *sorted(project.state_dir.glob("deploy/*/map.skm"))]
-    found = [p for p in candidates if p.is_file()]
+def newest_map(project: Project) -> tuple[str, bytes | None]:
+    """(where, bytes) of the project's newest map; (the `map build` path, None) if none."""
+    from ..deploy.state import published_maps
+
+    found = [(str(p), p.read_bytes()) for p in (project.map_path,) if p.is_file()]
+    found += [
+        (f"the map deployed to {target}", data)
+        for target, data in published_maps(project.state_dir).items()
+    ]
     if not found:
-        return project.map_path  # the "no map" error names the place `map build` writes
+        return str(project.map_path), None  # the "no map" error names where `map build` writes
 
-    def version(path: Path) -> int:
+    def version(candidate: tuple[str, bytes]) -> int:
         try:
-            return peek_envelope(path.read_bytes()).version
+            return peek_envelope(candidate[1]).version
         except MapDecodeError:
             return -1  # a damaged file is still reported if it is the only one
 
@@ -67,15 +80,13 @@ def newest_map(project: Project) -> Path:
 
 def open_map(target: Path, keys: Path | None, *, allow_expired: bool = False) -> ShardMap:
     """Read, verify and decode a map file (or a project's current map)."""
-    path, key_dir = resolve_map(target, keys)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    where, data, key_dir = resolve_map(target, keys)
+    if data is None:
         raise MapDecodeError(
-            f"no map at {path}", hint="build one with `shardkit map build PROJECT_DIR`"
-        ) from None
+            f"no map at {where}", hint="build one with `shardkit map build PROJECT_DIR`"
+        )
     try:
         trusted = load_trusted_keys(key_dir)
     except KeyStoreError as exc:
-        raise KeyStoreError(f"cannot verify {path}: {exc.message}", hint=exc.hint) from None
+        raise KeyStoreError(f"cannot verify {where}: {exc.message}", hint=exc.hint) from None
     return decode_map(data, trusted, now=float("-inf") if allow_expired else None)

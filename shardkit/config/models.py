@@ -73,6 +73,9 @@ class _Model(BaseModel):
 class ProjectSection(_Model):
     name: Name
     target: Literal["local", "aws"] = "local"
+    # Where the deployment record and lock live (its bucket and state table); by default the
+    # first region in [regions] that hosts shards. It cannot move once deployed.
+    home_region: str | None = None
 
 
 class HashingConfig(_Model):
@@ -265,9 +268,32 @@ class ProjectConfig(_Model):
                     f"{where} = {jurisdiction!r}: no group serves it; groups serve "
                     f"{', '.join(sorted(seen))}"
                 )
+        problems += _check_home(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    @property
+    def home_region(self) -> str:
+        """The region that holds the deployment record and lock."""
+        return self.project.home_region or _hosting_regions(self)[0]
+
+
+def _hosting_regions(config: ProjectConfig) -> list[str]:
+    """The regions of [regions], in declared order, that some group puts shards in."""
+    used = {s.region for name, g in config.groups.items() for s in g.shard_list(name)}
+    return [r for r in config.regions if r in used]
+
+
+def _check_home(config: ProjectConfig) -> list[str]:
+    home = config.project.home_region
+    if home is None or home in _hosting_regions(config):
+        return []
+    return [
+        f"project.home_region = {home!r}: the home region must host shards (it holds the "
+        f"deployment record in its bucket); regions with shards: "
+        f"{', '.join(_hosting_regions(config))}"
+    ]
 
 
 def _check_rules(rules: tuple[ResidencyRule, ...]) -> list[str]:

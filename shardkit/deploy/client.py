@@ -25,7 +25,6 @@ from ..routing.sources import map_source
 from ..routing.transports import FunctionUrlTransport, LambdaTransport, Transport
 from ..sharding.holder import MapHolder
 from ..sharding.shardmap import Shard
-from .state import StateStore
 
 __all__ = ["client_for_project"]
 
@@ -39,56 +38,48 @@ def client_for_project(
     hedge_after_s: float | None = None,
 ) -> RoutingClient:
     """A :class:`RoutingClient` for the deployed project. ``transport``: "invoke" or "url"."""
-    from .targets import target_name
+    from .engine import Deployer
+    from .targets import open_target, target_name
 
     project = load_project(project_dir)
     target = target_name(project, local)
-    store, name = StateStore(project.state_dir, target), project.config.project.name
-    manifest = store.load_manifest(name)
-    if not manifest.map_regions:
+    deployer = Deployer(project, open_target(project, local=target == "local"))
+    record = deployer.record()  # the remote record: another machine's deploy is seen too
+    if not record.map_regions:
         raise DeployError(
             f"project {project.config.project.name!r} has no published map on target {target}",
             hint=f"deploy it first: `shardkit deploy {project_dir}`",
         )
-    _, _, buckets = _records(manifest.resources)
     gateway, client = _clients(project.root, target)
-    region = manifest.map_regions[0]
+    region, bucket = record.map_regions[0], record.buckets()[record.map_regions[0]]
 
     # One translation of the registry's failures for every client: RegistryUnreachableError
     # naming the S3 URI and the error code, never a raw botocore error (map_source).
-    fetch = map_source(f"s3://{buckets[region]}/registry/map.skm", s3_client=client("s3", region))
+    fetch = map_source(f"s3://{bucket}/registry/map.skm", s3_client=client("s3", region))
     holder = MapHolder(load_trusted_keys(project.keys_dir), fetch)
     holder.refresh()
-    deployed = _Deployed(lambda: store.load_manifest(name).resources)
+    deployed = _Deployed(deployer.record)
     chosen = _transport(transport, deployed, gateway, client)
     return RoutingClient(holder, chosen, retry=retry, hedge_after_s=hedge_after_s)
 
 
-def _records(resources: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    functions, urls, buckets = {}, {}, {}
-    for rec in resources.values():
-        if rec["kind"] == "lambda_function":
-            functions[rec["shard"]] = rec["name"]
-        elif rec["kind"] == "function_url":
-            urls[rec["shard"]] = rec.get("outputs", {}).get("url", "")
-        elif rec["kind"] == "s3_bucket":
-            buckets[rec["region"]] = rec["name"]
-    return functions, urls, buckets
-
-
 class _Deployed:
     """Function names and URLs per shard, as the deploy recorded them. A shard missing here is
-    looked up once more in the manifest: a reshard adds shards, and a client made before it
+    looked up once more in the record: a reshard adds shards, and a client made before it
     must follow a redirect to one (its map refreshes; so must this table)."""
 
-    def __init__(self, resources: Callable[[], dict[str, Any]]) -> None:
-        self._resources = resources
-        self.functions, self.urls, _ = _records(resources())
+    def __init__(self, record: Callable[[], Any]) -> None:
+        self._record = record
+        self._load()
+
+    def _load(self) -> None:
+        record = self._record()
+        self.functions, self.urls = record.functions(), record.urls()
 
     def lookup(self, table: str, shard_id: str) -> str | None:
         found = getattr(self, table).get(shard_id)
         if not found:
-            self.functions, self.urls, _ = _records(self._resources())
+            self._load()
             found = getattr(self, table).get(shard_id)
         return found or None
 

@@ -1,15 +1,21 @@
 """Deploy, status, destroy and rollback: the stages put together.
 
 ``config -> map (signed) -> code package -> blueprint -> plan (pure) -> executor``. Each command is
-a different desired state planned against the same deployed manifest: deploy wants the project as
-configured, destroy wants nothing, rollback wants the previous deployment, and a local-cloud
-restore wants the current deployment on a fresh, empty server.
+a different desired state planned against the same deployment record: deploy wants the project
+as configured, destroy wants nothing, rollback wants the previous deployment.
+
+Applying takes the deployment's lock (:mod:`shardkit.deploy.lock`) and loads the record under it
+- except for a plan with nothing to do, which makes no mutating call at all (docs/architecture.md
+§4.6). A restarted local cloud is empty although the record says otherwise: every apply first
+re-creates the recorded deployment and its saved table items (a *restore*), and ``plan`` shows
+a deploy that does so (``Plan.restores``) without doing it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,24 +23,38 @@ from typing import Any
 from .. import kinds
 from .._files import write_bytes_atomic
 from ..aws.facade import Aws
-from ..blueprint.definition import DEFAULT_BLUEPRINT, CodeArtifact, expand, load_definition
-from ..blueprint.model import Blueprint
+from ..blueprint.definition import (
+    DEFAULT_BLUEPRINT,
+    CodeArtifact,
+    expand,
+    load_definition,
+    region_resources,
+)
+from ..blueprint.model import Blueprint, Resource
 from ..config.build import build_map, rebase_map, same_routing, signing_key_for
 from ..config.loader import Project
-from ..errors import DeployError, MapError, PlanFileError
+from ..errors import DeployError, MapError, PlanFileError, PlanStaleError
 from ..keys import format_trusted_keys, load_trusted_keys
-from ..migrate.deploy import slot_batches
+from ..kinds import Context
+from ..migrate.deploy import SlotBatch, slot_batches
 from ..sharding.codec import decode_map, encode_map
 from ..sharding.shardmap import ShardMap
-from .executor import ApplyResult, Executor, Progress
+from .executor import ApplyResult, Executor, Progress, check_base
+from .lock import Lease, LockInfo
 from .package import build_package
 from .plan import Plan, make_plan
-from .state import Manifest, StateStore
+from .record import Record
+from .state import DeploymentState, Home
 
 __all__ = ["Deployer", "Target"]
 
+#: The record lives in an S3 bucket and its lock in a DynamoDB table of the home region.
+_HOME_KINDS = frozenset({"s3_bucket", "dynamodb_table"})
+
 # Republish an unchanged map once less than this share of its lifetime is left.
 _REFRESH_FRACTION = 0.5
+
+Notify = Callable[[str], None]
 
 
 @dataclass
@@ -58,91 +78,130 @@ class Deployer:
         target: Target,
         *,
         progress: Progress | None = None,
+        notify: Notify | None = None,
         vendor: bool = False,
+        lock_timeout: float = 0.0,
     ) -> None:
         """``vendor``: put the data plane's dependency wheels in the code package (what real
-        AWS needs; the local cloud runs functions with this machine's packages)."""
+        AWS needs; the local cloud runs functions with this machine's packages).
+        ``progress`` hears of every step, ``notify`` of what happens besides (a restore, a
+        wait for the lock). ``lock_timeout``: seconds to wait for another command's lock."""
         self.project = project
         self.target = target
-        self.store = StateStore(project.state_dir, target.name)
         self.progress = progress
+        self.notify = notify or (lambda message: None)
         self.vendor = vendor
         # The last map built, by what it was built from: a long-lived deployer (`shardkit dev`)
         # re-plans after every save, and a code change leaves the map's inputs as they were.
         self._built: tuple[tuple[Any, ...], ShardMap] | None = None
+        self.lock_timeout = lock_timeout
+        self.definition = load_definition(project.config.proxy.blueprint)
+        self.home = self._home(project.config.home_region)
+        self.state = DeploymentState(
+            project.state_dir,
+            target.name,
+            project.config.project.name,
+            target.aws,
+            self.home,
+            elsewhere=[self._home(r) for r in project.config.regions if r != self.home.region],
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
-    def manifest(self) -> Manifest:
-        return self.store.load_manifest(self.project.config.project.name)
+    def record(self) -> Record:
+        """The deployment record (read-only calls to the home region)."""
+        return self.state.load()
 
-    def deployed_map(self) -> ShardMap | None:
-        data = self.store.load_map_bytes()
-        if data is None:
+    def deployed_map(self, record: Record | None = None) -> ShardMap | None:
+        record = record or self.record()
+        if record.map_envelope is None:
             return None
         trusted = load_trusted_keys(self.project.keys_dir)
         try:
-            return decode_map(data, trusted, now=float("-inf"))
+            return decode_map(record.map_envelope, trusted, now=float("-inf"))
         except MapError as exc:
             raise DeployError(
-                f"the deployed map {self.store.map_path} cannot be read: {exc.message}",
+                f"the deployed map (version {record.map_version}) cannot be read: {exc.message}",
                 hint=exc.hint,
             ) from None
 
-    def needs_restore(self) -> bool:
+    def needs_restore(self, record: Record | None = None) -> bool:
         """The local cloud restarted since the last apply: what is recorded is not there."""
-        m = self.manifest()
+        record = record or self.record()
         return (
             self.target.name == "local"
-            and bool(m.resources)
-            and m.local_instance != self.target.instance
+            and bool(record.resources)
+            and record.local_instance != self.target.instance
         )
+
+    def lock_holder(self) -> LockInfo | None:
+        return self.state.lock().current()
 
     # -- planning --------------------------------------------------------------------------
 
     def plan(self, *, refresh: bool = False) -> Plan:
         """Plan the project as configured. ``refresh`` first checks (read-only) that what the
-        manifest records still exists, and plans to re-create whatever was deleted behind
-        shardkit's back."""
-        manifest = self.manifest()
-        _check_layout(manifest)
-        deployed = self.deployed_map()
-        shard_map, envelope = self._next_map(deployed, manifest)
+        record lists still exists, and plans to re-create whatever was deleted behind
+        shardkit's back. On a restarted local cloud the plan re-creates everything."""
+        record = self.record()
+        _check_layout(record)
+        restoring = self.needs_restore(record)
+        actual = record.emptied() if restoring else record
+        deployed = self.deployed_map(record)
+        shard_map, envelope = self._next_map(deployed, record)
+        if restoring and envelope is None:
+            envelope = record.map_envelope  # the registry came back empty: publish it again
         package = build_package(self.project, self._dependencies())
         self._cache_artifact(package.sha256, package.data)
         blueprint = self._blueprint(shard_map, package.artifact)
-        base = manifest.fingerprint()
-        if refresh:
-            for key in self._missing(manifest):
-                manifest.resources.pop(key)
+        if refresh and not restoring:
+            gone = set(self._missing(record))
+            actual = record.model_copy(
+                update={"resources": {k: r for k, r in record.resources.items() if k not in gone}}
+            )
         plan = make_plan(
             blueprint,
-            manifest,
+            actual,
             project_root=str(self.project.root),
             artifact=_artifact_dict(package.artifact),
             map_envelope=envelope,
             map_version=shard_map.version,
-            slots=slot_batches(deployed, shard_map, _fresh_tables(blueprint, manifest)),
+            slots=slot_batches(
+                deployed, shard_map, self._fresh_tables(blueprint, record, probe=restoring)
+            ),
         )
-        return replace(plan, base=base)  # what is recorded is still what the plan replaces
+        plan = replace(plan, base=record.fingerprint())  # what is recorded is what it replaces
+        if restoring:
+            plan = self._as_restore(plan, record)
+        return plan
+
+    def _as_restore(self, plan: Plan, record: Record) -> Plan:
+        """A plan onto a restarted local cloud: when it re-creates exactly the recorded
+        deployment it is that deployment's restore, not a new deployment."""
+        plan = replace(plan, restores=self.target.instance)
+        current = self.state.history()
+        if record.deployment in current:
+            entry = self.state.load_history(record.deployment)
+            if entry.blueprint == plan.blueprint and entry.map == plan.map_envelope:
+                return replace(plan, kind="restore", deployment=record.deployment)
+        return plan
 
     def _dependencies(self) -> dict[str, bytes] | None:
         if not self.vendor:
             return None
         from .vendor import fetch_wheels, wheel_files
 
-        function = load_definition(self.project.config.proxy.blueprint)
         props = next(
-            item["props"] for item in function["shard"] if item["kind"] == "lambda_function"
+            item["props"] for item in self.definition["shard"] if item["kind"] == "lambda_function"
         )
         return wheel_files(fetch_wheels(props["runtime"], props["architecture"]))
 
-    def _missing(self, manifest: Manifest) -> list[str]:
+    def _missing(self, record: Record) -> list[str]:
         """Recorded resources that are gone (each kind's probe: one read call each)."""
         return sorted(
             key
-            for key, rec in manifest.resources.items()
-            if not rec.get("retained") and not self._exists(rec)
+            for key, rec in record.resources.items()
+            if not rec.retained and not self._exists(rec.kind, rec.region, rec.name, rec.props)
         )
 
     def plan_bootstrap(self) -> Plan:
@@ -156,10 +215,10 @@ class Deployer:
             blueprint.account,
             tuple(r for r in blueprint.resources if kinds.get(r.kind).bootstrap),
         )
-        manifest = self.manifest()
+        record = self.record()
         plan = make_plan(
             foundation,
-            manifest,
+            record,
             project_root=str(self.project.root),
             artifact=None,
             map_envelope=None,
@@ -170,134 +229,208 @@ class Deployer:
             replace(s, id=i)
             for i, s in enumerate(s for s in plan.steps if s.action in ("create", "update"))
         )
-        return replace(plan, steps=steps, deployment=manifest.deployment)
+        return replace(plan, steps=steps, deployment=record.deployment)
 
     def plan_destroy(self, *, delete_data: bool = False) -> Plan:
+        """Everything deleted, except - unless ``delete_data`` - the state tables (they hold
+        the shards' data) and the home region's bucket (it holds the deployment record, which
+        then says "destroyed")."""
         empty = Blueprint(self.project.config.project.name, DEFAULT_BLUEPRINT, self.target.account)
         return make_plan(
             empty,
-            self.manifest(),
+            self.record(),
             project_root=str(self.project.root),
             artifact=None,
             map_envelope=None,
             map_version=0,
             delete_data=delete_data,
+            keep=frozenset({self._home_bucket_key()}),
             kind="destroy",
         )
 
     def plan_rollback(self) -> Plan:
         """Back to the deployment before the current one, as a new, higher map version."""
-        manifest = self.manifest()
-        _check_layout(manifest)
-        earlier = [n for n in self.store.deployments() if n < manifest.deployment]
+        record = self.record()
+        _check_layout(record)
+        earlier = [n for n in self.state.history() if n < record.deployment]
         if not earlier:
             raise DeployError(
                 "there is no earlier successful deployment to roll back to",
                 hint="`shardkit status` shows the deployment history",
             )
-        record = self.store.load_deployment(earlier[-1])
-        blueprint = Blueprint.from_dict(record["blueprint"])
-        current = self.deployed_map()
-        envelope, version, slots = None, manifest.map_version, []
-        if record["map"] and current is not None:
-            old = decode_map(
-                record["map"], load_trusted_keys(self.project.keys_dir), now=float("-inf")
-            )
+        entry = self.state.load_history(earlier[-1])
+        blueprint = Blueprint.from_dict(entry.blueprint)
+        current = self.deployed_map(record)
+        envelope, version, slots = None, record.map_version, []
+        if entry.map and current is not None:
+            old = decode_map(entry.map, load_trusted_keys(self.project.keys_dir), now=float("-inf"))
             shard_map = rebase_map(old, current, ttl_s=self._ttl())
             envelope, version = self._sign(shard_map), shard_map.version
-            slots = slot_batches(current, shard_map, _fresh_tables(blueprint, manifest))
-        artifact = _blueprint_artifact(blueprint)
+            slots = slot_batches(current, shard_map, self._fresh_tables(blueprint, record))
         return make_plan(
             blueprint,
-            manifest,
+            record,
             project_root=str(self.project.root),
-            artifact=artifact,
+            artifact=_blueprint_artifact(blueprint),
             map_envelope=envelope,
             map_version=version,
             slots=slots,
             kind="rollback",
         )
 
-    def plan_restore(self) -> Plan:
-        """Everything of the current deployment, onto a fresh (restarted) local cloud."""
-        manifest = self.manifest()
-        _check_layout(manifest)
-        record = self.store.load_deployment(manifest.deployment)
-        blueprint = Blueprint.from_dict(record["blueprint"])
-        current = self.deployed_map()
-        empty = Manifest(
-            project=manifest.project, target=manifest.target, deployment=manifest.deployment - 1
-        )
+    def plan_restore(self, record: Record | None = None) -> Plan:
+        """The recorded deployment, onto a fresh (restarted) local cloud."""
+        record = record or self.record()
+        _check_layout(record)
+        entry = self.state.load_history(record.deployment)
+        blueprint = Blueprint.from_dict(entry.blueprint)
+        current = self.deployed_map(record)
         plan = make_plan(
             blueprint,
-            empty,
+            record.emptied().model_copy(update={"deployment": record.deployment - 1}),
             project_root=str(self.project.root),
             artifact=_blueprint_artifact(blueprint),
-            map_envelope=record["map"] or None,
-            map_version=manifest.map_version,
-            slots=slot_batches(None, current) if current is not None else (),
+            map_envelope=entry.map or None,
+            map_version=record.map_version,
+            slots=self._restored_slots(blueprint, record, current),
             kind="restore",
         )
-        # A restore re-creates the same deployment, so it is based on the manifest as it stands.
-        return replace(plan, base=manifest.fingerprint(), deployment=manifest.deployment)
+        # A restore re-creates the same deployment, so it is based on the record as it stands.
+        return replace(
+            plan,
+            base=record.fingerprint(),
+            deployment=record.deployment,
+            restores=self.target.instance,
+        )
 
     # -- applying --------------------------------------------------------------------------
 
-    def apply(self, plan: Plan) -> ApplyResult:
+    def apply(self, plan: Plan, *, replan: Callable[[], Plan] | None = None) -> ApplyResult:
+        """Apply ``plan`` under the deployment's lock. A plan with nothing to do returns at
+        once, without the lock. On a restarted local cloud the recorded deployment is
+        restored first. ``replan``: when the deployed state changed while this command waited
+        for the lock, apply a fresh plan from it instead of refusing the stale one."""
         self._check_plan(plan)
+        record = self.record()
+        restoring = self.needs_restore(record)
+        if plan.is_noop and plan.base == record.fingerprint() and not restoring:
+            return ApplyResult(plan.plan_id, 0, 0, 0, record, kind=plan.kind)
+        if replan is None and not restoring:  # refused before anything is locked or written
+            check_base(plan, record, self.state.read_journal(plan.plan_id))
+        if not self.state.remote_found:
+            self._ensure_home()
+        with self.state.locked(
+            f"{plan.kind} {self.project.root}",
+            timeout=self.lock_timeout,
+            on_wait=self._waiting,
+        ) as lease:
+            record = self.record()
+            if self.needs_restore(record) and plan.restores != self.target.instance:
+                record = self._execute(self.plan_restore(record), record, lease).record
+            if replan is not None and self._stale(plan, record):
+                plan = replan()
+                if plan.is_noop:
+                    self.notify("another command already deployed this: nothing left to do")
+                    return ApplyResult(plan.plan_id, 0, 0, 0, record, kind=plan.kind)
+            result = self._execute(plan, record, lease)
+        self.state.cache.write_outputs(result.record.outputs())
+        return result
+
+    def restore(self) -> ApplyResult | None:
+        """Re-create the recorded deployment on a restarted local cloud (``local up``), with
+        its saved table items; ``None`` when there is nothing to restore."""
+        record = self.record()
+        return self.apply(self.plan_restore(record)) if self.needs_restore(record) else None
+
+    def unlock(self, lock_id: str) -> LockInfo:
+        """Break the deployment lock ``lock_id`` (its holder died); returns what was broken."""
+        return self.state.lock().force_unlock(lock_id)
+
+    @property
+    def outputs_path(self) -> Path:
+        return self.state.cache.root / "outputs.json"
+
+    def _execute(self, plan: Plan, record: Record, lease: Lease) -> ApplyResult:
+        if plan.restores:
+            self.notify(
+                f"local cloud restarted: restoring deployment {record.deployment} "
+                f"({len(plan.steps)} steps)"
+            )
         data = self._load_artifact(plan.artifact) if _uploads(plan) else None
         executor = Executor(
-            self.target.aws, self.store, partition=self.target.partition, progress=self.progress
+            self.target.aws, self.state, partition=self.target.partition, progress=self.progress
         )
-        return executor.apply(plan, artifact_data=data, local_instance=self.target.instance)
+        result = executor.apply(
+            plan, record, lease=lease, artifact_data=data, local_instance=self.target.instance
+        )
+        if plan.restores:
+            self._restore_items()
+            self.state.upload_history()
+        return result
+
+    def _stale(self, plan: Plan, record: Record) -> bool:
+        try:
+            check_base(plan, record, self.state.read_journal(plan.plan_id))
+        except PlanStaleError:
+            return True
+        return False
+
+    def _waiting(self, holder: LockInfo) -> None:
+        self.notify(
+            f"waiting up to {self.lock_timeout:g} s for the deployment lock held by "
+            f"{holder.describe(time.time())}"
+        )
+
+    def _ensure_home(self) -> None:
+        """The home region's bucket and table hold the record and the lock, so they must exist
+        before the lock can be taken: a first deploy makes them (idempotently - two first
+        deploys racing both adopt them, and then only one gets the lock)."""
+        ctx = Context(self.target.aws, self.target.account, self.target.partition)
+        for r in self._home_resources():
+            if r.kind in _HOME_KINDS and not self._exists(r.kind, r.region, r.name, r.props):
+                kinds.get(r.kind).apply("create", ctx, r.region, r.name, r.props)
+
+    def _restore_items(self) -> None:
+        """Put the table items saved when the local cloud stopped back into the tables."""
+        from ..local import server
+
+        results = server.restore_items(self.project.root, endpoint=self.target.endpoint)
+        restored = sum(r["items"] for r in results if r["status"] == "restored")
+        if results:
+            self.notify(f"restored {restored} table items of {len(results)} tables")
 
     def status(self) -> dict[str, Any]:
         """What is recorded, checked against what exists (read-only calls)."""
-        manifest = self.manifest()
-        missing = self._missing(manifest)
+        record = self.record()
+        holder = self.lock_holder()
         return {
-            "project": manifest.project,
+            "project": record.project,
             "target": self.target.name,
-            "account": manifest.account,
-            "status": manifest.status,
-            "deployment": manifest.deployment,
-            "map_version": manifest.map_version,
-            "regions": sorted({r["region"] for r in manifest.resources.values()}),
-            "resources": len(manifest.resources),
-            "missing": sorted(missing),
-            "retained": sorted(k for k, r in manifest.resources.items() if r.get("retained")),
-            "pending_applies": self.store.pending_journals(),
-            "shards": self.outputs(manifest)["shards"],
+            "account": record.account,
+            "home_region": self.home.region,
+            "status": record.status,
+            "deployment": record.deployment,
+            "map_version": record.map_version,
+            "regions": record.regions(),
+            "resources": len(record.resources),
+            "missing": self._missing(record),
+            "retained": record.retained(),
+            "pending_applies": self.state.pending(),
+            "history": self.state.history(),
+            "lock": None if holder is None else vars(holder),
+            "shards": record.shards(),
         }
 
-    def outputs(self, manifest: Manifest | None = None) -> dict[str, Any]:
+    def outputs(self, record: Record | None = None) -> dict[str, Any]:
         """Function URLs per shard, tables and buckets per region: what callers need."""
-        manifest = manifest or self.manifest()
-        shards: dict[str, dict[str, Any]] = {}
-        regions: dict[str, dict[str, str]] = {}
-        for rec in manifest.resources.values():
-            fields = kinds.get(rec["kind"]).summary(rec["name"], rec.get("outputs", {}))
-            if rec.get("shard"):
-                shards.setdefault(rec["shard"], {"region": rec["region"]}).update(fields)
-            elif fields:
-                regions.setdefault(rec["region"], {}).update(fields)
-        return {
-            "project": manifest.project,
-            "target": manifest.target,
-            "map_version": manifest.map_version,
-            "deployment": manifest.deployment,
-            "regions": dict(sorted(regions.items())),
-            "shards": dict(sorted(shards.items())),
-        }
+        return (record or self.record()).outputs()
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _next_map(
-        self, deployed: ShardMap | None, manifest: Manifest
-    ) -> tuple[ShardMap, bytes | None]:
+    def _next_map(self, deployed: ShardMap | None, record: Record) -> tuple[ShardMap, bytes | None]:
         """The map to deploy; ``None`` bytes when the deployed one still serves as it is."""
         config = self.project.config
-        floor = max(self._local_map_version(), manifest.map_version_max)
+        floor = max(self._local_map_version(), record.map_version_max)
         inputs = (config, deployed.version if deployed else None, floor)
         if self._built is not None and self._built[0] == inputs:
             candidate = self._built[1]
@@ -330,10 +463,9 @@ class Deployer:
         return int(self.project.config.signing.map_ttl_hours * 3600)
 
     def _blueprint(self, shard_map: ShardMap, artifact: CodeArtifact) -> Blueprint:
-        definition = load_definition(self.project.config.proxy.blueprint)
         keys = format_trusted_keys(self.project.keys_dir)
         return expand(
-            definition,
+            self.definition,
             config=self.project.config,
             shard_map=shard_map,
             account=self.target.account,
@@ -378,24 +510,58 @@ class Deployer:
             )
         return data
 
-    def _exists(self, rec: dict[str, Any]) -> bool:
-        kind = kinds.get(rec["kind"])
-        return kind.exists(self.target.aws, rec["region"], rec["name"], rec["props"])
+    def _exists(self, kind: str, region: str, name: str, props: Mapping[str, Any]) -> bool:
+        return kinds.get(kind).exists(self.target.aws, region, name, props)
+
+    def _home_resources(self, region: str | None = None) -> list[Resource]:
+        return region_resources(
+            self.definition,
+            config=self.project.config,
+            region=region or self.project.config.home_region,
+            account=self.target.account,
+            partition=self.target.partition,
+        )
+
+    def _fresh_tables(
+        self, blueprint: Blueprint, record: Record, *, probe: bool = False
+    ) -> set[str]:
+        """Regions whose state table the plan creates: empty, so their slots' records are new.
+        ``probe``: on a restarted local cloud, whose tables come back with their items (the
+        server journals DynamoDB) unless its data was removed, ask which tables exist."""
+        tables = blueprint.of_kind("dynamodb_table")
+        if probe:
+            return {r.region for r in tables if not self._exists(r.kind, r.region, r.name, r.props)}
+        return {r.region for r in tables if r.key not in record.resources}
+
+    def _restored_slots(
+        self, blueprint: Blueprint, record: Record, current: ShardMap | None
+    ) -> list[SlotBatch]:
+        """The slot records a restore writes: those of the state tables that did not come back
+        (the others still hold theirs, and the items they fence)."""
+        if current is None:
+            return []
+        return slot_batches(current, current, self._fresh_tables(blueprint, record, probe=True))
+
+    def _home(self, region: str) -> Home:
+        names = {r.kind: r.name for r in self._home_resources(region)}
+        if not set(names) >= _HOME_KINDS:
+            raise DeployError(
+                f"blueprint {self.definition['name']!r} has no per-region s3_bucket and "
+                "dynamodb_table: the deployment record and its lock live there",
+                hint="add both to the blueprint's [[region]] resources",
+            )
+        return Home(region, names["s3_bucket"], names["dynamodb_table"])
+
+    def _home_bucket_key(self) -> str:
+        return f"{self.home.region}/s3_bucket/{self.home.bucket}"
 
 
-def _fresh_tables(blueprint: Blueprint, manifest: Manifest) -> set[str]:
-    """Regions whose state table the plan creates: empty, so their slots' records are new."""
-    return {
-        r.region for r in blueprint.of_kind("dynamodb_table") if r.key not in manifest.resources
-    }
-
-
-def _check_layout(manifest: Manifest) -> None:
+def _check_layout(record: Record) -> None:
     """A deployment made before state was addressed by slot keeps per-shard epoch records and
     ``{shard}#{key}`` items; deploying over it would mix the two layouts."""
-    if manifest.epochs:
+    if record.epochs:
         raise DeployError(
-            f"deployment {manifest.deployment} of {manifest.project} keeps its state in the old "
+            f"deployment {record.deployment} of {record.project} keeps its state in the old "
             "per-shard layout ({{shard}}#{{key}} items fenced by per-shard epochs); this shardkit "
             "addresses state by slot and cannot deploy over it",
             hint="export what you need, then `shardkit destroy --delete-data` and deploy again",

@@ -1,14 +1,17 @@
 """The executor: the only code that changes AWS.
 
-It applies a :class:`Plan` step by step under the project's lock:
+It applies a :class:`Plan` step by step, while the caller (:class:`~shardkit.deploy.engine.
+Deployer`) holds the deployment's lock and has loaded the record under it:
 
-1. the plan's ``base`` must be the fingerprint of the deployed manifest - or, when this same plan
-   failed earlier, the fingerprint of the manifest that failure left behind (a resume);
+1. the plan's ``base`` must be the fingerprint of the deployed record - or, when this same plan
+   failed earlier, the fingerprint of the record that failure left behind (a resume);
 2. regions run in parallel, steps within a region in plan order (dependencies first);
-3. every completed step is appended to the plan's journal before the next starts;
-4. on failure, the manifest is replaced by one that records exactly the completed steps and the
+3. every completed step is appended (and fsynced) to the plan's journal before the next starts;
+   the journal is checkpointed to the home bucket every ``CHECKPOINT_STEPS`` steps or
+   ``CHECKPOINT_S`` seconds, and when the apply fails, so another machine can resume it;
+4. on failure, the record is replaced by one that records exactly the completed steps and the
    error is raised; running the same plan again skips what the journal says is done;
-5. on success, the manifest, the published map and a deployment record are written and the
+5. on success, the record (with the published map) and a history entry are written and the
    journal is removed.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,15 +27,20 @@ from typing import Any
 
 from .. import kinds
 from ..aws.facade import Aws
-from ..errors import ApplyFailedError, PlanStaleError, ShardkitError
+from ..errors import ApplyFailedError, DeployError, PlanStaleError, ShardkitError
 from ..kinds import Context
 from .fence import slot_records
+from .lock import Lease
 from .plan import Plan, Step
-from .state import Manifest, StateStore
+from .record import HistoryEntry, Record, RecordBuilder, ResourceRecord
+from .state import DeploymentState
 
-__all__ = ["ApplyResult", "Executor"]
+__all__ = ["ApplyResult", "Executor", "check_base"]
 
 Progress = Callable[[Step, str], None]  # (step, "start" | "done" | "skip")
+
+CHECKPOINT_STEPS = 20
+CHECKPOINT_S = 15.0
 
 
 @dataclass
@@ -40,77 +49,78 @@ class ApplyResult:
     steps_done: int
     steps_skipped: int
     mutating_calls: int
-    manifest: Manifest
+    record: Record
     resumed: bool = False
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kind: str = "deploy"
 
 
 class Executor:
     def __init__(
         self,
         aws: Aws,
-        store: StateStore,
+        state: DeploymentState,
         *,
         partition: str = "aws",
         progress: Progress | None = None,
     ) -> None:
         self.aws = aws
-        self.store = store
+        self.state = state
         self.partition = partition
         self.progress = progress or (lambda step, event: None)
 
     def apply(
-        self, plan: Plan, *, artifact_data: bytes | None = None, local_instance: str = ""
+        self,
+        plan: Plan,
+        record: Record,
+        *,
+        lease: Lease | None = None,
+        artifact_data: bytes | None = None,
+        local_instance: str = "",
     ) -> ApplyResult:
-        with self.store.lock():
-            manifest = self.store.load_manifest(plan.project)
-            done = self.store.read_journal(plan.plan_id)
-            skipped = len(done)
-            resumed = bool(done)
-            if plan.is_noop and plan.base == manifest.fingerprint():
-                return ApplyResult(plan.plan_id, 0, 0, 0, manifest)  # nothing to do or record
-            if plan.base != manifest.fingerprint() and not (
-                resumed and manifest.status == "failed"
-            ):
-                raise PlanStaleError(
-                    f"the plan was made against deployed state {plan.base}, but the deployed "
-                    f"state is now {manifest.fingerprint()} (deployment {manifest.deployment})"
-                )
-            if not resumed:
-                self._supersede_unfinished()
-            ctx = Context(self.aws, plan.account, self.partition, artifact_data, plan.map_envelope)
-            before = self.aws.mutating_calls
-            errors = self._run(plan, done, ctx)
-            _apply_to_manifest(manifest, plan, done)
-            manifest.local_instance = local_instance or manifest.local_instance
-            if errors:
-                manifest.status = "failed"
-                self.store.save_manifest(manifest)
-                step, exc = errors[0]
-                raise ApplyFailedError(
-                    f"step {step.id} ({step.action} {step.kind} {step.name} in {step.region}) "
-                    f"failed: {_describe(exc)}; {len(done)} of {len(plan.steps)} steps are done "
-                    f"and recorded"
-                ) from exc
-            self._finish(plan, manifest)
-            return ApplyResult(
-                plan.plan_id,
-                len(done) - skipped,
-                skipped,
-                self.aws.mutating_calls - before,
-                manifest,
-                resumed,
-                {k: v.get("outputs", {}) for k, v in manifest.resources.items()},
-            )
+        """Apply ``plan`` to the deployment ``record`` describes (loaded under the lock)."""
+        done = self.state.read_journal(plan.plan_id)
+        skipped = len(done)
+        resumed = bool(done)
+        check_base(plan, record, done)
+        if not resumed:
+            self._supersede_unfinished()
+        ctx = Context(self.aws, plan.account, self.partition, artifact_data, plan.map_envelope)
+        before = self.aws.mutating_calls
+        errors = self._run(plan, done, ctx, lease)
+        builder = RecordBuilder(record)
+        _apply_steps(builder, plan, done)
+        builder.set(account=plan.account, local_instance=local_instance or record.local_instance)
+        if errors:
+            builder.set(status="failed")
+            self.state.save(builder.build())
+            self.state.checkpoint(plan.plan_id)
+            step, exc = errors[0]
+            raise ApplyFailedError(
+                f"step {step.id} ({step.action} {step.kind} {step.name} in {step.region}) "
+                f"failed: {_describe(exc)}; {len(done)} of {len(plan.steps)} steps are done "
+                f"and recorded"
+            ) from exc
+        record = self._finish(plan, builder)
+        return ApplyResult(
+            plan.plan_id,
+            len(done) - skipped,
+            skipped,
+            self.aws.mutating_calls - before,
+            record,
+            resumed,
+            {k: r.outputs for k, r in record.resources.items()},
+            plan.kind,
+        )
 
     def _supersede_unfinished(self) -> None:
         """A plan applied afresh changes the state any unfinished apply was based on, so those
         can no longer resume: their journals go (applying one again is then a stale plan)."""
-        for plan_id in self.store.pending_journals():
-            self.store.finish_journal(plan_id)
+        for plan_id in self.state.pending():
+            self.state.finish_journal(plan_id)
 
     def _run(
-        self, plan: Plan, done: dict[int, dict[str, Any]], ctx: Context
+        self, plan: Plan, done: dict[int, dict[str, Any]], ctx: Context, lease: Lease | None
     ) -> list[tuple[Step, BaseException]]:
         by_region: dict[str, list[Step]] = {}
         for step in plan.steps:
@@ -118,7 +128,8 @@ class Executor:
         errors: list[tuple[Step, BaseException]] = []
         stop = threading.Event()
         lock = threading.Lock()
-        with self.store.journal(plan.plan_id) as record:
+        checkpoint = _Checkpoint(lambda: self.state.checkpoint(plan.plan_id))
+        with self.state.journal(plan.plan_id) as record:
 
             def run_region(steps: list[Step]) -> None:
                 for step in steps:
@@ -126,6 +137,11 @@ class Executor:
                         self.progress(step, "skip")
                         continue
                     if stop.is_set():
+                        return
+                    if lease is not None and lease.lost.is_set():
+                        with lock:
+                            errors.append((step, _lock_lost(lease)))
+                        stop.set()
                         return
                     self.progress(step, "start")
                     try:
@@ -138,6 +154,9 @@ class Executor:
                     with lock:
                         record(step.id, outputs)
                         done[step.id] = outputs
+                        due = checkpoint.due()
+                    if due:
+                        checkpoint.save()
                     self.progress(step, "done")
 
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_region)))) as pool:
@@ -170,83 +189,102 @@ class Executor:
             ContentType=content_type,
         )
 
-    def _finish(self, plan: Plan, manifest: Manifest) -> None:
-        manifest.status = "ok"
+    def _finish(self, plan: Plan, builder: RecordBuilder) -> Record:
+        builder.set(status="destroyed" if plan.kind == "destroy" else "ok")
         if plan.kind == "bootstrap":  # the foundation only: not a deployment to roll back to
-            self.store.save_manifest(manifest)
-            self.store.finish_journal(plan.plan_id)
-            return
+            record = self.state.save(builder.build())
+            self.state.finish_journal(plan.plan_id)
+            return record
         if plan.map_envelope is not None:
-            self.store.save_map_bytes(plan.map_envelope)
-        manifest.deployment = plan.deployment
-        self.store.save_manifest(manifest)
-        map_bytes = plan.map_envelope or self.store.load_map_bytes() or b""
-        self.store.record_deployment(plan.deployment, plan.blueprint, map_bytes)
-        self.store.finish_journal(plan.plan_id)
+            builder.set(map_envelope=plan.map_envelope)
+        builder.set(deployment=plan.deployment)
+        record = builder.build()
+        home_kept = self.state.home_kept(record)
+        self.state.save_history(
+            HistoryEntry(
+                deployment=plan.deployment,
+                blueprint=plan.blueprint,
+                map=record.map_envelope or b"",
+            ),
+            remote=home_kept,
+        )
+        record = self.state.save(record)
+        self.state.finish_journal(plan.plan_id, remote=home_kept)
+        return record
 
 
-def _apply_to_manifest(manifest: Manifest, plan: Plan, done: dict[int, dict[str, Any]]) -> None:
+def check_base(plan: Plan, record: Record, done: dict[int, dict[str, Any]]) -> None:
+    """A plan applies to the state it was made against - or, resuming its own failed apply
+    (``done`` is its journal), to the state that failure left."""
+    if plan.base != record.fingerprint() and not (done and record.status == "failed"):
+        raise PlanStaleError(
+            f"the plan was made against deployed state {plan.base}, but the deployed "
+            f"state is now {record.fingerprint()} (deployment {record.deployment})"
+        )
+
+
+class _Checkpoint:
+    """When to copy the journal to the home bucket: every few steps or seconds."""
+
+    def __init__(self, save: Callable[[], None]) -> None:
+        self.save_fn, self.steps, self.last = save, 0, time.monotonic()
+
+    def due(self) -> bool:
+        self.steps += 1
+        if self.steps >= CHECKPOINT_STEPS or time.monotonic() - self.last >= CHECKPOINT_S:
+            self.steps, self.last = 0, time.monotonic()
+            return True
+        return False
+
+    def save(self) -> None:
+        self.save_fn()
+
+
+def _lock_lost(lease: Lease) -> DeployError:
+    return DeployError(
+        f"the deployment lock {lease.info.id} was broken by another command while this apply "
+        "held it",
+        hint="check who took it over; then run the command again to resume",
+    )
+
+
+def _apply_steps(builder: RecordBuilder, plan: Plan, done: dict[int, dict[str, Any]]) -> None:
     """Record exactly the completed steps - the truth about what now exists."""
     for step in plan.steps:
         if step.id in done:
-            _RECORD[step.action](manifest, step, done[step.id])
+            _RECORD[step.action](builder, step, done[step.id])
     published = [s for s in plan.steps if s.action == "publish"]
     if published and all(s.id in done for s in published):
-        manifest.map_version = plan.map_version
-        manifest.map_sha256 = hashlib.sha256(plan.map_envelope or b"").hexdigest()
-    # An artifact, a published map or an epoch record is only as present as what holds it.
-    buckets = {r["region"] for r in manifest.resources.values() if r["kind"] == "s3_bucket"}
-    manifest.artifacts = {r: k for r, k in manifest.artifacts.items() if r in buckets}
-    manifest.map_regions = sorted(r for r in manifest.map_regions if r in buckets)
-    shards = {r["shard"] for r in manifest.resources.values() if r["kind"] == "lambda_function"}
-    manifest.epochs = {s: e for s, e in manifest.epochs.items() if s in shards}
-    manifest.account = plan.account
+        builder.set(
+            map_version=plan.map_version,
+            map_sha256=hashlib.sha256(plan.map_envelope or b"").hexdigest(),
+        )
 
 
-def _record_resource(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
-    manifest.resources[step.key] = {
-        "kind": step.kind,
-        "name": step.name,
-        "region": step.region,
-        "shard": step.shard,
-        "fingerprint": step.fingerprint,
-        "props": step.props,
-        "outputs": outputs,
-    }
+def _record_resource(builder: RecordBuilder, step: Step, outputs: dict[str, Any]) -> None:
+    builder.put(
+        step.key,
+        ResourceRecord(
+            kind=step.kind,
+            name=step.name,
+            region=step.region,
+            shard=step.shard,
+            fingerprint=step.fingerprint,
+            props=dict(step.props),
+            outputs=outputs,
+        ),
+    )
 
 
-def _record_delete(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
-    manifest.resources.pop(step.key, None)
-
-
-def _record_retain(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
-    manifest.resources[step.key] = {**manifest.resources[step.key], "retained": True}
-
-
-def _record_upload(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
-    keys = manifest.artifacts.setdefault(step.region, [])
-    if step.name not in keys:
-        keys.append(step.name)
-
-
-def _record_fence(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
-    """Nothing to record: the slot records are in the state tables, and the map says which."""
-
-
-def _record_publish(manifest: Manifest, step: Step, outputs: dict[str, Any]) -> None:
-    manifest.map_version_max = max(manifest.map_version_max, step.props["version"])
-    if step.region not in manifest.map_regions:
-        manifest.map_regions.append(step.region)
-
-
-_RECORD = {
+_RECORD: dict[str, Callable[[RecordBuilder, Step, dict[str, Any]], None]] = {
     "create": _record_resource,
     "update": _record_resource,
-    "delete": _record_delete,
-    "retain": _record_retain,
-    "upload": _record_upload,
-    "fence": _record_fence,
-    "publish": _record_publish,
+    "delete": lambda b, step, out: b.remove(step.key),
+    "retain": lambda b, step, out: b.retain(step.key),
+    "upload": lambda b, step, out: b.uploaded(step.region, step.name),
+    # the slot records are in the state tables, and the map says which: nothing to record
+    "fence": lambda b, step, out: None,
+    "publish": lambda b, step, out: b.published(step.region, step.props["version"]),
 }
 
 

@@ -1,10 +1,10 @@
 """The plan: data that says exactly which AWS changes an apply will make, and the pure planner.
 
-:func:`make_plan` compares the desired :class:`Blueprint` with the deployed :class:`Manifest` and
+:func:`make_plan` compares the desired :class:`Blueprint` with the deployed :class:`Record` and
 returns a :class:`Plan` - a list of steps, each one resource and one action. It reads nothing
 and writes nothing. A plan can be printed, saved as JSON, reviewed and applied later:
 
-* ``base`` is the fingerprint of the manifest it was made against; apply refuses a plan whose base
+* ``base`` is the fingerprint of the record it was made against; apply refuses a plan whose base
   is no longer what is deployed (Terraform's "saved plan is the approval");
 * ``checksum`` covers everything else, so a plan edited by hand is refused;
 * ``plan_id`` names its journal, so a failed apply resumes the same plan.
@@ -28,7 +28,7 @@ from .. import kinds
 from ..blueprint.model import Blueprint, Resource, canonical_json
 from ..errors import DeployError, PlanFileError
 from ..migrate.deploy import SlotBatch
-from .state import Manifest
+from .record import Record, ResourceRecord
 
 __all__ = ["PLAN_FORMAT", "Plan", "Step", "make_plan"]
 
@@ -82,7 +82,9 @@ class Plan:
     map_envelope: bytes | None = None  # the signed map to publish, when it changed
     map_version: int = 0
     deployment: int = 0  # the deployment number this plan creates
-    kind: str = "deploy"  # deploy | rollback | destroy | restore
+    kind: str = "deploy"  # deploy | rollback | destroy | restore | bootstrap
+    # The local cloud instance this plan re-creates the deployment on (it restarted, empty).
+    restores: str = ""
 
     @property
     def is_noop(self) -> bool:
@@ -115,6 +117,8 @@ class Plan:
             "artifact": self.artifact,
             "blueprint": self.blueprint,
             "steps": [s.to_dict() for s in self.steps],
+            # only when set, so the ids of plans saved before the field existed do not change
+            **({"restores": self.restores} if self.restores else {}),
         }
 
     def to_json(self) -> str:
@@ -159,6 +163,7 @@ class Plan:
             map_version=d["map_version"],
             deployment=d["deployment"],
             kind=d["kind"],
+            restores=d.get("restores", ""),
         )
 
     @classmethod
@@ -176,7 +181,7 @@ def _digest(body: Mapping[str, Any]) -> str:
 
 def make_plan(
     desired: Blueprint,
-    deployed: Manifest,
+    deployed: Record,
     *,
     project_root: str,
     artifact: dict[str, str] | None,
@@ -184,6 +189,7 @@ def make_plan(
     map_version: int,
     slots: Sequence[SlotBatch] = (),
     delete_data: bool = False,
+    keep: frozenset[str] = frozenset(),
     kind: str = "deploy",
 ) -> Plan:
     """The steps that turn ``deployed`` into ``desired``. Pure: reads and writes nothing.
@@ -191,7 +197,9 @@ def make_plan(
     ``slots`` (see :func:`shardkit.migrate.deploy.slot_batches`) become ``fence`` steps: the slot
     records of the map being deployed are written to the state tables - initialised, or switched
     to the slots' new owners - before the map is published, so a shard still routing with the
-    old map cannot write a slot it lost (docs/architecture.md §4.4).
+    old map cannot write a slot it lost (docs/architecture.md §4.4). ``keep``: keys of resources
+    that are retained rather than deleted unless ``delete_data`` (the home region's bucket,
+    which holds the deployment record).
     """
     steps: list[Step] = []
     wanted = desired.by_key()
@@ -213,9 +221,9 @@ def make_plan(
         record = deployed.resources.get(r.key)
         if record is None:
             steps.append(_resource_step(len(steps), "create", r, "not deployed"))
-        elif record["fingerprint"] != r.fingerprint:
+        elif record.fingerprint != r.fingerprint:
             steps.append(_resource_step(len(steps), "update", r, _changed(record, r)))
-        elif record.get("retained"):
+        elif record.retained:
             steps.append(_resource_step(len(steps), "create", r, "kept from an earlier destroy"))
     steps += _fences(desired, deployed, slots)
     if map_envelope is not None:
@@ -232,28 +240,26 @@ def make_plan(
                 )
             )
     doomed = [k for k in deployed.resources if k not in wanted]
-    doomed.sort(key=lambda k: (-kinds.rank(deployed.resources[k]["kind"]), k))
+    doomed.sort(key=lambda k: (-kinds.rank(deployed.resources[k].kind), k))
     for key in doomed:
         record = deployed.resources[key]
-        if record.get("retained") and not delete_data:
+        if record.retained and not delete_data:
             continue  # kept by an earlier destroy; only --delete-data removes it
-        # a kind that holds user data is kept unless asked otherwise
-        keep = kinds.get(record["kind"]).retain and not delete_data
-        action = "retain" if keep else "delete"
+        # a kind that holds user data, or the record's bucket, is kept unless asked otherwise
+        kept = kinds.get(record.kind).retain or key in keep
+        action = "retain" if kept and not delete_data else "delete"
         steps.append(
             Step(
                 len(steps),
                 action,
-                record["kind"],
-                record["region"],
-                record["name"],
+                record.kind,
+                record.region,
+                record.name,
                 key,
-                record.get("props", {}),
-                record.get("shard"),
+                record.props,
+                record.shard,
                 "",
-                "holds data: kept (use --delete-data to delete)"
-                if action == "retain"
-                else "no longer in the blueprint",
+                _retain_reason(key in keep) if action == "retain" else "no longer in the blueprint",
             )
         )
     ordered = sorted(steps, key=_phase)
@@ -274,11 +280,14 @@ def make_plan(
     )
 
 
-def _fences(desired: Blueprint, deployed: Manifest, slots: Sequence[SlotBatch]) -> list[Step]:
+def _retain_reason(record_holder: bool) -> str:
+    what = "the deployment record" if record_holder else "data"
+    return f"holds {what}: kept (use --delete-data to delete)"
+
+
+def _fences(desired: Blueprint, deployed: Record, slots: Sequence[SlotBatch]) -> list[Step]:
     """One step per slot batch, in the region it runs in, naming every state table it uses."""
-    tables = {
-        r["region"]: r["name"] for r in deployed.resources.values() if r["kind"] == "dynamodb_table"
-    }
+    tables = deployed.tables()
     tables.update({r.region: r.name for r in desired.of_kind("dynamodb_table")})
     steps = []
     for batch in slots:
@@ -321,7 +330,7 @@ def _resource_step(i: int, action: str, r: Resource, reason: str) -> Step:
     return Step(i, action, r.kind, r.region, r.name, r.key, r.props, r.shard, r.fingerprint, reason)
 
 
-def _changed(record: Mapping[str, Any], r: Resource) -> str:
-    old, new = record.get("props", {}), r.props
+def _changed(record: ResourceRecord, r: Resource) -> str:
+    old, new = record.props, r.props
     fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "changed: " + ", ".join(fields) if fields else "changed"

@@ -1,169 +1,130 @@
-"""What shardkit records about a deployment, under ``PROJECT/.shardkit/deploy/<target>/``.
+"""Where a deployment's record lives: in the target itself, with a local cache.
 
-* ``manifest.json`` - what is deployed now: every resource's fingerprint and outputs, uploaded
-  artifacts, the published map. Its fingerprint is the "deployed state" a plan is made against.
-  It is replaced atomically, and only with states that are true (after an apply, or after the
-  completed steps of a failed one), so it never records anything half-done.
-* ``deployments/NNNNNN.json`` - each successful deployment (blueprint + map), for rollback.
-* ``journal/<plan_id>.jsonl`` - one line per completed step of an apply in progress; it is what
-  lets a failed apply resume, and it is removed when the apply completes.
-* ``map.skm`` - the signed map that was last published.
-* ``lock`` - one apply at a time per project and target.
+The record (:mod:`shardkit.deploy.record`) of a project's deployment is kept in the **home
+region** (``[project] home_region``, by default the first region hosting shards) - in its registry
+bucket, under ``shardkit-state/`` - as Terraform's S3 backend keeps its state:
+
+* ``shardkit-state/record.json`` - what is deployed now (its fingerprint is a plan's ``base``);
+* ``shardkit-state/deployments/NNNNNN.json`` - each successful deployment, for rollback;
+* ``shardkit-state/journal/<plan_id>.jsonl`` - a checkpoint of an unfinished apply's journal.
+
+``PROJECT/.shardkit/deploy/<target>/`` caches the same (``record.json``, ``deployments/``) and
+holds the journal itself, appended and fsynced per step. Reading takes the remote copy unless
+the cache holds a newer copy of the same lineage (a remote write failed) or there is no remote
+copy (a restarted local cloud, whose S3 is empty; a record from before remote state). Writing
+writes both. Shards cannot read any of it: their roles read ``registry/*`` only.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._files import write_bytes_atomic, write_json_atomic
-from ..blueprint.model import canonical_json
-from ..errors import DeployError
+from ..aws.facade import Aws
+from ..errors import AwsNotFoundError, DeployError
+from .lock import DeployLock, Lease, LockInfo
+from .record import HistoryEntry, Record, parse_history, parse_record
 
-__all__ = ["Manifest", "StateStore"]
+__all__ = [
+    "PREFIX",
+    "DeploymentState",
+    "Home",
+    "LocalCache",
+    "RecordWatch",
+    "cached_record",
+    "published_maps",
+]
 
-
-@dataclass
-class Manifest:
-    """The deployed state. ``resources`` maps resource keys to their records."""
-
-    project: str
-    target: str
-    account: str = ""
-    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
-    artifacts: dict[str, list[str]] = field(default_factory=dict)  # region -> uploaded keys
-    map_version: int = 0
-    map_version_max: int = 0  # highest version published anywhere, even by a failed apply
-    map_sha256: str = ""
-    map_regions: list[str] = field(default_factory=list)
-    epochs: dict[str, int] = field(default_factory=dict)  # old layout only (per-shard fences)
-    deployment: int = 0
-    status: str = "empty"  # empty | ok | failed
-    local_instance: str = ""
-
-    def fingerprint(self) -> str:
-        body = {k: v for k, v in self.to_dict().items() if k not in ("status", "local_instance")}
-        return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:24]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "project": self.project,
-            "target": self.target,
-            "account": self.account,
-            "resources": self.resources,
-            "artifacts": self.artifacts,
-            "map_version": self.map_version,
-            "map_version_max": self.map_version_max,
-            "map_sha256": self.map_sha256,
-            "map_regions": self.map_regions,
-            "epochs": self.epochs,
-            "deployment": self.deployment,
-            "status": self.status,
-            "local_instance": self.local_instance,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        return cls(**data)
-
-    def has_artifact(self, region: str, key: str) -> bool:
-        return key in self.artifacts.get(region, [])
+PREFIX = "shardkit-state/"
+RECORD_KEY = PREFIX + "record.json"
+HISTORY = PREFIX + "deployments/"
+JOURNAL = PREFIX + "journal/"
 
 
-class StateStore:
-    """Files of one project and target."""
+@dataclass(frozen=True)
+class Home:
+    """The home region of a deployment and its bucket and state table there."""
+
+    region: str
+    bucket: str
+    table: str
+
+
+# -- the local cache -----------------------------------------------------------------------------
+
+
+class LocalCache:
+    """``PROJECT/.shardkit/deploy/<target>/``: the record, the history and the journals."""
 
     def __init__(self, state_dir: Path, target: str) -> None:
         self.root = state_dir / "deploy" / target
         self.target = target
 
-    # -- manifest --------------------------------------------------------------------------
-
     @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
+    def record_path(self) -> Path:
+        return self.root / "record.json"
 
-    def load_manifest(self, project: str) -> Manifest:
-        if not self.manifest_path.exists():
-            return Manifest(project=project, target=self.target)
-        data = _read_json(self.manifest_path)
-        manifest = Manifest.from_dict(data)
-        if manifest.project != project:
-            raise DeployError(
-                f"{self.manifest_path} records project {manifest.project!r}, not {project!r}",
-                hint="each project directory deploys one project; check project.name",
-            )
-        return manifest
+    def stamp(self) -> float | None:
+        """Changes whenever the cached record does (for readers that poll it)."""
+        for path in (self.record_path, self.root / "manifest.json"):
+            with contextlib.suppress(OSError):
+                return path.stat().st_mtime
+        return None
 
-    def save_manifest(self, manifest: Manifest) -> None:
-        write_json_atomic(self.manifest_path, manifest.to_dict())
+    def load(self) -> Record | None:
+        if self.record_path.exists():
+            return parse_record(_read_json(self.record_path), str(self.record_path))
+        legacy = self.root / "manifest.json"  # written by shardkit before records had a format
+        if legacy.exists():
+            old_map = self.root / "map.skm"
+            data = old_map.read_bytes() if old_map.exists() else None
+            return parse_record(_read_json(legacy), str(legacy), legacy_map=data)
+        return None
 
-    # -- published map ---------------------------------------------------------------------
+    def save(self, record: Record) -> None:
+        write_bytes_atomic(self.record_path, record.to_json())
+        for old in ("manifest.json", "map.skm"):  # upgraded: one record, in one format
+            (self.root / old).unlink(missing_ok=True)
 
-    @property
-    def map_path(self) -> Path:
-        return self.root / "map.skm"
+    def write_outputs(self, outputs: dict[str, Any]) -> Path:
+        path = self.root / "outputs.json"
+        write_json_atomic(path, outputs)
+        return path
 
-    def load_map_bytes(self) -> bytes | None:
-        return self.map_path.read_bytes() if self.map_path.exists() else None
+    # -- history ---------------------------------------------------------------------------
 
-    def save_map_bytes(self, data: bytes) -> None:
-        write_bytes_atomic(self.map_path, data)
+    def history_path(self, number: int) -> Path:
+        return self.root / "deployments" / f"{number:06d}.json"
 
-    # -- deployments (rollback history) ----------------------------------------------------
-
-    def record_deployment(self, number: int, blueprint: dict[str, Any], map_bytes: bytes) -> None:
-        write_json_atomic(
-            self.root / "deployments" / f"{number:06d}.json",
-            {
-                "deployment": number,
-                "blueprint": blueprint,
-                "map": base64.b64encode(map_bytes).decode(),
-            },
-        )
-
-    def deployments(self) -> list[int]:
+    def history(self) -> list[int]:
         folder = self.root / "deployments"
         return sorted(int(p.stem) for p in folder.glob("*.json")) if folder.is_dir() else []
 
-    def load_deployment(self, number: int) -> dict[str, Any]:
-        data = _read_json(self.root / "deployments" / f"{number:06d}.json")
-        data["map"] = base64.b64decode(data["map"])
-        return data
+    def load_history(self, number: int) -> HistoryEntry | None:
+        path = self.history_path(number)
+        return parse_history(_read_json(path), str(path)) if path.exists() else None
+
+    def save_history(self, entry: HistoryEntry) -> None:
+        write_bytes_atomic(self.history_path(entry.deployment), entry.to_json())
 
     # -- journal -----------------------------------------------------------------------------
 
     def journal_path(self, plan_id: str) -> Path:
         return self.root / "journal" / f"{plan_id}.jsonl"
 
-    def pending_journals(self) -> list[str]:
+    def journals(self) -> list[str]:
         folder = self.root / "journal"
         return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
 
-    def read_journal(self, plan_id: str) -> dict[int, dict[str, Any]]:
-        """Completed steps of a plan: step id -> outputs. A torn last line is ignored."""
-        path = self.journal_path(plan_id)
-        done: dict[int, dict[str, Any]] = {}
-        if not path.exists():
-            return done
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a crash mid-write leaves at most one torn line: that step is redone
-            done[entry["step"]] = entry.get("outputs", {})
-        return done
-
     @contextlib.contextmanager
-    def journal(self, plan_id: str) -> Iterator[Any]:
+    def journal(self, plan_id: str) -> Iterator[Callable[[int, dict[str, Any]], None]]:
         path = self.journal_path(plan_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
@@ -175,26 +136,260 @@ class StateStore:
 
             yield record
 
-    def finish_journal(self, plan_id: str) -> None:
+    def journal_text(self, plan_id: str) -> str:
+        path = self.journal_path(plan_id)
+        return path.read_text() if path.exists() else ""
+
+    def remove_journal(self, plan_id: str) -> None:
         self.journal_path(plan_id).unlink(missing_ok=True)
 
-    # -- lock ----------------------------------------------------------------------------------
+
+def cached_record(state_dir: Path, target: str) -> Record | None:
+    """The record as this machine last saw it (no AWS call): for the local cloud's gateway and
+    executor, which serve what was deployed from this project directory."""
+    return LocalCache(state_dir, target).load()
+
+
+# -- the remote copy in the home region ----------------------------------------------------------
+
+
+class _Remote:
+    """The ``shardkit-state/`` objects of the home bucket."""
+
+    def __init__(self, aws: Aws, home: Home) -> None:
+        self.aws, self.home = aws, home
+
+    def get(self, key: str, region: str | None = None, bucket: str | None = None) -> bytes | None:
+        try:
+            out = self._s3(
+                "get_object", region or self.home.region, Bucket=bucket or self.home.bucket, Key=key
+            )
+        except AwsNotFoundError:
+            return None  # no bucket yet, or no such object
+        return out["Body"].read()
+
+    def put(self, key: str, body: bytes) -> None:
+        self._s3(
+            "put_object",
+            self.home.region,
+            Bucket=self.home.bucket,
+            Key=key,
+            Body=body,
+            ContentType="application/json",
+        )
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(AwsNotFoundError):
+            self._s3("delete_object", self.home.region, Bucket=self.home.bucket, Key=key)
+
+    def keys(self, prefix: str) -> list[str]:
+        try:
+            out = self._s3(
+                "list_objects_v2", self.home.region, Bucket=self.home.bucket, Prefix=prefix
+            )
+        except AwsNotFoundError:
+            return []
+        return sorted(o["Key"] for o in out.get("Contents", []))
+
+    def _s3(self, operation: str, region: str, **params: Any) -> dict[str, Any]:
+        return self.aws.call(
+            "s3", region, operation, resource=f"{params['Bucket']}/{PREFIX}", **params
+        )
+
+
+# -- the two together ----------------------------------------------------------------------------
+
+
+class DeploymentState:
+    """The record of one project on one target: read, written, locked, journaled."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        target: str,
+        project: str,
+        aws: Aws,
+        home: Home,
+        *,
+        elsewhere: Sequence[Home] = (),
+    ) -> None:
+        """``elsewhere``: the other regions' buckets, looked at (read-only) only when no record
+        is found at home, so a home region moved by a config change is refused, not forked."""
+        self.cache = LocalCache(state_dir, target)
+        self.remote = _Remote(aws, home)
+        self.target, self.project, self.home = target, project, home
+        self.aws = aws
+        self.elsewhere = elsewhere
+        self.remote_found = False  # whether the last load found the record at home
+        self._remote_journals: set[str] = set()  # journals known to be checkpointed remotely
+
+    # -- the record --------------------------------------------------------------------------
+
+    def load(self) -> Record:
+        """The current record (read-only calls; the cache may be refreshed)."""
+        cached = self.cache.load()
+        body = self.remote.get(RECORD_KEY)
+        remote = parse_record(_loads(body, self._where()), self._where()) if body else None
+        self.remote_found = remote is not None
+        if remote is None and cached is None:
+            self._refuse_moved_home()
+        record = _newest(cached, remote) or Record.empty(
+            self.project, self.target, self.home.region
+        )
+        self._check(record)
+        if remote is not None and record is remote and cached != remote:
+            self.cache.save(remote)
+        return record
+
+    def save(self, record: Record) -> Record:
+        """Write the next copy of ``record``: the cache (fsynced) first, then the home bucket
+        - unless this apply deleted the home bucket (destroy --delete-data)."""
+        written = record.written()
+        self.cache.save(written)
+        if self.home_kept(written):
+            self.remote.put(RECORD_KEY, written.to_json())
+        return written
+
+    def upload_history(self) -> None:
+        """Put the cached history entries the home bucket lacks into it (after a restarted
+        local cloud, whose S3 came back empty, was restored)."""
+        remote = set(self.remote.keys(HISTORY))
+        for number in self.cache.history():
+            entry = self.cache.load_history(number)
+            if entry is not None and _history_key(number) not in remote:
+                self.remote.put(_history_key(number), entry.to_json())
+
+    def home_kept(self, record: Record) -> bool:
+        """Whether the home bucket is still there to hold the record (not after destroy
+        --delete-data)."""
+        return f"{self.home.region}/s3_bucket/{self.home.bucket}" in record.resources
+
+    def _check(self, record: Record) -> None:
+        if record.project != self.project:
+            raise DeployError(
+                f"the deployment record of target {self.target} is of project "
+                f"{record.project!r}, not {self.project!r}",
+                hint="each project directory deploys one project; check project.name",
+            )
+        if record.home_region and record.home_region != self.home.region:
+            raise DeployError(
+                f"the deployment's record lives in home region {record.home_region}, but the "
+                f"project's home region is now {self.home.region}; moving it is not supported",
+                hint=f'set home_region = "{record.home_region}" in [project] of shardkit.toml '
+                "(and keep shards in that region)",
+            )
+
+    def _refuse_moved_home(self) -> None:
+        for other in self.elsewhere:
+            if self.remote.get(RECORD_KEY, other.region, other.bucket) is not None:
+                raise DeployError(
+                    f"the deployment's record lives in home region {other.region} "
+                    f"(s3://{other.bucket}/{RECORD_KEY}), not in the project's home region "
+                    f"{self.home.region}; moving it is not supported",
+                    hint=f'set home_region = "{other.region}" in [project] of shardkit.toml',
+                )
+
+    def _where(self) -> str:
+        return f"s3://{self.home.bucket}/{RECORD_KEY} ({self.home.region})"
+
+    # -- history -----------------------------------------------------------------------------
+
+    def history(self) -> list[int]:
+        remote = {int(k.rsplit("/", 1)[1].split(".")[0]) for k in self.remote.keys(HISTORY)}
+        return sorted(remote | set(self.cache.history()))
+
+    def load_history(self, number: int) -> HistoryEntry:
+        entry = self.cache.load_history(number)
+        if entry is None:
+            body = self.remote.get(_history_key(number))
+            if body is None:
+                raise DeployError(
+                    f"deployment {number} is not in the history",
+                    hint="`shardkit status` shows the deployment history",
+                )
+            entry = parse_history(_loads(body, _history_key(number)), _history_key(number))
+            self.cache.save_history(entry)
+        return entry
+
+    def save_history(self, entry: HistoryEntry, *, remote: bool = True) -> None:
+        self.cache.save_history(entry)
+        if remote:
+            self.remote.put(_history_key(entry.deployment), entry.to_json())
+
+    # -- journal -----------------------------------------------------------------------------
+
+    def read_journal(self, plan_id: str) -> dict[int, dict[str, Any]]:
+        """Completed steps of a plan: this machine's journal and the remote checkpoint of it
+        (another machine's failed apply). A torn last line is ignored."""
+        remote = self.remote.get(_journal_key(plan_id))
+        if remote is not None:
+            self._remote_journals.add(plan_id)
+        text = (remote or b"").decode() + "\n" + self.cache.journal_text(plan_id)
+        return _journal_steps(text)
+
+    def journal(self, plan_id: str) -> Any:
+        return self.cache.journal(plan_id)
+
+    def checkpoint(self, plan_id: str) -> None:
+        """Copy this machine's journal of ``plan_id`` to the home bucket."""
+        self.remote.put(_journal_key(plan_id), self.cache.journal_text(plan_id).encode())
+        self._remote_journals.add(plan_id)
+
+    def pending(self) -> list[str]:
+        remote = {k.rsplit("/", 1)[1].removesuffix(".jsonl") for k in self.remote.keys(JOURNAL)}
+        self._remote_journals |= remote
+        return sorted(remote | set(self.cache.journals()))
+
+    def finish_journal(self, plan_id: str, *, remote: bool = True) -> None:
+        self.cache.remove_journal(plan_id)
+        if remote and plan_id in self._remote_journals:
+            self.remote.delete(_journal_key(plan_id))
+            self._remote_journals.discard(plan_id)
+
+    # -- lock --------------------------------------------------------------------------------
+
+    def lock(self) -> DeployLock:
+        return DeployLock(self.aws, self.home.region, self.home.table)
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "lock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise DeployError(
-                    f"another shardkit command is applying changes to {self.root}",
-                    hint="wait for it to finish, then run this command again",
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def locked(
+        self,
+        command: str,
+        *,
+        timeout: float = 0.0,
+        on_wait: Callable[[LockInfo], None] | None = None,
+    ) -> Iterator[Lease]:
+        with self.lock().held(command, timeout=timeout, on_wait=on_wait) as lease:
+            yield lease
+
+
+def _newest(cached: Record | None, remote: Record | None) -> Record | None:
+    if remote is None:
+        return cached
+    if cached is not None and cached.newer_than(remote):
+        return cached  # a remote write failed after the cache was written
+    return remote
+
+
+def _journal_steps(text: str) -> dict[int, dict[str, Any]]:
+    done: dict[int, dict[str, Any]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a crash mid-write leaves at most one torn line: that step is redone
+        done[entry["step"]] = entry.get("outputs", {})
+    return done
+
+
+def _history_key(number: int) -> str:
+    return f"{HISTORY}{number:06d}.json"
+
+
+def _journal_key(plan_id: str) -> str:
+    return f"{JOURNAL}{plan_id}.jsonl"
 
 
 def _read_json(path: Path) -> Any:
@@ -206,3 +401,49 @@ def _read_json(path: Path) -> Any:
             hint="restore it from a backup, or remove the project's .shardkit/deploy "
             "to start over (deployed resources are then unmanaged)",
         ) from None
+
+
+def _loads(body: bytes, source: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise DeployError(
+            f"{source} is not JSON: {exc}",
+            hint="restore an earlier version of it (the bucket is versioned)",
+        ) from None
+
+
+def published_maps(state_dir: Path) -> dict[str, bytes]:
+    """target -> the signed map its deployment last published, from this machine's cache."""
+    folder = state_dir / "deploy"
+    targets = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    maps = {}
+    for target in targets:
+        with contextlib.suppress(DeployError):  # a damaged record is reported by deploy commands
+            record = cached_record(state_dir, target)
+            if record is not None and record.map_envelope:
+                maps[target] = record.map_envelope
+    return maps
+
+
+class RecordWatch:
+    """The cached record of one target, read again whenever it changes: for long-running
+    readers on this machine (the local cloud's gateway and Lambda executor)."""
+
+    def __init__(self, state_dir: Path, target: str) -> None:
+        self.cache = LocalCache(state_dir, target)
+        self._stamp: float | None = None
+        self._record: Record | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Record | None:
+        """The record as last written; ``None`` if there is none (or it cannot be read)."""
+        with self._lock:
+            stamp = self.cache.stamp()
+            if stamp != self._stamp:
+                try:
+                    self._record = self.cache.load()
+                except DeployError:
+                    self._record = None  # mid-upgrade or damaged: serve nothing, not garbage
+                self._stamp = stamp
+            return self._record

@@ -158,18 +158,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _gateway(root: Path, endpoint: str, activity: Activity) -> Any:
     """The Lambda executor and its gateway (Invoke API, Function URLs, DynamoDB) on 127.0.0.1."""
+    from ..deploy.state import RecordWatch
     from .executor import LocalLambda
     from .gateway import Gateway
     from .server import client
 
     state = root / ".shardkit"
+    records = RecordWatch(state, "local")
     executor = LocalLambda(
         endpoint,
         state,
         lambda service, region: client(service, region, endpoint),
+        records,
         generation=lambda: activity.generation,
     )
-    gateway = Gateway(executor, state / "deploy" / "local" / "manifest.json", HOST)
+    gateway = Gateway(executor, records, HOST)
     gateway.on_request = activity.touch
     executor.service_endpoints["dynamodb"] = gateway.endpoint  # state calls skip moto's server
     return gateway.start()

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..deploy.state import RecordWatch
 from . import telemetry
 
 __all__ = ["Invocation", "LocalLambda"]
@@ -224,10 +225,12 @@ class LocalLambda:
         endpoint: str,
         state_dir: Path,
         client: Callable[[str, str], Any],
+        records: RecordWatch | None = None,
         *,
         generation: Callable[[], int] | None = None,
     ) -> None:
-        """``generation`` counts changes to Lambda's configuration (the server's front door
+        """``records``: the deployment record of the local target (where code packages are).
+        ``generation`` counts changes to Lambda's configuration (the server's front door
         bumps it on every write to the Lambda API): a function's configuration is read again
         only when it moved. Without it, a configuration is trusted for ``_CONFIG_TTL`` seconds.
         """
@@ -235,7 +238,7 @@ class LocalLambda:
         #: service -> endpoint the functions use instead of ``endpoint`` (AWS_ENDPOINT_URL_X)
         self.service_endpoints: dict[str, str] = {}
         self.code_root = state_dir / "local" / "code"
-        self.manifest_path = state_dir / "deploy" / "local" / "manifest.json"
+        self.records = records or RecordWatch(state_dir, "local")
         client = _reused(client)
         self._client = client
         self._generation = generation
@@ -450,15 +453,11 @@ class LocalLambda:
         return target
 
     def _code_location(self, spec: FunctionSpec, digest: str) -> tuple[str, str]:
-        """Where the package with this hash lives: the deploy manifest records it."""
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            manifest = {"resources": {}}
-        record = manifest["resources"].get(f"{spec.region}/lambda_function/{spec.name}", {})
-        code = record.get("props", {}).get("code", {})
-        if code.get("sha256") == digest:
-            return code["bucket"], code["key"]
+        """Where the package with this hash lives: the deployment record says."""
+        record = self.records.current()
+        found = record.code_location(spec.region, spec.name, digest) if record else None
+        if found is not None:
+            return found
         raise LookupError(
             f"the code of {spec.name} ({digest[:12]}) is not a package shardkit "
             f"deployed; redeploy with `shardkit deploy`"

@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..deploy.state import RecordWatch
 from . import dynamodb
 from .executor import Invocation, LocalLambda
 
@@ -46,9 +46,9 @@ def url_id(function_url: str) -> str:
 class Gateway:
     """An HTTP server on 127.0.0.1 (a free port) in front of the executor."""
 
-    def __init__(self, executor: LocalLambda, manifest_path: Path, host: str = "127.0.0.1"):
+    def __init__(self, executor: LocalLambda, records: RecordWatch, host: str = "127.0.0.1"):
         self.executor = executor
-        self.urls = UrlTable(manifest_path)
+        self.urls = UrlTable(records)
         self.on_request: Callable[[], None] = lambda: None  # e.g. the server's idle clock
         handler = type("Handler", (_Handler,), {"gateway": self})
         self.server = ThreadingHTTPServer((host, 0), handler)
@@ -71,34 +71,20 @@ class Gateway:
 
 
 class UrlTable:
-    """Function URL ids -> (region, function, qualifier), from the deploy manifest."""
+    """Function URL ids -> (region, function, qualifier), from the deployment record."""
 
-    def __init__(self, manifest_path: Path) -> None:
-        self.path = manifest_path
-        self._mtime = -1.0
+    def __init__(self, records: RecordWatch) -> None:
+        self.records = records
+        self._seen: object = None
         self._table: dict[str, tuple[str, str, str]] = {}
 
     def get(self, uid: str) -> tuple[str, str, str] | None:
-        try:
-            mtime = self.path.stat().st_mtime
-        except OSError:
-            return None
-        if mtime != self._mtime:
-            self._table, self._mtime = self._load(), mtime
+        record = self.records.current()
+        if record is not self._seen:
+            targets = record.url_targets() if record is not None else {}
+            self._table = {url_id(url): target for url, target in targets.items()}
+            self._seen = record
         return self._table.get(uid)
-
-    def _load(self) -> dict[str, tuple[str, str, str]]:
-        try:
-            resources = json.loads(self.path.read_text())["resources"]
-        except (OSError, ValueError, KeyError):
-            return {}
-        table = {}
-        for rec in resources.values():
-            url = rec.get("outputs", {}).get("url") if rec.get("kind") == "function_url" else None
-            if url:
-                props = rec["props"]
-                table[url_id(url)] = (rec["region"], props["function"], props["qualifier"])
-        return table
 
 
 def _limit_response(result: Invocation) -> Invocation:

@@ -608,8 +608,17 @@ def _scan(endpoint: str, region: str, name: str) -> dict[str, Any]:
         _binary_map(item, _b64encode)
         for page in ddb.get_paginator("scan").paginate(TableName=name, ConsistentRead=True)
         for item in page.get("Items", [])
+        if not _control_item(item)
     ]
     return {"region": region, "table": name, "items": items}
+
+
+def _control_item(item: dict[str, Any]) -> bool:
+    """shardkit's own bookkeeping (the deployment lock), not the shards' data: a restore must
+    never bring back a lock that was held when the cloud stopped."""
+    from ..deploy.lock import LOCK_PK
+
+    return item.get("pk", {}).get("S") == LOCK_PK
 
 
 def _restore_table(

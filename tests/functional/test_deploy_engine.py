@@ -23,6 +23,7 @@ import shardkit
 from shardkit.config import Project
 from shardkit.deploy.engine import Deployer, Target
 from shardkit.deploy.executor import ApplyResult
+from shardkit.deploy.lock import LOCK_PK
 from shardkit.deploy.plan import Plan, Step
 from shardkit.errors import (
     ApplyFailedError,
@@ -170,8 +171,17 @@ def _slot_partition(call: Call) -> str | None:
     return None
 
 
+def bookkeeping(call: Call) -> bool:
+    """A call on the deployment record (``shardkit-state/`` in the home bucket) or its lock
+    item, rather than on a resource of the plan."""
+    if call.service == "s3":
+        return str(call.params.get("Key", "")).startswith("shardkit-state/")
+    key = call.params.get("Item") or call.params.get("Key") or {}
+    return call.service == "dynamodb" and key.get("pk", {}).get("S") == LOCK_PK
+
+
 def touched(calls: Iterable[Call]) -> set[tuple[str, str, str]]:
-    return {call_ident(c) for c in calls if c.mutating}
+    return {call_ident(c) for c in calls if c.mutating and not bookkeeping(c)}
 
 
 def idents(steps: Iterable[Step]) -> set[tuple[str, str, str]]:
@@ -217,7 +227,7 @@ def owners(shard_map: shardkit.ShardMap, step: int = 1) -> dict:
 
 
 def fingerprints(d: Deployer) -> dict[str, str]:
-    return {k: r["fingerprint"] for k, r in d.manifest().resources.items()}
+    return {k: r.fingerprint for k, r in d.record().resources.items()}
 
 
 # -- first deploy ------------------------------------------------------------------------------
@@ -245,10 +255,10 @@ def test_first_deploy_creates_every_resource_and_publishes_the_signed_map(
 
     assert (result.steps_done, result.steps_skipped) == (len(plan.steps), 0)
     assert touched(recorder.since(mark)) == idents(plan.steps)  # each step, and nothing else
-    manifest = d.manifest()
+    manifest = d.record()
     assert (manifest.status, manifest.deployment, manifest.map_version) == ("ok", 1, 1)
     assert set(manifest.resources) == {s.key for s in plan.steps if s.action == "create"}
-    assert d.store.pending_journals() == []
+    assert d.state.pending() == []
 
     sha256 = plan.artifact["sha256"] if plan.artifact else ""
     assert plan.artifact == {"key": f"artifacts/code/{sha256}.zip", "sha256": sha256}
@@ -260,7 +270,7 @@ def test_first_deploy_creates_every_resource_and_publishes_the_signed_map(
         envelopes.add(body)
         assert shard_map.version == 1
         assert {s.id: s.region for s in shard_map.shards} == shards
-    assert envelopes == {d.store.load_map_bytes()}  # one map, the one recorded as published
+    assert envelopes == {d.record().map_envelope}  # one map, the one recorded as published
     shard_map = shardkit.decode_map(envelopes.pop(), trusted)
     assert slot_records(project, shard_map, step=509) == owners(shard_map, step=509)
     assert manifest.epochs == {}  # the old per-shard fences are gone
@@ -374,7 +384,7 @@ def test_a_noop_deploy_makes_zero_mutating_calls(
     mark = recorder.mark()
     first = deploy(d)
     assert len(recorder.mutating_since(mark)) >= first.steps_done > 0  # the recorder sees writes
-    before = (d.manifest().to_dict(), target.aws.mutating_calls)
+    before = (d.record().model_dump(), target.aws.mutating_calls)
 
     mark = recorder.mark()
     again = deployer(rewrite(project, lambda data: None))  # a fresh load of the same project
@@ -388,8 +398,8 @@ def test_a_noop_deploy_makes_zero_mutating_calls(
         for c in recorder.since(mark)
     )
     assert result.mutating_calls == 0 and result.steps_done == 0
-    assert (d.manifest().to_dict(), target.aws.mutating_calls) == before
-    assert d.store.deployments() == [1]  # a no-op is not a deployment
+    assert (d.record().model_dump(), target.aws.mutating_calls) == before
+    assert d.state.history() == [1]  # a no-op is not a deployment
 
 
 # -- changes -------------------------------------------------------------------------------------
@@ -476,7 +486,7 @@ def test_adding_a_shard_creates_only_its_resources_and_moves_slots_only_to_it(
     current = shardkit.decode_map(
         bodies.pop(), shardkit.load_trusted_keys(project.keys_dir), min_version=old.version + 1
     )
-    assert current.version == old.version + 1 == d.manifest().map_version
+    assert current.version == old.version + 1 == d.record().map_version
     diff = shardkit.diff_maps(old, current)
     assert diff.moves and diff.added == ("eu-2",) and diff.removed == ()
     assert {(m.group, m.destination) for m in diff.moves} == {("eu", "eu-2")}
@@ -511,14 +521,14 @@ def test_a_stale_plan_is_refused(
 
     d = deployer(rewrite(project, _eu_memory(2048)))
     d.apply(d.plan())  # someone else's change lands first
-    state = d.manifest().to_dict()
+    state = d.record().model_dump()
 
     mark = recorder.mark()
     for stale in (Plan.load(saved), noop):
         with pytest.raises(PlanStaleError):
             d.apply(stale)
     assert recorder.mutating_since(mark) == []
-    assert d.manifest().to_dict() == state
+    assert d.record().model_dump() == state
     live = aws("lambda", "eu-west-1").get_function_configuration(FunctionName=f"{P}-eu-0")
     assert live["MemorySize"] == 2048
 
@@ -543,8 +553,8 @@ def test_a_plan_of_another_project_is_refused(
     with pytest.raises(PlanFileError):
         deployer(y_twin).apply(plan_y)
     assert recorder.mutating_since(mark) == []
-    assert deployer(y).manifest().status == "empty"
-    assert deployer(y_twin).manifest().status == "empty"
+    assert deployer(y).record().status == "empty"
+    assert deployer(y_twin).record().status == "empty"
 
 
 # -- failure, journal, resume -------------------------------------------------------------------
@@ -587,8 +597,8 @@ def test_a_failed_apply_records_exactly_the_done_steps_and_resumes(
     assert fault.fired == 1
     assert isinstance(failed.value.__cause__, AwsAccessDeniedError)
     assert f"{P}-us-1" in failed.value.message and "us-east-1" in failed.value.message
-    assert d.store.journal_path(plan.plan_id).exists()
-    done = d.store.read_journal(plan.plan_id)
+    assert d.state.cache.journal_path(plan.plan_id).exists()
+    done = d.state.read_journal(plan.plan_id)
     (bad,) = [s for s in plan.steps if s.key == bad_key]
     assert bad.id not in done
     assert 0 < len(done) < len(plan.steps)
@@ -596,7 +606,7 @@ def test_a_failed_apply_records_exactly_the_done_steps_and_resumes(
     # nothing half-done: every resource touched is recorded as done, or is the failed one
     assert touched(first_calls) == idents(done_steps) | {step_ident(bad)}
 
-    manifest = d.manifest()
+    manifest = d.record()
     assert manifest.status == "failed" and manifest.deployment == 0
     assert set(manifest.resources) == {s.key for s in done_steps if s.action == "create"}
     assert bad.key not in manifest.resources
@@ -615,7 +625,7 @@ def test_a_failed_apply_records_exactly_the_done_steps_and_resumes(
         s.region for s in fresh.steps if s.action == "publish"
     }
     # a version some region may already serve is never signed again with other content
-    assert fresh.map_version > d.manifest().map_version_max
+    assert fresh.map_version > d.record().map_version_max
 
     mark = recorder.mark()
     result = d.apply(plan)  # the same plan again: resumes
@@ -623,10 +633,10 @@ def test_a_failed_apply_records_exactly_the_done_steps_and_resumes(
     assert result.resumed and result.steps_skipped == len(done) > 0
     assert result.steps_done == len(remaining)
     assert touched(recorder.since(mark)) == idents(remaining)  # done steps are not called again
-    manifest = d.manifest()
+    manifest = d.record()
     assert (manifest.status, manifest.deployment, manifest.map_version) == ("ok", 1, 1)
     assert set(manifest.resources) == {s.key for s in plan.steps if s.action == "create"}
-    assert not d.store.journal_path(plan.plan_id).exists()
+    assert not d.state.cache.journal_path(plan.plan_id).exists()
     assert d.status()["pending_applies"] == [] and d.status()["missing"] == []
     assert alias_version("us-east-1", f"{P}-us-1") == "1"
     assert deployer(project).plan().is_noop
@@ -651,15 +661,15 @@ def test_a_failed_plan_cannot_resume_after_another_plan_changed_the_state(
     recorder.fail("lambda", "update_function_configuration", "AccessDenied", when=eu_1)
     with pytest.raises(ApplyFailedError):
         d.apply(plan_b)
-    state = d.manifest().to_dict()
+    state = d.record().model_dump()
 
     mark = recorder.mark()
     with pytest.raises(PlanStaleError):
         d.apply(plan_a)  # its journal is from before plan B changed things
-    assert recorder.mutating_since(mark) == [] and d.manifest().to_dict() == state
-    assert d.store.pending_journals() == [plan_b.plan_id]
+    assert recorder.mutating_since(mark) == [] and d.record().model_dump() == state
+    assert d.state.pending() == [plan_b.plan_id]
     result = d.apply(plan_b)
-    assert result.resumed and d.manifest().status == "ok"
+    assert result.resumed and d.record().status == "ok"
     lam = aws("lambda", "eu-west-1")
     assert {
         lam.get_function_configuration(FunctionName=f"{P}-{s}", Qualifier="live")["MemorySize"]
@@ -675,11 +685,11 @@ def test_a_persistent_throttle_fails_the_apply_with_a_named_operation(
     project = make_project()
     d = deployer(project)
     plan = d.plan()
-    fault = recorder.fail(
+    fault = recorder.fail(  # us-east-1: not the home region, whose table holds the lock
         "dynamodb",
         "create_table",
         "ThrottlingException",
-        when=lambda c: c.region == "eu-west-1",
+        when=lambda c: c.region == "us-east-1",
         times=None,
     )
 
@@ -690,17 +700,17 @@ def test_a_persistent_throttle_fails_the_apply_with_a_named_operation(
     assert isinstance(cause, AwsThrottledError)
     assert (cause.operation, cause.region, cause.code) == (
         "create_table",
-        "eu-west-1",
+        "us-east-1",
         "ThrottlingException",
     )
-    assert "create_table" in str(failed.value) and "eu-west-1" in str(failed.value)
+    assert "create_table" in str(failed.value) and "us-east-1" in str(failed.value)
     assert fault.fired >= 1
-    assert d.manifest().status == "failed"
-    assert f"eu-west-1/dynamodb_table/{P}-state" not in d.manifest().resources
+    assert d.record().status == "failed"
+    assert f"us-east-1/dynamodb_table/{P}-state" not in d.record().resources
 
     fault.times = fault.fired  # the throttling ends
     result = d.apply(plan)
-    assert result.resumed and d.manifest().status == "ok"
+    assert result.resumed and d.record().status == "ok"
     ddb = aws("dynamodb", "eu-west-1").describe_table(TableName=f"{P}-state")["Table"]
     assert ddb["TableStatus"] == "ACTIVE"
 
@@ -726,7 +736,7 @@ def test_a_passing_throttle_is_retried_below_the_facade(
     assert len(fences) == 1  # one API call ...
     assert len(attempts) == 2  # ... sent twice: throttled, then retried by botocore
     _, shard_map = published_map(d.project, "eu-west-1")
-    assert d.manifest().status == "ok"
+    assert d.record().status == "ok"
     assert slot_records(d.project, shard_map) == owners(shard_map)
 
 
@@ -790,19 +800,20 @@ def test_a_function_that_already_exists_is_adopted_not_failed(
     )
     assert conf["Role"].endswith(f"role/{name}")
     assert conf["Environment"]["Variables"]["SHARDKIT_SHARD"] == "us-0"
-    assert d.manifest().status == "ok" and d.status()["missing"] == []
+    assert d.record().status == "ok" and d.status()["missing"] == []
 
 
 # -- destroy ---------------------------------------------------------------------------------------
 
 
-def _nothing_but_tables_left(regions: Iterable[str]) -> None:
+def _nothing_but_tables_left(regions: Iterable[str], buckets: Iterable[str] = ()) -> None:
     for region in regions:
         assert aws("lambda", region).list_functions()["Functions"] == []
         assert aws("logs", region).describe_log_groups()["logGroups"] == []
         assert aws("cloudwatch", region).describe_alarms()["MetricAlarms"] == []
         assert aws("events", region).list_rules()["Rules"] == []
-    assert aws("s3", "us-east-1").list_buckets()["Buckets"] == []
+    names = [b["Name"] for b in aws("s3", "us-east-1").list_buckets()["Buckets"]]
+    assert names == list(buckets)
     assert aws("iam", "us-east-1").list_roles()["Roles"] == []
 
 
@@ -821,22 +832,26 @@ def test_destroy_keeps_the_state_tables_and_their_items_unless_asked(
     item = {"pk": {"S": "eu-0#alice"}, "sk": {"S": "session"}, "v": {"S": "warm"}}
     aws("dynamodb", "eu-west-1").put_item(TableName=f"{P}-state", Item=item)
     tables = {f"{r}/dynamodb_table/{P}-state" for r in ("eu-west-1", "us-east-1")}
+    home = bucket_of(project, "eu-west-1")  # the home region's bucket: it keeps the record
+    kept = tables | {f"eu-west-1/s3_bucket/{home}"}
 
     plan = d.plan_destroy()
-    assert {s.key for s in plan.steps if s.action == "retain"} == tables
+    assert {s.key for s in plan.steps if s.action == "retain"} == kept
     assert {s.action for s in plan.steps} == {"retain", "delete"}
-    assert {s.key for s in plan.steps} == set(d.manifest().resources)
+    assert {s.key for s in plan.steps} == set(d.record().resources)
     d.apply(plan)
 
-    _nothing_but_tables_left(["eu-west-1", "us-east-1"])
+    _nothing_but_tables_left(["eu-west-1", "us-east-1"], [home])
+    assert d.record().status == "destroyed"
+    assert deployer(make_project(dirname="other")).record().status == "destroyed"  # remotely
     assert _tables("eu-west-1") == [f"{P}-state"] == _tables("us-east-1")
     got = aws("dynamodb", "eu-west-1").get_item(
         TableName=f"{P}-state", Key={"pk": item["pk"], "sk": item["sk"]}
     )
     assert got["Item"] == item
-    assert set(d.manifest().resources) == tables
+    assert set(d.record().resources) == kept
     status = d.status()
-    assert (status["retained"], status["missing"]) == (sorted(tables), [])
+    assert (status["retained"], status["missing"]) == (sorted(kept), [])
 
     mark = recorder.mark()
     again = d.plan_destroy()
@@ -856,7 +871,8 @@ def test_destroy_keeps_the_state_tables_and_their_items_unless_asked(
     d.apply(d.plan_destroy())
     d.apply(d.plan_destroy(delete_data=True))  # kept tables go when asked, later too
     assert _tables("eu-west-1") == [] == _tables("us-east-1")
-    assert d.manifest().resources == {}
+    _nothing_but_tables_left(["eu-west-1", "us-east-1"])
+    assert d.record().resources == {} and d.record().status == "destroyed"
 
 
 def test_destroy_with_delete_data_removes_everything(
@@ -871,7 +887,7 @@ def test_destroy_with_delete_data_removes_everything(
     d.apply(plan)
     _nothing_but_tables_left(["eu-west-1", "us-east-1"])
     assert _tables("eu-west-1") == [] == _tables("us-east-1")
-    assert d.manifest().resources == {} and d.status()["missing"] == []
+    assert d.record().resources == {} and d.status()["missing"] == []
     assert d.plan_destroy(delete_data=True).is_noop
 
 
@@ -903,8 +919,8 @@ def test_destroy_with_nothing_deployed_is_a_noop(
     assert plan.is_noop and plan.steps == ()
     mark = recorder.mark()
     result = d.apply(plan)
-    assert recorder.since(mark) == [] and result.mutating_calls == 0
-    assert d.manifest().status == "empty" and d.store.deployments() == []
+    assert recorder.mutating_since(mark) == [] and result.mutating_calls == 0
+    assert d.record().status == "empty" and d.state.history() == []
 
 
 # -- rollback --------------------------------------------------------------------------------------
@@ -934,7 +950,7 @@ def test_rollback_republishes_the_earlier_routing_as_a_higher_version(
     d.apply(plan)
 
     assert fingerprints(d) == v1_resources
-    assert d.manifest().deployment == 3
+    assert d.record().deployment == 3
     lam = aws("lambda", "eu-west-1")
     assert [
         f["FunctionName"]
@@ -970,9 +986,8 @@ def test_a_deployment_in_the_old_per_shard_layout_is_refused_not_mixed(
 ) -> None:
     d = deployer(make_project())
     deploy(d)
-    manifest = d.manifest()
-    manifest.epochs = {"eu-0": 1}  # what a deploy of the per-shard layout recorded
-    d.store.save_manifest(manifest)
+    # what a deploy of the per-shard layout recorded
+    d.state.save(d.record().model_copy(update={"epochs": {"eu-0": 1}}))
     mark = recorder.mark()
     for make in (d.plan, d.plan_rollback):
         with pytest.raises(DeployError, match="old per-shard layout") as refused:

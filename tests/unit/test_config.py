@@ -101,7 +101,7 @@ BAD = [
         "unknown-in-project",
         'name = "demo"',
         'name = "demo"\nnmae = "demo"',
-        ["project.nmae: unknown field", "allowed here: name, target"],
+        ["project.nmae: unknown field", "allowed here: home_region, name, target"],
     ),
     (
         "unknown-in-group",

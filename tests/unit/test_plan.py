@@ -1,4 +1,4 @@
-"""The pure planner and the plan file: hand-made blueprints and manifests, no AWS at all.
+"""The pure planner and the plan file: hand-made blueprints and records, no AWS at all.
 
 Decisions (create / update / delete / retain / nothing), the order of steps (dependencies first,
 code uploads right after the buckets, fences and the map after every creation and before any
@@ -16,7 +16,7 @@ import pytest
 from shardkit import kinds
 from shardkit.blueprint.model import Blueprint, Resource
 from shardkit.deploy.plan import Plan, Step, make_plan
-from shardkit.deploy.state import Manifest
+from shardkit.deploy.record import Record, ResourceRecord
 from shardkit.errors import DeployError, PlanFileError
 from shardkit.migrate.deploy import SlotBatch
 
@@ -25,7 +25,7 @@ ARTIFACT = {"key": "artifacts/code/" + "ab" * 32 + ".zip", "sha256": "ab" * 32}
 ENVELOPE = b"\x01signed map bytes\xff"
 
 
-# -- hand-made blueprints and manifests --------------------------------------------------------
+# -- hand-made blueprints and records ----------------------------------------------------------
 
 
 def regional(region: str) -> list[Resource]:
@@ -76,38 +76,37 @@ def deployed(
     *,
     deployment: int = 1,
     artifacts: bool = True,
-) -> Manifest:
-    """The manifest an apply of ``bp`` leaves behind."""
+) -> Record:
+    """The record an apply of ``bp`` leaves behind."""
     records = {
-        r.key: {
-            "kind": r.kind,
-            "name": r.name,
-            "region": r.region,
-            "shard": r.shard,
-            "fingerprint": r.fingerprint,
-            "props": dict(r.props),
-            "outputs": {},
-        }
+        r.key: ResourceRecord(
+            kind=r.kind,
+            name=r.name,
+            region=r.region,
+            shard=r.shard,
+            fingerprint=r.fingerprint,
+            props=dict(r.props),
+        )
         for r in bp.resources
     }
-    return Manifest(
+    return Record(
         project="demo",
         target="aws",
         account=ACCOUNT,
         resources=records,
-        artifacts={r: [ARTIFACT["key"]] for r in bp.regions} if artifacts else {},
+        artifacts={r: (ARTIFACT["key"],) for r in bp.regions} if artifacts else {},
         map_version=1,
-        map_regions=bp.regions,
+        map_regions=tuple(bp.regions),
         deployment=deployment,
         status="ok",
     )
 
 
-def empty() -> Manifest:
-    return Manifest(project="demo", target="aws")
+def empty() -> Record:
+    return Record(project="demo", target="aws")
 
 
-def plan_of(desired: Blueprint, manifest: Manifest, **kw: Any) -> Plan:
+def plan_of(desired: Blueprint, manifest: Record, **kw: Any) -> Plan:
     kw.setdefault("artifact", ARTIFACT)
     kw.setdefault("map_envelope", None)
     kw.setdefault("map_version", manifest.map_version)
@@ -176,13 +175,12 @@ def test_a_changed_resource_is_updated_and_nothing_else() -> None:
     (step,) = plan.steps
     assert (step.action, step.key) == ("update", "eu-west-1/lambda_function/fn-eu-0")
     assert step.props["memory_mb"] == 1024 and step.reason == "changed: memory_mb"
-    assert step.fingerprint != manifest.resources[step.key]["fingerprint"]
+    assert step.fingerprint != manifest.resources[step.key].fingerprint
 
 
 def test_missing_artifacts_are_uploaded_only_where_missing() -> None:
     bp = two_regions()
-    manifest = deployed(bp)
-    manifest.artifacts = {"eu-west-1": [ARTIFACT["key"]]}
+    manifest = deployed(bp).model_copy(update={"artifacts": {"eu-west-1": (ARTIFACT["key"],)}})
     plan = plan_of(bp, manifest)
     assert [(s.action, s.region, s.name) for s in plan.steps] == [
         ("upload", "us-east-1", ARTIFACT["key"])
@@ -201,7 +199,7 @@ def test_slot_records_are_written_where_they_move_and_name_every_table_they_use(
         "eu",
         "eu-west-1/slots/eu",
     )
-    # the source table is no longer in the blueprint (retained): its name comes from the manifest
+    # the source table is no longer in the blueprint (retained): its name comes from the record
     assert step.props["tables"] == {"eu-west-1": "state", "us-east-1": "state"}
     assert step.reason == "slots move"
 
@@ -246,7 +244,8 @@ def test_a_table_kept_by_destroy_is_adopted_again_or_deleted_only_when_asked() -
     bp = blueprint(regional("eu-west-1"))
     manifest = deployed(bp)
     key = "eu-west-1/dynamodb_table/state"
-    manifest.resources = {key: {**manifest.resources[key], "retained": True}}
+    retained = manifest.resources[key].model_copy(update={"retained": True})
+    manifest = manifest.model_copy(update={"resources": {key: retained}})
 
     again = plan_of(bp, manifest)
     assert actions(again)[key] == "create"
@@ -386,7 +385,7 @@ def test_plan_id_is_stable_and_names_the_content() -> None:
     bp = two_regions()
     base = plan_of(bp, empty())
     assert (
-        plan_of(bp, Manifest(project="demo", target="aws", deployment=7)).plan_id != base.plan_id
+        plan_of(bp, Record(project="demo", target="aws", deployment=7)).plan_id != base.plan_id
     )  # another deployed state
     assert plan_of(two_regions(1024), empty()).plan_id != base.plan_id  # other content
 
