@@ -34,6 +34,7 @@ COMMANDS = {
     "simulate": "simulate:simulate_cmd",
     "status": "deploy:status_cmd",
     "traffic": "traffic:traffic_cmd",
+    "unlock": "deploy:unlock_cmd",
 }
 
 

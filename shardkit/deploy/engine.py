@@ -327,7 +327,7 @@ class Deployer:
             record = self.record()
             if self.needs_restore(record) and plan.restores != self.target.instance:
                 record = self._execute(self.plan_restore(record), record, lease).record
-            if replan is not None and self._stale(plan, record):
+            if replan is not None and self._plan_is_stale(plan, record):
                 plan = replan()
                 if plan.is_noop:
                     self.notify("another command already deployed this: nothing left to do")
@@ -368,7 +368,7 @@ class Deployer:
             self.state.upload_history()
         return result
 
-    def _stale(self, plan: Plan, record: Record) -> bool:
+    def _plan_is_stale(self, plan: Plan, record: Record) -> bool:
         try:
             check_base(plan, record, self.state.read_journal(plan.plan_id))
         except PlanStaleError:

@@ -129,7 +129,9 @@ def test_deploy_status_change_rollback_destroy(project: Path) -> None:
     gone = as_json("destroy", root, "--yes")
     assert gone["kind"] == "destroy" and gone["outputs"]["shards"] == {}
     status = as_json("status", root)
-    assert status["resources"] == 2 and len(status["retained"]) == 2  # the state tables
+    # the state tables and the home bucket, which keeps the record of the destroyed deployment
+    assert status["resources"] == 3 and len(status["retained"]) == 3
+    assert status["status"] == "destroyed"
     built = as_json("map", "build", root)  # a local build follows the deployed version 3
     assert built["map"]["version"] == 4
 
@@ -164,3 +166,154 @@ def _copy_with(project: Path, tmp_path: Path, old: str, new: str) -> Path:
         (project / "shardkit.toml").read_text().replace(old, new, 1)
     )
     return other
+
+
+# -- the lock and the record across processes -------------------------------------------------
+
+
+LOCK_KEY = {"pk": {"S": "_shardkit#lock"}, "sk": {"S": "deploy"}}
+TABLE = "shardkit-clitest-state"
+HOME = "eu-west-1"  # the first region declared
+
+
+HELD = {  # the lock item of a CI job that died holding it
+    **LOCK_KEY,
+    "lock_id": {"S": "deadbeef0001"},
+    "holder": {"S": "ci@runner-7"},
+    "pid": {"N": "4242"},
+    "command": {"S": "deploy /builds/clitest"},
+    "started": {"N": "1700000000"},
+    "expires": {"N": "1700000120"},
+}
+
+
+def ddb(root: Path) -> Any:
+    from shardkit.local import server
+
+    return server.client("dynamodb", HOME, server.require(root))
+
+
+def lock_item(root: Path) -> dict[str, Any] | None:
+    table = ddb(root)
+    try:
+        return table.get_item(TableName=TABLE, Key=LOCK_KEY, ConsistentRead=True).get("Item")
+    except table.exceptions.ResourceNotFoundException:
+        return None  # the first deploy has not made the home table yet
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "SHARDKIT_LOCAL_IDLE_TIMEOUT": "600",
+        "SHARDKIT_LOCAL_MAX_LIFETIME": "1200",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "shardkit.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_two_concurrent_deploys_exactly_one_proceeds(project: Path) -> None:
+    root = str(project)
+    shardkit("local", "up", root)  # one local cloud for both
+    racers = [start("deploy", root, "--yes", "--json") for _ in range(2)]
+    outs = [(p.communicate(timeout=240), p.returncode) for p in racers]
+    changed = []
+    for (stdout, stderr), code in outs:
+        if code == 0:
+            changed.append(json.loads(stdout)["changed"])
+        else:  # refused at once: one line naming the holder and the way out
+            assert code == 2, stderr
+            line = stderr.strip().splitlines()
+            assert len(line) == 1 and line[0].startswith("error: the deployment is locked: held by")
+            assert "lock id " in line[0] and "shardkit unlock PROJECT_DIR LOCK_ID" in line[0]
+    assert changed.count(True) == 1  # the other failed, or found nothing left to do
+
+    status = as_json("status", root)
+    assert (status["status"], status["deployment"], status["missing"]) == ("ok", 1, [])
+    assert status["history"] == [1] and status["lock"] is None
+    noop = as_json("deploy", root, "--yes")
+    assert (noop["changed"], noop["mutating_calls"]) == (False, 0)
+
+
+def test_deploys_that_wait_for_the_lock_run_one_after_the_other(project: Path) -> None:
+    """Two deploys wait for a lock someone holds; when it goes, one deploys and the other,
+    getting the lock after it, finds nothing left to do."""
+    root = str(project)
+    shardkit("bootstrap", root, "--yes")  # the home table, for the lock held below
+    ddb(project).put_item(TableName=TABLE, Item=HELD)
+    waiters = [start("deploy", root, "--yes", "--lock-timeout", "200") for _ in range(2)]
+    for waiter in waiters:  # bounded by the lock timeout: each says it waits, and for whom
+        assert waiter.stderr is not None
+        line = waiter.stderr.readline()
+        assert line.startswith("waiting up to 200 s for the deployment lock held by ci@runner-7")
+    ddb(project).delete_item(TableName=TABLE, Key=LOCK_KEY)
+    outs = [w.communicate(timeout=240)[0] for w in waiters]
+    assert [w.returncode for w in waiters] == [0, 0]
+    applied = [out for out in outs if "applied deploy" in out]
+    assert len(applied) == 1
+    assert any("no changes" in out for out in outs if out not in applied)
+    status = as_json("status", root)
+    assert (status["deployment"], status["history"], status["lock"]) == (1, [1], None)
+
+
+def test_a_held_lock_is_named_and_broken_only_with_its_id(project: Path) -> None:
+    root = str(project)
+    as_json("deploy", root, "--yes")
+    ddb(project).put_item(TableName=TABLE, Item=HELD)  # a CI job that died holding it
+    (project / "shardkit.toml").write_text(PROJECT.replace("shards = 2\n", "shards = 3\n", 1))
+
+    line = user_error("deploy", root, "--yes")
+    assert line.startswith(
+        "error: the deployment is locked: held by ci@runner-7 (pid 4242, "
+        "`deploy /builds/clitest`) since 2023-11-14T22:13:20Z, lock id deadbeef0001; "
+        "its heartbeat stopped"
+    )
+    assert "`shardkit unlock PROJECT_DIR LOCK_ID`" in line
+    assert as_json("status", root)["lock"]["holder"] == "ci@runner-7"
+    assert as_json("plan", root)["mutating_calls"] == 0  # planning needs no lock
+
+    assert "held under id deadbeef0001, not 000000000000" in user_error(
+        "unlock", root, "000000000000"
+    )
+    assert as_json("unlock", root, "deadbeef0001")["unlocked"]["holder"] == "ci@runner-7"
+    assert lock_item(project) is None
+    assert as_json("deploy", root, "--yes")["changed"]
+
+
+def test_plan_on_a_restarted_local_cloud_changes_nothing_and_deploy_restores(
+    project: Path,
+) -> None:
+    from shardkit.local import server
+
+    root = str(project)
+    as_json("deploy", root, "--yes")
+    item = {"pk": {"S": "eu-0#alice"}, "sk": {"S": "session"}, "v": {"S": "warm"}}
+    ddb(project).put_item(TableName=TABLE, Item=item)
+    shardkit("local", "down", root)
+
+    plan = as_json("plan", root)  # starts an empty local cloud, restores nothing
+    assert plan["kind"] == "restore" and plan["mutating_calls"] == 0
+    endpoint = server.require(project)
+    for region in ("eu-west-1", "us-east-1"):
+        lam = server.client("lambda", region, endpoint)
+        assert lam.list_functions()["Functions"] == []
+    assert server.client("s3", HOME, endpoint).list_buckets()["Buckets"] == []
+
+    restored = as_json("deploy", root, "--yes")
+    assert restored["changed"] and restored["kind"] == "restore"
+    assert restored["outputs"]["map_version"] == 1
+    got = ddb(project).get_item(TableName=TABLE, Key={"pk": item["pk"], "sk": item["sk"]})
+    assert got["Item"] == item
+    status = as_json("status", root)
+    assert (status["deployment"], status["missing"], status["history"]) == (1, [], [1])
+    s3 = server.client("s3", HOME, endpoint)  # the record is in the home bucket again
+    bucket = f"shardkit-clitest-{status['account']}-{HOME}"
+    keys = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="shardkit-state/")["Contents"]
+    ]
+    assert keys == ["shardkit-state/deployments/000001.json", "shardkit-state/record.json"]
+    assert as_json("deploy", root, "--yes")["changed"] is False
