@@ -315,7 +315,8 @@ class Deployer:
         restoring = self.needs_restore(record)
         if plan.is_noop and plan.base == record.fingerprint() and not restoring:
             return ApplyResult(plan.plan_id, 0, 0, 0, record, kind=plan.kind)
-        if replan is None and not restoring:  # refused before anything is locked or written
+        if replan is None and not restoring and plan.base != record.fingerprint():
+            # refused before anything is locked or written (unless it resumes its own failure)
             check_base(plan, record, self.state.read_journal(plan.plan_id))
         if not self.state.remote_found:
             self._ensure_home()
