@@ -10,7 +10,7 @@ narrower deploy role then needs no rights to create:
 
 Both come from the project's blueprint (``shardkit/blueprints/<name>.toml``, ``[[region]]``), so
 the bootstrap and ``shardkit deploy`` can never disagree about them; this script applies only
-those resources, with the same plan/apply engine, journal and manifest.
+those resources, with the same plan/apply engine, journal and deployment record.
 
     python infra/bootstrap.py PROJECT_DIR [--local | --aws] [--yes] [--json]
 

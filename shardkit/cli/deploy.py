@@ -391,6 +391,7 @@ def _plan_dict(plan: Plan, out: Path | None) -> dict[str, Any]:
         "target": plan.target,
         "base": plan.base,
         "noop": plan.is_noop,
+        "restores": plan.restores or None,
         "summary": plan.summary(),
         "map_version": plan.map_version if plan.map_envelope else None,
         "saved_to": str(out) if out else None,

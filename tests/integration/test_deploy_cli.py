@@ -296,7 +296,7 @@ def test_plan_on_a_restarted_local_cloud_changes_nothing_and_deploy_restores(
     shardkit("local", "down", root)
 
     plan = as_json("plan", root)  # starts an empty local cloud, restores nothing
-    assert plan["kind"] == "restore" and plan["mutating_calls"] == 0
+    assert plan["kind"] == "restore" and plan["mutating_calls"] == 0 and plan["restores"]
     endpoint = server.require(project)
     for region in ("eu-west-1", "us-east-1"):
         lam = server.client("lambda", region, endpoint)
@@ -317,3 +317,26 @@ def test_plan_on_a_restarted_local_cloud_changes_nothing_and_deploy_restores(
     ]
     assert keys == ["shardkit-state/deployments/000001.json", "shardkit-state/record.json"]
     assert as_json("deploy", root, "--yes")["changed"] is False
+
+
+def test_a_library_user_gets_the_restore_too(project: Path) -> None:
+    """``Deployer.apply`` restores a restarted local cloud by itself: no CLI involved."""
+    from shardkit.config import load_project
+    from shardkit.deploy.engine import Deployer
+    from shardkit.deploy.targets import open_target
+
+    root = str(project)
+    as_json("deploy", root, "--yes")
+    shardkit("local", "down", root)
+    (project / "shardkit.toml").write_text(PROJECT.replace("shards = 2\n", "shards = 3\n", 1))
+    loaded = load_project(project)
+    said: list[str] = []
+    deployer = Deployer(loaded, open_target(loaded, local=True, start=True), notify=said.append)
+    assert deployer.needs_restore()
+    plan = deployer.plan()
+    assert plan.restores == deployer.target.instance and plan.kind == "deploy"  # and a change
+    result = deployer.apply(plan)
+    assert said[0].startswith("local cloud restarted: restoring deployment 1")
+    assert not deployer.needs_restore()
+    assert sorted(result.record.functions()) == ["eu-0", "eu-1", "eu-2", "us-0", "us-1"]
+    assert deployer.status()["missing"] == []
