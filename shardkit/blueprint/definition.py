@@ -142,7 +142,8 @@ def region_resources(
     """The per-region resources of the definition (bucket, table) for one region, without a
     map: what the deploy engine needs to find or make the home region's foundation."""
     values = _region_values(definition, config, region, account, partition)
-    return [_resource(item, values, region, None) for item in definition.get("region", [])]
+    source = f"blueprint {definition['name']}"
+    return [_resource(source, item, values, region, None) for item in definition.get("region", [])]
 
 
 def _region_values(
