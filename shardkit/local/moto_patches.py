@@ -2,7 +2,11 @@
 
 1. **One lock.** moto's item operations run one at a time, as each is atomic in DynamoDB; the
    item-level undo below relies on it. ``TransactGetItems``, which moto's handler runs as one
-   read per item, holds the lock for all of them: its items are read at one instant.
+   read per item, holds the lock for all of them: its items are read at one instant. The table
+   operations take the same lock: moto's ``create_table`` checks that the name is free and
+   inserts the new table later, so a second create racing the first replaced the table the
+   first had already written to (two first deploys racing for the deployment lock, an item in
+   that table, both won it).
 2. **Transactions undo single items.** moto's ``transact_write_items`` deep-copies every table it
    touches (once per item of the transaction) to roll back on a failed condition: a request's
    cost grew with the table (125 ms at 1,600 items), and a rollback undid writes other threads
@@ -60,7 +64,7 @@ ITEM_OPERATIONS = (
     "execute_transaction",
     "batch_execute_statement",
 )
-#: Table-level operations whose arguments the sink records (and replays).
+#: Table-level operations whose arguments the sink records (and replays); run under the lock too.
 TABLE_OPERATIONS = ("create_table", "update_table", "delete_table", "update_time_to_live")
 
 LOCK = threading.RLock()

@@ -6,6 +6,7 @@ tables, the item storage that the undo writes back into, the module list the ser
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import threading
@@ -65,8 +66,8 @@ def _put(pk: str, **attrs: Any) -> dict[str, Any]:
     return {"Put": {"TableName": TABLE, "Item": {"pk": {"S": pk}, "sk": {"S": "s"}, **attrs}}}
 
 
-def _items(client: Any) -> dict[str, dict[str, Any]]:
-    return {i["pk"]["S"]: i for i in client.scan(TableName=TABLE)["Items"]}
+def _items(client: Any, table: str = TABLE) -> dict[str, dict[str, Any]]:
+    return {i["pk"]["S"]: i for i in client.scan(TableName=table)["Items"]}
 
 
 def test_the_patches_were_checked_against_this_moto() -> None:
@@ -263,3 +264,57 @@ def test_a_transactional_read_holds_the_lock_for_all_its_items(dynamodb: Any) ->
         assert reader.is_alive() and read == []  # still waiting for the lock
     reader.join(10)
     assert read[0]["Responses"][0]["Item"]["epoch"] == {"N": "1"}
+
+
+def test_racing_creates_of_one_table_make_one_table(
+    dynamodb: Any, pk_sk_table: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto builds the new table between its "is the name free" check and the insert: each
+    create waits there for the other (a bounded wait), so without the lock both would win."""
+    from moto.dynamodb import models
+
+    inside = threading.Barrier(2, timeout=1.0)
+
+    table = models.Table
+
+    def meeting(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            inside.wait()
+        return table(*args, **kwargs)
+
+    monkeypatch.setattr(models, "Table", meeting)
+    outcomes: list[str] = []
+
+    def create(n: int) -> None:
+        client = boto3.client("dynamodb", region_name="eu-west-1")
+        try:
+            pk_sk_table(client, "raced")
+            client.put_item(TableName="raced", Item={"pk": {"S": f"won-{n}"}, "sk": {"S": "s"}})
+            outcomes.append("won")
+        except client.exceptions.ResourceInUseException:
+            outcomes.append("in use")
+
+    racers = [threading.Thread(target=create, args=(n,)) for n in range(2)]
+    for t in racers:
+        t.start()
+    for t in racers:
+        t.join()
+
+    assert sorted(outcomes) == ["in use", "won"]
+    assert len(_items(dynamodb, "raced")) == 1
+
+
+@pytest.mark.parametrize("op", ["create_table", "delete_table"])
+def test_table_operations_wait_for_the_lock(dynamodb: Any, pk_sk_table: Any, op: str) -> None:
+    client = boto3.client("dynamodb", region_name="eu-west-1")
+    call = {
+        "create_table": lambda: pk_sk_table(client, "other"),
+        "delete_table": lambda: client.delete_table(TableName=TABLE),
+    }[op]
+    with moto_patches.LOCK:
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join(0.3)
+        assert worker.is_alive(), f"{op} ran while another operation held the lock"
+    worker.join()
+    assert not worker.is_alive()
