@@ -122,9 +122,8 @@ def simulate_cmd(
 
 def _start_map(project: Project) -> ShardMap:
     """The project's newest map (built or deployed), else one built from its configuration."""
-    path = newest_map(project)
-    if path.exists():
-        return open_map(path, project.keys_dir, allow_expired=True)
+    if newest_map(project)[1] is not None:
+        return open_map(project.root, project.keys_dir, allow_expired=True)
     return build_map(project.config, now=0)
 
 

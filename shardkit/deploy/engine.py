@@ -244,7 +244,7 @@ class Deployer:
             map_envelope=None,
             map_version=0,
             delete_data=delete_data,
-            keep=frozenset({self._home_bucket_key()}),
+            keep=frozenset({self.state.home_key}),
             kind="destroy",
         )
 
@@ -552,9 +552,6 @@ class Deployer:
                 hint="add both to the blueprint's [[region]] resources",
             )
         return Home(region, names["s3_bucket"], names["dynamodb_table"])
-
-    def _home_bucket_key(self) -> str:
-        return f"{self.home.region}/s3_bucket/{self.home.bucket}"
 
 
 def _check_layout(record: Record) -> None:

@@ -94,7 +94,7 @@ class Executor:
         if errors:
             builder.set(status="failed")
             self.state.save(builder.build())
-            self.state.checkpoint(plan.plan_id)
+            self._checkpoint(plan)
             step, exc = errors[0]
             raise ApplyFailedError(
                 f"step {step.id} ({step.action} {step.kind} {step.name} in {step.region}) "
@@ -113,6 +113,12 @@ class Executor:
             plan.kind,
         )
 
+    def _checkpoint(self, plan: Plan) -> None:
+        """Copy the journal to the home bucket - unless the plan deletes that bucket (destroy
+        --delete-data): a copy written after it was emptied would keep it from going."""
+        if not any(s.action == "delete" and s.key == self.state.home_key for s in plan.steps):
+            self.state.checkpoint(plan.plan_id)
+
     def _supersede_unfinished(self) -> None:
         """A plan applied afresh changes the state any unfinished apply was based on, so those
         can no longer resume: their journals go (applying one again is then a stale plan)."""
@@ -128,7 +134,7 @@ class Executor:
         errors: list[tuple[Step, BaseException]] = []
         stop = threading.Event()
         lock = threading.Lock()
-        checkpoint = _Checkpoint(lambda: self.state.checkpoint(plan.plan_id))
+        checkpoint = _Checkpoint(lambda: self._checkpoint(plan))
         with self.state.journal(plan.plan_id) as record:
 
             def run_region(steps: list[Step]) -> None:

@@ -259,10 +259,15 @@ class DeploymentState:
             if entry is not None and _history_key(number) not in remote:
                 self.remote.put(_history_key(number), entry.to_json())
 
+    @property
+    def home_key(self) -> str:
+        """The resource key of the home bucket."""
+        return f"{self.home.region}/s3_bucket/{self.home.bucket}"
+
     def home_kept(self, record: Record) -> bool:
         """Whether the home bucket is still there to hold the record (not after destroy
         --delete-data)."""
-        return f"{self.home.region}/s3_bucket/{self.home.bucket}" in record.resources
+        return self.home_key in record.resources
 
     def _check(self, record: Record) -> None:
         if record.project != self.project:
