@@ -104,13 +104,20 @@ class Deployer:
             target.aws,
             self.home,
             elsewhere=[self._home(r) for r in project.config.regions if r != self.home.region],
+            on_save=self._publish_local if target.name == "local" else None,
         )
 
     # -- reading ---------------------------------------------------------------------------
 
     def record(self) -> Record:
         """The deployment record (read-only calls to the home region)."""
-        return self.state.load()
+        record = self.state.load()
+        if self.target.name == "local" and record.resources:
+            from ..local.routes import published
+
+            if not published(self.project.root):  # recorded by a shardkit that did not publish
+                self._publish_local(record)
+        return record
 
     def deployed_map(self, record: Record | None = None) -> ShardMap | None:
         record = record or self.record()
@@ -390,6 +397,12 @@ class Deployer:
         for r in self._home_resources():
             if r.kind in _HOME_KINDS and not self._exists(r.kind, r.region, r.name, r.props):
                 kinds.get(r.kind).apply("create", ctx, r.region, r.name, r.props)
+
+    def _publish_local(self, record: Record) -> None:
+        """Tell the local cloud what it serves now: Function URLs and code packages."""
+        from ..local.routes import Routes, publish
+
+        publish(self.project.root, Routes(urls=record.url_targets(), code=record.code_locations()))
 
     def _restore_items(self) -> None:
         """Put the table items saved when the local cloud stopped back into the tables."""

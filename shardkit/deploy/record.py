@@ -198,6 +198,15 @@ class Record(_Frozen):
             "shards": dict(sorted(shards.items())),
         }
 
+    def code_locations(self) -> dict[tuple[str, str], tuple[str, str, str]]:
+        """(region, function) -> (sha256, bucket, key) of the code package it was deployed
+        with."""
+        return {
+            (r.region, r.name): (str(c["sha256"]), str(c["bucket"]), str(c["key"]))
+            for r in self.of_kind("lambda_function").values()
+            if (c := r.props.get("code"))
+        }
+
     def shards(self) -> dict[str, dict[str, Any]]:
         """shard -> region, function, alias version and URL."""
         return dict(self.outputs()["shards"])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,6 @@ __all__ = [
     "DeploymentState",
     "Home",
     "LocalCache",
-    "RecordWatch",
     "cached_record",
     "published_maps",
 ]
@@ -212,6 +210,7 @@ class DeploymentState:
         home: Home,
         *,
         elsewhere: Sequence[Home] = (),
+        on_save: Callable[[Record], None] | None = None,
     ) -> None:
         """``elsewhere``: the other regions' buckets, looked at (read-only) only when no record
         is found at home, so a home region moved by a config change is refused, not forked."""
@@ -220,6 +219,7 @@ class DeploymentState:
         self.target, self.project, self.home = target, project, home
         self.aws = aws
         self.elsewhere = elsewhere
+        self.on_save = on_save or (lambda record: None)  # hears of every record written
         self.remote_found = False  # whether the last load found the record at home
         self._remote_journals: set[str] = set()  # journals known to be checkpointed remotely
 
@@ -246,6 +246,7 @@ class DeploymentState:
         - unless this apply deleted the home bucket (destroy --delete-data)."""
         written = record.written()
         self.cache.save(written)
+        self.on_save(written)
         if self.home_kept(written):
             self.remote.put(RECORD_KEY, written.to_json())
         return written
@@ -429,26 +430,3 @@ def published_maps(state_dir: Path) -> dict[str, bytes]:
             if record is not None and record.map_envelope:
                 maps[target] = record.map_envelope
     return maps
-
-
-class RecordWatch:
-    """The cached record of one target, read again whenever it changes: for long-running
-    readers on this machine (the local cloud's gateway and Lambda executor)."""
-
-    def __init__(self, state_dir: Path, target: str) -> None:
-        self.cache = LocalCache(state_dir, target)
-        self._stamp: float | None = None
-        self._record: Record | None = None
-        self._lock = threading.Lock()
-
-    def current(self) -> Record | None:
-        """The record as last written; ``None`` if there is none (or it cannot be read)."""
-        with self._lock:
-            stamp = self.cache.stamp()
-            if stamp != self._stamp:
-                try:
-                    self._record = self.cache.load()
-                except DeployError:
-                    self._record = None  # mid-upgrade or damaged: serve nothing, not garbage
-                self._stamp = stamp
-            return self._record

@@ -158,21 +158,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _gateway(root: Path, endpoint: str, activity: Activity) -> Any:
     """The Lambda executor and its gateway (Invoke API, Function URLs, DynamoDB) on 127.0.0.1."""
-    from ..deploy.state import RecordWatch
     from .executor import LocalLambda
     from .gateway import Gateway
+    from .routes import RoutesWatch
     from .server import client
 
     state = root / ".shardkit"
-    records = RecordWatch(state, "local")
+    routes = RoutesWatch(root)
     executor = LocalLambda(
         endpoint,
         state,
         lambda service, region: client(service, region, endpoint),
-        records,
+        routes,
         generation=lambda: activity.generation,
     )
-    gateway = Gateway(executor, records, HOST)
+    gateway = Gateway(executor, routes, HOST)
     gateway.on_request = activity.touch
     executor.service_endpoints["dynamodb"] = gateway.endpoint  # state calls skip moto's server
     return gateway.start()

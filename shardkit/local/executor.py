@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..deploy.state import RecordWatch
 from . import telemetry
+from .routes import RoutesWatch
 
 __all__ = ["Invocation", "LocalLambda"]
 
@@ -225,11 +225,11 @@ class LocalLambda:
         endpoint: str,
         state_dir: Path,
         client: Callable[[str, str], Any],
-        records: RecordWatch | None = None,
+        routes: RoutesWatch | None = None,
         *,
         generation: Callable[[], int] | None = None,
     ) -> None:
-        """``records``: the deployment record of the local target (where code packages are).
+        """``routes``: where the deployed code packages are (published by the deploy engine).
         ``generation`` counts changes to Lambda's configuration (the server's front door
         bumps it on every write to the Lambda API): a function's configuration is read again
         only when it moved. Without it, a configuration is trusted for ``_CONFIG_TTL`` seconds.
@@ -238,7 +238,7 @@ class LocalLambda:
         #: service -> endpoint the functions use instead of ``endpoint`` (AWS_ENDPOINT_URL_X)
         self.service_endpoints: dict[str, str] = {}
         self.code_root = state_dir / "local" / "code"
-        self.records = records or RecordWatch(state_dir, "local")
+        self.routes = routes or RoutesWatch(state_dir.parent)
         client = _reused(client)
         self._client = client
         self._generation = generation
@@ -453,9 +453,8 @@ class LocalLambda:
         return target
 
     def _code_location(self, spec: FunctionSpec, digest: str) -> tuple[str, str]:
-        """Where the package with this hash lives: the deployment record says."""
-        record = self.records.current()
-        found = record.code_location(spec.region, spec.name, digest) if record else None
+        """Where the package with this hash lives, as the deploy engine published it."""
+        found = self.routes.current().code_location(spec.region, spec.name, digest)
         if found is not None:
             return found
         raise LookupError(

@@ -26,9 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..deploy.state import RecordWatch
 from . import dynamodb
 from .executor import Invocation, LocalLambda
+from .routes import Routes, RoutesWatch
 
 __all__ = ["Gateway", "url_id"]
 
@@ -46,9 +46,9 @@ def url_id(function_url: str) -> str:
 class Gateway:
     """An HTTP server on 127.0.0.1 (a free port) in front of the executor."""
 
-    def __init__(self, executor: LocalLambda, records: RecordWatch, host: str = "127.0.0.1"):
+    def __init__(self, executor: LocalLambda, routes: RoutesWatch, host: str = "127.0.0.1"):
         self.executor = executor
-        self.urls = UrlTable(records)
+        self.urls = UrlTable(routes)
         self.on_request: Callable[[], None] = lambda: None  # e.g. the server's idle clock
         handler = type("Handler", (_Handler,), {"gateway": self})
         self.server = ThreadingHTTPServer((host, 0), handler)
@@ -71,19 +71,18 @@ class Gateway:
 
 
 class UrlTable:
-    """Function URL ids -> (region, function, qualifier), from the deployment record."""
+    """Function URL ids -> (region, function, qualifier), as the deploy engine published them."""
 
-    def __init__(self, records: RecordWatch) -> None:
-        self.records = records
-        self._seen: object = None
+    def __init__(self, routes: RoutesWatch) -> None:
+        self.routes = routes
+        self._seen: Routes | None = None
         self._table: dict[str, tuple[str, str, str]] = {}
 
     def get(self, uid: str) -> tuple[str, str, str] | None:
-        record = self.records.current()
-        if record is not self._seen:
-            targets = record.url_targets() if record is not None else {}
-            self._table = {url_id(url): target for url, target in targets.items()}
-            self._seen = record
+        routes = self.routes.current()
+        if routes is not self._seen:
+            self._table = {url_id(url): target for url, target in routes.urls.items()}
+            self._seen = routes
         return self._table.get(uid)
 
 

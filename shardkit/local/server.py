@@ -613,12 +613,13 @@ def _scan(endpoint: str, region: str, name: str) -> dict[str, Any]:
     return {"region": region, "table": name, "items": items}
 
 
-def _control_item(item: dict[str, Any]) -> bool:
-    """shardkit's own bookkeeping (the deployment lock), not the shards' data: a restore must
-    never bring back a lock that was held when the cloud stopped."""
-    from ..deploy.lock import LOCK_PK
+#: Keys of shardkit's own items (the deployment lock), never a shard's: shard ids start with a
+#: letter. They are not saved, so a restore never brings back a lock held when the cloud stopped.
+RESERVED_PREFIX = "_shardkit#"
 
-    return item.get("pk", {}).get("S") == LOCK_PK
+
+def _control_item(item: dict[str, Any]) -> bool:
+    return str(item.get("pk", {}).get("S", "")).startswith(RESERVED_PREFIX)
 
 
 def _restore_table(

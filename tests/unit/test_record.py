@@ -182,3 +182,10 @@ def test_serial_and_lineage_decide_which_copy_is_newer() -> None:
     assert second.newer_than(first) and not first.newer_than(second)
     other = Record.empty("demo", "aws", "eu-west-1").written().written()
     assert not other.newer_than(first)  # another lineage: never "newer"
+
+
+def test_the_lock_item_is_never_saved_with_the_tables_data() -> None:
+    from shardkit.deploy.lock import LOCK_PK
+    from shardkit.local.server import RESERVED_PREFIX
+
+    assert LOCK_PK.startswith(RESERVED_PREFIX)
