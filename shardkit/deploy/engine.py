@@ -6,9 +6,11 @@ as configured, destroy wants nothing, rollback wants the previous deployment.
 
 Applying takes the deployment's lock (:mod:`shardkit.deploy.lock`) and loads the record under it
 - except for a plan with nothing to do, which makes no mutating call at all (docs/architecture.md
-§4.6). A restarted local cloud is empty although the record says otherwise: every apply first
-re-creates the recorded deployment and its saved table items (a *restore*), and ``plan`` shows
-a deploy that does so (``Plan.restores``) without doing it.
+§4.6). A restarted local cloud has lost what the record lists but DynamoDB, whose tables and
+items come back with the server (:mod:`shardkit.local.journal`): every apply first re-creates the
+recorded deployment - adopting the tables with their items and slot records, writing slot records
+only into a table that did not come back - and uploads the record again (a *restore*); ``plan``
+shows a deploy that does so (``Plan.restores``) without doing it.
 """
 
 from __future__ import annotations
@@ -345,8 +347,8 @@ class Deployer:
         return result
 
     def restore(self) -> ApplyResult | None:
-        """Re-create the recorded deployment on a restarted local cloud (``local up``), with
-        its saved table items; ``None`` when there is nothing to restore."""
+        """Re-create the recorded deployment on a restarted local cloud (``local up``); ``None``
+        when there is nothing to restore."""
         record = self.record()
         return self.apply(self.plan_restore(record)) if self.needs_restore(record) else None
 
@@ -372,7 +374,8 @@ class Deployer:
             plan, record, lease=lease, artifact_data=data, local_instance=self.target.instance
         )
         if plan.restores:
-            self._restore_items()
+            # The record itself went up with the steps (every save writes the home bucket);
+            # the history of earlier deployments, which no step writes, follows it.
             self.state.upload_history()
         return result
 
@@ -403,15 +406,6 @@ class Deployer:
         from ..local.routes import Routes, publish
 
         publish(self.project.root, Routes(urls=record.url_targets(), code=record.code_locations()))
-
-    def _restore_items(self) -> None:
-        """Put the table items saved when the local cloud stopped back into the tables."""
-        from ..local import server
-
-        results = server.restore_items(self.project.root, endpoint=self.target.endpoint)
-        restored = sum(r["items"] for r in results if r["status"] == "restored")
-        if results:
-            self.notify(f"restored {restored} table items of {len(results)} tables")
 
     def status(self) -> dict[str, Any]:
         """What is recorded, checked against what exists (read-only calls)."""
