@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ._files import write_bytes_atomic, write_bytes_exclusive
 from .errors import KeyStoreError
 
 __all__ = [
@@ -74,33 +75,50 @@ def check_key_id(key_id: str) -> str:
     return key_id
 
 
-def create_key(key_id: str, directory: str | os.PathLike[str]) -> PublicKeyInfo:
-    """Create ``<key_id>.key`` and ``<key_id>.pub`` in ``directory``; never overwrites."""
+def create_key(
+    key_id: str, directory: str | os.PathLike[str], *, exist_ok: bool = False
+) -> PublicKeyInfo:
+    """Create ``<key_id>.key`` and ``<key_id>.pub`` in ``directory``; never overwrites.
+
+    The private key appears whole or not at all, and of two processes creating the same key at
+    once exactly one succeeds. ``exist_ok``: a key that exists (or that another process created
+    meanwhile) is kept and returned instead of being an error.
+    """
     check_key_id(key_id)
     folder = Path(directory)
     private_path, public_path = folder / f"{key_id}.key", folder / f"{key_id}.pub"
     for path in (private_path, public_path):
-        if path.exists():
-            raise KeyStoreError(
-                f"key {key_id!r} already exists at {path}",
-                hint="pick another key id, or remove the old files if you mean to retire it",
-            )
-    folder.mkdir(parents=True, exist_ok=True)
-    private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    public_path.write_bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        if path.exists() and not exist_ok:
+            raise _exists(key_id, path)
+    if not private_path.exists():
+        private = Ed25519PrivateKey.generate()
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
-    )
+        try:
+            write_bytes_exclusive(private_path, pem, mode=0o600)
+        except FileExistsError:
+            if not exist_ok:
+                raise _exists(key_id, private_path) from None
+    if not public_path.exists():  # its private key's creator may not have written it yet
+        public = load_signing_key(key_id, folder).public_bytes
+        write_bytes_atomic(public_path, _public_pem(public))
     return _info(key_id, public_path)
+
+
+def _exists(key_id: str, path: Path) -> KeyStoreError:
+    return KeyStoreError(
+        f"key {key_id!r} already exists at {path}",
+        hint="pick another key id, or remove the old files if you mean to retire it",
+    )
+
+
+def _public_pem(raw: bytes) -> bytes:
+    return Ed25519PublicKey.from_public_bytes(raw).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def load_signing_key(key_id: str, directory: str | os.PathLike[str]) -> SigningKey:

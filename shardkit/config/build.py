@@ -167,13 +167,11 @@ def same_routing(a: ShardMap, b: ShardMap) -> bool:
 
 
 def signing_key_for(project: Project) -> SigningKey:
-    """The project's signing key; created first when ``signing.create_if_missing`` says so."""
+    """The project's signing key; created first when ``signing.create_if_missing`` says so
+    (two commands doing so at once end with one key, which both use)."""
     key_id = project.config.signing.key_id
-    if (
-        project.config.signing.create_if_missing
-        and not (project.keys_dir / f"{key_id}.key").exists()
-    ):
-        create_key(key_id, project.keys_dir)
+    if project.config.signing.create_if_missing:
+        create_key(key_id, project.keys_dir, exist_ok=True)
     return load_signing_key(key_id, project.keys_dir)
 
 

@@ -219,7 +219,6 @@ def start(*args: str) -> subprocess.Popen[str]:
 def test_two_concurrent_deploys_exactly_one_proceeds(project: Path) -> None:
     root = str(project)
     shardkit("local", "up", root)  # one local cloud for both
-    shardkit("plan", root)  # makes the signing key: two first uses of it would race
     racers = [start("deploy", root, "--yes", "--json") for _ in range(2)]
     outs = [(p.communicate(timeout=240), p.returncode) for p in racers]
     changed = []
