@@ -333,6 +333,7 @@ class Deployer:
             f"{plan.kind} {self.project.root}",
             timeout=self.lock_timeout,
             on_wait=self._waiting,
+            on_take_over=self._taken_over,
         ) as lease:
             record = self.record()
             if self.needs_restore(record) and plan.restores != self.target.instance:
@@ -390,6 +391,12 @@ class Deployer:
         self.notify(
             f"waiting up to {self.lock_timeout:g} s for the deployment lock held by "
             f"{holder.describe(time.time())}"
+        )
+
+    def _taken_over(self, holder: LockInfo) -> None:
+        self.notify(
+            f"took over the deployment lock held by {holder.describe(time.time())}: "
+            "that process is no longer running"
         )
 
     def _ensure_home(self) -> None:

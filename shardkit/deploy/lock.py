@@ -3,13 +3,16 @@
 It is one DynamoDB item in the home region's state table, taken with a conditional write
 (``attribute_not_exists``), so two machines racing for it cannot both win. Its key, ``pk =
 _shardkit#lock``, can never be a shard's: shard ids start with a letter, and each shard's role may
-only touch items whose key starts with its own id. The item says who holds it (``user@host``,
-pid, command), since when, and until when: a heartbeat thread pushes ``expires`` forward while
-the holder runs. It is released by a delete conditioned on its id.
+only touch the slot partitions of its own group (``{group}#...``), and group names start with a
+letter too. The item says who holds it (``user@host``, pid, command, and the machine and process
+identity of :mod:`shardkit.deploy.process`), since when, and until when: a heartbeat thread pushes
+``expires`` forward while the holder runs. It is released by a delete conditioned on its id.
 
-A lock whose ``expires`` has passed is not taken over silently (a paused process may still be
-applying): the error says its heartbeat stopped and how to break it, ``shardkit unlock DIR ID``,
-which deletes it only if the id matches.
+A lock held by a process of this machine that has ended (killed, crashed) is taken over, with a
+message naming it: that process can no longer apply anything. Any other lock whose ``expires``
+has passed is not taken over silently (a paused process elsewhere may still be applying): the
+error says its heartbeat stopped and how to break it, ``shardkit unlock DIR ID``, which deletes
+it only if the id matches.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 
 from ..aws.facade import Aws
 from ..errors import AwsError, AwsNotFoundError, DeployError, StateLockedError
+from . import process
 
 __all__ = ["LOCK_PK", "DeployLock", "Lease", "LockInfo"]
 
@@ -43,6 +47,12 @@ class LockInfo:
     command: str
     started: float
     expires: float
+    machine: str = ""  # where ``pid`` means this process (:func:`process.machine`)
+    process: str = ""  # which process ``pid`` was there (:func:`process.identity`)
+
+    def ended_here(self) -> bool:
+        """Whether the holder is a process of this machine that is no longer running."""
+        return self.machine == process.machine() and process.ended(self.pid, self.process)
 
     def describe(self, now: float) -> str:
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
@@ -95,9 +105,12 @@ class DeployLock:
         *,
         timeout: float = 0.0,
         on_wait: Callable[[LockInfo], None] | None = None,
+        on_take_over: Callable[[LockInfo], None] | None = None,
     ) -> Iterator[Lease]:
         """Hold the lock for the block; wait up to ``timeout`` seconds for it."""
-        lease = Lease(self.acquire(command, timeout=timeout, on_wait=on_wait))
+        lease = Lease(
+            self.acquire(command, timeout=timeout, on_wait=on_wait, on_take_over=on_take_over)
+        )
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(lease, stop), daemon=True)
         beat.start()
@@ -114,13 +127,23 @@ class DeployLock:
         *,
         timeout: float = 0.0,
         on_wait: Callable[[LockInfo], None] | None = None,
+        on_take_over: Callable[[LockInfo], None] | None = None,
     ) -> LockInfo:
+        """Take the lock, waiting up to ``timeout`` seconds for its holder. ``on_wait`` hears
+        once of a holder being waited for, ``on_take_over`` of each ended one taken over."""
         deadline = self.clock() + timeout
         waited = False
         while True:
             now = self.clock()
             info = LockInfo(
-                uuid.uuid4().hex[:12], _holder(), os.getpid(), command, now, now + self.ttl
+                uuid.uuid4().hex[:12],
+                _holder(),
+                os.getpid(),
+                command,
+                now,
+                now + self.ttl,
+                process.machine(),
+                process.identity(),
             )
             try:
                 self._call(
@@ -135,6 +158,9 @@ class DeployLock:
             holder = self.current()
             if holder is None:
                 continue  # released between our write and our read: try again at once
+            if holder.ended_here():
+                self._take_over(holder, on_take_over)
+                continue
             if self.clock() >= deadline:
                 waited_text = f" after waiting {timeout:g} s" if waited else ""
                 raise StateLockedError(
@@ -144,6 +170,17 @@ class DeployLock:
                 on_wait(holder)
             waited = True
             self.sleep(min(POLL_S, max(0.0, deadline - self.clock())))
+
+    def _take_over(self, holder: LockInfo, on_take_over: Callable[[LockInfo], None] | None) -> None:
+        """Delete the lock an ended process left (only that lock: by its id)."""
+        try:
+            self._delete(holder.id)
+        except AwsError as exc:
+            if exc.code != "ConditionalCheckFailedException":
+                raise
+            return  # someone else took it over first; the next attempt says who holds it now
+        if on_take_over is not None:
+            on_take_over(holder)
 
     def release(self, lock_id: str) -> None:
         """Give the lock up; a lock already gone (or its table deleted by a destroy) is fine."""
@@ -230,6 +267,8 @@ def _item(info: LockInfo) -> dict[str, dict[str, str]]:
         "command": {"S": info.command},
         "started": {"N": f"{info.started:.3f}"},
         "expires": {"N": f"{info.expires:.3f}"},
+        "machine": {"S": info.machine},
+        "process": {"S": info.process},
     }
 
 
@@ -241,6 +280,8 @@ def _info(item: dict[str, dict[str, str]]) -> LockInfo:
         command=item["command"]["S"],
         started=float(item["started"]["N"]),
         expires=float(item["expires"]["N"]),
+        machine=item.get("machine", {}).get("S", ""),
+        process=item.get("process", {}).get("S", ""),
     )
 
 

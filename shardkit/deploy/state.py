@@ -364,8 +364,11 @@ class DeploymentState:
         *,
         timeout: float = 0.0,
         on_wait: Callable[[LockInfo], None] | None = None,
+        on_take_over: Callable[[LockInfo], None] | None = None,
     ) -> Iterator[Lease]:
-        with self.lock().held(command, timeout=timeout, on_wait=on_wait) as lease:
+        with self.lock().held(
+            command, timeout=timeout, on_wait=on_wait, on_take_over=on_take_over
+        ) as lease:
             yield lease
 
 

@@ -8,16 +8,19 @@ no ``.shardkit/deploy`` - on the same (moto) account.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 
 from shardkit.config import Project
+from shardkit.deploy import executor, process
 from shardkit.deploy.engine import Deployer, Target
 from shardkit.deploy.lock import LOCK_PK, DeployLock
 from shardkit.errors import DeployError, StateLockedError
@@ -133,10 +136,18 @@ def test_a_noop_from_a_second_machine_makes_no_mutating_call(
 
 
 def test_the_record_adds_a_few_calls_per_apply(
-    make_project: MakeProject, rewrite: Rewrite, deployer: Deploy, recorder: Recorder
+    make_project: MakeProject,
+    rewrite: Rewrite,
+    deployer: Deploy,
+    recorder: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The cost of remote state, exactly: lock, history entry, record, unlock - and a journal
-    checkpoint every 20 steps."""
+    checkpoint every 20 steps. Besides, the lock's heartbeat (an ``update_item`` every 30 s)
+    and the time-based checkpoint (every 15 s) depend on how long the apply takes: those are
+    left out here (the heartbeat off, the checkpoint by steps only)."""
+    monkeypatch.setattr(executor, "CHECKPOINT_S", float("inf"))
+    monkeypatch.setattr(DeployLock, "_heartbeat", lambda self, lease, stop: None)
     project = make_project("quickstart")
     d = deployer(project)
     plan = d.plan()
@@ -331,6 +342,100 @@ def test_a_waiting_command_gets_the_lock_when_it_is_released(moto: None, target:
     )
     with pytest.raises(StateLockedError, match="after waiting 3 s"):
         never.acquire("deploy", timeout=3)
+
+
+def unused_pid() -> int:
+    """A pid no process has: above the kernel's largest."""
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    except OSError:
+        return 2**22 + 1
+
+
+def leave_lock(pid: int, machine: str, identity: str, lock_id: str = "deadbeef0001") -> None:
+    """The lock item a process left when it stopped without releasing it."""
+    boto3.client("dynamodb", region_name=HOME).put_item(
+        TableName=TABLE,
+        Item={
+            "pk": {"S": LOCK_PK},
+            "sk": {"S": "deploy"},
+            "lock_id": {"S": lock_id},
+            "holder": {"S": "dev@here"},
+            "pid": {"N": str(pid)},
+            "command": {"S": "deploy crashed"},
+            "started": {"N": "1800000000"},
+            "expires": {"N": "1800000120"},
+            "machine": {"S": machine},
+            "process": {"S": identity},
+        },
+    )
+
+
+def test_a_lock_left_by_an_ended_process_of_this_machine_is_taken_over(
+    moto: None, target: Target
+) -> None:
+    make_table()
+    leave_lock(unused_pid(), process.machine(), "boot/1")
+    told: list[str] = []
+    lock = DeployLock(target.aws, HOME, TABLE)
+    got = lock.acquire("deploy", on_take_over=lambda holder: told.append(holder.id))
+    assert told == ["deadbeef0001"]
+    assert lock.current().id == got.id
+    assert (got.pid, got.machine) == (os.getpid(), process.machine())
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process identity needs /proc")
+def test_a_pid_given_to_another_process_does_not_keep_a_dead_holders_lock(
+    moto: None, target: Target
+) -> None:
+    """The pid runs again (this very process), but started at another time: not the holder."""
+    make_table()
+    boot, _, start = process.identity().partition("/")
+    leave_lock(os.getpid(), process.machine(), f"{boot}/{int(start) - 1}")
+    told: list[str] = []
+    DeployLock(target.aws, HOME, TABLE).acquire("deploy", on_take_over=lambda h: told.append(h.id))
+    assert told == ["deadbeef0001"]
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [
+        "running here",  # this process, as it is
+        "ended elsewhere",  # another machine (or container): its pids are not ours to judge
+        "written by an older shardkit",  # no machine recorded
+    ],
+)
+def test_a_running_or_unknown_holder_keeps_its_lock(
+    moto: None, target: Target, holder: str
+) -> None:
+    make_table()
+    pid, machine, identity = {
+        "running here": (os.getpid(), process.machine(), process.identity()),
+        "ended elsewhere": (unused_pid(), "runner-7 pid:[4026531836]", "boot/1"),
+        "written by an older shardkit": (unused_pid(), "", ""),
+    }[holder]
+    leave_lock(pid, machine, identity)
+    told: list[str] = []
+    with pytest.raises(StateLockedError, match="lock id deadbeef0001"):
+        DeployLock(target.aws, HOME, TABLE).acquire(
+            "deploy", on_take_over=lambda h: told.append(h.id)
+        )
+    assert told == []
+
+
+def test_a_deploy_takes_over_the_lock_of_a_crashed_deploy_and_says_so(
+    make_project: MakeProject, target: Target
+) -> None:
+    told: list[str] = []
+    d = Deployer(make_project(), target, notify=told.append)
+    d.apply(d.plan_bootstrap())
+    leave_lock(unused_pid(), process.machine(), "boot/1")
+    assert d.apply(d.plan()).record.status == "ok"
+    (message,) = [m for m in told if m.startswith("took over")]
+    assert message.startswith("took over the deployment lock held by dev@here (pid ")
+    assert "lock id deadbeef0001" in message
+    assert message.endswith("that process is no longer running")
+    assert d.lock_holder() is None
 
 
 def test_an_apply_while_locked_fails_at_once_and_changes_nothing(
