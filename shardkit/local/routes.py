@@ -62,7 +62,7 @@ class RoutesWatch:
 
     def __init__(self, project_root: str | os.PathLike[str]) -> None:
         self.path = _path(project_root)
-        self._stamp: float | None = None
+        self._stamp: tuple[int, int] | None = None
         self._routes = Routes()
         self._lock = threading.Lock()
 
@@ -70,7 +70,9 @@ class RoutesWatch:
         with self._lock:
             stamp = None
             with contextlib.suppress(OSError):
-                stamp = self.path.stat().st_mtime
+                # every publish replaces the file: a new inode, even within one mtime tick
+                st = self.path.stat()
+                stamp = (st.st_ino, st.st_mtime_ns)
             if stamp != self._stamp:
                 self._routes, self._stamp = self._load(), stamp
             return self._routes

@@ -615,11 +615,11 @@ def _scan(endpoint: str, region: str, name: str) -> dict[str, Any]:
 
 #: Keys of shardkit's own items (the deployment lock), never a shard's: shard ids start with a
 #: letter. They are not saved, so a restore never brings back a lock held when the cloud stopped.
-RESERVED_PREFIX = "_shardkit#"
+CONTROL_PREFIX = "_shardkit#"
 
 
 def _control_item(item: dict[str, Any]) -> bool:
-    return str(item.get("pk", {}).get("S", "")).startswith(RESERVED_PREFIX)
+    return str(item.get("pk", {}).get("S", "")).startswith(CONTROL_PREFIX)
 
 
 def _restore_table(
