@@ -14,6 +14,7 @@ import io
 import json
 import zipfile
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -907,6 +908,26 @@ def test_a_deploy_over_recreated_state_tables_writes_their_slot_records(
     }
     d.apply(plan)
     assert slot_records(d.project, shard_map) == owners(shard_map)
+
+
+def test_a_restore_writes_slot_records_only_into_tables_that_did_not_come_back(
+    make_project: MakeProject, target: Target
+) -> None:
+    """A restarted local cloud brings its tables back with their items and slot records (it
+    journals DynamoDB): the restore adopts them. A table that did not come back (its data was
+    removed) is created again with its slot records."""
+    project = make_project()
+    deploy(Deployer(project, replace(target, name="local", instance="first")))
+    _, shard_map = published_map(project, "eu-west-1")
+    aws("dynamodb", "us-east-1").delete_table(TableName=f"{P}-state")
+    restarted = Deployer(project, replace(target, name="local", instance="second"))
+    assert restarted.needs_restore()
+    plan = restarted.plan_restore()
+    assert plan.kind == "restore"
+    assert [(s.region, s.name) for s in plan.steps if s.action == "fence"] == [("us-east-1", "us")]
+    restarted.apply(plan)
+    assert slot_records(project, shard_map) == owners(shard_map)
+    assert not restarted.needs_restore() and restarted.plan().is_noop
 
 
 def test_destroy_with_nothing_deployed_is_a_noop(
