@@ -654,7 +654,9 @@ def test_acknowledged_writes_survive_kill_9_of_the_local_cloud(probe: Deployed) 
     wait_for(lambda: _gone(pid), f"server {pid} to die")
 
     restored = cli("deploy", str(probe.root), "--yes")  # restarts it and restores the deployment
-    assert "local cloud restarted: restoring deployment" in restored.stdout
+    assert (
+        "local cloud restarted: restoring deployment" in restored.stderr
+    )  # a notice, beside the output
     items = probe.state_items()
     assert {key: items[key][0][2] for key in keys} == acked == dict.fromkeys(keys, 3)
     client = client_for_project(probe.root, retry=OWNER_ONLY)

@@ -186,6 +186,6 @@ def test_serial_and_lineage_decide_which_copy_is_newer() -> None:
 
 def test_the_lock_item_is_never_saved_with_the_tables_data() -> None:
     from shardkit.deploy.lock import LOCK_PK
-    from shardkit.local.server import RESERVED_PREFIX
+    from shardkit.local.server import CONTROL_PREFIX
 
-    assert LOCK_PK.startswith(RESERVED_PREFIX)
+    assert LOCK_PK.startswith(CONTROL_PREFIX)
