@@ -145,7 +145,7 @@ def peek_envelope(data: bytes) -> Envelope:
     if not (isinstance(obj, list) and len(obj) == 7 and obj[0] == MAGIC):
         raise MapDecodeError("not a shardkit map: the envelope header is missing")
     _, fmt, key_id, version, expires_at, body, signature = obj
-    if fmt != FORMAT:
+    if not _is_int(fmt) or fmt != FORMAT:
         raise MapDecodeError(
             f"map envelope format {fmt!r} is not supported (this shardkit reads format {FORMAT})",
             hint="upgrade shardkit to read this map",
@@ -250,7 +250,7 @@ def _keys_sorted(obj: dict[str, Any]) -> bool:
 
 def _from_obj(obj: Any) -> ShardMap:
     _need(isinstance(obj, dict) and tuple(sorted(obj)) == _BODY_KEYS, "body fields")
-    _need(obj["format"] == FORMAT, "format")
+    _need(_is_int(obj["format"]) and obj["format"] == FORMAT, "format")  # True == 1 == 1.0
     _need(obj["hash"] in HASHES, f"hash {obj['hash']!r} (known: {', '.join(HASHES)})")
     bits = obj["slot_bits"]
     _need(_is_int(bits) and MIN_SLOT_BITS <= bits <= MAX_SLOT_BITS, "slot_bits")

@@ -383,6 +383,19 @@ def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
+@pytest.mark.parametrize("fmt", [True, 1.0])
+def test_a_format_equal_to_one_but_not_the_integer_one_is_refused(
+    small, signing_key, trusted_keys, fmt
+) -> None:
+    """msgpack keeps True and 1.0 apart from 1; a decoder that compared with == accepted them and
+    then re-encoded a different body than the one signed."""
+    obj = msgpack.unpackb(encode_body(small), raw=False)
+    obj["format"] = fmt
+    env = sign(signing_key, "test-key", small.version, small.expires_at, pack(obj))
+    with pytest.raises(shardkit.MapDecodeError, match="format"):
+        decode(env, trusted_keys)
+
+
 @FUZZ
 @given(data=st.data())
 def test_signed_bodies_with_a_field_replaced_are_decode_errors_or_exact(
