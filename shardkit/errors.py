@@ -6,6 +6,7 @@
     ├── EdgePolicyError           an edge runtime's cache policy or setting is invalid
     ├── KeyStoreError             a signing key is missing, unreadable or already exists
     ├── LoadRecordError           a load record (autoshard's signal) is malformed
+    ├── AutoshardError            the auto-shard controller cannot run a round
     ├── WorkloadError             a simulator workload spec or trace file is invalid
     ├── PlanningError             a shard map cannot be planned as asked (weights, failure domains)
     ├── RegistryUnreachableError  the map's source (registry, URL, file) could not be read
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 __all__ = [
     "ApplyFailedError",
+    "AutoshardError",
     "AwsAccessDeniedError",
     "AwsConflictError",
     "AwsError",
@@ -129,6 +131,12 @@ class LoadRecordError(ShardkitError):
     """A load record (an instance's per-window load signal) is malformed."""
 
     hint = "the record is damaged or from another tool; docs/autoshard.md gives its format"
+
+
+class AutoshardError(ShardkitError):
+    """The auto-shard controller cannot run a round (nothing deployed, an unreadable log)."""
+
+    hint = "docs/autoshard.md says what the controller needs and how to turn it off"
 
 
 class WorkloadError(ShardkitError):

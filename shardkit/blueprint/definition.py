@@ -180,6 +180,7 @@ def _shard_values(
         concurrency=group.concurrency,
         handler=config.proxy.handler,
         state_cache=str(config.proxy.state_cache),
+        load_window_s=f"{group.autoshard.window_s:g}" if group.autoshard else "0",
         code_key=code.key,
         code_sha256=code.sha256,
     )

@@ -195,6 +195,10 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
             "(run the same apply or `shardkit deploy` to resume)"
         )
     _shard_table(info["shards"])
+    if info["autoshard"]:
+        from .autoshard import show_decisions
+
+        show_decisions(info["autoshard"])
 
 
 @click.command("destroy")

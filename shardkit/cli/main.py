@@ -19,6 +19,7 @@ from ..errors import ShardkitError
 #: --help lists it): `shardkit map route` never pays for boto3 or pydantic it does not use.
 COMMANDS = {
     "apply": "deploy:apply_cmd",
+    "autoshard": "autoshard:autoshard_cmd",
     "blueprint": "blueprint:group",
     "bootstrap": "deploy:bootstrap_cmd",
     "deploy": "deploy:deploy_cmd",

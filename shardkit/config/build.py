@@ -15,7 +15,7 @@ import time
 from ..errors import PlanningError
 from ..keys import SigningKey, create_key, load_signing_key
 from ..sharding.codec import encode_map
-from ..sharding.layout import set_epochs
+from ..sharding.layout import copy_group, set_epochs
 from ..sharding.planner import ShardSpec, plan_group
 from ..sharding.shardmap import Group, Shard, ShardMap
 from .loader import Project
@@ -30,8 +30,16 @@ def build_map(
     *,
     now: float | None = None,
     min_version: int = 1,
+    layout: ShardMap | None = None,
 ) -> ShardMap:
     """Plan a new map for ``config``; with ``previous``, move as few slots as possible.
+
+    A group with an autoshard policy that ``previous`` already has keeps its layout from
+    ``previous`` exactly: that layout is the controller's (docs/autoshard.md), and the
+    configuration only sets its bounds and policy - its ``shards`` lay out a first deploy.
+    ``layout`` (default ``previous``) is where those layouts come from when the controller has
+    just changed them (:func:`~shardkit.sharding.layout.apply_layout` of ``previous``); epochs
+    and the version still follow ``previous``.
 
     The version is one above ``previous`` (or 1), and at least ``min_version``: a caller that
     knows of a newer map elsewhere (a local build, say) passes its version + 1.
@@ -41,8 +49,13 @@ def build_map(
     regions = {name: r.jurisdiction for name, r in config.regions.items()}
     shards: list[Shard] = []
     groups: list[Group] = []
+    source = layout or previous
     for name, group in sorted(config.groups.items()):
-        g_shards, g = _build_group(name, group, regions, config.hashing.slot_bits, previous)
+        kept = source.groups.get(name) if source else None
+        if kept is not None and group.autoshard is not None:
+            g_shards, g = _keep_layout(name, group, kept)
+        else:
+            g_shards, g = _build_group(name, group, regions, config.hashing.slot_bits, previous)
         shards.extend(g_shards)
         groups.append(g)
     version = max(previous.version + 1 if previous else 1, min_version)
@@ -91,12 +104,7 @@ def _build_group(
         for s in configs
     ]
     old = previous.groups.get(name) if previous else None
-    if old is not None and old.jurisdiction != group.jurisdiction:
-        raise PlanningError(
-            f"group {name!r} moved from jurisdiction {old.jurisdiction!r} to "
-            f"{group.jurisdiction!r}; keys cannot change jurisdiction in place",
-            hint="create a new group for the new jurisdiction and retire the old one",
-        )
+    _check_jurisdiction(name, group, old)
     plan = plan_group(
         specs,
         slot_bits,
@@ -116,6 +124,38 @@ def _build_group(
         tuple([shards[sid] for sid in column] for column in plan.replicas),
     )
     return list(shards.values()), group_obj
+
+
+def _check_jurisdiction(name: str, group: GroupConfig, old: Group | None) -> None:
+    if old is not None and old.jurisdiction != group.jurisdiction:
+        raise PlanningError(
+            f"group {name!r} moved from jurisdiction {old.jurisdiction!r} to "
+            f"{group.jurisdiction!r}; keys cannot change jurisdiction in place",
+            hint="create a new group for the new jurisdiction and retire the old one",
+        )
+
+
+def _keep_layout(name: str, group: GroupConfig, old: Group) -> tuple[list[Shard], Group]:
+    """An autoshard group's deployed layout, checked against what the configuration still
+    allows: its regions and its replica count (a change there is refused, never reset)."""
+    _check_jurisdiction(name, group, old)
+    shards, kept = copy_group(old)
+    outside = sorted({s.region for s in shards.values()} - set(group.regions))
+    if outside:
+        raise PlanningError(
+            f"group {name!r} has an autoshard policy and deployed shards in "
+            f"{', '.join(outside)}, which are no longer among its regions",
+            hint="keep those regions until the controller has merged their shards away, or "
+            f"remove [groups.{name}.autoshard] to lay the group out from its shards again",
+        )
+    if len(old.replicas) != group.replicas:
+        raise PlanningError(
+            f"group {name!r} has an autoshard policy and {len(old.replicas)} replicas deployed, "
+            f"but replicas = {group.replicas} in the configuration",
+            hint=f"keep replicas = {len(old.replicas)}, or remove [groups.{name}.autoshard] to "
+            "lay the group out from its shards again",
+        )
+    return list(shards.values()), kept
 
 
 def rebase_map(

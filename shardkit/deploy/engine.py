@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from ..keys import format_trusted_keys, load_trusted_keys
 from ..kinds import Context
 from ..migrate.deploy import SlotBatch, slot_batches
 from ..sharding.codec import decode_map, encode_map
+from ..sharding.layout import LayoutChange, apply_layout
 from ..sharding.shardmap import ShardMap
 from .executor import ApplyResult, Executor, Progress, check_base
 from .lock import Lease, LockInfo
@@ -125,12 +126,16 @@ class Deployer:
         record = record or self.record()
         if record.map_envelope is None:
             return None
+        return self.decode(record.map_envelope)
+
+    def decode(self, data: bytes) -> ShardMap:
+        """A map this project signed (expired or not), e.g. one of the deployment history."""
         trusted = load_trusted_keys(self.project.keys_dir)
         try:
-            return decode_map(record.map_envelope, trusted, now=float("-inf"))
+            return decode_map(data, trusted, now=float("-inf"))
         except MapError as exc:
             raise DeployError(
-                f"the deployed map (version {record.map_version}) cannot be read: {exc.message}",
+                f"a deployed map cannot be read: {exc.message}",
                 hint=exc.hint,
             ) from None
 
@@ -148,16 +153,18 @@ class Deployer:
 
     # -- planning --------------------------------------------------------------------------
 
-    def plan(self, *, refresh: bool = False) -> Plan:
+    def plan(self, *, refresh: bool = False, changes: Sequence[LayoutChange] = ()) -> Plan:
         """Plan the project as configured. ``refresh`` first checks (read-only) that what the
         record lists still exists, and plans to re-create whatever was deleted behind
-        shardkit's back. On a restarted local cloud the plan re-creates everything."""
+        shardkit's back. On a restarted local cloud the plan re-creates everything.
+        ``changes``: the auto-shard controller's layout changes, applied to the deployed map (an
+        autoshard group otherwise keeps the layout deployed)."""
         record = self.record()
         _check_layout(record)
         restoring = self.needs_restore(record)
         actual = record.emptied() if restoring else record
         deployed = self.deployed_map(record)
-        shard_map, envelope = self._next_map(deployed, record)
+        shard_map, envelope = self._next_map(deployed, record, tuple(changes))
         if restoring and envelope is None:
             envelope = record.map_envelope  # the registry came back empty: publish it again
         package = build_package(self.project, self._dependencies())
@@ -442,15 +449,25 @@ class Deployer:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _next_map(self, deployed: ShardMap | None, record: Record) -> tuple[ShardMap, bytes | None]:
+    def _next_map(
+        self, deployed: ShardMap | None, record: Record, changes: tuple[LayoutChange, ...] = ()
+    ) -> tuple[ShardMap, bytes | None]:
         """The map to deploy; ``None`` bytes when the deployed one still serves as it is."""
         config = self.project.config
         floor = max(self._local_map_version(), record.map_version_max)
-        inputs = (config, deployed.version if deployed else None, floor)
+        inputs = (config, deployed.version if deployed else None, floor, changes)
         if self._built is not None and self._built[0] == inputs:
             candidate = self._built[1]
         else:
-            candidate = build_map(config, deployed, min_version=floor + 1)
+            layout = None
+            if changes:
+                if deployed is None:
+                    raise DeployError(
+                        "a layout change needs a deployed map to change",
+                        hint="deploy the project first: `shardkit deploy`",
+                    )
+                layout = apply_layout(deployed, changes, ttl_s=self._ttl())
+            candidate = build_map(config, deployed, min_version=floor + 1, layout=layout)
             self._built = (inputs, candidate)
         if deployed is not None and same_routing(candidate, deployed) and not self._stale(deployed):
             return deployed, None

@@ -13,15 +13,22 @@ from typing import Any
 
 from ..aws.facade import Aws
 
-__all__ = ["slot_records"]
+__all__ = ["slot_records", "state_table"]
 
 
 def slot_records(aws: Aws, region: str, props: Mapping[str, Any]) -> dict[str, Any]:
     """Write the slot records of one ``fence`` step; returns the step's progress."""
     from ..migrate.deploy import run_batch
+
+    return run_batch(lambda r, name: state_table(aws, r, name), region, props)
+
+
+def state_table(aws: Aws, region: str, name: str) -> Any:
+    """The state table ``name`` in ``region``, reached through the facade (a
+    :class:`~shardkit.proxy.table.DynamoTable`)."""
     from ..proxy.table import DynamoTable
 
-    return run_batch(lambda r, name: DynamoTable(_Dynamo(aws, r, name), name), region, props)
+    return DynamoTable(_Dynamo(aws, region, name), name)
 
 
 class _Dynamo:

@@ -18,6 +18,13 @@ Per request (docs/architecture.md §4.3-4.4):
 The user's function is named by ``SHARDKIT_HANDLER`` (``module:function``) and called as
 ``fn(key, payload, state) -> (answer, new_state)``; ``new_state=None`` means "nothing to write".
 
+**Load signal** (docs/autoshard.md): with a ``load`` accumulator, every request this shard
+serves is counted once (its slot and its compute time: one ``LoadAccumulator.add``); the request
+that closes a window hands that window's record to the ``sink`` (one put in the state table per
+instance and window), after its own answer is made, and a failed put never fails the request.
+The Lambda entry point turns this on when ``SHARDKIT_LOAD_WINDOW_S`` is above 0 (the blueprint
+sets it from the group's autoshard policy).
+
 Logs carry the key's hash, never the key. Metrics go out as EMF per shard (requests, errors,
 latency, state size). Powertools' Tracer is off unless ``SHARDKIT_TRACING=1`` (cold starts).
 
@@ -56,6 +63,7 @@ from ..protocol import (
 )
 from ..sharding.hashing import hash_key
 from ..sharding.holder import MapHolder, parse_trusted_keys
+from .load import LoadAccumulator, LoadSink
 from .state import (
     FENCED,
     READY,
@@ -66,7 +74,7 @@ from .state import (
     StateStore,
     StateTooLarge,
 )
-from .table import DynamoTable
+from .table import DynamoTable, Put, Table
 
 __all__ = ["Proxy", "handler"]
 
@@ -127,13 +135,21 @@ class Proxy:
         infer: InferFn,
         region: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        load: LoadAccumulator | None = None,
+        sink: LoadSink | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """``load``/``sink``: count served requests and emit load records (module docstring);
+        ``wall`` is the Unix clock their windows follow."""
         self.shard = shard
         self.region = region
         self.holder = holder
         self.store = store
         self.infer = infer
         self.clock = clock
+        self.load = load
+        self.sink = sink
+        self.wall = wall
 
     def handle(self, event: Any) -> Any:
         started = self.clock()
@@ -152,7 +168,15 @@ class Proxy:
             reply = ProxyError("unavailable", f"{type(exc).__name__}: {exc}").reply()
         latency_ms = (self.clock() - started) * 1000
         _record_metrics(reply, latency_ms)
+        if self.load is not None and self.load.closed:
+            self._emit_load()
         return encode_reply(reply, encoding or error_encoding(event))
+
+    def _emit_load(self) -> None:
+        assert self.load is not None
+        records = self.load.take()
+        if self.sink is not None:
+            self.sink.emit(records)
 
     def _serve(self, request: Request, encoding: Encoding) -> Reply:
         shard_map = self._map(request.map_version)
@@ -165,7 +189,13 @@ class Proxy:
                 return self._degraded(request, shard_map.version)
             return Redirect(owner.id, shard_map.version)
         at = _Target(owner.group, shard_map.slot(request.key), owner.epoch, shard_map.version)
-        return self._run(request, encoding, at)
+        if self.load is None:
+            return self._run(request, encoding, at)
+        began = self.clock()
+        reply = self._run(request, encoding, at)
+        self.load.map_version = at.version
+        self.load.add(self.shard, at.group, at.slot, (self.clock() - began) * 1000, self.wall())
+        return reply
 
     @staticmethod
     def _route(shard_map: Any, request: Request) -> Any:
@@ -305,13 +335,28 @@ def build_from_environment(env: dict[str, str] | None = None) -> Proxy:
         int(env.get("SHARDKIT_STATE_CACHE", "1024")),
     )
     _powertools().metrics.set_default_dimensions(shard=shard)
+    load, sink = _load_signal(env, shard, store.table)
     return Proxy(
         shard=shard,
         region=env.get("AWS_REGION"),
         holder=holder,
         store=store,
         infer=load_infer(env.get("SHARDKIT_HANDLER", "app.model:infer")),
+        load=load,
+        sink=sink,
     )
+
+
+def _load_signal(
+    env: dict[str, str], shard: str, table: Table
+) -> tuple[LoadAccumulator | None, LoadSink | None]:
+    """The accumulator and sink ``SHARDKIT_LOAD_WINDOW_S`` asks for (0 or unset: none)."""
+    window = float(env.get("SHARDKIT_LOAD_WINDOW_S") or 0)
+    if window <= 0:
+        return None, None
+    stream = env.get("AWS_LAMBDA_LOG_STREAM_NAME") or os.urandom(8).hex()
+    load = LoadAccumulator(f"{shard}/{stream}", window_s=window)
+    return load, LoadSink(lambda item: table.write(Put(item)))
 
 
 def load_infer(spec: str) -> InferFn:

@@ -16,6 +16,14 @@ record is a few hundred bytes; the format is in docs/autoshard.md.
 Windows are aligned to multiples of ``window_s`` on the clock passed in (Unix time in
 production), so records of all instances for the same window share the same ``start``.
 
+**Where records go** (:class:`LoadSink`): one item per instance, group and window in the
+group's regional state table - ``pk = "{group}#load"`` (never a slot partition, which is
+``{group}#{slot:05x}``), ``sk = "{start in ms, 16 digits}#{instance}"``, ``data`` = the encoded
+record, ``expires`` = Unix seconds after which it is of no use. The proxy role may already write
+its group's partitions, every region has the table (the local cloud too), and the controller
+reads a group's last windows with one Query per region, in window order. It is written once per
+window by the request that closes it: one small put per instance per window, never per request.
+
 Data-plane module: stdlib and msgpack only.
 """
 
@@ -32,19 +40,25 @@ import msgpack
 from ..errors import LoadRecordError
 
 __all__ = [
+    "LOAD_PARTITION",
     "RECORD_FORMAT",
     "HotSlot",
     "LoadAccumulator",
     "LoadRecord",
+    "LoadSink",
     "ShardTotal",
     "decode_record",
     "encode_record",
     "iter_records",
+    "load_item",
+    "load_sort_key",
     "record_from_obj",
     "summarize",
 ]
 
 RECORD_FORMAT = 1
+LOAD_PARTITION = "{group}#load"
+_KEEP_WINDOWS = 360  # how long a stored record stays of use, in windows (an hour at 10 s)
 _KEYS = ("floor", "hot", "instance", "length", "map_version", "shards", "start", "v")
 
 
@@ -221,6 +235,60 @@ class LoadAccumulator:
         self._groups = {}
         self._start = math.floor(now / self.window_s) * self.window_s
         self._end = self._start + self.window_s
+
+
+# -- where records go ---------------------------------------------------------------------------
+
+
+def load_sort_key(start: float, instance: str = "") -> str:
+    """The sort key of a record of the window starting at ``start``: sorts by window."""
+    return f"{round(start * 1000):016d}#{instance}"
+
+
+def load_item(group: str, record: LoadRecord) -> dict[str, Any]:
+    """The state-table item of ``record``'s counts of ``group`` (see the module docstring)."""
+    mine = tuple(t for t in record.shards if t.group == group)
+    shards = {t.shard for t in mine}
+    part = LoadRecord(
+        record.instance,
+        record.start,
+        record.length,
+        record.map_version,
+        mine,
+        tuple(h for h in record.hot if h.shard in shards),
+        record.floor_requests,
+        record.floor_compute_ms,
+    )
+    return {
+        "pk": LOAD_PARTITION.format(group=group),
+        "sk": load_sort_key(record.start, record.instance),
+        "data": encode_record(part),
+        "expires": int(record.start + record.length * _KEEP_WINDOWS),
+    }
+
+
+class LoadSink:
+    """Writes closed windows' records to the state table, one put per group and window.
+
+    ``put(item)`` is the table's unconditional put. A failed put is dropped (and counted in
+    ``dropped``): a load signal is worth less than the request that carried it.
+    """
+
+    def __init__(self, put: Any) -> None:
+        self.put = put
+        self.dropped = 0
+
+    def emit(self, records: Iterable[LoadRecord]) -> int:
+        """Write ``records``; returns how many items were written."""
+        written = 0
+        for record in records:
+            for group in sorted({t.group for t in record.shards}):
+                try:
+                    self.put(load_item(group, record))
+                    written += 1
+                except Exception:  # the table is unreachable: the next window tries again
+                    self.dropped += 1
+        return written
 
 
 # -- the wire format ----------------------------------------------------------------------------

@@ -275,9 +275,8 @@ class Table(ABC):
         """Unconditional puts, not atomic as a whole (for filling a table nobody uses yet)."""
 
 
-def query_all(table: Table, pk: str) -> Iterator[Item]:
-    """Every item of partition ``pk``, page by page."""
-    after: str | None = None
+def query_all(table: Table, pk: str, after: str | None = None) -> Iterator[Item]:
+    """Every item of partition ``pk`` (with a sort key after ``after``), page by page."""
     while True:
         page = table.query(pk, after=after)
         yield from page.items

@@ -32,6 +32,7 @@ __all__ = [
     "LayoutChange",
     "NewShard",
     "apply_layout",
+    "copy_group",
     "next_shard_id",
     "set_epochs",
 ]
@@ -105,7 +106,7 @@ def apply_layout(
     groups: list[Group] = []
     for name, group in previous.groups.items():
         change = by_group.get(name)
-        g_shards, g = _apply_group(previous, group, change) if change else _copy_group(group)
+        g_shards, g = _apply_group(previous, group, change) if change else copy_group(group)
         shards.update(g_shards)
         groups.append(g)
     _check_unique(shards, groups)
@@ -141,8 +142,10 @@ def _by_group(previous: ShardMap, changes: Sequence[LayoutChange]) -> dict[str, 
     return out
 
 
-def _copy_group(group: Group) -> tuple[dict[str, Shard], Group]:
-    shards = {s.id: _fresh(s) for s in group.shards()}
+def copy_group(group: Group) -> tuple[dict[str, Shard], Group]:
+    """The group's layout as it is, on fresh shard objects (their epochs are set later)."""
+    every = [group.primary, *group.replicas]
+    shards = {s.id: _fresh(s) for column in every for s in column}
     return shards, _from_plan(group, _plan_of(group), shards)
 
 

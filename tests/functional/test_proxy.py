@@ -915,3 +915,61 @@ def test_the_lambda_handler_reports_a_missing_model_cleanly(
     assert (reply["status"], reply["error"]) == (500, "no_handler")
     assert "no_such_module_here" in reply["message"]
     assert world.state_items() == {}
+
+
+# -- the load signal ------------------------------------------------------------------------------
+
+
+def test_served_requests_become_one_load_item_per_window(world: World) -> None:
+    """Every request the shard serves is counted once (redirects are not); the request that
+    closes a window writes that window's record to the state table, one item, and nothing else
+    is written per request."""
+    from shardkit.proxy.load import LoadAccumulator, LoadSink, decode_record, load_sort_key
+    from shardkit.proxy.table import Put, query_all
+
+    key = "user-7"
+    owner = world.maps.v1.route(key)
+    other = next(s for s in world.maps.v1.shards if s.id != owner.id and s.group == owner.group)
+    now = [1_700_000_003.0]
+    table = world.tables[owner.region]
+    load = LoadAccumulator("i-1", window_s=10.0)
+    proxy = world.proxy(owner.id, Counter())
+    proxy.load, proxy.sink = load, LoadSink(lambda i: table.write(Put(i)))
+    proxy.wall = lambda: now[0]
+    for _ in range(3):
+        proxy.handle({"key": key, "payload": {}})
+    redirected = world.proxy(other.id, Counter())
+    redirected.load = LoadAccumulator("i-2", window_s=10.0)
+    assert redirected.handle({"key": key, "payload": {}})["status"] == 421
+    assert not list(query_all(table, f"{owner.group}#load"))  # the window is still open
+    now[0] = 1_700_000_011.0
+    proxy.handle({"key": key, "payload": {}})  # the first request of the next window
+    (item,) = list(query_all(table, f"{owner.group}#load"))
+    assert item["sk"] == load_sort_key(1_700_000_000.0, "i-1")
+    record = decode_record(bytes(item["data"]))  # type: ignore[arg-type]
+    assert (record.start, record.length, record.map_version) == (1_700_000_000.0, 10.0, 1)
+    (total,) = record.shards
+    assert (total.shard, total.group, total.requests) == (owner.id, owner.group, 3)
+    (hot,) = record.hot
+    assert (hot.slot, hot.requests) == (world.maps.v1.slot(key), 3)
+    assert redirected.load.take() == [] and redirected.load.closed == []
+
+
+def test_a_failed_load_write_never_fails_the_request(world: World) -> None:
+    from shardkit.proxy.load import LoadAccumulator, LoadSink
+
+    def broken(item: Any) -> None:
+        raise ConnectionError("table unreachable")
+
+    key = "user-7"
+    owner = world.maps.v1.route(key)
+    now = [1_700_000_003.0]
+    sink = LoadSink(broken)
+    proxy = world.proxy(owner.id, Counter())
+    proxy.load, proxy.sink = LoadAccumulator("i-1", window_s=10.0), sink
+    proxy.wall = lambda: now[0]
+    proxy.handle({"key": key, "payload": {}})
+    now[0] += 10
+    reply = proxy.handle({"key": key, "payload": {}})
+    assert reply["status"] == 200 and reply["seq"] == 2
+    assert sink.dropped == 1

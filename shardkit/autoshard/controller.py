@@ -1,0 +1,258 @@
+"""The auto-shard controller: one round of the decision function per group, applied by deploying.
+
+The same :class:`Controller` runs from a terminal (``shardkit autoshard DIR --once | --watch``),
+in the scheduled control-plane function (:mod:`.function`, fired by the ``schedule_rule`` on AWS
+and by the local cloud's scheduler), and in tests. One :meth:`Controller.tick`, per group with a
+policy:
+
+1. **read** the group's load records: one Query of the ``{group}#load`` partition of each of its
+   regions' state tables (:mod:`shardkit.proxy.load`), from ``lookback`` windows ago;
+2. **aggregate** them into windows (:class:`~.load.LoadAggregator`); a window is used once it has
+   been closed for a whole window length (instances write their record with the first request
+   of the next window), each with the slot table of the map its records were counted under;
+3. **decide** (:func:`~.decide.decide`, pure) with the deployed map, the windows, the policy and
+   this group's recent decisions;
+4. **record** the decision with its reasons (the decision log, ``autoshard.json`` next to the
+   deployment's manifest; ``shardkit status`` shows the last ones) and hand it to ``log``;
+5. **apply** a layout change - unless the policy's mode is ``dry-run`` or the controller runs
+   with ``dry_run`` - through the deploy engine (:meth:`Deployer.plan` with the change, then
+   :meth:`Deployer.apply`), so new shards are created, the migration moves exactly the changed
+   slots with their state, and the map is published, as any deploy does. The engine's lock and
+   the plan's base fingerprint keep a concurrent deploy from interleaving.
+
+Pure parts (:func:`windows_of`) are separate from I/O (:class:`DecisionLog`, :func:`read_records`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._files import write_json_atomic
+from ..errors import AutoshardError, DeployError, ShardkitError
+from ..proxy.load import LOAD_PARTITION, LoadRecord, decode_record, load_sort_key
+from ..sharding.shardmap import ShardMap
+from .decide import Decision, decide
+from .load import LoadAggregator, LoadWindow
+from .policy import Policy, policy_for
+
+__all__ = ["Controller", "DecisionLog", "Round", "read_records", "windows_of"]
+
+_KEEP_DECISIONS = 200  # decisions kept in the log, all groups together
+
+
+@dataclass(frozen=True)
+class Round:
+    """One group's round: the decision, and what became of it."""
+
+    decision: Decision
+    outcome: str  # "no change" | "dry run" | "applied" | "failed"
+    map_version: int | None = None  # the map version the change was published as
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.decision.to_dict(),
+            "outcome": self.outcome,
+            "map_version": self.map_version,
+            "error": self.error,
+        }
+
+
+# -- the decision log ----------------------------------------------------------------------------
+
+
+class DecisionLog:
+    """The last decisions of every group (``autoshard.json``): what the next rounds' cooldown and
+    draining read, and what ``shardkit status`` shows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        try:
+            return list(json.loads(self.path.read_text())["decisions"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AutoshardError(
+                f"the auto-shard decision log {self.path} cannot be read: {exc}",
+                hint="move it away; the controller starts a new one (cooldowns restart)",
+            ) from None
+
+    def history(self, group: str) -> list[Decision]:
+        return [_decision(e) for e in self.entries() if e.get("group") == group]
+
+    def append(self, rounds: Iterable[Round]) -> None:
+        added = [r.to_dict() for r in rounds]
+        if added:
+            kept = [*self.entries(), *added][-_KEEP_DECISIONS:]
+            write_json_atomic(self.path, {"decisions": kept})
+
+
+def _decision(entry: Mapping[str, Any]) -> Decision:
+    """A logged decision as history: what cooldown and draining need (not the change itself)."""
+    return Decision(
+        group=str(entry["group"]),
+        at=float(entry["at"]),
+        actions=tuple(entry.get("actions", ())) if entry.get("outcome") != "failed" else (),
+        change=None,
+        reasons=tuple(entry.get("reasons", ())),
+        draining=tuple(entry.get("draining", ())) if entry.get("outcome") == "applied" else (),
+    )
+
+
+# -- reading load --------------------------------------------------------------------------------
+
+
+def read_records(table: Any, group: str, since: float) -> list[LoadRecord]:
+    """The load records of ``group`` in one state table (a :class:`~shardkit.proxy.table.Table`)
+    for windows starting at ``since`` or later: one Query, paged."""
+    from ..proxy.table import query_all
+
+    pk = LOAD_PARTITION.format(group=group)
+    after = load_sort_key(since)[:-1]  # the digits alone sort before every "digits#instance"
+    return [decode_record(bytes(item["data"])) for item in query_all(table, pk, after)]
+
+
+def windows_of(
+    records: Iterable[LoadRecord],
+    group: str,
+    owners_of: Callable[[int], Sequence[str]],
+    *,
+    closed_before: float,
+) -> list[LoadWindow]:
+    """The windows of ``group`` that ended before ``closed_before``, oldest first; each window's
+    slot table is that of the newest map version its records were counted under."""
+    aggregator = LoadAggregator()
+    versions: dict[float, int] = {}
+    for record in records:
+        if record.start + record.length <= closed_before:
+            aggregator.add(record)
+            versions[record.start] = max(versions.get(record.start, 0), record.map_version)
+    out = []
+    for g, start in aggregator.pending():
+        window = aggregator.close(g, start, owners_of(versions[start])) if g == group else None
+        if window is not None:
+            out.append(window)
+    return out
+
+
+# -- the controller ------------------------------------------------------------------------------
+
+
+class Controller:
+    """Runs rounds for one deployed project (see the module docstring).
+
+    ``deployer``: a :class:`~shardkit.deploy.engine.Deployer` of the project and its target;
+    ``dry_run``: decide and log, never apply; ``log``: called with each round as it ends;
+    ``clock``: Unix time.
+    """
+
+    def __init__(
+        self,
+        deployer: Any,
+        *,
+        dry_run: bool = False,
+        log: Callable[[Round], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.deployer = deployer
+        self.dry_run = dry_run
+        self.log = log or (lambda r: None)
+        self.clock = clock
+        self.decisions = DecisionLog(deployer.store.root / "autoshard.json")
+        self._maps: dict[int, ShardMap] = {}
+
+    def policies(self) -> list[Policy]:
+        config = self.deployer.project.config
+        found = (policy_for(config, name) for name in sorted(config.groups))
+        return [p for p in found if p is not None]
+
+    def tick(self, now: float | None = None) -> list[Round]:
+        """One round for every group with a policy; returns them (also logged and recorded)."""
+        now = self.clock() if now is None else now
+        rounds = []
+        for policy in self.policies():
+            current = self.deployer.deployed_map()
+            if current is None or policy.group not in current.groups:
+                raise AutoshardError(
+                    f"group {policy.group!r} is not deployed yet: nothing to measure or change",
+                    hint="deploy the project first: `shardkit deploy`",
+                )
+            round_ = self._round(current, policy, now)
+            self.decisions.append([round_])
+            self.log(round_)
+            rounds.append(round_)
+        return rounds
+
+    def _round(self, current: ShardMap, policy: Policy, now: float) -> Round:
+        windows = self._windows(current, policy, now)
+        decision = decide(current, windows, policy, self.decisions.history(policy.group), now=now)
+        if decision.change is None:
+            return Round(decision, "no change")
+        if self.dry_run or policy.mode == "dry-run":
+            return Round(decision, "dry run")
+        try:
+            plan = self.deployer.plan(changes=[decision.change])
+            self.deployer.apply(plan)
+        except ShardkitError as exc:
+            return Round(decision, "failed", error=f"{exc.message} — {exc.hint}")
+        return Round(decision, "applied", plan.map_version)
+
+    def _windows(self, current: ShardMap, policy: Policy, now: float) -> list[LoadWindow]:
+        lookback = (max(policy.split_windows, policy.merge_windows) + 2) * policy.window_s
+        since = math.floor((now - lookback) / policy.window_s) * policy.window_s
+        records: list[LoadRecord] = []
+        for table in self._tables(current, policy.group):
+            records += read_records(table, policy.group, since)
+
+        def owners(version: int) -> Sequence[str]:
+            shard_map = self._map(version) or current
+            group = shard_map.groups.get(policy.group) or current.groups[policy.group]
+            return [s.id for s in group.primary]
+
+        return windows_of(records, policy.group, owners, closed_before=now - policy.window_s)
+
+    def _tables(self, current: ShardMap, group: str) -> list[Any]:
+        """The state tables of the regions ``group``'s shards are in."""
+        from ..deploy.fence import state_table
+
+        regions = sorted({s.region for s in current.groups[group].shards()})
+        names = self.deployer.outputs()["regions"]
+        return [
+            state_table(self.deployer.target.aws, r, names[r]["table"])
+            for r in regions
+            if "table" in names.get(r, {})
+        ]
+
+    def _map(self, version: int) -> ShardMap | None:
+        """The deployed map of ``version`` (from the deployment history), if there is one."""
+        if not self._maps:
+            for number in self.deployer.store.deployments():
+                try:
+                    data = self.deployer.store.load_deployment(number)["map"]
+                    shard_map = self.deployer.decode(data) if data else None
+                except DeployError:
+                    continue
+                if shard_map is not None:
+                    self._maps[shard_map.version] = shard_map
+        return self._maps.get(version)
+
+    def watch(
+        self, *, every: float | None = None, rounds: int | None = None, sleep: Any = time.sleep
+    ) -> None:
+        """Tick every ``every`` seconds (default: the shortest policy window) until interrupted,
+        or ``rounds`` times."""
+        period = every or min((p.window_s for p in self.policies()), default=10.0)
+        done = 0
+        while rounds is None or done < rounds:
+            self.tick()
+            done += 1
+            if rounds is None or done < rounds:
+                sleep(period)

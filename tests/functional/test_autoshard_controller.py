@@ -1,0 +1,167 @@
+"""The auto-shard controller on moto, in-process: load records in the state tables -> a decision
+-> a deploy that splits (or merges) and keeps every slot record right; and a later
+``shardkit deploy`` that keeps the layout the controller chose.
+
+The records are what proxies write (:func:`shardkit.proxy.load.load_item`), made from exact
+per-slot counts, so the controller reads, aggregates and decides exactly as it would on AWS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+
+import shardkit
+from shardkit.autoshard.controller import Controller, Round
+from shardkit.config import Project
+from shardkit.deploy.engine import Deployer
+from shardkit.errors import AutoshardError, PlanningError
+from shardkit.proxy.load import load_item, summarize
+from shardkit.proxy.table import DynamoTable, Put
+
+Deploy = Callable[[Project], Deployer]
+T0 = 1_800_000_000.0  # window starts are multiples of window_s
+WINDOW = 10.0
+POLICY = {
+    "min_shards": 1,
+    "max_shards": 4,
+    "target_rps": 10.0,
+    "split_above": 1.2,
+    "split_windows": 2,
+    "merge_below": 0.6,
+    "merge_windows": 2,
+    "window_s": WINDOW,
+    "cooldown_s": 0.0,
+    "churn_budget": 1.0,
+}
+
+
+def autoshard_config(small_config: dict[str, Any], **policy: Any) -> dict[str, Any]:
+    small_config["groups"]["eu"]["autoshard"] = {**POLICY, **policy}
+    return small_config
+
+
+def deploy(d: Deployer) -> None:
+    d.apply(d.plan())
+
+
+def write_load(
+    project: Project, shard_map: shardkit.ShardMap, start: float, rps: dict[str, float]
+) -> None:
+    """One window's load record per eu shard, as that shard's proxy would write it: ``rps``
+    requests/s spread evenly over the shard's slots, 20 ms each."""
+    table = DynamoTable(boto3.client("dynamodb", "eu-west-1"), "shardkit-quickstart-state")
+    group = shard_map.groups["eu"]
+    for shard, rate in rps.items():
+        slots = [i for i, s in enumerate(group.primary) if s.id == shard]
+        total = int(rate * WINDOW)
+        reqs = {
+            slot: total // len(slots) + (i < total % len(slots)) for i, slot in enumerate(slots)
+        }
+        ms = {slot: 20.0 * n for slot, n in reqs.items()}
+        record = summarize(
+            f"{shard}/i", start, WINDOW, shard_map.version, {(shard, "eu"): (reqs, ms)}, 32
+        )
+        table.write(Put(load_item("eu", record)))
+
+
+def eu_shards(d: Deployer) -> list[str]:
+    current = d.deployed_map()
+    assert current is not None
+    return [s.id for s in current.groups["eu"].shards()]
+
+
+@pytest.fixture
+def project(make_project: Callable[..., Project], small_config: dict[str, Any]) -> Project:
+    """The small project with an autoshard policy on its eu group (not deployed yet)."""
+    return make_project(autoshard_config(small_config))
+
+
+def deployed(d: Deployer, load: dict[str, float]) -> shardkit.ShardMap:
+    """Deploy, then write three windows of ``load`` (requests/s per eu shard)."""
+    deploy(d)
+    before = d.deployed_map()
+    assert before is not None and eu_shards(d) == ["eu-0", "eu-1"]
+    for w in range(3):
+        write_load(d.project, before, T0 + w * WINDOW, load)
+    return before
+
+
+def tick(d: Deployer, now: float, **kw: Any) -> Round:
+    (r,) = Controller(d, **kw).tick(now)
+    return r
+
+
+def test_a_hot_shard_splits_by_deploy_and_a_later_deploy_keeps_the_layout(
+    project: Project, rewrite: Callable[..., Project], deployer: Deploy
+) -> None:
+    d = deployer(project)
+    before = deployed(d, {"eu-0": 30.0, "eu-1": 5.0})
+
+    r = tick(d, T0 + 4 * WINDOW)
+
+    assert r.outcome == "applied" and "split" in r.decision.actions, r.decision.reasons
+    after = d.deployed_map()
+    assert after is not None and r.map_version == after.version == before.version + 1
+    assert len(eu_shards(d)) > 2
+    diff = shardkit.diff_maps(before, after)
+    assert {m.source for m in diff.moves} == {"eu-0"}  # only the hot shard gives slots away
+    assert set(diff.added) == set(eu_shards(d)) - {"eu-0", "eu-1"}
+    functions = boto3.client("lambda", "eu-west-1").list_functions()["Functions"]
+    assert {f"shardkit-quickstart-{s}" for s in eu_shards(d)} <= {
+        f["FunctionName"] for f in functions
+    }
+    assert d.status()["autoshard"][-1]["outcome"] == "applied"
+
+    # `shardkit deploy` of the unchanged project: the controller's layout stays, nothing to do
+    again = deployer(rewrite(project, lambda data: None))
+    assert again.plan().is_noop
+    # a change elsewhere (memory) deploys without resetting the layout to `shards = 2`
+    bigger = deployer(rewrite(project, lambda data: data["groups"]["eu"].update(memory_mb=1024)))
+    plan = bigger.plan()
+    assert plan.map_envelope is None
+    assert {s.action for s in plan.steps} == {"update"}
+    bigger.apply(plan)
+    assert eu_shards(bigger) == eu_shards(d)
+    # the fixed group still follows its configured count, exactly as without a policy
+    more_us = deployer(rewrite(project, lambda data: data["groups"]["us"].update(shards=3)))
+    deploy(more_us)
+    current = more_us.deployed_map()
+    assert current is not None
+    assert [s.id for s in current.groups["us"].shards()] == ["us-0", "us-1", "us-2"]
+    assert eu_shards(more_us) == eu_shards(d)
+
+
+def test_cold_shards_merge_back_and_dry_run_changes_nothing(
+    project: Project, deployer: Deploy
+) -> None:
+    d = deployer(project)
+    before = deployed(d, {"eu-0": 1.0, "eu-1": 1.0})
+
+    dry = tick(d, T0 + 4 * WINDOW, dry_run=True)
+    assert dry.outcome == "dry run" and "merge" in dry.decision.actions
+    assert d.deployed_map().version == before.version  # type: ignore[union-attr]
+
+    r = tick(d, T0 + 4 * WINDOW + 1)
+    assert r.outcome == "applied", r.decision.reasons
+    assert len(eu_shards(d)) == 1
+    assert [e["outcome"] for e in d.status()["autoshard"]] == ["dry run", "applied"]
+
+
+def test_the_controller_refuses_what_it_cannot_do(
+    project: Project, rewrite: Callable[..., Project], deployer: Deploy
+) -> None:
+    d = deployer(project)
+    with pytest.raises(AutoshardError, match="not deployed yet"):
+        Controller(d).tick(T0)
+    deploy(d)
+    # no records yet: a round that says so, and changes nothing
+    r = tick(d, T0)
+    assert (r.outcome, r.decision.reasons) == ("no change", ("no load window yet",))
+    # a replica change on an autoshard group is refused, not silently dropped or reset
+    with pytest.raises(PlanningError, match="replicas"):
+        change = {"replicas": 1, "failure_domain": "shard"}
+        deployer(rewrite(project, lambda data: data["groups"]["eu"].update(change))).plan()
