@@ -74,6 +74,11 @@ class DecisionLog:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @classmethod
+    def of(cls, deployer: Any) -> DecisionLog:
+        """The log of a deployer's project and target (next to its manifest)."""
+        return cls(deployer.store.root / "autoshard.json")
+
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
@@ -166,7 +171,7 @@ class Controller:
         self.dry_run = dry_run
         self.log = log or (lambda r: None)
         self.clock = clock
-        self.decisions = DecisionLog(deployer.store.root / "autoshard.json")
+        self.decisions = DecisionLog.of(deployer)
         self._maps: dict[int, ShardMap] = {}
 
     def policies(self) -> list[Policy]:
@@ -245,14 +250,24 @@ class Controller:
         return self._maps.get(version)
 
     def watch(
-        self, *, every: float | None = None, rounds: int | None = None, sleep: Any = time.sleep
+        self,
+        *,
+        every: float | None = None,
+        rounds: int | None = None,
+        until: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """Tick every ``every`` seconds (default: the shortest policy window) until interrupted,
-        or ``rounds`` times."""
+        ``rounds`` times, or until the clock reaches ``until``."""
         period = every or min((p.window_s for p in self.policies()), default=10.0)
         done = 0
-        while rounds is None or done < rounds:
-            self.tick()
+        while True:
+            started = self.clock()
+            self.tick(started)
             done += 1
-            if rounds is None or done < rounds:
-                sleep(period)
+            wait = max(0.0, started + period - self.clock())
+            if rounds is not None and done >= rounds:
+                return
+            if until is not None and self.clock() + wait >= until:
+                return
+            sleep(wait)

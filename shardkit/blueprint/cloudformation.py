@@ -80,6 +80,7 @@ def blueprint_for_render(
         code=code,
         partition=PARTITION,
         trusted_keys=trusted_keys_value(project),
+        project_root=str(project.root.resolve()),
     )
 
 

@@ -83,7 +83,7 @@ def _check_definition(source: str, data: dict[str, Any]) -> None:
         if not isinstance(names.get(name), str):
             problems.append(f"names.{name}: required string is missing")
     known = kinds.names()
-    for scope in ("region", "shard"):
+    for scope in ("region", "shard", "control"):
         for i, item in enumerate(data.get(scope, [])):
             if item.get("kind") not in known:
                 problems.append(
@@ -104,19 +104,30 @@ def expand(
     code: CodeArtifact,
     partition: str = "aws",
     trusted_keys: str = "",
+    project_root: str = "",
 ) -> Blueprint:
     """Every resource of the definition for this project, map and account.
 
     ``trusted_keys`` (``id=base64,...``) tells the shard functions which map signers to trust.
+    ``[[control]]`` resources (the auto-shard controller) are made once, in the home region
+    (:func:`home_region`), and only when a group has an autoshard policy; ``project_root`` is
+    where the controller finds the project.
     """
     source = f"blueprint {definition['name']}"
     resources: list[Resource] = []
     regions = sorted({s.region for s in shard_map.shards})
+    home = home_region(config, regions) if _autoshard(config) else None
     for region in regions:
         values = _region_values(definition, config, region, account, partition)
+        values.update(_control_values(definition, values, code, project_root, region == home))
         resources += [
             _resource(source, item, values, region, None) for item in definition.get("region", [])
         ]
+        if region == home:
+            resources += [
+                _resource(source, item, values, region, None)
+                for item in definition.get("control", [])
+            ]
     for shard in shard_map.shards:
         _check_residency(shard, shard_map)
         values = _shard_values(definition, config, shard, account, partition, code)
@@ -158,6 +169,38 @@ def _region_values(
     for name in ("bucket", "table"):
         values[name] = _fill(definition["names"][name], values, name)
     return values
+
+
+def home_region(config: ProjectConfig, regions: list[str]) -> str:
+    """Where the project's control-plane resources go: the first region of ``[regions]`` (file
+    order) that has shards."""
+    return next(r for r in config.regions if r in regions)
+
+
+def _autoshard(config: ProjectConfig) -> bool:
+    return any(g.autoshard is not None for g in config.groups.values())
+
+
+def _control_values(
+    definition: Mapping[str, Any],
+    values: dict[str, Any],
+    code: CodeArtifact,
+    project_root: str,
+    home: bool,
+) -> dict[str, Any]:
+    """The auto-shard controller's placeholders of one region: its function is the schedule's
+    target, and the schedule is enabled, only in the home region of an autoshard project."""
+    control = _fill(
+        definition["names"].get("control", "shardkit-{project}-autoshard"), values, "control"
+    )
+    return {
+        "control_function": control,
+        "autoshard_state": "ENABLED" if home else "DISABLED",
+        "autoshard_target": control if home else None,
+        "project_root": project_root,
+        "code_key": code.key,
+        "code_sha256": code.sha256,
+    }
 
 
 def _shard_values(

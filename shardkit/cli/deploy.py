@@ -168,7 +168,10 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
             "the local cloud restarted and the deployment is not restored yet",
             hint="run `shardkit local up PROJECT_DIR` or `shardkit deploy` to restore",
         )
+    from ..autoshard.controller import DecisionLog
+
     info = deployer.status()
+    info["autoshard"] = DecisionLog.of(deployer).entries()[-10:]
     if json_:
         emit_json(info)
         return

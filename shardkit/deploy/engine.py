@@ -504,6 +504,7 @@ class Deployer:
             code=artifact,
             partition=self.target.partition,
             trusted_keys=keys,
+            project_root=str(self.project.root.resolve()),
         )
 
     def _check_plan(self, plan: Plan) -> None:

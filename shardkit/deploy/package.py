@@ -1,5 +1,9 @@
 """The proxy code package: a reproducible zip of the data plane and the project's own code.
 
+A project with an autoshard policy gets all of shardkit instead of its data plane alone: the
+auto-shard controller's function (docs/autoshard.md) runs from the same package. The shard
+functions still import only the data plane.
+
 Same inputs, same bytes, same hash: entries are sorted, timestamps fixed at 1980-01-01, modes
 normalised, and compiled or cached files left out. The hash names the object in each region's
 artifact bucket (``artifacts/code/<sha256>.zip``), so an unchanged package is never uploaded twice
@@ -55,7 +59,8 @@ def build_package(project: Project, dependencies: Mapping[str, bytes] | None = N
     (``[proxy] code``, ``app`` by default) and, for AWS, the ``dependencies`` unpacked from
     their wheels (see :mod:`shardkit.deploy.vendor`)."""
     entries: dict[str, bytes] = dict(dependencies or {})
-    entries.update((name, path.read_bytes()) for name, path in _shardkit_files())
+    control = any(g.autoshard is not None for g in project.config.groups.values())
+    entries.update((name, path.read_bytes()) for name, path in _shardkit_files(control))
     code = project.config.proxy.code
     app = project.root / code
     if app.is_dir():
@@ -71,10 +76,13 @@ def build_package(project: Project, dependencies: Mapping[str, bytes] | None = N
     return Package(data, hashlib.sha256(data).hexdigest(), tuple(sorted(entries)))
 
 
-def _shardkit_files() -> Iterator[tuple[str, Path]]:
+def _shardkit_files(control: bool = False) -> Iterator[tuple[str, Path]]:
+    """shardkit's files: the data plane, or everything (``control``)."""
     root = Path(__file__).resolve().parents[1]
     for name, path in _tree(root, "shardkit"):
-        if any(name == p or (p.endswith("/") and name.startswith(p)) for p in DATA_PLANE):
+        if control or any(
+            name == p or (p.endswith("/") and name.startswith(p)) for p in DATA_PLANE
+        ):
             yield name, path
 
 

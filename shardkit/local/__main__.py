@@ -6,6 +6,8 @@ record once it answers, and then holds the record as a lease. It exits when the 
 or names another server, on SIGTERM/SIGINT/SIGHUP, or by itself after ``--idle-timeout`` seconds
 without a request or ``--max-lifetime`` seconds in all.
 
+EventBridge schedule rules fire: :mod:`shardkit.local.schedule` invokes their Lambda targets.
+
 DynamoDB is durable (:mod:`shardkit.local.journal`): before moto serves anyone, the journal of
 the previous run is replayed into it, and every change is journaled before its response is sent.
 ``$SHARDKIT_LOCAL_FSYNC`` ("interval", the default, or "always") says when the journal is fsynced.
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = f"http://{host}:{port}"
     gateway = _gateway(root, endpoint, activity)
     threading.Thread(target=_prewarm_loop, args=(gateway, activity, stop), daemon=True).start()
+    threading.Thread(
+        target=_scheduler(root, endpoint, gateway).run, args=(stop,), daemon=True
+    ).start()
     try:
         _log(f"moto config: {json.dumps(configure(endpoint))}")
         write_record(
@@ -176,6 +181,23 @@ def _gateway(root: Path, endpoint: str, activity: Activity) -> Any:
     gateway.on_request = activity.touch
     executor.service_endpoints["dynamodb"] = gateway.endpoint  # state calls skip moto's server
     return gateway.start()
+
+
+def _scheduler(root: Path, endpoint: str, gateway: Any) -> Any:
+    """EventBridge schedule rules fire their Lambda targets (:mod:`shardkit.local.schedule`)."""
+    from .schedule import Scheduler
+    from .server import client
+
+    def invoke(region: str, function: str, event: dict[str, Any]) -> Any:
+        name, _, qualifier = function.partition(":")
+        return gateway.executor.invoke(region, name, qualifier or "$LATEST", event)
+
+    return Scheduler(
+        lambda region: client("events", region, endpoint),
+        invoke,
+        root / ".shardkit" / "deploy" / "local" / "manifest.json",
+        log=_log,
+    )
 
 
 def _prewarm_loop(gateway: Any, activity: Activity, stop: threading.Event) -> None:

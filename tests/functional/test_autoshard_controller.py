@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 import shardkit
-from shardkit.autoshard.controller import Controller, Round
+from shardkit.autoshard.controller import Controller, DecisionLog, Round
 from shardkit.config import Project
 from shardkit.deploy.engine import Deployer
 from shardkit.errors import AutoshardError, PlanningError
@@ -114,7 +114,7 @@ def test_a_hot_shard_splits_by_deploy_and_a_later_deploy_keeps_the_layout(
     assert {f"shardkit-quickstart-{s}" for s in eu_shards(d)} <= {
         f["FunctionName"] for f in functions
     }
-    assert d.status()["autoshard"][-1]["outcome"] == "applied"
+    assert DecisionLog.of(d).entries()[-1]["outcome"] == "applied"
 
     # `shardkit deploy` of the unchanged project: the controller's layout stays, nothing to do
     again = deployer(rewrite(project, lambda data: None))
@@ -148,7 +148,7 @@ def test_cold_shards_merge_back_and_dry_run_changes_nothing(
     r = tick(d, T0 + 4 * WINDOW + 1)
     assert r.outcome == "applied", r.decision.reasons
     assert len(eu_shards(d)) == 1
-    assert [e["outcome"] for e in d.status()["autoshard"]] == ["dry run", "applied"]
+    assert [e["outcome"] for e in DecisionLog.of(d).entries()] == ["dry run", "applied"]
 
 
 def test_the_controller_refuses_what_it_cannot_do(

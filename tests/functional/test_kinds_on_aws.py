@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ class Live:
         """The blueprint resource rendered as ``lid`` (a version: its function)."""
         if lid not in self.ids and lid.startswith("Version"):
             lid = "Function" + lid.removeprefix("Version")
+        if lid not in self.ids and lid.endswith("Invoke"):  # a rule's invoke permission
+            lid = lid.removesuffix("Invoke")
         return self.blueprint.by_key()[self.ids[lid]]
 
     def ref(self, lid: str) -> Any:
@@ -80,6 +83,8 @@ class Live:
             return client("iam").get_role(RoleName=r.name)["Role"]["Arn"]
         if (r.kind, attribute) == ("lambda_function", "Arn"):
             return self.function_arn(r.name)
+        if (r.kind, attribute) == ("schedule_rule", "Arn"):
+            return client("events").describe_rule(Name=r.name)["Arn"]
         raise AssertionError(f"no resolution of Fn::GetAtt {lid}.{attribute}")
 
     def resolve(self, value: Any) -> Any:
@@ -268,7 +273,23 @@ def _rule(live: Live, r: Resource, lid: str) -> dict[str, Any]:
     out = {k: rule[k] for k in ("Name", "ScheduleExpression", "State")}
     if rule.get("Description"):
         out["Description"] = rule["Description"]
+    targets = client("events").list_targets_by_rule(Rule=r.name)["Targets"]
+    if targets:
+        out["Targets"] = [{"Id": t["Id"], "Arn": t["Arn"]} for t in targets]
     return out
+
+
+def _permission(live: Live, r: Resource, lid: str) -> dict[str, Any]:
+    """The statement that lets the rule ``r`` invoke its target."""
+    function = r.props["target"]
+    policy = json.loads(client("lambda").get_policy(FunctionName=function)["Policy"])
+    (statement,) = policy["Statement"]
+    return {
+        "Action": statement["Action"],
+        "FunctionName": live.function_arn(function),
+        "Principal": statement["Principal"]["Service"],
+        "SourceArn": statement["Condition"]["ArnLike"]["AWS:SourceArn"],
+    }
 
 
 OBSERVE: dict[str, Callable[[Live, Resource, str], dict[str, Any]]] = {
@@ -282,6 +303,7 @@ OBSERVE: dict[str, Callable[[Live, Resource, str], dict[str, Any]]] = {
     "AWS::Lambda::Url": _url,
     "AWS::CloudWatch::Alarm": _alarm,
     "AWS::Events::Rule": _rule,
+    "AWS::Lambda::Permission": _permission,
 }
 
 
@@ -314,14 +336,21 @@ def test_every_kind_has_a_reader() -> None:
     assert missing == [], f"no reader in OBSERVE for the kinds {missing}"
 
 
+@pytest.mark.parametrize("autoshard", [False, True], ids=["fixed", "autoshard"])
 def test_what_is_rendered_is_what_is_applied(
     make_project: Callable[..., Project],
     small_config: dict[str, Any],
     deployer: Callable[[Project], Deployer],
     recorder: Recorder,
     target: Target,
+    autoshard: bool,
 ) -> None:
-    d = deployer(make_project(one_shard(small_config)))
+    """Both ways the schedule is deployed: disabled with no target, or enabled and targeting the
+    auto-shard controller (with the permission that lets EventBridge invoke it)."""
+    config = one_shard(small_config)
+    if autoshard:
+        config["groups"]["eu"]["autoshard"] = {"target_rps": 10.0}
+    d = deployer(make_project(config))
     plan = d.plan()
     d.apply(plan)
     blueprint = Blueprint.from_dict(plan.blueprint)  # the deployed one, for this account

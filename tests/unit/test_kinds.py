@@ -129,10 +129,10 @@ def test_the_apply_order_is_derived_and_stable() -> None:
         "iam_role",
         "log_group",
         "s3_bucket",
-        "schedule_rule",
         "lambda_function",
         "alarm",
         "lambda_alias",
+        "schedule_rule",
         "function_url",
     )
     assert apply_order(list(reversed(CLASSES))) == list(kinds.names())  # whatever the discovery
