@@ -56,8 +56,18 @@ class Round:
     error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The decision with its outcome; the change as shards added and removed and the number
+        of slots moved (the moves themselves are in the published map)."""
+        change = self.decision.change
         return {
             **self.decision.to_dict(),
+            "change": {
+                "added": [s.id for s in change.added],
+                "removed": list(change.removed),
+                "moved": len(change.moves),
+            }
+            if change
+            else None,
             "outcome": self.outcome,
             "map_version": self.map_version,
             "error": self.error,
@@ -238,7 +248,7 @@ class Controller:
 
     def _map(self, version: int) -> ShardMap | None:
         """The deployed map of ``version`` (from the deployment history), if there is one."""
-        if not self._maps:
+        if version not in self._maps:  # read the history again: a round may have deployed
             for number in self.deployer.store.deployments():
                 try:
                     data = self.deployer.store.load_deployment(number)["map"]

@@ -21,7 +21,8 @@ round, in order (docs/autoshard.md has the rules with their reasons):
    and stops if a shard turns hot again.
 5. **rebalance** - when the most loaded shard exceeds ``rebalance_above`` x the mean, or the
    least loaded is below mean / ``rebalance_above``, load moves from the most to the least loaded
-   until all are within half that band, with whatever budget is left.
+   until all are within half that band, with whatever budget is left - unless every shard is
+   below ``merge_below`` (cold shards gain nothing from moving keys between them).
 
 Every round moves at most ``churn_budget`` of the group's slots; shards holding a single slot
 cannot be split further and are left out of the hot set and of balancing.
@@ -468,6 +469,8 @@ class _Round:
         above = self.p.rebalance_above
         if mean <= 0 or (high <= above * mean and low * above >= mean):
             return
+        if high < self.p.merge_below:
+            return  # every shard is cold: moving keys between them gains nothing
         moved = self.w.rebalance(active, 1 + (above - 1) / 2)
         if moved:
             after = self.w.shard_loads()[active]
