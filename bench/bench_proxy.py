@@ -824,8 +824,20 @@ def bench_accumulator(p: Params, rep: Report) -> None:
         for slot in uniform:
             d[slot] = d.get(slot, 0) + 1
 
+    def run_proxy_path() -> None:
+        """What Proxy.handle adds per served request (it measured the latency anyway): the
+        map version, one time.time() for the window, add, and the check for a closed window."""
+        acc = LoadAccumulator("bench", window_s=10.0)
+        add, wall = acc.add, time.time
+        for slot, c in zip(uniform, ms, strict=True):
+            acc.map_version = 1
+            add("eu-0", "eu", slot, c, wall())
+            if acc.closed:
+                acc.take()
+
     cases = [
         ("LoadAccumulator.add, uniform over 16,384 slots", run_add(uniform)),
+        ("in the proxy: add + time.time() + closed-window check", run_proxy_path),
         ("LoadAccumulator.add, skewed (Pareto 1.1) slots", run_add(skewed)),
         ("peer: a no-op function with the same 5 arguments", run_noop),
         ("peer: one dict increment per request (d[s] = d.get(s, 0) + 1)", run_dict),
@@ -875,6 +887,8 @@ def bench_accumulator(p: Params, rep: Report) -> None:
     )
     add_us = med(samples[cases[0][0]])
     rep.target("LoadAccumulator.add per request (uniform slots)", add_us, 1.0, ".3f", "us")
+    path_us = med(samples[cases[1][0]])
+    rep.target("load signal per request in the proxy (add + time.time)", path_us, 1.0, ".3f", "us")
     rep.command("load accumulator", "python bench/bench_proxy.py --only accumulator")
 
 

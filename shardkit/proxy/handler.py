@@ -19,9 +19,10 @@ The user's function is named by ``SHARDKIT_HANDLER`` (``module:function``) and c
 ``fn(key, payload, state) -> (answer, new_state)``; ``new_state=None`` means "nothing to write".
 
 **Load signal** (docs/autoshard.md): with a ``load`` accumulator, every request this shard
-serves is counted once (its slot and its compute time: one ``LoadAccumulator.add``); the request
-that closes a window hands that window's record to the ``sink`` (one put in the state table per
-instance and window), after its own answer is made, and a failed put never fails the request.
+serves is counted once (its slot and its latency, already measured for the metrics: one
+``LoadAccumulator.add`` and one ``time.time()``); the request that closes a window hands that
+window's record to the ``sink`` (one put in the state table per instance and window), after its
+own answer is made, and a failed put never fails the request.
 The Lambda entry point turns this on when ``SHARDKIT_LOAD_WINDOW_S`` is above 0 (the blueprint
 sets it from the group's autoshard policy).
 
@@ -158,9 +159,10 @@ class Proxy:
             ["key_hash", "map_version"]
         )  # a warm logger still has the last key's
         reply: Reply
+        served: _Target | None = None
         try:
             request, encoding = decode_event(event)
-            reply = self._serve(request, encoding)
+            reply, served = self._serve(request, encoding)
         except ProxyError as exc:
             reply = exc.reply()
         except Exception as exc:  # e.g. DynamoDB unreachable: a clean error, nothing half-written
@@ -168,17 +170,19 @@ class Proxy:
             reply = ProxyError("unavailable", f"{type(exc).__name__}: {exc}").reply()
         latency_ms = (self.clock() - started) * 1000
         _record_metrics(reply, latency_ms)
-        if self.load is not None and self.load.closed:
-            self._emit_load()
+        if served is not None and self.load is not None:
+            self._count(self.load, served, latency_ms)
         return encode_reply(reply, encoding or error_encoding(event))
 
-    def _emit_load(self) -> None:
-        assert self.load is not None
-        records = self.load.take()
-        if self.sink is not None:
-            self.sink.emit(records)
+    def _count(self, load: LoadAccumulator, at: _Target, latency_ms: float) -> None:
+        """Count a served request; the request that closed a window writes its record."""
+        load.map_version = at.version
+        load.add(self.shard, at.group, at.slot, latency_ms, self.wall())
+        if load.closed and self.sink is not None:
+            self.sink.emit(load.take())
 
-    def _serve(self, request: Request, encoding: Encoding) -> Reply:
+    def _serve(self, request: Request, encoding: Encoding) -> tuple[Reply, _Target | None]:
+        """The reply, and where the request was served (None: redirected or degraded)."""
         shard_map = self._map(request.map_version)
         owner = self._route(shard_map, request)
         _powertools().logger.append_keys(
@@ -186,16 +190,10 @@ class Proxy:
         )
         if not self._is_me(owner):
             if request.failover and self._is_replica(shard_map, request):
-                return self._degraded(request, shard_map.version)
-            return Redirect(owner.id, shard_map.version)
+                return self._degraded(request, shard_map.version), None
+            return Redirect(owner.id, shard_map.version), None
         at = _Target(owner.group, shard_map.slot(request.key), owner.epoch, shard_map.version)
-        if self.load is None:
-            return self._run(request, encoding, at)
-        began = self.clock()
-        reply = self._run(request, encoding, at)
-        self.load.map_version = at.version
-        self.load.add(self.shard, at.group, at.slot, (self.clock() - began) * 1000, self.wall())
-        return reply
+        return self._run(request, encoding, at), at
 
     @staticmethod
     def _route(shard_map: Any, request: Request) -> Any:
