@@ -111,14 +111,16 @@ class DecisionLog:
 
 
 def _decision(entry: Mapping[str, Any]) -> Decision:
-    """A logged decision as history: what cooldown and draining need (not the change itself)."""
+    """A logged decision as history: what cooldown and draining need (not the change itself).
+    Only an applied decision changed anything, so only its actions and draining count."""
+    applied = entry.get("outcome") == "applied"
     return Decision(
         group=str(entry["group"]),
         at=float(entry["at"]),
-        actions=tuple(entry.get("actions", ())) if entry.get("outcome") != "failed" else (),
+        actions=tuple(entry.get("actions", ())) if applied else (),
         change=None,
         reasons=tuple(entry.get("reasons", ())),
-        draining=tuple(entry.get("draining", ())) if entry.get("outcome") == "applied" else (),
+        draining=tuple(entry.get("draining", ())) if applied else (),
     )
 
 

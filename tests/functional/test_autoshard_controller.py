@@ -8,11 +8,14 @@ per-slot counts, so the controller reads, aggregates and decides exactly as it w
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import boto3
 import pytest
+from test_cli_simulate import cli  # the CLI in-process: (stdout, stderr), exit code checked
 
 import shardkit
 from shardkit.autoshard.controller import Controller, DecisionLog, Round
@@ -165,3 +168,39 @@ def test_the_controller_refuses_what_it_cannot_do(
     with pytest.raises(PlanningError, match="replicas"):
         change = {"replicas": 1, "failure_domain": "shard"}
         deployer(rewrite(project, lambda data: data["groups"]["eu"].update(change))).plan()
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+
+def test_the_autoshard_command_logs_each_decision_and_status_shows_them(
+    project: Project, deployer: Deploy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = deployer(project)
+    before = deployed(d, {"eu-0": 30.0, "eu-1": 5.0})
+    (line,) = cli(capsys, "autoshard", project.root, "--once", "--dry-run", "--json")[
+        0
+    ].splitlines()
+    # those windows (at T0) are not closed on the real clock yet: a round now uses none
+    assert json.loads(line)["reasons"] == ["no load window yet"]
+    for w in range(3):  # the same load, in windows the real clock has just closed
+        write_load(project, before, (int(time.time() / WINDOW) - 4 + w) * WINDOW, {"eu-0": 30.0})
+
+    out, _ = cli(capsys, "autoshard", project.root, "--once", "--dry-run")
+    assert "eu: split" in out and "dry run" in out and "slots move" in out
+    assert d.deployed_map().version == before.version  # type: ignore[union-attr]
+
+    out, _ = cli(capsys, "status", project.root)
+    assert "auto-shard: last 2 decisions" in out and "(dry run)" in out
+    status = json.loads(cli(capsys, "status", project.root, "--json")[0])
+    assert [e["outcome"] for e in status["autoshard"]] == ["no change", "dry run"]
+
+
+def test_the_autoshard_command_refuses_bad_use(
+    make_project: Callable[..., Project], capsys: pytest.CaptureFixture[str], moto: None
+) -> None:
+    fixed = make_project()  # no policy
+    _, err = cli(capsys, "autoshard", fixed.root, code=2)
+    assert err.startswith("error: say --once (one round) or --watch")
+    _, err = cli(capsys, "autoshard", fixed.root, "--once", code=2)
+    assert "no group of quickstart has an autoshard policy" in err and " — " in err
