@@ -86,8 +86,8 @@ class DecisionLog:
 
     @classmethod
     def of(cls, deployer: Any) -> DecisionLog:
-        """The log of a deployer's project and target (next to its manifest)."""
-        return cls(deployer.store.root / "autoshard.json")
+        """The log of a deployer's project and target (in its state directory)."""
+        return cls(deployer.project.state_dir / "deploy" / deployer.target.name / "autoshard.json")
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -158,6 +158,20 @@ def windows_of(
         if window is not None:
             out.append(window)
     return out
+
+
+def _history_maps(deployer: Any) -> dict[int, ShardMap]:
+    """Every readable map of the deployment history, by version."""
+    found = {}
+    for number in deployer.store.deployments():
+        try:
+            data = deployer.store.load_deployment(number)["map"]
+            shard_map = deployer.decode(data) if data else None
+        except DeployError:
+            continue
+        if shard_map is not None:
+            found[shard_map.version] = shard_map
+    return found
 
 
 # -- the controller ------------------------------------------------------------------------------
@@ -251,14 +265,7 @@ class Controller:
     def _map(self, version: int) -> ShardMap | None:
         """The deployed map of ``version`` (from the deployment history), if there is one."""
         if version not in self._maps:  # read the history again: a round may have deployed
-            for number in self.deployer.store.deployments():
-                try:
-                    data = self.deployer.store.load_deployment(number)["map"]
-                    shard_map = self.deployer.decode(data) if data else None
-                except DeployError:
-                    continue
-                if shard_map is not None:
-                    self._maps[shard_map.version] = shard_map
+            self._maps.update(_history_maps(self.deployer))
         return self._maps.get(version)
 
     def watch(
