@@ -12,8 +12,8 @@ policy:
    of the next window), each with the slot table of the map its records were counted under;
 3. **decide** (:func:`~.decide.decide`, pure) with the deployed map, the windows, the policy and
    this group's recent decisions;
-4. **record** the decision with its reasons (the decision log, ``autoshard.json`` next to the
-   deployment's manifest; ``shardkit status`` shows the last ones) and hand it to ``log``;
+4. **record** the decision with its reasons (the decision log, ``autoshard.json`` in the
+   target's state directory; ``shardkit status`` shows the last ones) and hand it to ``log``;
 5. **apply** a layout change - unless the policy's mode is ``dry-run`` or the controller runs
    with ``dry_run`` - through the deploy engine (:meth:`Deployer.plan` with the change, then
    :meth:`Deployer.apply`), so new shards are created, the migration moves exactly the changed
@@ -163,9 +163,9 @@ def windows_of(
 def _history_maps(deployer: Any) -> dict[int, ShardMap]:
     """Every readable map of the deployment history, by version."""
     found = {}
-    for number in deployer.store.deployments():
+    for number in deployer.state.history():
         try:
-            data = deployer.store.load_deployment(number)["map"]
+            data = deployer.state.load_history(number).map
             shard_map = deployer.decode(data) if data else None
         except DeployError:
             continue

@@ -153,6 +153,7 @@ def region_resources(
     """The per-region resources of the definition (bucket, table) for one region, without a
     map: what the deploy engine needs to find or make the home region's foundation."""
     values = _region_values(definition, config, region, account, partition)
+    values.update(_control_values(definition, values, CodeArtifact(key="", sha256=""), "", False))
     source = f"blueprint {definition['name']}"
     return [_resource(source, item, values, region, None) for item in definition.get("region", [])]
 
@@ -172,9 +173,11 @@ def _region_values(
 
 
 def home_region(config: ProjectConfig, regions: list[str]) -> str:
-    """Where the project's control-plane resources go: the first region of ``[regions]`` (file
-    order) that has shards."""
-    return next(r for r in config.regions if r in regions)
+    """Where the project's control-plane resources go: its home region (where the deployment
+    record and lock live), or - if the map has no shards there - the first region of
+    ``[regions]`` that has some."""
+    home = config.home_region
+    return home if home in regions else next(r for r in config.regions if r in regions)
 
 
 def _autoshard(config: ProjectConfig) -> bool:

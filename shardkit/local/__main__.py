@@ -195,7 +195,7 @@ def _scheduler(root: Path, endpoint: str, gateway: Any) -> Any:
     return Scheduler(
         lambda region: client("events", region, endpoint),
         invoke,
-        root / ".shardkit" / "deploy" / "local" / "manifest.json",
+        lambda: {region for region, _ in gateway.executor.routes.current().code},
         log=_log,
     )
 

@@ -3,7 +3,7 @@
 moto keeps rules and targets but fires nothing. The local cloud's process runs
 :class:`Scheduler` in a thread: every ``poll_s`` it asks EventBridge (moto, through its API, so a
 rule disabled or deleted by any client stops firing) for the rules of the regions the local
-deployment uses, and for each ``ENABLED`` rule with a ``rate(...)`` schedule whose period has
+deployment uses (what the deploy engine published for the local cloud), and for each ``ENABLED`` rule with a ``rate(...)`` schedule whose period has
 passed it invokes each Lambda target through the local executor with the event EventBridge sends
 (``detail-type: Scheduled Event``). A rule fires first as soon as it is seen enabled, then once per
 period; a firing still running when the next is due is not doubled (the next one waits).
@@ -12,13 +12,11 @@ period; a firing still running when the next is due is not doubled (the next one
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["Scheduler", "period_s"]
@@ -37,21 +35,21 @@ class Scheduler:
     """Fires the schedule rules of the local deployment (see the module docstring).
 
     ``events(region)`` is an EventBridge client; ``invoke(region, function, event)`` runs a
-    function; ``manifest`` is the local deployment's manifest (which regions to look in).
+    function; ``regions()`` says where the local deployment has functions (where to look).
     """
 
     def __init__(
         self,
         events: Callable[[str], Any],
         invoke: Callable[[str, str, dict[str, Any]], Any],
-        manifest: Path,
+        regions: Callable[[], Iterable[str]],
         *,
         log: Callable[[str], None] = lambda line: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.events = events
         self.invoke = invoke
-        self.manifest = manifest
+        self.regions = regions
         self.log = log
         self.clock = clock
         self.next_at: dict[tuple[str, str], float] = {}  # (region, rule) -> when it fires next
@@ -77,7 +75,7 @@ class Scheduler:
     def poll(self) -> None:
         """Fire every rule that is due (each firing in its own thread)."""
         now = self.clock()
-        for region in self._regions():
+        for region in sorted(set(self.regions())):
             for rule in self._events(region).list_rules().get("Rules", []):
                 self._consider(region, rule, now)
 
@@ -117,13 +115,6 @@ class Scheduler:
         finally:
             with self._lock:
                 self.running.discard((region, rule["Name"]))
-
-    def _regions(self) -> list[str]:
-        try:
-            resources = json.loads(self.manifest.read_text())["resources"]
-        except (OSError, ValueError, KeyError):
-            return []
-        return sorted({r["region"] for r in resources.values() if r.get("kind") == "schedule_rule"})
 
 
 def _function_of(arn: str) -> str | None:

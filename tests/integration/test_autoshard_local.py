@@ -25,6 +25,7 @@ import pytest
 
 from shardkit.autoshard.controller import DecisionLog
 from shardkit.deploy.client import client_for_project
+from shardkit.deploy.state import cached_record
 from shardkit.errors import ShardkitError
 from shardkit.local import server
 from shardkit.routing import InferenceError, RetryPolicy
@@ -114,13 +115,10 @@ def project(tmp_path: Path) -> Iterator[Path]:
 
 
 def shard_count(root: Path) -> int:
-    """The deployed map's us shards, from the deployment's manifest (cheap: polled often)."""
-    manifest = json.loads((root / ".shardkit" / "deploy" / "local" / "manifest.json").read_text())
-    return sum(
-        1
-        for r in manifest["resources"].values()
-        if r["kind"] == "lambda_function" and str(r.get("shard")).startswith("us-")
-    )
+    """The deployed map's us shards, from the deployment record's local copy (cheap: polled
+    often)."""
+    record = cached_record(root / ".shardkit", "local")
+    return 0 if record is None else sum(1 for s in record.shards() if s.startswith("us-"))
 
 
 class Writer:

@@ -3,7 +3,6 @@ round uses, what history a decision log gives back, bad logs, and when a schedul
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -119,10 +118,6 @@ def rule(name: str, state: str = "ENABLED", schedule: str = "rate(1 minute)") ->
 
 
 def test_enabled_rate_rules_fire_their_lambda_targets_once_per_period(tmp_path: Path) -> None:
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(
-        json.dumps({"resources": {"k": {"kind": "schedule_rule", "region": "eu-west-1"}}})
-    )
     fn = "arn:aws:lambda:eu-west-1:123456789012:function:ctl"
     events = FakeEvents(
         [rule("on"), rule("off", state="DISABLED"), rule("cron", schedule="cron(0 * * * ? *)")],
@@ -136,7 +131,9 @@ def test_enabled_rate_rules_fire_their_lambda_targets_once_per_period(tmp_path: 
         fired.append((region, function, event))
         return type("R", (), {"status": 200, "function_error": None, "payload": None})()
 
-    s = Scheduler(lambda region: events, invoke, manifest, log=lines.append, clock=lambda: now[0])
+    s = Scheduler(
+        lambda region: events, invoke, lambda: ["eu-west-1"], log=lines.append, clock=lambda: now[0]
+    )
 
     def tick(at: float) -> None:
         now[0] = at
