@@ -57,6 +57,7 @@ __all__ = [
     "DependencyError",
     "DeployError",
     "EdgePolicyError",
+    "HandlerError",
     "InferenceError",
     "KeyStoreError",
     "LoadRecordError",
@@ -261,6 +262,10 @@ class RecordFormatError(DeployError):
     """A deployment record is damaged, or was written by a newer shardkit."""
 
     hint = "upgrade shardkit (`pip install -U shardkit`) to read it"
+
+
+class HandlerError(DeployError):
+    """The configured handler cannot be imported from the code package a deploy would ship."""
 
 
 class LogsError(ShardkitError):

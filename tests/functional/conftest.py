@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import threading
 import tomllib
 from collections.abc import Callable, Iterator
@@ -249,11 +250,13 @@ def _inline(value: Any) -> str:
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Project]:
     """``make_project(config=None, dirname="proj")``: a project directory in tmp_path holding
-    ``config`` (default: the small variant); the quickstart itself with ``config="quickstart"``."""
+    ``config`` (default: the small variant) and the quickstart's code (a plan imports the
+    handler from the package it builds); the quickstart itself with ``config="quickstart"``."""
 
     def make(config: dict[str, Any] | str | None = None, dirname: str = "proj") -> Project:
         root = tmp_path / dirname
         root.mkdir()
+        shutil.copytree(QUICKSTART.parent / "app", root / "app")
         if config == "quickstart":
             (root / "shardkit.toml").write_text(QUICKSTART.read_text("utf-8"))
         else:
