@@ -25,7 +25,8 @@
     │   ├── ApplyFailedError      a step failed; the journal records what was done
     │   ├── MigrationError        the state tables are not as a migration step expects
     │   ├── StateLockedError      another command holds the deployment's lock
-    │   └── RecordFormatError     a deployment record is unreadable or of a newer format
+    │   ├── RecordFormatError     a deployment record is unreadable or of a newer format
+    │   └── HandlerError          the code package cannot import proxy.handler
     ├── TableWriteError           a conditional write or transaction on a state table was refused
     ├── LocalCloudError           the local cloud is missing, stopped or failed to start
     ├── LogsError                 the proxies' logs cannot be read as asked

@@ -43,6 +43,7 @@ from ..sharding.codec import decode_map, encode_map
 from ..sharding.layout import LayoutChange, apply_layout
 from ..sharding.shardmap import ShardMap
 from .executor import ApplyResult, Executor, Progress, check_base
+from .handler import check_handler
 from .lock import Lease, LockInfo
 from .package import build_package
 from .plan import Plan, make_plan
@@ -169,6 +170,11 @@ class Deployer:
             envelope = record.map_envelope  # the registry came back empty: publish it again
         package = build_package(self.project, self._dependencies())
         self._cache_artifact(package.sha256, package.data)
+        check_handler(
+            package.data,
+            self.project.config.proxy.handler,
+            self._artifact_path(package.sha256, "handler"),
+        )
         blueprint = self._blueprint(shard_map, package.artifact)
         if refresh and not restoring:
             gone = set(self._missing(record))
@@ -520,15 +526,18 @@ class Deployer:
                 f"not {self.target.name} (account {self.target.account})"
             )
 
+    def _artifact_path(self, sha256: str, suffix: str = "zip") -> Path:
+        return self.project.state_dir / "artifacts" / f"{sha256}.{suffix}"
+
     def _cache_artifact(self, sha256: str, data: bytes) -> None:
-        path = self.project.state_dir / "artifacts" / f"{sha256}.zip"
+        path = self._artifact_path(sha256)
         if not path.exists():
             write_bytes_atomic(path, data)
 
     def _load_artifact(self, artifact: dict[str, str] | None) -> bytes:
         if artifact is None:
             raise PlanFileError("the plan uploads code but names no code package")
-        path = self.project.state_dir / "artifacts" / f"{artifact['sha256']}.zip"
+        path = self._artifact_path(artifact["sha256"])
         try:
             data = path.read_bytes()
         except FileNotFoundError:

@@ -456,6 +456,7 @@ def test_a_failed_publish_deletes_nothing_a_registry_still_names(
     ],
 )
 def test_a_handler_the_package_cannot_import_is_refused_at_plan(
+    sk: Run,
     cloud: LocalCloud,
     project_on: Project,
     rewrite: Rewrite,
