@@ -5,7 +5,12 @@ Deployer`) holds the deployment's lock and has loaded the record under it:
 
 1. the plan's ``base`` must be the fingerprint of the deployed record - or, when this same plan
    failed earlier, the fingerprint of the record that failure left behind (a resume);
-2. regions run in parallel, steps within a region in plan order (dependencies first);
+2. the steps run in three global phases - make (create, update, upload, fence), publish the
+   map, delete - each across every region in parallel (steps within a region in plan order),
+   and a phase starts only once the one before it is done everywhere; before the map goes out
+   the record is saved with what now exists (status ``applying``), so no registry names a
+   shard before every region has it and its function is on record, and no shard is deleted
+   while a registry still names it;
 3. every completed step is appended (and fsynced) to the plan's journal before the next starts;
    the journal is checkpointed to the home bucket every ``CHECKPOINT_STEPS`` steps or
    ``CHECKPOINT_S`` seconds, and when the apply fails, so another machine can resume it;
@@ -87,10 +92,12 @@ class Executor:
             self._supersede_unfinished()
         ctx = Context(self.aws, plan.account, self.partition, artifact_data, plan.map_envelope)
         before = self.aws.mutating_calls
-        errors = self._run(plan, done, ctx, lease)
-        builder = RecordBuilder(record)
+        instance = local_instance or record.local_instance
+        self._latest = record
+        errors = self._run(plan, done, ctx, lease, instance)
+        builder = RecordBuilder(self._latest)
         _apply_steps(builder, plan, done)
-        builder.set(account=plan.account, local_instance=local_instance or record.local_instance)
+        builder.set(account=plan.account, local_instance=instance)
         if errors:
             builder.set(status="failed")
             self.state.save(builder.build())
@@ -126,16 +133,20 @@ class Executor:
             self.state.finish_journal(plan_id)
 
     def _run(
-        self, plan: Plan, done: dict[int, dict[str, Any]], ctx: Context, lease: Lease | None
+        self,
+        plan: Plan,
+        done: dict[int, dict[str, Any]],
+        ctx: Context,
+        lease: Lease | None,
+        local_instance: str,
     ) -> list[tuple[Step, BaseException]]:
-        by_region: dict[str, list[Step]] = {}
-        for step in plan.steps:
-            by_region.setdefault(step.region, []).append(step)
+        """The plan's phases one after the other, each across every region at once; a phase
+        starts only when the one before it is done everywhere (see :func:`phases`)."""
         errors: list[tuple[Step, BaseException]] = []
         stop = threading.Event()
         lock = threading.Lock()
         checkpoint = _Checkpoint(lambda: self._checkpoint(plan))
-        with self.state.journal(plan.plan_id) as record:
+        with self.state.journal(plan.plan_id) as journal:
 
             def run_region(steps: list[Step]) -> None:
                 for step in steps:
@@ -158,16 +169,40 @@ class Executor:
                         stop.set()
                         return
                     with lock:
-                        record(step.id, outputs)
+                        journal(step.id, outputs)
                         done[step.id] = outputs
                         due = checkpoint.due()
                     if due:
                         checkpoint.save()
                     self.progress(step, "done")
 
-            with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_region)))) as pool:
-                list(pool.map(run_region, by_region.values()))
+            for phase in phases(plan):
+                if stop.is_set():
+                    break
+                if phase[0].action == "publish" and any(s.id not in done for s in phase):
+                    self._before_publishing(plan, done, local_instance)
+                by_region: dict[str, list[Step]] = {}
+                for step in phase:
+                    by_region.setdefault(step.region, []).append(step)
+                with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_region)))) as pool:
+                    list(pool.map(run_region, by_region.values()))
         return errors
+
+    def _before_publishing(
+        self, plan: Plan, done: dict[int, dict[str, Any]], local_instance: str
+    ) -> None:
+        """Record what exists before any registry names it: a client that meets a new shard
+        in the map finds its function in the record; and a version about to be published is
+        never signed again with other content, even if this process dies mid-way."""
+        builder = RecordBuilder(self._latest)
+        _apply_steps(builder, plan, done)
+        builder.set(
+            status="applying",
+            map_version_max=max(self._latest.map_version_max, plan.map_version),
+            account=plan.account,
+            local_instance=local_instance,
+        )
+        self._latest = self.state.save(builder.build())
 
     def _step(self, step: Step, ctx: Context) -> dict[str, Any]:
         if step.action == "retain":
@@ -222,7 +257,8 @@ class Executor:
 def check_base(plan: Plan, record: Record, done: dict[int, dict[str, Any]]) -> None:
     """A plan applies to the state it was made against - or, resuming its own failed apply
     (``done`` is its journal), to the state that failure left."""
-    if plan.base != record.fingerprint() and not (done and record.status == "failed"):
+    unfinished = record.status in ("failed", "applying")
+    if plan.base != record.fingerprint() and not (done and unfinished):
         raise PlanStaleError(
             f"the plan was made against deployed state {plan.base}, but the deployed "
             f"state is now {record.fingerprint()} (deployment {record.deployment})"
@@ -244,6 +280,18 @@ class _Checkpoint:
 
     def save(self) -> None:
         self.save_fn()
+
+
+def phases(plan: Plan) -> list[list[Step]]:
+    """The plan's steps as global phases: first everything that makes or changes resources,
+    uploads code or writes slot records; then the map, in every region; then deletions. So no
+    registry names a shard before it exists in every region, and a shard is deleted only once
+    no registry names it any more - it keeps answering (with redirects) until then."""
+    order = {"publish": 1, "delete": 2, "retain": 2}
+    grouped: list[list[Step]] = [[], [], []]
+    for step in plan.steps:
+        grouped[order.get(step.action, 0)].append(step)
+    return [phase for phase in grouped if phase]
 
 
 def _lock_lost(lease: Lease) -> DeployError:

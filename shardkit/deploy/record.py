@@ -42,7 +42,7 @@ RECORD_FORMAT = "shardkit-deployment/2"
 _FORMAT = re.compile(r"^shardkit-deployment/(\d+)$")
 _UPGRADE_HINT = "upgrade shardkit (`pip install -U shardkit`), then run the command again"
 
-Status = Literal["empty", "ok", "failed", "destroyed"]
+Status = Literal["empty", "ok", "applying", "failed", "destroyed"]
 
 
 class _Frozen(BaseModel):
