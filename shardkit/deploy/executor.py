@@ -88,6 +88,10 @@ class Executor:
         skipped = len(done)
         resumed = bool(done)
         check_base(plan, record, done)
+        if plan.restores and record.local_instance != plan.restores:
+            # A restarted local cloud holds nothing the record lists (but the DynamoDB tables,
+            # which the plan adopts): what the plan makes is all there is.
+            record = record.emptied()
         if not resumed:
             self._supersede_unfinished()
         ctx = Context(self.aws, plan.account, self.partition, artifact_data, plan.map_envelope)
@@ -179,7 +183,9 @@ class Executor:
             for phase in phases(plan):
                 if stop.is_set():
                     break
-                if phase[0].action == "publish" and any(s.id not in done for s in phase):
+                if phase[0].action in ("publish", "unpublish") and any(
+                    s.id not in done for s in phase
+                ):
                     self._before_publishing(plan, done, local_instance)
                 by_region: dict[str, list[Step]] = {}
                 for step in phase:
@@ -213,6 +219,16 @@ class Executor:
         if step.action == "publish":
             out = self._put(step, ctx.map_envelope, "application/vnd.shardkit.map")
             return {"version_id": out.get("VersionId", "")}
+        if step.action == "unpublish":
+            self.aws.call(
+                "s3",
+                step.region,
+                "delete_object",
+                resource=step.name,
+                Bucket=step.props["bucket"],
+                Key=step.name,
+            )
+            return {}
         if step.action == "fence":
             return slot_records(self.aws, step.region, step.props)
         return kinds.get(step.kind).apply(step.action, ctx, step.region, step.name, step.props)
@@ -287,7 +303,7 @@ def phases(plan: Plan) -> list[list[Step]]:
     uploads code or writes slot records; then the map, in every region; then deletions. So no
     registry names a shard before it exists in every region, and a shard is deleted only once
     no registry names it any more - it keeps answering (with redirects) until then."""
-    order = {"publish": 1, "delete": 2, "retain": 2}
+    order = {"publish": 1, "unpublish": 1, "delete": 2, "retain": 2}
     grouped: list[list[Step]] = [[], [], []]
     for step in plan.steps:
         grouped[order.get(step.action, 0)].append(step)
@@ -339,6 +355,7 @@ _RECORD: dict[str, Callable[[RecordBuilder, Step, dict[str, Any]], None]] = {
     # the slot records are in the state tables, and the map says which: nothing to record
     "fence": lambda b, step, out: None,
     "publish": lambda b, step, out: b.published(step.region, step.props["version"]),
+    "unpublish": lambda b, step, out: b.unpublished(step.region),
 }
 
 

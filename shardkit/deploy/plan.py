@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,14 +30,17 @@ from ..errors import DeployError, PlanFileError
 from ..migrate.deploy import SlotBatch
 from .record import Record, ResourceRecord
 
-__all__ = ["PLAN_FORMAT", "Plan", "Step", "make_plan"]
+__all__ = ["PLAN_FORMAT", "REGISTRY_KEY", "Plan", "Step", "make_plan"]
 
 PLAN_FORMAT = "shardkit-plan/1"
+#: Where each region's registry bucket holds the signed map clients read.
+REGISTRY_KEY = "registry/map.skm"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One change: ``action`` is create, update, delete, retain, upload, fence or publish."""
+    """One change: ``action`` is create, update, delete, retain, upload, fence, publish or
+    unpublish."""
 
     id: int
     action: str
@@ -190,6 +193,7 @@ def make_plan(
     slots: Sequence[SlotBatch] = (),
     delete_data: bool = False,
     keep: frozenset[str] = frozenset(),
+    publish_to: Collection[str] | None = None,
     kind: str = "deploy",
 ) -> Plan:
     """The steps that turn ``deployed`` into ``desired``. Pure: reads and writes nothing.
@@ -199,7 +203,10 @@ def make_plan(
     to the slots' new owners - before the map is published, so a shard still routing with the
     old map cannot write a slot it lost (docs/architecture.md §4.4). ``keep``: keys of resources
     that are retained rather than deleted unless ``delete_data`` (the home region's bucket,
-    which holds the deployment record).
+    which holds the deployment record). ``publish_to``: the regions whose registry needs
+    ``map_envelope`` (all of the blueprint's by default). A registry the desired blueprint
+    has no region for is emptied (``unpublish``) before anything is deleted, so no registry
+    names a shard that is gone.
     """
     steps: list[Step] = []
     wanted = desired.by_key()
@@ -228,15 +235,31 @@ def make_plan(
     steps += _fences(desired, deployed, slots)
     if map_envelope is not None:
         for region in desired.regions:
+            if publish_to is not None and region not in publish_to:
+                continue
             steps.append(
                 _step(
                     len(steps),
                     "publish",
                     "map",
                     region,
-                    "registry/map.skm",
+                    REGISTRY_KEY,
                     {"bucket": buckets[region], "version": map_version},
                     f"map version {map_version}",
+                )
+            )
+    recorded_buckets = deployed.buckets()
+    for region in sorted(set(deployed.map_regions) - set(desired.regions)):
+        if region in recorded_buckets:
+            steps.append(
+                _step(
+                    len(steps),
+                    "unpublish",
+                    "map",
+                    region,
+                    REGISTRY_KEY,
+                    {"bucket": recorded_buckets[region]},
+                    "no shards here any more: clients must not read a map naming them",
                 )
             )
     doomed = [k for k in deployed.resources if k not in wanted]
@@ -313,7 +336,7 @@ def _phase(step: Step) -> tuple[int, int]:
         return (2 * kinds.rank("s3_bucket") + 1, step.id)
     if step.action == "fence":
         return (2 * count, step.id)
-    if step.action == "publish":
+    if step.action in ("publish", "unpublish"):
         return (2 * count + 1, step.id)
     if step.action in ("delete", "retain"):
         return (4 * count - kinds.rank(step.kind), step.id)

@@ -270,6 +270,10 @@ class RecordBuilder:
         if region not in self.map_regions:
             self.map_regions.append(region)
 
+    def unpublished(self, region: str) -> None:
+        if region in self.map_regions:
+            self.map_regions.remove(region)
+
     def set(self, **fields: Any) -> None:
         self.fields.update(fields)
 
