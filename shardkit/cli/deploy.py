@@ -15,11 +15,12 @@ from rich.table import Table
 from .._files import write_bytes_atomic
 from ..config import load_project
 from ..config.loader import Project
-from ..deploy.engine import Deployer
+from ..deploy.engine import Deployer, nothing_deployed
 from ..deploy.executor import ApplyResult
 from ..deploy.plan import Plan, Step
+from ..deploy.state import cached_record
 from ..deploy.targets import open_target
-from ..errors import DeployError
+from ..errors import DeployError, LocalCloudError
 from .output import console, emit_json, err_console, json_option
 
 _PATH = click.Path(path_type=Path)
@@ -162,16 +163,7 @@ def deploy_cmd(
 @json_option
 def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
     """What is deployed: recorded state checked against what exists."""
-    deployer = _deployer(project_dir, local, start=False, json_=json_)
-    if deployer.needs_restore():
-        raise DeployError(
-            "the local cloud restarted and the deployment is not restored yet",
-            hint="run `shardkit local up PROJECT_DIR` or `shardkit deploy` to restore",
-        )
-    from ..autoshard.controller import DecisionLog
-
-    info = deployer.status()
-    info["autoshard"] = DecisionLog.of(deployer).entries()[-10:]
+    info = _status(project_dir, local, json_)
     if json_:
         emit_json(info)
         return
@@ -180,6 +172,8 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
         f"(account {info['account'] or '-'}, home {info['home_region']}): deployment "
         f"{info['deployment']}, map version {info['map_version']}, status {info['status']}"
     )
+    for problem in info["problems"]:
+        console.print(f"  [red]problem[/] {problem}", soft_wrap=True)
     if info["lock"]:
         lock = info["lock"]
         console.print(
@@ -202,6 +196,23 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
         from .autoshard import show_decisions
 
         show_decisions(info["autoshard"])
+
+
+def _status(project_dir: Path, local: bool | None, json_: bool) -> dict[str, Any]:
+    """The deployment's status; a local cloud that is not running with nothing ever deployed
+    to it is "nothing deployed", not an error."""
+    try:
+        deployer = _deployer(project_dir, local, start=False, json_=json_)
+    except LocalCloudError:
+        project = load_project(project_dir)
+        if cached_record(project.state_dir, "local") is not None:
+            raise
+        return {**nothing_deployed(project, "local"), "autoshard": []}
+    from ..autoshard.controller import DecisionLog
+
+    info = deployer.status()
+    info["autoshard"] = DecisionLog.of(deployer).entries()[-10:]
+    return info
 
 
 @click.command("destroy")

@@ -35,7 +35,7 @@ from ..blueprint.definition import (
 from ..blueprint.model import Blueprint, Resource
 from ..config.build import build_map, rebase_map, same_routing, signing_key_for
 from ..config.loader import Project
-from ..errors import DeployError, MapError, PlanFileError, PlanStaleError
+from ..errors import AwsNotFoundError, DeployError, MapError, PlanFileError, PlanStaleError
 from ..keys import format_trusted_keys, load_trusted_keys
 from ..kinds import Context
 from ..migrate.deploy import SlotBatch, slot_batches
@@ -44,9 +44,10 @@ from ..sharding.layout import LayoutChange, apply_layout
 from ..sharding.shardmap import ShardMap
 from .executor import ApplyResult, Executor, Progress, check_base
 from .handler import check_handler
+from .health import Observed, assess
 from .lock import Lease, LockInfo
 from .package import build_package
-from .plan import Plan, make_plan
+from .plan import REGISTRY_KEY, Plan, make_plan
 from .record import Record
 from .state import DeploymentState, Home
 
@@ -124,21 +125,59 @@ class Deployer:
         return record
 
     def deployed_map(self, record: Record | None = None) -> ShardMap | None:
-        record = record or self.record()
-        if record.map_envelope is None:
+        """The map the deployment last published, verified; ``None`` when there is none. A
+        record whose copy is unreadable (damaged, tampered with) is answered from the
+        registries: the copy one serves whose hash is the one recorded. When none does, the
+        deployed map is unknown (``None``): the next deploy publishes a new, higher version."""
+        envelope = self._deployed_envelope(record or self.record())
+        return None if envelope is None else self._decode(envelope)
+
+    def _deployed_envelope(self, record: Record) -> bytes | None:
+        if record.map_envelope is not None and self._decodes(record.map_envelope):
+            return record.map_envelope
+        if record.map_envelope is None and not record.map_sha256:
             return None
-        return self.decode(record.map_envelope)
+        for region, bucket in sorted(record.buckets().items()):
+            served = self._registry(region, bucket) or b""
+            if hashlib.sha256(served).hexdigest() == record.map_sha256 and self._decodes(served):
+                return served
+        return None
 
     def decode(self, data: bytes) -> ShardMap:
         """A map this project signed (expired or not), e.g. one of the deployment history."""
-        trusted = load_trusted_keys(self.project.keys_dir)
         try:
-            return decode_map(data, trusted, now=float("-inf"))
+            return self._decode(data)
         except MapError as exc:
             raise DeployError(
                 f"a deployed map cannot be read: {exc.message}",
                 hint=exc.hint,
             ) from None
+
+    def _decodes(self, envelope: bytes) -> bool:
+        try:
+            self._decode(envelope)
+        except MapError:
+            return False
+        return True
+
+    def _decode(self, envelope: bytes) -> ShardMap:
+        return decode_map(envelope, load_trusted_keys(self.project.keys_dir), now=float("-inf"))
+
+    def _registry(self, region: str, bucket: str) -> bytes | None:
+        """What the registry of ``region`` serves (one read call); ``None`` when nothing."""
+        try:
+            answer = self.target.aws.call(
+                "s3", region, "get_object", resource=bucket, Bucket=bucket, Key=REGISTRY_KEY
+            )
+        except AwsNotFoundError:
+            return None
+        body: bytes = answer["Body"].read()
+        return body
+
+    def _stale_registries(self, envelope: bytes | None, buckets: Mapping[str, str]) -> list[str]:
+        """Regions (of ``buckets``: region -> bucket) whose registry does not serve
+        ``envelope``: deleted, replaced or never written behind the record's back."""
+        return sorted(r for r, b in buckets.items() if self._registry(r, b) != envelope)
 
     def needs_restore(self, record: Record | None = None) -> bool:
         """The local cloud restarted since the last apply: what is recorded is not there."""
@@ -166,8 +205,8 @@ class Deployer:
         actual = record.emptied() if restoring else record
         deployed = self.deployed_map(record)
         shard_map, envelope = self._next_map(deployed, record, tuple(changes))
-        if restoring and envelope is None:
-            envelope = record.map_envelope  # the registry came back empty: publish it again
+        if restoring and envelope is None:  # the registries came back empty: publish it again
+            envelope = self._deployed_envelope(record)
         package = build_package(self.project, self._dependencies())
         self._cache_artifact(package.sha256, package.data)
         check_handler(
@@ -176,6 +215,10 @@ class Deployer:
             self._artifact_path(package.sha256, "handler"),
         )
         blueprint = self._blueprint(shard_map, package.artifact)
+        publish_to = None
+        if envelope is None:  # the deployed map stays: publish it wherever it is not served
+            envelope = self._deployed_envelope(record)
+            publish_to = self._registries_to_fix(blueprint, record, envelope)
         if refresh and not restoring:
             gone = set(self._missing(record))
             actual = record.model_copy(
@@ -188,6 +231,7 @@ class Deployer:
             artifact=_artifact_dict(package.artifact),
             map_envelope=envelope,
             map_version=shard_map.version,
+            publish_to=publish_to,
             slots=slot_batches(
                 deployed, shard_map, self._fresh_tables(blueprint, record, probe=restoring)
             ),
@@ -196,6 +240,21 @@ class Deployer:
         if restoring:
             plan = self._as_restore(plan, record)
         return plan
+
+    def _registries_to_fix(
+        self, blueprint: Blueprint, record: Record, envelope: bytes | None
+    ) -> list[str]:
+        """The regions whose registry must be (re)written with the deployed map: all of them
+        when the record's own copy was unreadable (publishing repairs it), else those that do
+        not serve it - their bucket is new, or the map was deleted or replaced there."""
+        buckets = {r.region: r.name for r in blueprint.of_kind("s3_bucket")}
+        if envelope != record.map_envelope:
+            return sorted(buckets)
+        recorded = record.buckets()
+        stale = self._stale_registries(
+            envelope, {r: b for r, b in buckets.items() if r in recorded}
+        )
+        return sorted(set(stale) | (set(buckets) - set(recorded)))
 
     def _as_restore(self, plan: Plan, record: Record) -> Plan:
         """A plan onto a restarted local cloud: when it re-creates exactly the recorded
@@ -285,7 +344,7 @@ class Deployer:
         current = self.deployed_map(record)
         envelope, version, slots = None, record.map_version, []
         if entry.map and current is not None:
-            old = decode_map(entry.map, load_trusted_keys(self.project.keys_dir), now=float("-inf"))
+            old = self._decode(entry.map)
             shard_map = rebase_map(old, current, ttl_s=self._ttl())
             envelope, version = self._sign(shard_map), shard_map.version
             slots = slot_batches(current, shard_map, self._fresh_tables(blueprint, record))
@@ -428,26 +487,51 @@ class Deployer:
         publish(self.project.root, Routes(urls=record.url_targets(), code=record.code_locations()))
 
     def status(self) -> dict[str, Any]:
-        """What is recorded, checked against what exists (read-only calls)."""
+        """What is recorded, checked against what exists (read-only calls): the status says
+        ``ok`` only when nothing is missing, pending, drifted or unreadable (see
+        :mod:`shardkit.deploy.health`)."""
         record = self.record()
         holder = self.lock_holder()
-        return {
-            "project": record.project,
-            "target": self.target.name,
-            "account": record.account,
-            "home_region": self.home.region,
-            "status": record.status,
-            "deployment": record.deployment,
-            "map_version": record.map_version,
-            "regions": record.regions(),
-            "resources": len(record.resources),
-            "missing": self._missing(record),
-            "retained": record.retained(),
-            "pending_applies": self.state.pending(),
-            "history": self.state.history(),
-            "lock": None if holder is None else vars(holder),
-            "shards": record.shards(),
-        }
+        missing = self._missing(record)
+        status, problems = assess(self._observe(record, missing))
+        return _status_dict(
+            record.model_copy(update={"home_region": self.home.region}),
+            self.target.name,
+            status,
+            problems,
+            missing=missing,
+            pending=self.state.pending(),
+            history=self.state.history(),
+            lock=None if holder is None else vars(holder),
+        )
+
+    def _observe(self, record: Record, missing: list[str]) -> Observed:
+        """Everything :func:`assess` judges, looked at now: the registries, the map, what
+        exists."""
+        map_problem, stale, unnamed = "", [], []
+        registries = record.buckets()
+        if record.status == "destroyed":
+            stale = [r for r, b in sorted(registries.items()) if self._registry(r, b) is not None]
+        elif record.map_envelope is not None or record.map_sha256:
+            envelope = self._deployed_envelope(record)
+            if envelope != record.map_envelope:
+                map_problem = "the record's copy of the deployed map is unreadable or tampered with"
+            if envelope is not None:
+                regions = {r: b for r, b in registries.items() if r in record.map_regions}
+                stale = self._stale_registries(envelope, regions)
+                named = {s.id for s in self._decode(envelope).shards}
+                unnamed = sorted(named - set(record.functions()))
+        return Observed(
+            recorded=record.status,
+            deployment=record.deployment,
+            resources=len(record.resources),
+            missing=missing,
+            pending=self.state.pending(),
+            restarted=self.needs_restore(record),
+            map_problem=map_problem,
+            stale_registries=stale,
+            unnamed=unnamed,
+        )
 
     def outputs(self, record: Record | None = None) -> dict[str, Any]:
         """Function URLs per shard, tables and buckets per region: what callers need."""
@@ -593,6 +677,43 @@ class Deployer:
                 hint="add both to the blueprint's [[region]] resources",
             )
         return Home(region, names["s3_bucket"], names["dynamodb_table"])
+
+
+def nothing_deployed(project: Project, target: str) -> dict[str, Any]:
+    """The status of a project with nothing deployed on ``target`` (no call made)."""
+    record = Record.empty(project.config.project.name, target, project.config.home_region)
+    return _status_dict(record, target, *assess(Observed(record.status, 0, 0)))
+
+
+def _status_dict(
+    record: Record,
+    target: str,
+    status: str,
+    problems: list[str],
+    *,
+    missing: list[str] | None = None,
+    pending: list[str] | None = None,
+    history: list[int] | None = None,
+    lock: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "project": record.project,
+        "target": target,
+        "account": record.account,
+        "home_region": record.home_region,
+        "status": status,
+        "problems": problems,
+        "deployment": record.deployment,
+        "map_version": record.map_version,
+        "regions": record.regions(),
+        "resources": len(record.resources),
+        "missing": missing or [],
+        "retained": record.retained(),
+        "pending_applies": pending or [],
+        "history": history or [],
+        "lock": lock,
+        "shards": record.shards(),
+    }
 
 
 def _check_layout(record: Record) -> None:

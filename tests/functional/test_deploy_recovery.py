@@ -11,6 +11,7 @@ with shardkit's own records.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Callable
@@ -27,8 +28,9 @@ from shardkit.cli.main import main
 from shardkit.config import Project
 from shardkit.deploy.engine import Deployer, Target
 from shardkit.deploy.plan import Plan, Step
+from shardkit.deploy.state import RECORD_KEY
 from shardkit.deploy.targets import identify
-from shardkit.errors import ApplyFailedError
+from shardkit.errors import ApplyFailedError, ShardkitError
 
 if TYPE_CHECKING:
     from conftest import Recorder
@@ -169,7 +171,7 @@ class LocalCloud:
         """What ``open_target(project, local=True)`` gives a new command (a new process)."""
 
         def make(service: str, region: str) -> Any:
-            client = self.recorder.wrap(boto3_factory())(service, region)
+            client = self.recorder.wrap(boto3_factory(max_attempts=1))(service, region)
             client.meta.events.register_first("before-send", self._gate)
             return client
 
@@ -263,17 +265,28 @@ def kill_at(cloud: LocalCloud, step_id: int) -> Callable[[Step, str], None]:
 
 
 def apply_killed(
+    sk: Run,
     project: Project,
     cloud: LocalCloud,
     plan_of: Callable[[Deployer], Plan],
     at: Callable[[Plan], int],
 ) -> None:
+    """Apply a plan and kill the local cloud as its step ``at(plan)`` starts; restart it."""
     d = Deployer(project, cloud.target())
     plan = plan_of(d)
     d.progress = kill_at(cloud, at(plan))
-    with pytest.raises(ApplyFailedError):
+    with pytest.raises(ShardkitError):  # the step, or the lock's release, cannot connect
         d.apply(plan)
     cloud.restart()
+    unlock_dead_holder(sk, project)
+
+
+def unlock_dead_holder(sk: Run, project: Project) -> None:
+    """The killed command could not release its lock (its cloud was gone): here the holder is
+    this very process, still alive, so it is broken as a user would, by its id."""
+    lock = sk("status", str(project.root))["lock"]
+    if lock is not None:
+        sk("unlock", str(project.root), lock["id"], json_=False)
 
 
 def first_of(action: str, kind: str) -> Callable[[Plan], int]:
@@ -285,10 +298,10 @@ def test_the_local_cloud_killed_during_a_reshard_is_recovered_by_the_next_deploy
 ) -> None:
     sk("deploy", str(project_on.root), "--yes")
     bigger = rewrite(project_on, lambda c: c["groups"]["eu"].update(shards=3))
-    apply_killed(bigger, cloud, lambda d: d.plan(), first_of("publish", "map"))
+    apply_killed(sk, bigger, cloud, lambda d: d.plan(), first_of("publish", "map"))
 
-    status = sk("status", str(bigger.root), code=2)  # not restored yet: says so
-    assert "restarted" in status
+    status = sk("status", str(bigger.root))  # not restored yet: says so
+    assert status["status"] == "failed" and any("restarted" in p for p in status["problems"])
     sk("deploy", str(bigger.root), "--yes")
     assert_converged(sk, bigger, recorder)
     assert "eu-2" in truth(bigger)["shards"]
@@ -297,7 +310,7 @@ def test_the_local_cloud_killed_during_a_reshard_is_recovered_by_the_next_deploy
 def test_the_local_cloud_killed_during_a_first_deploy_is_recovered_by_the_next_deploy(
     sk: Run, cloud: LocalCloud, project_on: Project, recorder: Recorder
 ) -> None:
-    apply_killed(project_on, cloud, lambda d: d.plan(), first_of("create", "lambda_alias"))
+    apply_killed(sk, project_on, cloud, lambda d: d.plan(), first_of("create", "lambda_alias"))
     sk("deploy", str(project_on.root), "--yes")
     assert_converged(sk, project_on, recorder)
 
@@ -471,3 +484,57 @@ def test_a_handler_the_package_cannot_import_is_refused_at_plan(
         line = sk(args[0], str(project.root), *args[1:], code=2)
         assert handler in line and expected in line, line
     assert truth(project)["shards"] == []  # nothing deployed
+
+
+# -- 4. the deployed map's record tampered with -------------------------------------------------
+
+
+def tamper_deployed_map(project: Project, target: str = "local") -> None:
+    """Flip the last byte (the signature's) of the signed map the deployment record keeps, in
+    both its copies: this machine's cache and the home bucket's."""
+
+    def tampered(body: bytes) -> bytes:
+        data = json.loads(body)
+        envelope = bytearray(base64.b64decode(data["map_envelope"]))
+        envelope[-1] ^= 0xFF
+        data["map_envelope"] = base64.b64encode(bytes(envelope)).decode()
+        return json.dumps(data).encode()
+
+    cache = project.state_dir / "deploy" / target / "record.json"
+    cache.write_bytes(tampered(cache.read_bytes()))
+    home = project.config.home_region
+    s3 = aws("s3", home)
+    remote = s3.get_object(Bucket=bucket_of(project, home), Key=RECORD_KEY)["Body"].read()
+    s3.put_object(Bucket=bucket_of(project, home), Key=RECORD_KEY, Body=tampered(remote))
+
+
+def test_a_tampered_deployed_map_record_is_recovered_from_the_registry(
+    sk: Run, cloud: LocalCloud, project_on: Project, recorder: Recorder
+) -> None:
+    root = str(project_on.root)
+    sk("deploy", root, "--yes")
+    tamper_deployed_map(project_on)
+    status = sk("status", root)
+    assert status["status"] == "drifted"
+    assert any("deployed map" in p for p in status["problems"]), status["problems"]
+    plan = sk("plan", root)  # the registries vouch for the recorded hash: that map stays
+    assert plan["map_version"] == 1
+    sk("deploy", root, "--yes")
+    assert_converged(sk, project_on, recorder)
+    assert set(truth(project_on)["maps"].values()) == {1}
+
+
+def test_a_tampered_map_record_no_registry_vouches_for_is_replaced_by_a_higher_version(
+    sk: Run, cloud: LocalCloud, project_on: Project, recorder: Recorder
+) -> None:
+    root = str(project_on.root)
+    sk("deploy", root, "--yes")
+    tamper_deployed_map(project_on)
+    for region in REGIONS:
+        aws("s3", region).put_object(
+            Bucket=bucket_of(project_on, region), Key="registry/map.skm", Body=b"junk"
+        )
+    assert sk("status", root)["status"] == "drifted"
+    sk("deploy", root, "--yes")
+    assert_converged(sk, project_on, recorder)
+    assert set(truth(project_on)["maps"].values()) == {2}  # versions only move forward
