@@ -237,7 +237,12 @@ def destroy_cmd(
     """Delete every deployed resource; the state tables and the home bucket (which keeps the
     deployment record) stay unless --delete-data."""
     deployer = _deployer(project_dir, local, start=False, json_=json_, lock_timeout=lock_timeout)
-    _carry_out(deployer, deployer.plan_destroy(delete_data=delete_data), yes, json_)
+
+    def plan() -> Plan:
+        return deployer.plan_destroy(delete_data=delete_data)
+
+    # With --yes, what was restored first (a restarted local cloud) is destroyed as it stands.
+    _carry_out(deployer, plan(), yes, json_, replan=plan if yes else None)
 
 
 @click.command("rollback")
@@ -251,7 +256,9 @@ def rollback_cmd(
 ) -> None:
     """Return to the previous successful deployment (its map is republished as a new version)."""
     deployer = _deployer(project_dir, local, start=False, json_=json_, lock_timeout=lock_timeout)
-    _carry_out(deployer, deployer.plan_rollback(), yes, json_)
+    # With --yes, a rollback after a restore (a restarted local cloud) is planned from it.
+    replan = deployer.plan_rollback if yes else None
+    _carry_out(deployer, deployer.plan_rollback(), yes, json_, replan=replan)
 
 
 @click.command("bootstrap")

@@ -538,3 +538,92 @@ def test_a_tampered_map_record_no_registry_vouches_for_is_replaced_by_a_higher_v
     sk("deploy", root, "--yes")
     assert_converged(sk, project_on, recorder)
     assert set(truth(project_on)["maps"].values()) == {2}  # versions only move forward
+
+
+# -- the crash matrix ------------------------------------------------------------------------------
+
+
+class Killed(BaseException):
+    """The deploy process dies: nothing of it runs on (not an error it could handle)."""
+
+
+#: (scenario, the kind of step at whose start the crash comes) - every kind each plan has.
+MATRIX = [
+    ("first deploy", "create"),
+    ("first deploy", "upload"),
+    ("first deploy", "fence"),
+    ("first deploy", "publish"),
+    ("reshard", "create"),
+    ("reshard", "fence"),
+    ("reshard", "publish"),
+    ("rollback", "fence"),
+    ("rollback", "publish"),
+    ("rollback", "delete"),
+    ("destroy", "unpublish"),
+    ("destroy", "delete"),
+    ("destroy", "retain"),
+]
+COMMAND = {
+    "first deploy": "deploy",
+    "reshard": "deploy",
+    "rollback": "rollback",
+    "destroy": "destroy",
+}
+
+
+def _tiny(config: dict[str, Any]) -> None:
+    config["project"]["target"] = "local"
+    config["hashing"]["slot_bits"] = 4
+    config["groups"]["eu"].update(shards=1)
+    config["groups"]["us"].update(shards=1)
+
+
+@pytest.mark.parametrize("crash", ["deploy process", "local cloud"])
+@pytest.mark.parametrize(("scenario", "action"), MATRIX)
+def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
+    sk: Run,
+    cloud: LocalCloud,
+    make_project: MakeProject,
+    small_config: dict[str, Any],
+    rewrite: Rewrite,
+    recorder: Recorder,
+    scenario: str,
+    action: str,
+    crash: str,
+) -> None:
+    """Kill the deploy process, or the local cloud, as the first step of a kind starts; run
+    the same command again: it converges, status is true, the registries name only shards
+    that exist, and a deploy after it makes no mutating call."""
+    _tiny(small_config)
+    project = make_project(small_config)
+    root = str(project.root)
+    if scenario != "first deploy":
+        sk("deploy", root, "--yes")
+    if scenario in ("reshard", "rollback"):
+        project = rewrite(project, lambda c: c["groups"]["eu"].update(shards=2))
+    if scenario == "rollback":
+        sk("deploy", root, "--yes")
+    command = COMMAND[scenario]
+
+    d = Deployer(project, cloud.target())
+    plan = {"deploy": d.plan, "rollback": d.plan_rollback, "destroy": d.plan_destroy}[command]()
+    victim = next(s.id for s in plan.steps if s.action == action)
+
+    def progress(step: Step, event: str) -> None:
+        if event == "start" and step.id == victim:
+            if crash == "deploy process":
+                raise Killed
+            cloud.kill()
+
+    d.progress = progress
+    with pytest.raises((Killed, ShardkitError)):
+        d.apply(plan)
+    if crash == "local cloud":
+        cloud.restart()
+        unlock_dead_holder(sk, project)
+    assert sk("status", root)["status"] in ("failed", "drifted")  # never ok after a crash
+
+    sk(command, root, "--yes")
+    if scenario == "rollback":
+        project = rewrite(project, lambda c: c["groups"]["eu"].update(shards=1))
+    assert_converged(sk, project, recorder, destroyed=scenario == "destroy")
