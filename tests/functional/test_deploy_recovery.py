@@ -11,7 +11,6 @@ with shardkit's own records.
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from shardkit.cli.main import main
 from shardkit.config import Project
 from shardkit.deploy.engine import Deployer, Target
 from shardkit.deploy.plan import Plan, Step
+from shardkit.deploy.record import Record
 from shardkit.deploy.state import RECORD_KEY
 from shardkit.deploy.targets import identify
 from shardkit.errors import ApplyFailedError, ShardkitError
@@ -82,10 +82,11 @@ def live_functions(region: str) -> set[str]:
 def truth(project: Project) -> dict[str, Any]:
     """What a client can see: per region, the registry's map version and the shards it names
     that have no live function; and which shards have one."""
-    live = {region: live_functions(region) for region in REGIONS}
+    regions = sorted(project.config.regions)
+    live = {region: live_functions(region) for region in regions}
     maps: dict[str, int | None] = {}
     dangling: set[str] = set()
-    for region in REGIONS:
+    for region in regions:
         shard_map = registry_map(project, region)
         maps[region] = shard_map.version if shard_map else None
         if shard_map is not None:
@@ -494,11 +495,10 @@ def tamper_deployed_map(project: Project, target: str = "local") -> None:
     both its copies: this machine's cache and the home bucket's."""
 
     def tampered(body: bytes) -> bytes:
-        data = json.loads(body)
-        envelope = bytearray(base64.b64decode(data["map_envelope"]))
+        record = Record.model_validate_json(body)
+        envelope = bytearray(record.map_envelope or b"")
         envelope[-1] ^= 0xFF
-        data["map_envelope"] = base64.b64encode(bytes(envelope)).decode()
-        return json.dumps(data).encode()
+        return record.model_copy(update={"map_envelope": bytes(envelope)}).to_json()
 
     cache = project.state_dir / "deploy" / target / "record.json"
     cache.write_bytes(tampered(cache.read_bytes()))
@@ -572,10 +572,12 @@ COMMAND = {
 
 
 def _tiny(config: dict[str, Any]) -> None:
+    """One region, one group of one shard, 256 slots: every kind of step, and little else."""
     config["project"]["target"] = "local"
-    config["hashing"]["slot_bits"] = 4
-    config["groups"]["eu"].update(shards=1)
-    config["groups"]["us"].update(shards=1)
+    config["hashing"]["slot_bits"] = 8
+    config["regions"] = {"us-east-1": {"jurisdiction": "us"}}
+    config["residency"] = {"default": "us"}
+    config["groups"] = {"us": {**config["groups"]["us"], "shards": 1}}
 
 
 @pytest.mark.parametrize("crash", ["deploy process", "local cloud"])
@@ -600,7 +602,7 @@ def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
     if scenario != "first deploy":
         sk("deploy", root, "--yes")
     if scenario in ("reshard", "rollback"):
-        project = rewrite(project, lambda c: c["groups"]["eu"].update(shards=2))
+        project = rewrite(project, lambda c: c["groups"]["us"].update(shards=2))
     if scenario == "rollback":
         sk("deploy", root, "--yes")
     command = COMMAND[scenario]
@@ -625,5 +627,5 @@ def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
 
     sk(command, root, "--yes")
     if scenario == "rollback":
-        project = rewrite(project, lambda c: c["groups"]["eu"].update(shards=1))
+        project = rewrite(project, lambda c: c["groups"]["us"].update(shards=1))
     assert_converged(sk, project, recorder, destroyed=scenario == "destroy")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ jurisdiction = "us"
 regions = ["us-east-1"]
 shards = 2
 """
+QUICKSTART_APP = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "app"
 PER_SHARD = {"iam_role", "log_group", "lambda_function", "lambda_alias", "function_url", "alarm"}
 
 
@@ -78,7 +80,7 @@ def user_error(*args: str) -> str:
 @pytest.fixture
 def project(tmp_path: Path) -> Any:
     root = tmp_path / "clitest"
-    root.mkdir()
+    shutil.copytree(QUICKSTART_APP, root / "app")  # a plan imports the handler from it
     (root / "shardkit.toml").write_text(PROJECT)
     yield root
     shardkit("local", "down", str(root), ok=False)

@@ -221,13 +221,15 @@ def test_resources_no_longer_wanted_are_deleted_but_tables_are_retained() -> Non
     gone = {k for k in old.by_key() if k.startswith("us-east-1/")}
 
     plan = plan_of(new, deployed(old))
-    assert actions(plan) == {k: "retain" if "/dynamodb_table/" in k else "delete" for k in gone}
+    unpublish = {"us-east-1/map/registry/map.skm": "unpublish"}  # first, its registry empties
+    expected = {k: "retain" if "/dynamodb_table/" in k else "delete" for k in gone}
+    assert actions(plan) == {**expected, **unpublish}
     retained = [s for s in plan.steps if s.action == "retain"]
     assert [s.key for s in retained] == ["us-east-1/dynamodb_table/state"]
     assert "--delete-data" in retained[0].reason and not retained[0].mutating
 
     with_data = plan_of(new, deployed(old), delete_data=True)
-    assert actions(with_data) == dict.fromkeys(gone, "delete")
+    assert actions(with_data) == {**dict.fromkeys(gone, "delete"), **unpublish}
 
 
 def test_a_plan_of_only_retained_tables_is_a_noop() -> None:
@@ -465,5 +467,28 @@ def test_loading_a_missing_plan_file_is_a_plan_file_error(tmp_path: Path) -> Non
 def test_step_mutating_is_everything_but_retain() -> None:
     step = Step(0, "retain", "dynamodb_table", "eu-west-1", "t", "eu-west-1/dynamodb_table/t")
     assert not step.mutating
-    for action in ("create", "update", "delete", "upload", "fence", "publish"):
+    for action in ("create", "update", "delete", "upload", "fence", "publish", "unpublish"):
         assert Step(0, action, "alarm", "r", "n", "k").mutating
+
+
+def test_a_map_is_published_only_where_asked() -> None:
+    bp = two_regions()
+    plan = plan_of(bp, deployed(bp), map_envelope=ENVELOPE, publish_to=["us-east-1"])
+    assert [(s.action, s.region) for s in plan.steps] == [("publish", "us-east-1")]
+    assert plan_of(bp, deployed(bp), map_envelope=ENVELOPE, publish_to=[]).is_noop
+
+
+def test_registries_left_without_shards_are_emptied_before_anything_is_deleted() -> None:
+    bp = two_regions()
+    plan = plan_of(blueprint(), deployed(bp), artifact=None)
+    unpublished = [s for s in plan.steps if s.action == "unpublish"]
+    assert {(s.region, s.name, s.props["bucket"]) for s in unpublished} == {
+        ("eu-west-1", "registry/map.skm", "bucket-eu-west-1"),
+        ("us-east-1", "registry/map.skm", "bucket-us-east-1"),
+    }
+    assert max(s.id for s in unpublished) < min(
+        s.id for s in plan.steps if s.action in ("delete", "retain")
+    )
+    one_region = blueprint(regional("eu-west-1"), shard("eu-0", "eu-west-1"))
+    shrunk = plan_of(one_region, deployed(bp), map_envelope=ENVELOPE, map_version=2)
+    assert [s.region for s in shrunk.steps if s.action == "unpublish"] == ["us-east-1"]
