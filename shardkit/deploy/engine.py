@@ -217,8 +217,9 @@ class Deployer:
         blueprint = self._blueprint(shard_map, package.artifact)
         publish_to = None
         if envelope is None:  # the deployed map stays: publish it wherever it is not served
-            envelope = self._deployed_envelope(record)
-            publish_to = self._registries_to_fix(blueprint, record, envelope)
+            served = self._deployed_envelope(record)
+            publish_to = self._registries_to_fix(blueprint, record, served)
+            envelope = served if publish_to else None
         if refresh and not restoring:
             gone = set(self._missing(record))
             actual = record.model_copy(

@@ -160,7 +160,8 @@ class LocalCloud:
     """A target named ``local`` on moto that can be killed and restarted like the real server."""
 
     def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
+        # one botocore session for every command: each would load the service models again
+        self.factory = recorder.wrap(boto3_factory(max_attempts=1))
         self.down = False
         self.starts = 1
 
@@ -172,7 +173,7 @@ class LocalCloud:
         """What ``open_target(project, local=True)`` gives a new command (a new process)."""
 
         def make(service: str, region: str) -> Any:
-            client = self.recorder.wrap(boto3_factory(max_attempts=1))(service, region)
+            client = self.factory(service, region)
             client.meta.events.register_first("before-send", self._gate)
             return client
 
