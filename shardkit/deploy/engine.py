@@ -511,8 +511,9 @@ class Deployer:
         exists."""
         map_problem, stale, unnamed = "", [], []
         registries = record.buckets()
-        if record.status == "destroyed":
-            stale = [r for r, b in sorted(registries.items()) if self._registry(r, b) is not None]
+        if record.status == "destroyed":  # a kept bucket (the home region's) too: it serves
+            kept = {r.region: r.name for r in record.of_kind("s3_bucket").values()}
+            stale = [r for r, b in sorted(kept.items()) if self._registry(r, b) is not None]
         elif record.map_envelope is not None or record.map_sha256:
             envelope = self._deployed_envelope(record)
             if envelope != record.map_envelope:
