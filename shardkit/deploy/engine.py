@@ -422,9 +422,12 @@ class Deployer:
 
     def restore(self) -> ApplyResult | None:
         """Re-create the recorded deployment on a restarted local cloud (``local up``); ``None``
-        when there is nothing to restore."""
+        when there is nothing to restore - also when no deployment ever succeeded (a first
+        deploy killed with its local cloud): then the next ``deploy`` makes it afresh."""
         record = self.record()
-        return self.apply(self.plan_restore(record)) if self.needs_restore(record) else None
+        if not self.needs_restore(record) or record.deployment not in self.state.history():
+            return None
+        return self.apply(self.plan_restore(record))
 
     def unlock(self, lock_id: str) -> LockInfo:
         """Break the deployment lock ``lock_id`` (its holder died); returns what was broken."""

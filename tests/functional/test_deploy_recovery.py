@@ -313,6 +313,7 @@ def test_the_local_cloud_killed_during_a_first_deploy_is_recovered_by_the_next_d
     sk: Run, cloud: LocalCloud, project_on: Project, recorder: Recorder
 ) -> None:
     apply_killed(sk, project_on, cloud, lambda d: d.plan(), first_of("create", "lambda_alias"))
+    assert Deployer(project_on, cloud.target()).restore() is None  # `local up`: nothing to redo
     sk("deploy", str(project_on.root), "--yes")
     assert_converged(sk, project_on, recorder)
 
