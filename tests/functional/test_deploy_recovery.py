@@ -582,8 +582,25 @@ def _tiny(config: dict[str, Any]) -> None:
     config["groups"] = {"us": {**config["groups"]["us"], "shards": 1}}
 
 
-@pytest.mark.parametrize("crash", ["deploy process", "local cloud"])
-@pytest.mark.parametrize(("scenario", "action"), MATRIX)
+def _known(scenario: str, crash: str) -> list[Any]:
+    """Cases known not to converge yet, kept visible (strict: they must fail until fixed)."""
+    if (scenario, crash) == ("rollback", "local cloud"):
+        reason = (
+            "the re-run rollback restores the deployment first, then its fence step finds the "
+            "moved slots' records missing in the state table that came back"
+        )
+        return [pytest.mark.xfail(reason=reason, strict=True)]
+    return []
+
+
+CASES = [
+    pytest.param(scenario, action, crash, marks=_known(scenario, crash))
+    for scenario, action in MATRIX
+    for crash in ("deploy process", "local cloud")
+]
+
+
+@pytest.mark.parametrize(("scenario", "action", "crash"), CASES)
 def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
     sk: Run,
     cloud: LocalCloud,
