@@ -17,6 +17,7 @@
     │   └── MapExpiredError       the map is past its expiry (a freeze attack or a stale cache)
     ├── RoutingError              a key cannot be routed
     │   ├── ResidencyError        the key's jurisdiction is unknown, ambiguous or has no shards
+    │   ├── InvalidKeyError       the key is not a non-empty UTF-8 string of at most 1024 bytes
     │   ├── NoEligibleShardError  every shard allowed for the key is unhealthy
     │   └── InferenceError        the shard answered with an error status
     ├── DeployError               a plan cannot be made or applied
@@ -60,6 +61,7 @@ __all__ = [
     "EdgePolicyError",
     "HandlerError",
     "InferenceError",
+    "InvalidKeyError",
     "KeyStoreError",
     "LoadRecordError",
     "LocalCloudError",
@@ -197,6 +199,12 @@ class RoutingError(ShardkitError):
 
 class ResidencyError(RoutingError):
     """The key's jurisdiction is unknown, ambiguous, or has no shards in this map."""
+
+
+class InvalidKeyError(RoutingError):
+    """The key is not a valid key (``shardkit.protocol.check_key`` is the one definition)."""
+
+    hint = "a key is a non-empty UTF-8 string of at most shardkit.protocol.MAX_KEY_BYTES bytes"
 
 
 class NoEligibleShardError(RoutingError):

@@ -29,12 +29,13 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from .errors import InferenceError
+from .errors import InferenceError, InvalidKeyError
 
 __all__ = [
     "DIRECT",
     "ERRORS",
     "JSON",
+    "MAX_KEY_BYTES",
     "MAX_PAYLOAD",
     "MOVED",
     "MSGPACK",
@@ -49,6 +50,7 @@ __all__ = [
     "Redirect",
     "Reply",
     "Request",
+    "check_key",
     "decode_body",
     "decode_event",
     "decode_reply",
@@ -56,6 +58,8 @@ __all__ = [
     "encode_reply",
     "error_encoding",
     "is_transient",
+    "key_problem",
+    "printable_key",
     "reply_size",
     "request_wire",
 ]
@@ -76,7 +80,7 @@ ERRORS: dict[str, int] = {
     "bad_event": 400,  # the event is not a request object or a Function URL event
     "bad_body": 400,  # the Function URL body is not valid base64, msgpack or JSON
     "bad_request": 400,  # unknown field, or a field of the wrong type
-    "bad_key": 400,  # not a UTF-8 string of 1-1024 bytes not beginning with RESERVED_PREFIX
+    "bad_key": 400,  # not a valid key (check_key: UTF-8, 1..MAX_KEY_BYTES, no RESERVED_PREFIX)
     "too_large": 413,  # the request body is over MAX_PAYLOAD
     "answer_too_large": 413,  # the answer would be over MAX_PAYLOAD: nothing was written
     "state_too_large": 413,  # the new state is over DynamoDB's item limit: nothing was written
@@ -99,6 +103,80 @@ TRANSIENT = frozenset({THROTTLED, 502, 503, 504})
 def is_transient(status: int) -> bool:
     """Whether a reply with ``status`` may succeed if the same request is sent again."""
     return status in TRANSIENT
+
+
+# -- the key ------------------------------------------------------------------------------------
+
+#: The longest key, in UTF-8 bytes. The one rule for keys - the CLI, the routing client, the edge
+#: runtime and the proxy all apply :func:`check_key` - so a key one of them accepts is never
+#: refused by another. (The state table stores the key inside its item key, which DynamoDB limits
+#: to 1024 bytes for a sort key and 2048 for a partition key.)
+MAX_KEY_BYTES = 1024
+_KEY_RULE = (
+    f"a key is a non-empty UTF-8 string of at most {MAX_KEY_BYTES:,} bytes, not beginning with "
+    "U+0000"
+)
+
+
+def key_problem(key: Any) -> str | None:
+    """Why ``key`` is not a valid key (``"is empty"``, ...), or None if it is one: a non-empty
+    ``str`` of at most :data:`MAX_KEY_BYTES` bytes in UTF-8 that does not begin with
+    :data:`RESERVED_PREFIX` (a state table's own records sort there). A string holding a lone
+    surrogate - what JSON's ``"\\ud800"`` or an undecodable command-line byte becomes - has no
+    UTF-8 form."""
+    if (
+        type(key) is str
+        and 0 < len(key) <= MAX_KEY_BYTES
+        and key.isascii()
+        and not key.startswith(RESERVED_PREFIX)
+    ):
+        return None  # the common case, without encoding it
+    if not isinstance(key, str):
+        return f"is {type(key).__name__}, not a string"
+    if not key:
+        return "is empty"
+    if key.startswith(RESERVED_PREFIX):
+        return "begins with U+0000, which is reserved for shardkit's own records"
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (it holds a lone surrogate or an undecodable byte)"
+    if size > MAX_KEY_BYTES:
+        return f"is {size:,} bytes in UTF-8, over the limit of {MAX_KEY_BYTES:,}"
+    return None
+
+
+def check_key(key: Any) -> str:
+    """``key`` if it is a valid key (:func:`key_problem`), else :class:`InvalidKeyError`."""
+    problem = key_problem(key)
+    if problem is None:
+        return key  # type: ignore[no-any-return]
+    raise InvalidKeyError(
+        f"key {_shown(key)} {problem}",
+        hint=f"{_KEY_RULE}; make a longer or binary identifier into a key by hashing it "
+        "(e.g. hashlib.sha256(data).hexdigest())",
+    )
+
+
+def _shown(key: Any) -> str:
+    """A short form of a (bad) key for messages: quoted, undecodable bytes as ``\\xff``."""
+    text = f"'{printable_key(key)}'" if isinstance(key, str) else repr(key)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(key):,} long)"
+
+
+def printable_key(key: str) -> str:
+    """``key`` as it can be printed: a byte the command line could not decode (Python holds it
+    as a lone surrogate, ``"\\udcff"``) shows as the byte it was, ``\\xff``."""
+    try:
+        key.encode()
+        return key
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte: show its code point
+        return key.encode("utf-8", "backslashreplace").decode()
+    return raw.decode("utf-8", "backslashreplace")
 
 
 # -- the request --------------------------------------------------------------------------------
@@ -139,12 +217,9 @@ class Request:
         if unknown:
             raise ProxyError("bad_request", f"unknown request field(s): {', '.join(unknown)}")
         key = data.get("key")
-        if not _is_key(key):
-            raise ProxyError(
-                "bad_key",
-                "'key' must be a non-empty UTF-8 string of at most 1024 bytes, not beginning "
-                "with U+0000",
-            )
+        problem = key_problem(key)
+        if problem is not None:
+            raise ProxyError("bad_key", f"'key' {problem}; {_KEY_RULE}")
         version = data.get("map_version", 0)
         if not _is_count(version):
             raise ProxyError("bad_request", "'map_version' must be a non-negative integer")
@@ -176,18 +251,6 @@ def request_wire(
     if failover:
         wire["failover"] = True
     return wire
-
-
-def _is_key(key: Any) -> bool:
-    """A non-empty UTF-8 string of at most 1024 bytes (a DynamoDB sort key) that does not begin
-    with :data:`RESERVED_PREFIX`. A JSON string may hold a lone surrogate ("\\ud800") that no
-    UTF-8 can carry: a bad key (400), not an encoding error escaping as a retryable 503."""
-    if not isinstance(key, str) or not key or key.startswith(RESERVED_PREFIX):
-        return False
-    try:
-        return len(key.encode()) <= 1024
-    except UnicodeEncodeError:
-        return False
 
 
 def _is_count(value: Any) -> bool:

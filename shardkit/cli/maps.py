@@ -11,6 +11,7 @@ from rich.table import Table
 from .._files import write_bytes_atomic
 from ..config import Project, load_project
 from ..config.build import build_signed
+from ..protocol import check_key
 from ..sharding.diff import MapDiff, diff_maps, slot_ranges
 from ..sharding.shardmap import ShardMap
 from .output import (
@@ -112,7 +113,11 @@ def show(target: Path, keys: Path | None, tables: bool, json_: bool) -> None:
 def route(
     target: Path, key: tuple[str, ...], jurisdiction: str | None, keys: Path | None, json_: bool
 ) -> None:
-    """Route keys: jurisdiction, slot, owning shard, region, epoch and failover order."""
+    """Route keys: jurisdiction, slot, owning shard, region, epoch and failover order.
+
+    A key is a non-empty UTF-8 string of at most 1,024 bytes, as the shards require."""
+    for k in key:
+        check_key(k)
     shard_map = open_map(target, keys)
     rows = [_route_row(shard_map, k, jurisdiction) for k in key]
     if json_:

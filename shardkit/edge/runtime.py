@@ -28,7 +28,15 @@ import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InferenceError, MapError, ResidencyError, RoutingError, ShardkitError
+from ..errors import (
+    InferenceError,
+    InvalidKeyError,
+    MapError,
+    ResidencyError,
+    RoutingError,
+    ShardkitError,
+)
+from ..protocol import check_key
 from .cache import FRESH, STALE, CacheKey, EdgeCache, Entry, fingerprint
 from .coalesce import Coalescer
 from .divergence import DivergenceMonitor
@@ -126,6 +134,7 @@ class EdgeRuntime:
         return decision
 
     def _serve(self, key: str, payload: Any, jurisdiction: str | None) -> Decision:
+        check_key(key)  # before the local model or the cache: one key rule everywhere
         shard_map = self.trust.current()
         if self.local is not None:
             done = self._local(self.local, key, payload, jurisdiction, shard_map)
@@ -436,7 +445,7 @@ def _from_result(result: Result, status: str) -> Decision:
 def _shard_failure(exc: ShardkitError) -> bool:
     """Errors a stale answer may stand in for: the shard (or all of the key's shards) failed or
     is overloaded. Not a bad map, a residency refusal or a 4xx - papering over those is wrong."""
-    if isinstance(exc, MapError | ResidencyError):
+    if isinstance(exc, MapError | ResidencyError | InvalidKeyError):
         return False
     if isinstance(exc, InferenceError):  # the shard answered, with an error status
         return exc.status >= 500 or exc.status == 429

@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InferenceError, RegistryUnreachableError, RoutingError, ShardkitError
-from ..protocol import Answer, ErrorReply, Redirect, Reply, decode_reply, is_transient, request_wire
+from ..protocol import (
+    Answer,
+    ErrorReply,
+    Redirect,
+    Reply,
+    check_key,
+    decode_reply,
+    is_transient,
+    request_wire,
+)
 from ..sharding.holder import MapHolder
 from ..sharding.shardmap import Shard, ShardMap
 from .transports import TransportError
@@ -321,7 +330,9 @@ class Router:
         self._lock = threading.Lock()
 
     def call(self, key: str, payload: Any, jurisdiction: str | None, request_id: str) -> Calling:
-        """One call, as steps to do; it ends with its :class:`Result`, or raises."""
+        """One call, as steps to do; it ends with its :class:`Result`, or raises. A key the
+        proxy would refuse is refused here, before anything is sent (:class:`InvalidKeyError`)."""
+        check_key(key)
         return Calling(self._steps(key, payload, jurisdiction, request_id))
 
     def stats(self) -> dict[str, int]:

@@ -25,7 +25,7 @@ from shardkit.keys import load_public_key
 from shardkit.sharding.codec import encode_map
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "shardkit.toml"
-KEYS = ["alice", "eu:bob", "carol", "eu:dave", "zoë", ""]  # "" and non-ASCII keys route too
+KEYS = ["alice", "eu:bob", "carol", "eu:dave", "zoë", "ü" * 512]  # non-ASCII keys route too
 
 
 def run(
