@@ -81,6 +81,7 @@ ERRORS: dict[str, int] = {
     "bad_body": 400,  # the Function URL body is not valid base64, msgpack or JSON
     "bad_request": 400,  # unknown field, or a field of the wrong type
     "bad_key": 400,  # not a valid key (check_key: UTF-8, 1..MAX_KEY_BYTES, no RESERVED_PREFIX)
+    "bad_method": 405,  # a Function URL request that is not a POST
     "too_large": 413,  # the request body is over MAX_PAYLOAD
     "answer_too_large": 413,  # the answer would be over MAX_PAYLOAD: nothing was written
     "state_too_large": 413,  # the new state is over DynamoDB's item limit: nothing was written
@@ -89,14 +90,18 @@ ERRORS: dict[str, int] = {
     "handler_error": 500,  # the inference function raised
     "no_handler": 500,  # the inference function cannot be imported
     "bad_answer": 500,  # the inference function's answer cannot be encoded
+    "bad_state": 500,  # the inference function's new state cannot be stored
+    "internal": 500,  # the proxy failed on this request (a defect, not an outage)
     "no_map": 503,  # the shard has no valid map (registry unreachable, map expired)
     "moving": 503,  # the key's slot is moving to another shard or region
     "contended": 503,  # the key was written concurrently too often
-    "unavailable": 503,  # the state table (or anything else) failed
+    "unavailable": 503,  # the state table or the registry could not be reached
 }
 
 #: Statuses a client retries (with backoff, on the same shard): the proxy's 503s, and what the
 #: Lambda service itself answers for a throttled (429) or failed/timed-out (502, 504) function.
+#: Only what may succeed when sent again is here: every 4xx and 500 is the same on a retry (the
+#: request, the function or the proxy is at fault), so the retry budget is kept for outages.
 TRANSIENT = frozenset({THROTTLED, 502, 503, 504})
 
 
@@ -452,6 +457,8 @@ def decode_body(raw: bytes, content_type: str) -> Any:
             return json.loads(raw or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"not valid JSON: {exc}") from None
+        except RecursionError:  # deeper than the interpreter can parse: never on a retry either
+            raise ValueError("not valid JSON: nested too deeply") from None
     raise ValueError(f"content-type {content_type!r} is not supported; use {MSGPACK} or {JSON}")
 
 
@@ -494,7 +501,18 @@ def _content_type(event: dict[str, Any]) -> str:
     return lowered.get("content-type", JSON).split(";")[0].strip().lower()
 
 
+def _method(event: dict[str, Any]) -> Any:
+    context = event.get("requestContext")
+    http = context.get("http") if isinstance(context, dict) else None
+    return http.get("method") if isinstance(http, dict) else None
+
+
 def _from_http(event: dict[str, Any]) -> tuple[Request, Encoding]:
+    method = _method(event)
+    if not isinstance(method, str):
+        raise ProxyError("bad_event", "the Function URL event has no requestContext.http.method")
+    if method != "POST":  # a GET or DELETE must not apply a request (a direct invoke has none)
+        raise ProxyError("bad_method", f"{method[:20]!r} is not allowed; send requests with POST")
     ctype = _content_type(event)
     body = event.get("body") or ""
     if not isinstance(body, str):
@@ -526,17 +544,20 @@ def encode_reply(reply: Reply, encoding: Encoding) -> Any:
     wire = reply.to_wire()
     if not encoding.http:
         return wire
+    headers = {"content-type": encoding.content_type}
+    if reply.status == ERRORS["bad_method"]:
+        headers["allow"] = "POST"  # what HTTP asks of a 405
     if encoding.content_type == MSGPACK:
         body = base64.b64encode(encode_body(wire, MSGPACK)).decode()
         return {
             "statusCode": reply.status,
-            "headers": {"content-type": MSGPACK},
+            "headers": headers,
             "body": body,
             "isBase64Encoded": True,
         }
     return {
         "statusCode": reply.status,
-        "headers": {"content-type": JSON},
+        "headers": headers,
         "body": encode_body(wire, JSON).decode(),
         "isBase64Encoded": False,
     }
@@ -549,5 +570,5 @@ def reply_size(reply: Reply, encoding: Encoding) -> int:
     5 MB msgpack answer is 6.7 MB on the wire."""
     try:
         return len(json.dumps(encode_reply(reply, encoding)))
-    except (TypeError, ValueError, OverflowError) as exc:  # the handler's bug, not a 503
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # not a 503: a retry
         raise ProxyError("bad_answer", f"the answer cannot be encoded: {exc}") from None

@@ -15,6 +15,11 @@ Per request (docs/architecture.md §4.3-4.4):
    answer is 421 to the owner a refreshed map names, or 503 ``moving`` (retry shortly) - never
    a write.
 
+Errors are replies (``shardkit.protocol.ERRORS``), classed by whether a retry can help: only an
+outage - no map yet, an epoch changing, contention, the state table or registry unreachable - is
+a 503 that clients retry; a bad request, a failing model, a state or answer that cannot be
+encoded, or a defect of the proxy fails the same way every time (4xx/500), so it is not retried.
+
 The user's function is named by ``SHARDKIT_HANDLER`` (``module:function``) and called as
 ``fn(key, payload, state) -> (answer, new_state)``; ``new_state=None`` means "nothing to write".
 
@@ -68,6 +73,7 @@ from .load import LoadAccumulator, LoadSink
 from .state import (
     FENCED,
     READY,
+    BadState,
     Conflict,
     KeyState,
     SlotNotLive,
@@ -167,7 +173,7 @@ class Proxy:
             reply = exc.reply()
         except Exception as exc:  # e.g. DynamoDB unreachable: a clean error, nothing half-written
             _powertools().logger.exception("request failed")
-            reply = ProxyError("unavailable", f"{type(exc).__name__}: {exc}").reply()
+            reply = _unexpected(exc).reply()
         latency_ms = (self.clock() - started) * 1000
         _record_metrics(reply, latency_ms)
         if served is not None and self.load is not None:
@@ -190,7 +196,7 @@ class Proxy:
         )
         if not self._is_me(owner):
             if request.failover and self._is_replica(shard_map, request):
-                return self._degraded(request, shard_map.version), None
+                return self._degraded(request, encoding, shard_map.version), None
             return Redirect(owner.id, shard_map.version), None
         at = _Target(owner.group, shard_map.slot(request.key), owner.epoch, shard_map.version)
         return self._run(request, encoding, at), at
@@ -210,19 +216,27 @@ class Proxy:
         order = shard_map.preference_list(request.key, jurisdiction=request.jurisdiction)
         return any(s.id == self.shard for s in order)
 
-    def _degraded(self, request: Request, version: int) -> Answer:
+    def _degraded(self, request: Request, encoding: Encoding, version: int) -> Answer:
         """The owner is unreachable: answer without the key's state and write nothing, so no
         acknowledged write can be lost or forked."""
         answer, _ = self._infer(request, None)
-        return Answer(answer, self.shard, 0, version, 0, degraded=True)
+        reply = Answer(answer, self.shard, 0, version, 0, degraded=True)
+        _check_size(reply, encoding)
+        return reply
 
-    def _map(self, wanted: int) -> Any:
+    def _map(self, wanted: int, *, refresh: bool = False) -> Any:
         try:
-            if wanted > self.holder.version:
+            if refresh or wanted > self.holder.version:
                 self.holder.refresh()  # the caller knows a newer map: so should we
             return self.holder.require()
         except MapError as exc:
             raise ProxyError("no_map", exc.message) from None
+        except Exception as exc:
+            if not _is_io_error(exc):
+                raise
+            raise ProxyError(
+                "no_map", f"the registry cannot be read: {type(exc).__name__}: {exc}"
+            ) from None
 
     def _run(self, request: Request, encoding: Encoding, at: _Target) -> Reply:
         for _ in range(_WRITE_ATTEMPTS):
@@ -249,11 +263,7 @@ class Proxy:
         answer, new_state = self._infer(request, state.value)
         seq = state.seq + (new_state is not None)
         reply = Answer(answer, self.shard, at.epoch, at.version, seq)
-        if reply_size(reply, encoding) > MAX_PAYLOAD:
-            raise ProxyError(
-                "answer_too_large",
-                f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written",
-            )
+        _check_size(reply, encoding)
         if new_state is None:
             self.store.confirm(at.group, at.slot, request.key, state)  # only the live copy
             return reply
@@ -263,6 +273,10 @@ class Proxy:
             )
         except StateTooLarge as exc:
             raise ProxyError("state_too_large", f"{exc}; nothing was written") from None
+        except BadState as exc:
+            raise ProxyError(
+                "bad_state", f"the new state cannot be stored: {exc}; nothing was written"
+            ) from None
         _powertools().metrics.add_metric(name="state_bytes", unit="Bytes", value=saved.size)
         return reply
 
@@ -297,6 +311,33 @@ def _moving_message(group: str, slot: int, record: SlotRecord | None) -> str:
     if record is None:
         return f"{where} has no slot record in this region yet; retry shortly"
     return f"{where} is moving (its record here: {record}); retry shortly"
+
+
+def _check_size(reply: Answer, encoding: Encoding) -> None:
+    """Refuse an answer too large to send (or that cannot be encoded) before anything is
+    written."""
+    if reply_size(reply, encoding) > MAX_PAYLOAD:
+        raise ProxyError(
+            "answer_too_large", f"the answer exceeds {MAX_PAYLOAD:,} bytes; nothing was written"
+        )
+
+
+def _unexpected(exc: Exception) -> ProxyError:
+    """The reply for an exception nothing else classified. A failure to reach the state table or
+    the registry (a socket error, or any error of botocore) may pass: ``503 unavailable``, which
+    clients retry. Anything else is a defect that the same request meets again on every retry:
+    ``500 internal``, so no client spends its retry budget on it."""
+    text = f"{type(exc).__name__}: {exc}"
+    return ProxyError("unavailable" if _is_io_error(exc) else "internal", text)
+
+
+def _is_io_error(exc: Exception) -> bool:
+    """A socket error, or an error of the AWS SDK (named by module: botocore is imported on
+    the first request, not here)."""
+    return isinstance(exc, OSError) or any(
+        cls.__module__.split(".")[0] in ("botocore", "boto3", "urllib3")
+        for cls in type(exc).__mro__
+    )
 
 
 def _record_metrics(reply: Reply, latency_ms: float) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "READY",
     "RESERVED_PREFIX",
     "SLOT_RECORD",
+    "BadState",
     "Conflict",
     "KeyState",
     "SlotNotLive",
@@ -118,6 +119,10 @@ class SlotNotLive(Exception):
 
 class StateTooLarge(Exception):
     pass
+
+
+class BadState(Exception):
+    """The new state (or the answer recorded with it) has no msgpack form: nothing is written."""
 
 
 class KeyState:
@@ -237,7 +242,10 @@ class StateStore:
 
 
 def _encode(value: Any, applied: dict[str, Any]) -> bytes:
-    return msgpack.packb({"state": value, "applied": applied}, use_bin_type=True)  # type: ignore[no-any-return]
+    try:
+        return msgpack.packb({"state": value, "applied": applied}, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:  # what msgpack cannot encode
+        raise BadState(f"{type(exc).__name__}: {exc}") from None
 
 
 def _decode(

@@ -170,14 +170,18 @@ def test_a_proxy_error_must_use_a_known_code() -> None:
 
 
 def test_the_docs_list_every_status_and_code_the_proxy_answers_with() -> None:
-    """docs/proxy.md's table of statuses is the protocol's, not a copy that drifts."""
-    rows = re.findall(r"^\| (\d{3}) \|([^|]*)\|", DOCS.read_text(), flags=re.MULTILINE)
+    """docs/proxy.md's table of statuses is the protocol's, not a copy that drifts: every code
+    with its status, and for every status whether the client retries it."""
+    rows = re.findall(r"^\| (\d{3}) \|([^|]*)\| (\S+) \|", DOCS.read_text(), flags=re.MULTILINE)
     documented = {
-        code: int(status) for status, codes in rows for code in re.findall(r"`(\w+)`", codes)
+        code: int(status) for status, codes, _ in rows for code in re.findall(r"`(\w+)`", codes)
     }
     assert documented == {**ERRORS, "moved": 421}
-    statuses = {int(status) for status, _ in rows}
+    statuses = {int(status) for status, _, _ in rows}
     assert statuses >= {200, 421, *ERRORS.values(), *protocol.TRANSIENT}
+    retried = {int(status): said for status, _, said in rows}
+    assert retried.pop(200) == "—" and retried.pop(421) == "redirect"
+    assert retried == {s: "yes" if is_transient(s) else "no" for s in retried}
 
 
 # -- direct invoke and Function URLs ------------------------------------------------------------
