@@ -49,7 +49,7 @@ from _common import (
 from uhashring import HashRing
 
 import shardkit
-from shardkit.sharding.codec import decode_map, encode_map
+from shardkit.sharding.codec import decode_map, encode_map, residency_problem
 
 N = 64  # shard count of the main comparison
 KiB = 1024
@@ -581,6 +581,10 @@ def bench_build(p: Params, rep: Report, key: Any) -> None:
         encodes, data = timed(lambda m=m: encode_map(m, key.key_id, key.sign), p.build_repeats)
         decodes, back = timed(lambda d=data: decode_map(d, trusted, now=NOW + 60), p.build_repeats)
         assert back.to_dict(tables=True) == m.to_dict(tables=True)
+        groups = {g.name: g.jurisdiction for g in back.groups.values()}
+        checks, _ = timed(
+            lambda b=back, g=groups: residency_problem(b.shards, b.regions, g), p.build_repeats
+        )
         b = statistics.median(builds)
         rows.append(
             [
@@ -594,6 +598,7 @@ def bench_build(p: Params, rep: Report, key: Any) -> None:
                 f"{len(data):,}",
                 f"{len(data) / KiB:,.1f}",
                 f"{statistics.median(decodes):,.2f}",
+                f"{statistics.median(checks):,.3f}",
             ]
         )
         if n == 1024:
@@ -619,6 +624,7 @@ def bench_build(p: Params, rep: Report, key: Any) -> None:
             "bytes",
             "KiB",
             "decode ms",
+            "of which residency ms",
         ],
         rows,
         notes=[
@@ -626,6 +632,8 @@ def bench_build(p: Params, rep: Report, key: Any) -> None:
             "rebuild: build_map(config, previous=map), the incremental path of every deploy",
             "encode: encode_map (msgpack + ed25519 sign); bytes: the signed envelope",
             "decode: decode_map (ed25519 verify + msgpack + canonical re-encode check)",
+            "of which residency: the check that every shard's region and jurisdiction agree "
+            "with the map's regions table and its group (residency_problem), timed alone",
         ],
     )
 

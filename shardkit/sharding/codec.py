@@ -23,7 +23,8 @@ from __future__ import annotations
 import sys
 import time
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 import msgpack
@@ -40,6 +41,7 @@ __all__ = [
     "encode_body",
     "encode_map",
     "peek_envelope",
+    "residency_problem",
 ]
 
 MAGIC = "shardkit-map"
@@ -110,7 +112,13 @@ def _signed_part(key_id: str, version: int, expires_at: int, body: bytes) -> byt
 
 
 def encode_map(m: ShardMap, key_id: str, sign: Callable[[bytes], bytes]) -> bytes:
-    """The signed envelope of ``m``. ``sign`` is an ed25519 signer (see :mod:`shardkit.keys`)."""
+    """The signed envelope of ``m``. ``sign`` is an ed25519 signer (see :mod:`shardkit.keys`).
+    A map whose shards contradict its residency is refused (ValueError): it is never signed."""
+    problem = residency_problem(
+        m.shards, m.regions, {g.name: g.jurisdiction for g in m.groups.values()}
+    )
+    if problem is not None:
+        raise ValueError(f"refusing to sign map version {m.version}: {problem}")
     body = encode_body(m)
     signature = sign(_signed_part(key_id, m.version, m.expires_at, body))
     return msgpack.packb(
@@ -256,7 +264,9 @@ def _from_obj(obj: Any) -> ShardMap:
     _need(_is_int(bits) and MIN_SLOT_BITS <= bits <= MAX_SLOT_BITS, "slot_bits")
     regions = obj["regions"]
     _need(
-        isinstance(regions, dict) and all(isinstance(v, str) for v in regions.values()), "regions"
+        isinstance(regions, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in regions.items()),
+        "regions",
     )
     rules = obj["residency_rules"]
     _need(isinstance(rules, list) and all(_is_pair(r) for r in rules), "residency_rules")
@@ -266,6 +276,9 @@ def _from_obj(obj: Any) -> ShardMap:
     groups_obj = obj["groups"]
     _need(isinstance(groups_obj, dict), "groups")
     groups = [_group(name, g, shards, bits) for name, g in groups_obj.items()]
+    problem = residency_problem(shards, regions, {g.name: g.jurisdiction for g in groups})
+    if problem is not None:
+        raise MapDecodeError(f"the map's shards contradict its residency: {problem}")
     for name in ("project",):
         _need(isinstance(obj[name], str), name)
     for name in ("version", "created_at", "expires_at"):
@@ -301,7 +314,8 @@ def _group(name: Any, g: Any, shards: list[Shard], bits: int) -> Group:
     _need(
         isinstance(name, str)
         and isinstance(g, dict)
-        and sorted(g) == ["jurisdiction", "positions", "primary", "replicas"],
+        and sorted(g) == ["jurisdiction", "positions", "primary", "replicas"]
+        and isinstance(g["jurisdiction"], str),
         f"group {name}",
     )
     positions = _list(g["positions"], f"groups.{name}.positions")
@@ -328,6 +342,45 @@ def _group(name: Any, g: Any, shards: list[Shard], bits: int) -> Group:
     return Group(
         name, g["jurisdiction"], tuple(p or None for p in positions), tables[0], tuple(tables[1:])
     )
+
+
+def residency_problem(
+    shards: Sequence[Shard], regions: Mapping[str, str], groups: Mapping[str, str]
+) -> str | None:
+    """What is wrong with the shards' residency, or None (docs/architecture.md §4.3, defence in
+    depth): every shard's region must be one the map lists, in the jurisdiction the map's regions
+    table gives it; its group must exist and serve that jurisdiction; and no two groups may
+    serve one jurisdiction. A signer that is buggy or compromised must not be able to move a
+    key's data out of its jurisdiction by relabelling a shard, so decoding checks this too.
+
+    The distinct (region, jurisdiction, group) triples are few, whatever the shard count."""
+    if len(set(groups.values())) != len(groups):
+        return "two groups serve one jurisdiction"
+    placed = set(zip(*(map(attrgetter(a), shards) for a in _PLACEMENT), strict=True))
+    for region, jurisdiction, group in sorted(placed):
+        if region not in regions:
+            problem = f"is in region {region!r}, which the map's regions do not list"
+        elif regions[region] != jurisdiction:
+            problem = (
+                f"is labelled {jurisdiction!r} but its region {region!r} belongs to "
+                f"{regions[region]!r}"
+            )
+        elif groups.get(group) != jurisdiction:
+            problem = (
+                f"({jurisdiction!r}) is in group {group!r}, which serves {groups.get(group)!r}"
+            )
+        else:
+            continue
+        who = next(
+            s.id
+            for s in shards
+            if (s.region, s.jurisdiction, s.group) == (region, jurisdiction, group)
+        )
+        return f"shard {who!r} {problem}"
+    return None
+
+
+_PLACEMENT = ("region", "jurisdiction", "group")
 
 
 def _indices(raw: Any, shard_count: int, bits: int, where: str) -> array[int]:

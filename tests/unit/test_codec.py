@@ -266,6 +266,97 @@ def test_a_signed_but_invalid_body_is_a_decode_error(
         decode(_resigned(small, signing_key, dict(sorted(obj.items()))), trusted_keys)
 
 
+# -- residency: a validly signed map whose shards contradict it --------------------------------
+
+
+def _eu_table_naming(index: int) -> bytes:
+    """The eu group's primary column of SMALL with its first slot given to shard ``index``."""
+    return bytes([index, 0]) + b"\x00\x00" * 255
+
+
+def _relabel_us0_as_eu(obj: dict[str, Any]) -> None:
+    obj["shards"][3][1] = obj["shards"][3][3] = "eu"  # us-0, in us-east-1, joins the eu group
+    obj["groups"]["eu"]["primary"] = _eu_table_naming(3)
+    obj["groups"]["us"]["primary"] = b"\x04\x00" * 256  # us-1 takes over the us slots
+
+
+def _second_eu_group(obj: dict[str, Any]) -> None:
+    obj["regions"]["us-east-1"] = "eu"
+    obj["groups"]["us"]["jurisdiction"] = "eu"
+    for row in obj["shards"][3:]:
+        row[3] = "eu"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param(
+            lambda obj: obj["shards"][0].__setitem__(2, "us-east-1"),
+            "shard 'eu-0' is labelled 'eu' but its region 'us-east-1' belongs to 'us'",
+            id="an-eu-shard-placed-in-us-east-1",
+        ),
+        pytest.param(
+            lambda obj: obj["shards"][0].__setitem__(2, "ap-south-1"),
+            "shard 'eu-0' is in region 'ap-south-1', which the map's regions do not list",
+            id="a-shard-in-a-region-the-map-does-not-list",
+        ),
+        pytest.param(
+            _relabel_us0_as_eu,
+            "shard 'us-0' is labelled 'eu' but its region 'us-east-1' belongs to 'us'",
+            id="a-us-east-1-shard-relabelled-eu",
+        ),
+        pytest.param(
+            lambda obj: obj["shards"][4].__setitem__(1, "eu"),
+            "another group or jurisdiction",  # the group's table check sees it first
+            id="a-us-shard-in-the-eu-group",
+        ),
+        pytest.param(_second_eu_group, "two groups serve one jurisdiction", id="two-groups-for-eu"),
+    ],
+)
+def test_a_signed_map_whose_shards_contradict_its_residency_is_refused(
+    small, envelope, signing_key, trusted_keys, change, problem
+) -> None:
+    """Defence in depth (docs/architecture.md §4.3): a buggy or compromised signer cannot move
+    an eu key's data out of eu by relabelling a shard; decoding checks every shard's region and
+    jurisdiction against the map's own regions table and its group."""
+    obj = copy.deepcopy(msgpack.unpackb(unpack(envelope)[5], raw=False))
+    change(obj)
+    with pytest.raises(shardkit.MapDecodeError) as caught:
+        decode(_resigned(small, signing_key, obj), trusted_keys)
+    assert problem in caught.value.message
+
+
+def test_such_a_map_would_route_an_eu_key_out_of_eu_and_is_never_signed(small) -> None:
+    moved = [copy.copy(s) for s in small.shards]
+    moved[0].region = "us-east-1"  # eu-0, still labelled eu
+    bad = shardkit.ShardMap(
+        project=small.project,
+        version=small.version,
+        created_at=small.created_at,
+        expires_at=small.expires_at,
+        hash=small.hash,
+        slot_bits=small.slot_bits,
+        regions=small.regions,
+        residency_rules=small.residency_rules,
+        default_jurisdiction=small.default_jurisdiction,
+        shards=moved,
+        groups=[
+            shardkit.Group(
+                g.name,
+                g.jurisdiction,
+                g.positions,
+                [moved[s.index] for s in g.primary],
+                tuple([moved[s.index] for s in c] for c in g.replicas),
+            )
+            for g in small.groups.values()
+        ],
+    )
+    key = next(k for k in (f"eu:user-{i}" for i in range(1000)) if bad.route(k).id == "eu-0")
+    assert bad.regions[bad.route(key).region] == "us"  # what accepting it would do
+    with pytest.raises(ValueError, match="refusing to sign map version 1: shard 'eu-0'"):
+        shardkit.encode_map(bad, "test-key", lambda data: b"\x00" * 64)
+
+
 # -- fuzzing --------------------------------------------------------------------------------------
 
 
@@ -351,6 +442,9 @@ def _signed_outcome(small, signing_key, trusted_keys, body: bytes) -> None:
     for group in m.groups.values():
         for column in (group.primary, *group.replicas):
             assert {s.jurisdiction for s in column} == {group.jurisdiction}
+    for shard in m.shards:  # every shard where the map's own regions table says it may be
+        assert m.regions[shard.region] == shard.jurisdiction
+        assert m.groups[shard.group].jurisdiction == shard.jurisdiction
 
 
 @FUZZ
