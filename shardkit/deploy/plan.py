@@ -178,6 +178,14 @@ class Plan:
         return cls.from_json(text, str(path))
 
 
+def _removal_reason(action: str, kind: str, record_holder: bool) -> str:
+    """Why a deployed resource is deleted (or kept): the project is being destroyed, or the
+    blueprint no longer has it; a kept one holds data or the deployment record."""
+    if action == "retain":
+        return _retain_reason(record_holder)
+    return "destroy" if kind == "destroy" else "no longer in the blueprint"
+
+
 def _digest(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
@@ -282,7 +290,7 @@ def make_plan(
                 record.props,
                 record.shard,
                 "",
-                _retain_reason(key in keep) if action == "retain" else "no longer in the blueprint",
+                _removal_reason(action, kind, key in keep),
             )
         )
     ordered = sorted(steps, key=_phase)
