@@ -194,8 +194,15 @@ class _Outcome:
     cache: str = "-"
 
 
+#: Told of each request done (its count, 1): a progress bar's ``advance``.
+Progress = Callable[[int], None]
+
+
 def _in_threads(
-    work: Workload, threads: int, one: Callable[[str, Any], _Outcome]
+    work: Workload,
+    threads: int,
+    one: Callable[[str, Any], _Outcome],
+    progress: Progress | None = None,
 ) -> tuple[list[_Outcome], float]:
     """Each key's requests in order on one thread, keys spread over ``threads``: one outcome
     per request (``one`` turns errors into outcomes too), and the seconds it all took."""
@@ -209,6 +216,8 @@ def _in_threads(
             outcome = one(key, payload)
             with lock:
                 outcomes.append(outcome)
+                if progress is not None:
+                    progress(1)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -216,9 +225,15 @@ def _in_threads(
     return outcomes, time.perf_counter() - started
 
 
-def run_traffic(client: RoutingClient, work: Workload, *, threads: int = 4) -> TrafficReport:
+def run_traffic(
+    client: RoutingClient,
+    work: Workload,
+    *,
+    threads: int = 4,
+    progress: Progress | None = None,
+) -> TrafficReport:
     """Send ``work`` through ``client`` from ``threads`` threads; latency, errors, redirects and
-    degraded answers per shard and per region."""
+    degraded answers per shard and per region. ``progress(1)`` is called per request done."""
 
     def one(key: str, payload: Any) -> _Outcome:
         try:
@@ -227,7 +242,7 @@ def run_traffic(client: RoutingClient, work: Workload, *, threads: int = 4) -> T
             return _Outcome(False, error=exc.message, shard=getattr(exc, "shard", "") or "?")
         return _Outcome(True, r.latency_s * 1000, "", r.shard, r.region, r.redirected, r.degraded)
 
-    outcomes, elapsed = _in_threads(work, threads, one)
+    outcomes, elapsed = _in_threads(work, threads, one, progress)
     return TrafficReport(
         requests=len(outcomes),
         seconds=elapsed,
@@ -241,10 +256,15 @@ def run_traffic(client: RoutingClient, work: Workload, *, threads: int = 4) -> T
 
 
 def run_edge_traffic(
-    runtime: EdgeRuntime, work: Workload, *, threads: int = 4
+    runtime: EdgeRuntime,
+    work: Workload,
+    *,
+    threads: int = 4,
+    progress: Progress | None = None,
 ) -> EdgeTrafficReport:
     """Send ``work`` through the edge ``runtime``: the share and latency of each path, the cache
-    statuses, and the runtime's own statistics at the end (it is left open)."""
+    statuses, and the runtime's own statistics at the end (it is left open). ``progress(1)`` is
+    called per request done."""
 
     def one(key: str, payload: Any) -> _Outcome:
         t = time.perf_counter()
@@ -254,7 +274,7 @@ def run_edge_traffic(
             return _Outcome(False, (time.perf_counter() - t) * 1000, exc.message)
         return _Outcome(True, d.latency_s * 1000, path=d.path, cache=d.cache)
 
-    outcomes, elapsed = _in_threads(work, threads, one)
+    outcomes, elapsed = _in_threads(work, threads, one, progress)
     stats = runtime.stats()
     n = len(outcomes)
     by_path: dict[str, list[float]] = {p: [] for p in PATHS}
@@ -312,23 +332,30 @@ def _first_errors(outcomes: list[_Outcome]) -> list[str]:
 # -- an edge runtime for a project ----------------------------------------------------------------
 
 
+#: The edge module ``traffic --edge`` looks for in a project when none is named.
+EDGE_MODULE = "app.edge"
+
+
 def edge_runtime_for(
     client: RoutingClient,
     project_dir: str | Path,
     *,
     region: str | None = None,
-    module: str = "app.edge",
+    module: str | None = None,
 ) -> EdgeRuntime:
     """An edge runtime in ``region`` (default: the map's first) over ``client``, with the local
-    model and cache rules of the project's ``module`` (``local_model()`` and ``cache_rules()``,
-    both optional: without them nothing is answered locally or cached)."""
+    model and cache rules of the project's ``module``: its ``local_model()`` and
+    ``cache_rules()``, both optional (without them nothing is answered locally or cached).
+
+    ``module=None`` uses the project's ``app.edge`` if it has one. A module named but not found,
+    or one that fails to import or to build its hooks, is an :class:`EdgePolicyError`."""
     from .edge import DivergenceMonitor, EdgeRuntime, Location
 
     regions = client.holder.require().regions
     region = region or next(iter(regions))
     if region not in regions:
         raise EdgePolicyError(
-            f"{region!r} is not a region of the map ({', '.join(regions)})",
+            f"edge region {region!r} is not a region of the map ({', '.join(regions)})",
             hint="put the edge node in one of the map's regions",
         )
     model, rules = _edge_hooks(Path(project_dir), module)
@@ -341,18 +368,35 @@ def edge_runtime_for(
     )
 
 
-def _edge_hooks(project_dir: Path, module: str) -> tuple[Any, Any]:
+def _edge_hooks(project_dir: Path, module: str | None) -> tuple[Any, Any]:
     """``local_model()`` and ``cache_rules()`` of the project's edge module, if it has them."""
+    name = module or EDGE_MODULE
     root = str(project_dir.resolve())
     sys.path.insert(0, root)
     try:
-        mod = importlib.import_module(module)
+        mod = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            return None, None  # no edge module: shards only, nothing cached
-        raise
+        absent = bool(exc.name) and (name == exc.name or name.startswith(f"{exc.name}."))
+        if absent and module is None:
+            return None, None  # no edge module, and none was asked for: shards only
+        raise _edge_error(name, project_dir, exc) from None
+    except Exception as exc:  # the module's own code failed: its traceback is the user's bug
+        raise _edge_error(name, project_dir, exc) from None
     finally:
         sys.path.remove(root)
-    model = mod.local_model() if hasattr(mod, "local_model") else None
-    rules = mod.cache_rules() if hasattr(mod, "cache_rules") else None
+    try:
+        model = mod.local_model() if hasattr(mod, "local_model") else None
+        rules = mod.cache_rules() if hasattr(mod, "cache_rules") else None
+    except Exception as exc:
+        raise _edge_error(name, project_dir, exc, during="building its hooks") from None
     return model, rules
+
+
+def _edge_error(
+    name: str, project_dir: Path, exc: Exception, during: str = "importing it"
+) -> EdgePolicyError:
+    return EdgePolicyError(
+        f"edge module {name!r} of {project_dir} failed while {during}: {type(exc).__name__}: {exc}",
+        hint="name a module of the project (e.g. app.edge for app/edge.py); it may define "
+        "local_model() and cache_rules(), both optional",
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .. import kinds
@@ -18,7 +19,7 @@ from ..config import Project, load_project
 from ..config.build import build_map
 from ..deploy.package import build_package
 from ..sharding.shardmap import ShardMap
-from .output import console, emit_json, json_option, open_map
+from .output import console, emit_json, json_option, newest_map, open_map
 
 _PATH = click.Path(path_type=Path)
 _SUFFIX = ".template.json"
@@ -48,9 +49,10 @@ def group() -> None:
 def render_(project_dir: Path, out: Path, name: str | None, json_: bool) -> None:
     """Render the project's blueprint as CloudFormation templates, one per region.
 
-    Uses the project's current map (PROJECT_DIR/.shardkit/map.skm) if there is one, else plans a
-    map in memory. The templates are account-independent: account and partition are
-    CloudFormation pseudo parameters.
+    Uses the project's newest map - the one `shardkit map build` wrote or the last one a deploy
+    published, whichever has the higher version - and says which file and version; with
+    neither, it plans a map in memory. The templates are account-independent: account and
+    partition are CloudFormation pseudo parameters.
     """
     project = load_project(project_dir)
     _check_out(out)
@@ -130,11 +132,16 @@ def kinds_(markdown: bool, json_: bool) -> None:
     console.print("* required; docs/blueprints.md describes every property")
 
 
+_PLANNED = "planned in memory"
+
+
 def _current_map(project: Project) -> tuple[ShardMap, str]:
-    """The project's current map and where it came from; a fresh in-memory plan if none."""
-    if project.map_path.exists():
-        return open_map(project.root, None, allow_expired=True), str(project.map_path)
-    return build_map(project.config), "no map built yet: planned in memory"
+    """The project's newest map (built or deployed) and the file it came from; a fresh
+    in-memory plan if there is none."""
+    path = newest_map(project)
+    if path.exists():
+        return open_map(path, project.keys_dir, allow_expired=True), str(path)
+    return build_map(project.config), _PLANNED
 
 
 def _check_out(out: Path) -> None:
@@ -147,7 +154,8 @@ def _check_out(out: Path) -> None:
 def _print_rendered(
     name: str, version: int, source: str, rows: list[dict[str, Any]], stale: list[str]
 ) -> None:
-    console.print(f"blueprint [bold]{name}[/] for map version {version} ({source})")
+    where = "no map built or deployed yet: " + source if source == _PLANNED else f"from {source}"
+    console.print(f"blueprint [bold]{name}[/] for map version {version} ({escape(where)})")
     table = Table("region", "shards", "resources", "file")
     for row in rows:
         table.add_row(row["region"], str(row["shards"]), str(row["resources"]), row["file"])

@@ -6,10 +6,9 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .._files import write_bytes_atomic
@@ -19,19 +18,26 @@ from ..deploy.engine import Deployer, nothing_deployed
 from ..deploy.executor import ApplyResult
 from ..deploy.plan import Plan, Step
 from ..deploy.state import cached_record
-from ..deploy.targets import open_target
+from ..deploy.targets import open_target, target_name
 from ..errors import DeployError, LocalCloudError
 from .output import console, emit_json, err_console, json_option
+from .progress import Phases
 
 _PATH = click.Path(path_type=Path)
 _STEP_LIST_LIMIT = 40
+F = TypeVar("F", bound=Callable[..., Any])
 
-local_option = click.option(
-    "--local/--aws",
-    "local",
-    default=None,
-    help="Deploy to the local cloud (moto on 127.0.0.1) or to AWS [default: project.target].",
-)
+
+def local_option(what: str) -> Callable[[F], F]:
+    """``--local/--aws``; ``what`` says what the command does there ("Deploy to")."""
+    return click.option(
+        "--local/--aws",
+        "local",
+        default=None,
+        help=f"{what} the local cloud (moto on 127.0.0.1) or AWS [default: project.target].",
+    )
+
+
 yes_option = click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
 project_arg = click.argument("project_dir", type=_PATH, default=".")
 
@@ -51,16 +57,19 @@ def _deployer(
     local: bool | None,
     *,
     start: bool,
-    json_: bool,
+    phases: Phases,
     lock_timeout: float = 0.0,
 ) -> Deployer:
     project = load_project(project_dir)
-    target = open_target(project, local=local, start=start)
+    on_local = target_name(project, local) == "local"
+    where = "the local cloud" + " (starting it if needed)" * start if on_local else "AWS"
+    with phases.phase(f"connecting to {where}"):
+        target = open_target(project, local=local, start=start)
     return Deployer(
         project,
         target,
         vendor=_vendor(project, target.name),
-        notify=_notify(json_),
+        notify=_notify(phases.json),
         lock_timeout=lock_timeout,
     )
 
@@ -68,6 +77,13 @@ def _deployer(
 def _notify(json_: bool) -> Callable[[str], None]:
     """Messages of the engine (a restore, a wait for the lock): on stderr, never in JSON."""
     return lambda message: None if json_ else err_console.print(message, soft_wrap=True)
+
+
+def _planned(deployer: Deployer, phases: Phases, make: Callable[[], Plan]) -> Plan:
+    """A plan, made while the phase says so: the map, the code package and the deployed state
+    are read and compared, which takes a while."""
+    with phases.phase("planning (map, code package, what is deployed)"):
+        return make()
 
 
 def _vendor(project: Project, target: str) -> bool:
@@ -91,15 +107,16 @@ refresh_option = click.option(
 @click.command("plan")
 @project_arg
 @click.option("--out", type=_PATH, help="Save the plan as JSON, to review and `shardkit apply`.")
-@local_option
+@local_option("Plan for")
 @refresh_option
 @json_option
 def plan_cmd(
     project_dir: Path, out: Path | None, local: bool | None, refresh: bool, json_: bool
 ) -> None:
     """Show what a deploy would change, without changing anything."""
-    deployer = _deployer(project_dir, local, start=True, json_=json_)
-    plan = deployer.plan(refresh=refresh)
+    phases = Phases("plan", json_=json_)
+    deployer = _deployer(project_dir, local, start=True, phases=phases)
+    plan = _planned(deployer, phases, lambda: deployer.plan(refresh=refresh))
     if out:
         write_bytes_atomic(out, plan.to_json().encode())
     if json_:
@@ -121,20 +138,21 @@ def plan_cmd(
 def apply_cmd(plan_file: Path, lock_timeout: float, json_: bool) -> None:
     """Apply a saved plan. Refused if the deployed state changed since it was made."""
     plan = Plan.load(plan_file)
+    phases = Phases("apply", json_=json_)
     deployer = _deployer(
         Path(plan.project_root),
         plan.target == "local",
         start=False,
-        json_=json_,
+        phases=phases,
         lock_timeout=lock_timeout,
     )
-    result = _apply(deployer, plan, json_)
+    result = _apply(deployer, plan, phases)
     _report(deployer, plan, result, json_)
 
 
 @click.command("deploy")
 @project_arg
-@local_option
+@local_option("Deploy to")
 @refresh_option
 @yes_option
 @lock_timeout_option
@@ -148,18 +166,21 @@ def deploy_cmd(
     json_: bool,
 ) -> None:
     """Plan, show, and apply: the project as configured, in every region."""
-    deployer = _deployer(project_dir, local, start=True, json_=json_, lock_timeout=lock_timeout)
+    phases = Phases("deploy", json_=json_)
+    deployer = _deployer(project_dir, local, start=True, phases=phases, lock_timeout=lock_timeout)
 
     def plan() -> Plan:
         return deployer.plan(refresh=refresh)
 
     # With --yes, a deploy that waited for the lock plans afresh from what it finds.
-    _carry_out(deployer, plan(), yes, json_, replan=plan if yes else None)
+    _carry_out(
+        deployer, _planned(deployer, phases, plan), yes, phases, replan=plan if yes else None
+    )
 
 
 @click.command("status")
 @project_arg
-@local_option
+@local_option("Show what is deployed on")
 @json_option
 def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
     """What is deployed: recorded state checked against what exists."""
@@ -202,7 +223,7 @@ def _status(project_dir: Path, local: bool | None, json_: bool) -> dict[str, Any
     """The deployment's status; a local cloud that is not running with nothing ever deployed
     to it is "nothing deployed", not an error."""
     try:
-        deployer = _deployer(project_dir, local, start=False, json_=json_)
+        deployer = _deployer(project_dir, local, start=False, phases=Phases("status", json_=json_))
     except LocalCloudError:
         project = load_project(project_dir)
         if cached_record(project.state_dir, "local") is not None:
@@ -222,7 +243,7 @@ def _status(project_dir: Path, local: bool | None, json_: bool) -> dict[str, Any
     is_flag=True,
     help="Also delete the state tables and the home bucket with the deployment record.",
 )
-@local_option
+@local_option("Delete what is deployed on")
 @yes_option
 @lock_timeout_option
 @json_option
@@ -236,18 +257,21 @@ def destroy_cmd(
 ) -> None:
     """Delete every deployed resource; the state tables and the home bucket (which keeps the
     deployment record) stay unless --delete-data."""
-    deployer = _deployer(project_dir, local, start=False, json_=json_, lock_timeout=lock_timeout)
+    phases = Phases("destroy", json_=json_)
+    deployer = _deployer(project_dir, local, start=False, phases=phases, lock_timeout=lock_timeout)
 
     def plan() -> Plan:
         return deployer.plan_destroy(delete_data=delete_data)
 
     # With --yes, what was restored first (a restarted local cloud) is destroyed as it stands.
-    _carry_out(deployer, plan(), yes, json_, replan=plan if yes else None)
+    _carry_out(
+        deployer, _planned(deployer, phases, plan), yes, phases, replan=plan if yes else None
+    )
 
 
 @click.command("rollback")
 @project_arg
-@local_option
+@local_option("Roll back on")
 @yes_option
 @lock_timeout_option
 @json_option
@@ -255,15 +279,18 @@ def rollback_cmd(
     project_dir: Path, local: bool | None, yes: bool, lock_timeout: float, json_: bool
 ) -> None:
     """Return to the previous successful deployment (its map is republished as a new version)."""
-    deployer = _deployer(project_dir, local, start=False, json_=json_, lock_timeout=lock_timeout)
+    phases = Phases("rollback", json_=json_)
+    deployer = _deployer(project_dir, local, start=False, phases=phases, lock_timeout=lock_timeout)
     # With --yes, a rollback after a restore (a restarted local cloud) is planned from it.
     replan = deployer.plan_rollback if yes else None
-    _carry_out(deployer, deployer.plan_rollback(), yes, json_, replan=replan)
+    _carry_out(
+        deployer, _planned(deployer, phases, deployer.plan_rollback), yes, phases, replan=replan
+    )
 
 
 @click.command("bootstrap")
 @project_arg
-@local_option
+@local_option("Create the foundation on")
 @yes_option
 @lock_timeout_option
 @json_option
@@ -271,18 +298,19 @@ def bootstrap_cmd(
     project_dir: Path, local: bool | None, yes: bool, lock_timeout: float, json_: bool
 ) -> None:
     """Create only the per-region foundation: artifact/registry buckets and state tables."""
-    deployer = _deployer(project_dir, local, start=True, json_=json_, lock_timeout=lock_timeout)
-    _carry_out(deployer, deployer.plan_bootstrap(), yes, json_)
+    phases = Phases("bootstrap", json_=json_)
+    deployer = _deployer(project_dir, local, start=True, phases=phases, lock_timeout=lock_timeout)
+    _carry_out(deployer, _planned(deployer, phases, deployer.plan_bootstrap), yes, phases)
 
 
 @click.command("unlock")
 @project_arg
 @click.argument("lock_id")
-@local_option
+@local_option("Break the lock on")
 @json_option
 def unlock_cmd(project_dir: Path, lock_id: str, local: bool | None, json_: bool) -> None:
     """Break the deployment lock LOCK_ID, left by a command that died (see `shardkit status`)."""
-    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    deployer = _deployer(project_dir, local, start=False, phases=Phases("unlock", json_=json_))
     broken = deployer.unlock(lock_id)
     if json_:
         emit_json({"unlocked": vars(broken)})
@@ -311,17 +339,18 @@ def _carry_out(
     deployer: Deployer,
     plan: Plan,
     yes: bool,
-    json_: bool,
+    phases: Phases,
     replan: Callable[[], Plan] | None = None,
 ) -> None:
     """Show the plan, ask (unless --yes), apply, report; or say there is nothing to do."""
+    json_ = phases.json
     if plan.is_noop and not plan.restores:
         _nothing_to_do(deployer, plan, json_)
         return
     if not json_:
         _show_plan(plan)
     _confirm(plan, yes, json_)
-    result = _apply(deployer, plan, json_, replan)
+    result = _apply(deployer, plan, phases, replan)
     if result.steps_done == 0 and result.steps_skipped == 0:
         _nothing_to_do(deployer, plan, json_)
         return
@@ -329,23 +358,14 @@ def _carry_out(
 
 
 def _apply(
-    deployer: Deployer, plan: Plan, json_: bool, replan: Callable[[], Plan] | None = None
+    deployer: Deployer, plan: Plan, phases: Phases, replan: Callable[[], Plan] | None = None
 ) -> ApplyResult:
-    if json_ or not sys.stderr.isatty():
-        return deployer.apply(plan, replan=replan)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task(f"applying {plan.kind}", total=len(plan.steps))
+    """Apply ``plan``, its steps counted as they complete (a bar on a terminal)."""
+    with phases.counted(f"applying {plan.kind} {plan.plan_id}", len(plan.steps), "steps") as add:
 
         def progress(step: Step, event: str) -> None:
             if event in ("done", "skip"):
-                bar.advance(task)
+                add(1)
 
         deployer.progress = progress
         return deployer.apply(plan, replan=replan)

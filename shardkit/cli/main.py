@@ -2,12 +2,14 @@
 
 Every command takes ``--json``. A user error (any :class:`ShardkitError`, a bad option, an
 unreadable file) prints one line, ``error: <what> — <what to do>``, on stderr and exits with
-code 2; never a traceback.
+code 2; never a traceback. With ``--json`` that line is a JSON object instead, ``{"error": what,
+"hint": what to do, "code": the error's class}``, so scripts read errors as they read results.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
 import click
@@ -66,30 +68,42 @@ def error_line(exc: ShardkitError) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point. Errors go to stderr as one line - or, when ``--json`` was asked
+    for, as one JSON object ``{"error", "hint", "code"}`` - with the same exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    as_json = wants_json(args)
     try:
-        cli.main(args=argv, prog_name="shardkit", standalone_mode=False)
+        cli.main(args=args, prog_name="shardkit", standalone_mode=False)
     except ShardkitError as exc:
-        _fail(error_line(exc))
+        _fail(as_json, exc.message, exc.hint, type(exc).__name__)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
         sys.exit(2)
     except click.UsageError as exc:
         path = exc.ctx.command_path if exc.ctx else "shardkit"
-        _fail(f"error: {exc.format_message()} — see `{path} --help`")
+        _fail(as_json, exc.format_message(), f"see `{path} --help`", "UsageError")
     except click.ClickException as exc:
-        _fail(f"error: {exc.format_message()}")
+        _fail(as_json, exc.format_message(), "", "ClickException")
     except click.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
+        _fail(as_json, "aborted", "", "Aborted", code=1)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
-        _fail(f"error: cannot use{where}: {exc.strerror or exc}")
+        _fail(as_json, f"cannot use{where}: {exc.strerror or exc}", "", "OSError")
 
 
-def _fail(line: str) -> None:
-    click.echo(line, err=True)
-    sys.exit(2)
+def wants_json(args: list[str]) -> bool:
+    """Whether the command line asks for JSON: ``--json`` before any ``--``. Read from the
+    arguments themselves, so an error raised while they are parsed is JSON too."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def _fail(as_json: bool, message: str, hint: str, kind: str, code: int = 2) -> None:
+    text = " ".join(message.split())
+    if as_json:
+        click.echo(json.dumps({"error": text, "hint": hint, "code": kind}), err=True)
+    else:
+        click.echo(f"error: {text} — {hint}" if hint else f"error: {text}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

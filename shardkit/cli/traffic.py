@@ -10,14 +10,18 @@ options and prints.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..deploy.client import client_for_project
-from ..errors import EdgePolicyError
+from ..errors import InferenceError, ShardkitError
+from ..protocol import printable_key
 from ..routing.client import Result, RoutingClient
 from ..traffic import (
     EdgeTrafficReport,
@@ -30,6 +34,7 @@ from ..traffic import (
 )
 from .deploy import local_option
 from .output import console, emit_json, json_option
+from .progress import Phases
 
 if TYPE_CHECKING:
     from ..edge import EdgeRuntime
@@ -45,53 +50,101 @@ transport_option = click.option(
 )
 
 
+class JsonPayload(click.ParamType):
+    """A JSON value given inline, as ``@FILE`` (read from FILE) or as ``-`` (read from stdin):
+    a payload too large for the command line (~128 KiB) still fits in a file or a pipe."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # the default, already parsed
+        text, source = value, "the value"
+        if value == "-":
+            text, source = sys.stdin.read(), "stdin"
+        elif value.startswith("@"):
+            path = Path(value[1:])
+            try:
+                text, source = path.read_text("utf-8"), str(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or exc
+                self.fail(f"cannot read {path}: {why}", param, ctx)
+        try:
+            return json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            self.fail(f"{source} is not JSON: {exc}", param, ctx)
+
+
 @click.command("invoke")
 @click.argument("project_dir", type=_PATH)
 @click.argument("key", nargs=-1, required=True)
 @click.option(
     "--payload",
+    type=JsonPayload(),
     default='{"text": "the shard"}',
     show_default=True,
-    help="The request payload, as JSON.",
+    help="The request payload as JSON, @FILE to read it from FILE, or - to read it from stdin.",
 )
 @click.option("--jurisdiction", help="Tag the keys with this jurisdiction.")
-@local_option
+@local_option("Send requests to")
 @transport_option
 @json_option
 def invoke_cmd(
     project_dir: Path,
     key: tuple[str, ...],
-    payload: str,
+    payload: Any,
     jurisdiction: str | None,
     local: bool | None,
     transport: str,
     json_: bool,
 ) -> None:
-    """Send one request per KEY to its shard; show where it went and the answer."""
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    """Send one request per KEY to its shard; show where it went and the answer.
+
+    Every key is sent and reported, a failed one too (with its error); the exit code is 2 if
+    any failed."""
     client = client_for_project(project_dir, local=local, transport=transport)
+    rows = []
     try:
-        results = [client.infer(k, body, jurisdiction=jurisdiction) for k in key]
+        for k in key:
+            try:
+                rows.append(_record(client.infer(k, payload, jurisdiction=jurisdiction)))
+            except ShardkitError as exc:
+                rows.append(_failed(k, exc))
     finally:
         client.close()
-    rows = [_record(r) for r in results]
     if json_:
         emit_json(rows)
-        return
+    else:
+        _print_invoked(rows)
+    failed = [r for r in rows if r["error"] is not None]
+    if failed:
+        first = failed[0]
+        raise ShardkitError(
+            f"{len(failed)} of {len(rows)} key(s) failed; the first, {first['key']!r}: "
+            f"{first['error']['message']}",
+            hint=first["error"]["hint"] or "each key's outcome is listed above",
+        )
+
+
+def _print_invoked(rows: list[dict[str, Any]]) -> None:
     table = Table("key", "jurisdiction", "region", "shard", "epoch", "map", "ms", "answer")
     for r in rows:
+        if r["error"] is not None:
+            table.add_row(
+                escape(printable_key(r["key"])),
+                *["-"] * 6,
+                Text(f"error: {r['error']['message']}", "red"),
+            )
+            continue
         table.add_row(
-            r["key"],
+            escape(printable_key(r["key"])),
             r["jurisdiction"],
             r["region"],
             r["shard"],
             str(r["epoch"]),
             str(r["map_version"]),
             f"{r['latency_ms']:.1f}",
-            json.dumps(r["answer"], sort_keys=True),
+            escape(json.dumps(r["answer"], sort_keys=True)),
         )
     console.print(table)
 
@@ -135,12 +188,13 @@ def invoke_cmd(
 )
 @click.option(
     "--edge-module",
-    default="app.edge",
-    show_default=True,
-    help="With --edge: the project module providing local_model() and cache_rules() "
-    "(both optional; without them nothing is answered locally or cached).",
+    default=None,
+    help="With --edge: the project module whose local_model() and cache_rules() the edge "
+    "uses. Both functions are optional: a module without them answers nothing locally and "
+    "caches nothing. A module that cannot be imported is an error. [default: app.edge, if "
+    "the project has it]",
 )
-@local_option
+@local_option("Send the workload to")
 @transport_option
 @json_option
 def traffic_cmd(
@@ -152,7 +206,7 @@ def traffic_cmd(
     edge: bool,
     reads: float,
     edge_region: str | None,
-    edge_module: str,
+    edge_module: str | None,
     local: bool | None,
     transport: str,
     json_: bool,
@@ -162,18 +216,24 @@ def traffic_cmd(
 
     With --edge, through the edge runtime: the share of requests served by the local model,
     the cache and the shards, with latency per path."""
-    client = client_for_project(project_dir, local=local, transport=transport)
+    phases = Phases("traffic", json_=json_)
+    with phases.phase("connecting: the deployment's records and its signed map"):
+        client = client_for_project(project_dir, local=local, transport=transport)
     report: TrafficReport | EdgeTrafficReport
+    sending = f"sending over {keys:,} keys from {threads} threads"
     if edge:
         runtime = _edge_runtime(client, project_dir, edge_region, edge_module)
         try:
             work = edge_workload(total, keys, seed=seed, reads=reads)
-            report = run_edge_traffic(runtime, work, threads=threads)
+            with phases.counted(f"{sending} through the edge", total, "requests") as done:
+                report = run_edge_traffic(runtime, work, threads=threads, progress=done)
         finally:
             runtime.close()  # and its client
     else:
         try:
-            report = run_traffic(client, workload(total, keys, seed=seed), threads=threads)
+            with phases.counted(sending, total, "requests") as done:
+                work = workload(total, keys, seed=seed)
+                report = run_traffic(client, work, threads=threads, progress=done)
         finally:
             client.close()
     if json_:
@@ -185,14 +245,11 @@ def traffic_cmd(
 
 
 def _edge_runtime(
-    client: RoutingClient, project_dir: Path, region: str | None, module: str
+    client: RoutingClient, project_dir: Path, region: str | None, module: str | None
 ) -> EdgeRuntime:
     """The edge runtime for ``--edge``; the client is closed if there is none."""
     try:
         return edge_runtime_for(client, project_dir, region=region, module=module)
-    except EdgePolicyError as exc:
-        client.close()
-        raise click.BadParameter(exc.message, param_hint="--edge-region") from None
     except BaseException:
         client.close()
         raise
@@ -254,6 +311,31 @@ def _print_edge(report: EdgeTrafficReport) -> None:
         console.print(f"error: {error}")
 
 
+_FIELDS = (
+    "jurisdiction",
+    "region",
+    "shard",
+    "epoch",
+    "map_version",
+    "latency_ms",
+    "attempts",
+    "redirected",
+    "failover",
+    "degraded",
+    "seq",
+    "answer",
+)
+
+
+def _failed(key: str, exc: ShardkitError) -> dict[str, Any]:
+    """An invoke row for a key that failed: every field of an answered row, empty, and the
+    error (its message, hint and kind; a shard's status and code when a shard answered)."""
+    error = {"message": exc.message, "hint": exc.hint, "code": type(exc).__name__}
+    if isinstance(exc, InferenceError):
+        error.update(status=exc.status, reply=exc.code, shard=exc.shard)
+    return {"key": key, **dict.fromkeys(_FIELDS), "error": error}
+
+
 def _record(r: Result) -> dict[str, Any]:
     return {
         "key": r.key,
@@ -269,4 +351,5 @@ def _record(r: Result) -> dict[str, Any]:
         "degraded": r.degraded,
         "seq": r.seq,
         "answer": r.answer,
+        "error": None,
     }

@@ -5,7 +5,8 @@
   makes is recorded by a botocore event handler (independently of the facade's own counter),
   and chosen calls can be made to fail with a botocore ``ClientError``;
 * ``make_project`` / ``rewrite`` / ``small_config`` - quickstart copies (or smaller variants) in ``tmp_path``;
-* ``deployer`` - ``Deployer(project, identify(Aws(factory), "aws"))``, one target per test.
+* ``deployer`` - ``Deployer(project, identify(Aws(factory), "aws"))``, one target per test;
+* ``shardkit_cli`` - the ``shardkit`` command in-process: ``(exit code, stdout, stderr)``.
 """
 
 from __future__ import annotations
@@ -285,3 +286,24 @@ def rewrite() -> Callable[[Project, Callable[[dict[str, Any]], None]], Project]:
         return load_project(project.root)
 
     return apply
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shardkit_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``shardkit_cli(*args)``: run ``shardkit ARGS`` in-process (as its console entry point
+    does); its exit code, stdout and stderr."""
+    from shardkit.cli.main import main
+
+    def run(*args: str | Path) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

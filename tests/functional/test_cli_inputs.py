@@ -1,0 +1,269 @@
+"""The CLI's inputs and its reports of them, in-process (and, for bytes a shell passes on the
+command line, as a real process): keys, errors under ``--json`` for every command, help texts,
+``blueprint render``'s map, and what deploy and destroy say while and after they work (on moto).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from shardkit.cli.main import COMMANDS, cli
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "shardkit.toml"
+
+
+CLI = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "qs"
+    root.mkdir()
+    shutil.copy(QUICKSTART, root / "shardkit.toml")
+    return root
+
+
+# -- keys: one rule, exit 2, on a real command line -------------------------------------------------
+
+
+def test_map_route_refuses_keys_the_shards_refuse_and_undecodable_bytes(project: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SHARDKIT_KEYS_DIR"}
+    built = subprocess.run(
+        [sys.executable, "-m", "shardkit.cli.main", "map", "build", str(project)],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    cases = {
+        b"": b"error: key '' is empty",
+        b"k" * 2000: b"is 2,000 bytes in UTF-8, over the limit of 1,024",
+        b"bad\xffkey": b"error: key 'bad\\xffkey' is not valid UTF-8",  # $'bad\xffkey'
+    }
+    for key, expected in cases.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "shardkit.cli.main", "map", "route", str(project), key],
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert expected in line and b"Traceback" not in proc.stderr
+        assert b"at most 1,024 bytes" in line and proc.stdout == b""
+
+
+# -- --json: errors are JSON too, for every command ----------------------------------------------
+
+
+def leaf_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    ctx = click.Context(group)
+    out = []
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            out += leaf_commands(command, (*prefix, name))
+        else:
+            out.append((*prefix, name))
+    return out
+
+
+#: For each command, arguments that make it fail with a user error (a ShardkitError) before it
+#: touches any cloud: a project directory, plan, key or map that is not there.
+NOWHERE = "no-such-dir"
+FAILING = {
+    ("apply",): ["no-such-plan.json"],
+    ("blueprint", "kinds"): None,  # cannot fail but by its options: see the usage errors
+    ("blueprint", "list"): None,
+    ("blueprint", "render"): [NOWHERE, "--out", "cfn"],
+    ("bootstrap",): [NOWHERE],
+    ("deploy",): [NOWHERE, "--yes"],
+    ("destroy",): [NOWHERE, "--yes"],
+    ("invoke",): [NOWHERE, "alice"],
+    ("keys", "create"): ["Bad Id", "--dir", "keys"],
+    ("keys", "list"): None,
+    ("keys", "show"): ["nobody", "--dir", "keys"],
+    ("local", "down"): [NOWHERE],
+    ("local", "status"): [NOWHERE],
+    ("local", "up"): [NOWHERE],
+    ("map", "build"): [NOWHERE],
+    ("map", "diff"): ["a.skm", "b.skm"],
+    ("map", "route"): [NOWHERE, "alice"],
+    ("map", "show"): [NOWHERE],
+    ("plan",): [NOWHERE],
+    ("rollback",): [NOWHERE, "--yes"],
+    ("simulate",): [NOWHERE, "--workload", "square"],
+    ("status",): [NOWHERE],
+    ("traffic",): [NOWHERE],
+}
+
+
+def test_the_table_names_every_command() -> None:
+    commands = leaf_commands()
+    assert {c[0] for c in commands} == set(COMMANDS)
+    assert set(FAILING) == set(commands)
+
+
+def _json_error(err: str) -> dict[str, Any]:
+    (line,) = err.splitlines()
+    data = json.loads(line)
+    assert set(data) == {"error", "hint", "code"} and data["error"], data
+    return data
+
+
+@pytest.mark.parametrize("command", leaf_commands(), ids=" ".join)
+def test_every_command_reports_errors_as_json_under_json(
+    command: tuple[str, ...],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shardkit_cli: CLI,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = shardkit_cli(*command, "--no-such-option", "--json")
+    assert (code, out) == (2, "")
+    usage = _json_error(err)
+    assert usage["code"] == "UsageError" and "--no-such-option" in usage["error"]
+    assert usage["hint"] == f"see `shardkit {' '.join(command)} --help`"
+
+    args = FAILING[command]
+    if args is None:
+        return
+    code, out, err = shardkit_cli(*command, *args, "--json")
+    assert (code, out) == (2, ""), err
+    error = _json_error(err)
+    assert error["code"].endswith("Error") and error["hint"], error
+    code, _, plain = shardkit_cli(*command, *args)  # the same error, as a line
+    assert code == 2 and plain.startswith(f"error: {' '.join(error['error'].split())}")
+
+
+def test_a_json_error_names_its_kind_and_a_key_named_json_is_not_json(
+    project: Path, shardkit_cli: CLI
+) -> None:
+    code, _, err = shardkit_cli("map", "route", project, "", "--json")
+    assert code == 2
+    assert _json_error(err) == {
+        "error": "key '' is empty",
+        "hint": "a key is a non-empty UTF-8 string of at most 1,024 bytes; make a longer or "
+        "binary identifier into a key by hashing it (e.g. hashlib.sha256(data).hexdigest())",
+        "code": "InvalidKeyError",
+    }
+    code, _, err = shardkit_cli("map", "show", project, "--", "--json")
+    assert code == 2 and err.startswith("error: ")  # after "--", "--json" is an argument
+
+
+# -- help texts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ("deploy", "Deploy to the local cloud"),
+        ("plan", "Plan for the local cloud"),
+        ("status", "Show what is deployed on the local cloud"),
+        ("destroy", "Delete what is deployed on the local cloud"),
+        ("rollback", "Roll back on the local cloud"),
+        ("bootstrap", "Create the foundation on the local cloud"),
+        ("invoke", "Send requests to the local cloud"),
+        ("traffic", "Send the workload to the local cloud"),
+    ],
+)
+def test_local_aws_help_says_what_the_command_does_there(
+    command: str, says: str, shardkit_cli: CLI
+) -> None:
+    code, out, _ = shardkit_cli(command, "--help")
+    text = " ".join(out.split())
+    assert code == 0 and says in text
+    assert command == "deploy" or "Deploy to" not in text
+
+
+def test_the_edge_module_help_says_its_functions_are_optional(
+    shardkit_cli: CLI,
+) -> None:
+    _, out, _ = shardkit_cli("traffic", "--help")
+    text = " ".join(out.split())
+    assert "Both functions are optional" in text and "cannot be imported is an error" in text
+
+
+# -- blueprint render: the project's newest map, named ------------------------------------------
+
+
+def test_blueprint_render_uses_and_names_the_newest_map_built_or_deployed(
+    project: Path, tmp_path: Path, shardkit_cli: CLI
+) -> None:
+    built, deployed = project / ".shardkit" / "map.skm", project / ".shardkit" / "deploy" / "local"
+    deployed.mkdir(parents=True)
+    assert shardkit_cli("map", "build", project, "--out", deployed / "map.skm")[0] == 0
+    out = tmp_path / "cfn"
+
+    # a deployed project without a local build: the deployed map, not a plan in memory
+    code, text, _ = shardkit_cli("blueprint", "render", project, "--out", out)
+    assert code == 0
+    assert f"for map version 1 (from {deployed / 'map.skm'})" in " ".join(text.split())
+
+    for _ in range(2):  # map.skm: versions 2 and 3, newer than the deployed version 1
+        assert shardkit_cli("map", "build", project)[0] == 0
+    data = json.loads(shardkit_cli("blueprint", "render", project, "--out", out, "--json")[1])
+    assert data["map"] == {"version": 3, "source": str(built)}
+
+    # a deploy publishes version 4, past the local build's 3
+    deploy = ("map", "build", project, "--out", deployed / "map.skm", "--previous", built)
+    assert shardkit_cli(*deploy)[0] == 0
+    data = json.loads(shardkit_cli("blueprint", "render", project, "--out", out, "--json")[1])
+    assert data["map"] == {"version": 4, "source": str(deployed / "map.skm")}
+
+
+# -- deploy and destroy on moto: progress while they work, and what destroy says -----------------
+
+
+SOLO = Path(__file__).resolve().parents[1] / "data" / "projects" / "solo" / "shardkit.toml"
+
+
+@pytest.fixture
+def aws_project(moto: None, tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "solo"
+    root.mkdir()
+    # no dependency wheels to download for AWS: the test is offline
+    (root / "shardkit.toml").write_text(SOLO.read_text() + "\n[proxy]\nvendor = false\n")
+    yield root
+
+
+def _lines(out: str, command: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(f"{command}: ")]
+
+
+def test_deploy_and_destroy_show_their_phases_and_destroy_says_destroy(
+    aws_project: Path, shardkit_cli: CLI
+) -> None:
+    code, out, err = shardkit_cli("deploy", aws_project, "--aws", "--yes")
+    assert code == 0, err
+    phases = _lines(out, "deploy")
+    assert phases[:2] == [
+        "deploy: connecting to AWS ...",
+        "deploy: planning (map, code package, what is deployed) ...",
+    ]
+    assert phases[2].startswith("deploy: applying deploy ") and phases[2].endswith(" steps ...")
+    assert " steps done in " in phases[3] and len(phases) == 4
+    assert out.index(phases[1]) < out.index("plan ") < out.index(phases[2])  # then the table
+
+    code, out, err = shardkit_cli("destroy", aws_project, "--aws", "--yes")
+    assert code == 0, err
+    assert [line.split(" ...")[0] for line in _lines(out, "destroy")][:2] == [
+        "destroy: connecting to AWS",
+        "destroy: planning (map, code package, what is deployed)",
+    ]
+    why = [row.split("│")[-2].strip() for row in out.splitlines() if row.startswith("│")]
+    assert why and set(why) == {"destroy", "holds data: kept (use --delete-data to delete)"}
+
+    code, out, err = shardkit_cli("deploy", aws_project, "--aws", "--yes", "--json")
+    assert code == 0 and err == ""
+    assert json.loads(out)["changed"] is True  # stdout is the JSON and nothing else
