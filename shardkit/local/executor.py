@@ -32,7 +32,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from .routes import RoutesWatch
 
 __all__ = ["Invocation", "LocalLambda"]
 
-_BOOT = (Path(__file__).parent / "worker.py").read_text()
+#: The worker's program, run as a file (``ps`` shows its path and the function, not its source).
+WORKER = Path(__file__).with_name("worker.py")
 _UNRESERVED = 10  # workers per function without reserved concurrency (0 reserved: throttled)
 _CONFIG_TTL = 1.0  # seconds a function's configuration is trusted before asking moto again
 _MB = 1024 * 1024
@@ -56,6 +57,7 @@ class Invocation:
     function_error: str | None = None  # "Unhandled" when the function failed
     error_type: str | None = None  # x-amzn-ErrorType for a failed Invoke call
     duration_ms: float = 0.0
+    version: str | None = None  # the version that ran (an alias resolved), for ExecutedVersion
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ class FunctionSpec:
     timeout_s: int
     concurrency: int
     env: tuple[tuple[str, str], ...]
+
+
+def worker_command(spec: FunctionSpec) -> list[str]:
+    """The worker's command line: the worker file, run in the function's code directory with
+    ``-P`` so that the worker - not Python - puts that directory first on ``sys.path``, as
+    Lambda does; the last argument only names the function and version for ``ps``."""
+    return [sys.executable, "-P", str(WORKER), f"{spec.region}/{spec.name}:{spec.version}"]
 
 
 class Worker:
@@ -86,7 +95,7 @@ class Worker:
         child_r, parent_w = os.pipe()
         env = {**env, "SHARDKIT_WORKER_FDS": f"{child_r},{child_w}"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT],
+            worker_command(spec),
             cwd=code_dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -273,13 +282,19 @@ class LocalLambda:
             reply = worker.call(event, uuid.uuid4().hex)
         except (TimeoutError, MemoryError, ChildProcessError, InitError) as exc:
             worker = None
-            return self._failed(exc, started)
+            return replace(self._failed(exc, started), version=spec.version)
         finally:
             pool.release(worker)
         duration = (time.perf_counter() - started) * 1000
         if reply.get("ok"):
-            return Invocation(200, reply["result"], duration_ms=duration)
-        return Invocation(200, reply["error"], function_error="Unhandled", duration_ms=duration)
+            return Invocation(200, reply["result"], duration_ms=duration, version=spec.version)
+        return Invocation(
+            200,
+            reply["error"],
+            function_error="Unhandled",
+            duration_ms=duration,
+            version=spec.version,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -99,6 +99,7 @@ def _limit_response(result: Invocation) -> Invocation:
         },
         function_error="Unhandled",
         duration_ms=result.duration_ms,
+        version=result.version,
     )
 
 
@@ -176,7 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         result = _limit_response(self.gateway.executor.invoke(region, name, qualifier, event))
-        headers = {"X-Amz-Executed-Version": qualifier}
+        # Lambda names the version that ran: what the alias resolved to, never the alias.
+        headers = {"X-Amz-Executed-Version": result.version or qualifier}
         if result.error_type:
             headers["x-amzn-ErrorType"] = result.error_type
         if result.function_error:

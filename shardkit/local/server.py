@@ -480,8 +480,10 @@ def _wait_ready(
             return record
         time.sleep(0.05)
     raise LocalCloudError(
-        f"the local cloud server did not answer within {timeout:g}s; {log} ends with: {_tail(log)}",
-        hint=_log_hint(log),
+        f"the local cloud server did not answer in time (within {timeout:g}s), so it was "
+        f"stopped; {log} ends with: {_tail(log)}",
+        hint=f"wait longer with `shardkit local up --timeout SECONDS` (default "
+        f"{START_TIMEOUT:g}); if it never answers, read {log}",
     )
 
 

@@ -1,8 +1,9 @@
 """The body of a local Lambda worker process. Stdlib only, and self-contained.
 
-The executor runs this file's text with ``python -c`` in the function's unpacked code directory,
-so ``sys.path[0]`` is that directory and the function's own code - including the copy of shardkit
-in its package - is what runs, exactly as in Lambda.
+The executor runs this file (``python -P worker.py REGION/FUNCTION:VERSION``) in the function's
+unpacked code directory. ``-P`` keeps this file's own directory off ``sys.path``; the worker puts
+the code directory first instead, so the function's own code - including the copy of shardkit in
+its package - is what runs, exactly as in Lambda (whose task root is first on the path).
 
 Protocol on two inherited pipe fds (stdout and stderr stay free for the function's logs): frames
 of a 4-byte big-endian length and a JSON document. The worker first sends ``{"ready": true}`` (or
@@ -66,6 +67,7 @@ def _error(exc):
 
 
 def main():
+    sys.path.insert(0, os.getcwd())  # the task root, as Lambda's runtime has it
     rfd, wfd = (int(x) for x in os.environ.pop("SHARDKIT_WORKER_FDS").split(","))
     module_name, _, attr = os.environ["_HANDLER"].rpartition(".")
     try:
@@ -91,5 +93,5 @@ def main():
         _send(wfd, reply)
 
 
-if __name__ == "__main__":  # run with `python -c`; never imported
+if __name__ == "__main__":  # run as a file; never imported
     main()
