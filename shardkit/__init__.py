@@ -19,6 +19,7 @@ __all__ = [
     "Deployer",
     "Group",
     "InferenceError",
+    "InvalidKeyError",
     "KeyStoreError",
     "LocalCloudError",
     "MapDecodeError",
@@ -63,6 +64,7 @@ __all__ = [
     "load_signing_key",
     "load_trusted_keys",
     "stateless_shard",
+    "transport_for_project",
 ]
 
 _WHERE = {
@@ -100,6 +102,7 @@ _WHERE = {
     "load_trusted_keys": "keys",
     "ApplyFailedError": "errors",
     "InferenceError": "errors",
+    "InvalidKeyError": "errors",
     "AwsError": "errors",
     "DeployError": "errors",
     "Deployer": "deploy.engine",
@@ -116,6 +119,7 @@ _WHERE = {
     "RoutingClient": "routing.client",
     "build_signed": "config.build",
     "client_for_project": "deploy.client",
+    "transport_for_project": "deploy.client",
 }
 
 
@@ -135,7 +139,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .config import Project, ProjectConfig, load_config, load_project
     from .config.build import build_map, build_signed
-    from .deploy.client import client_for_project
+    from .deploy.client import client_for_project, transport_for_project
     from .deploy.engine import Deployer
     from .deploy.plan import Plan
     from .errors import (
@@ -143,6 +147,7 @@ if TYPE_CHECKING:
         AwsError,
         ConfigError,
         DeployError,
+        InvalidKeyError,
         KeyStoreError,
         LocalCloudError,
         MapDecodeError,

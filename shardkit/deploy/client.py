@@ -26,7 +26,7 @@ from ..routing.transports import FunctionUrlTransport, LambdaTransport, Transpor
 from ..sharding.holder import MapHolder
 from ..sharding.shardmap import Shard
 
-__all__ = ["client_for_project"]
+__all__ = ["client_for_project", "transport_for_project"]
 
 
 def client_for_project(
@@ -38,29 +38,50 @@ def client_for_project(
     hedge_after_s: float | None = None,
 ) -> RoutingClient:
     """A :class:`RoutingClient` for the deployed project. ``transport``: "invoke" or "url"."""
-    from .engine import Deployer
-    from .targets import open_target, target_name
-
-    project = load_project(project_dir)
-    target = target_name(project, local)
-    deployer = Deployer(project, open_target(project, local=target == "local"))
-    record = deployer.record()  # the remote record: another machine's deploy is seen too
-    if not record.map_regions:
-        raise DeployError(
-            f"project {project.config.project.name!r} has no published map on target {target}",
-            hint=f"deploy it first: `shardkit deploy {project_dir}`",
-        )
-    gateway, client = _clients(project.root, target)
-    region, bucket = record.map_regions[0], record.buckets()[record.map_regions[0]]
-
+    deployment = _Deployment(project_dir, local)
+    region = deployment.record.map_regions[0]
+    bucket = deployment.record.buckets()[region]
     # One translation of the registry's failures for every client: RegistryUnreachableError
     # naming the S3 URI and the error code, never a raw botocore error (map_source).
-    fetch = map_source(f"s3://{bucket}/registry/map.skm", s3_client=client("s3", region))
-    holder = MapHolder(load_trusted_keys(project.keys_dir), fetch)
+    fetch = map_source(f"s3://{bucket}/registry/map.skm", s3_client=deployment.client("s3", region))
+    holder = MapHolder(load_trusted_keys(deployment.project.keys_dir), fetch)
     holder.refresh()
-    deployed = _Deployed(deployer.record)
-    chosen = _transport(transport, deployed, gateway, client)
+    chosen = deployment.transport(transport)
     return RoutingClient(holder, chosen, retry=retry, hedge_after_s=hedge_after_s)
+
+
+def transport_for_project(
+    project_dir: str | os.PathLike[str], *, local: bool | None = None, transport: str = "invoke"
+) -> Transport:
+    """The transport :func:`client_for_project` uses, for a client of your own: it reaches the
+    deployed project's shard functions by the names its deploy recorded. On the local cloud,
+    ``"invoke"`` is a :class:`LambdaTransport` pointed at the local gateway with the local
+    cloud's credentials (a plain ``LambdaTransport`` would look for AWS credentials)."""
+    return _Deployment(project_dir, local).transport(transport)
+
+
+class _Deployment:
+    """What a deploy recorded for the project's target, and how to reach it."""
+
+    def __init__(self, project_dir: str | os.PathLike[str], local: bool | None) -> None:
+        from .engine import Deployer
+        from .targets import open_target, target_name
+
+        self.project = load_project(project_dir)
+        target = target_name(self.project, local)
+        deployer = Deployer(self.project, open_target(self.project, local=target == "local"))
+        self.record = deployer.record()  # the remote record: another machine's deploy is seen too
+        if not self.record.map_regions:
+            raise DeployError(
+                f"project {self.project.config.project.name!r} has no published map on "
+                f"target {target}",
+                hint=f"deploy it first: `shardkit deploy {project_dir}`",
+            )
+        self.gateway, self.client = _clients(self.project.root, target)
+        self.deployed = _Deployed(deployer.record)
+
+    def transport(self, kind: str) -> Transport:
+        return _transport(kind, self.deployed, self.gateway, self.client)
 
 
 class _Deployed:
