@@ -71,7 +71,7 @@ def print_event(event: LogEvent, as_json: bool) -> None:
     show_default=True,
     help="Start this long ago (30s, 10m, 2h, 1d) or at an ISO time.",
 )
-@local_option
+@local_option("Read the logs of")
 @json_option
 def logs_cmd(
     project_dir: Path,
