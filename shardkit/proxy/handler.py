@@ -234,6 +234,7 @@ class Proxy:
         except Exception as exc:
             if not _is_io_error(exc):
                 raise
+            _powertools().logger.exception("the registry cannot be read")
             raise ProxyError(
                 "no_map", f"the registry cannot be read: {type(exc).__name__}: {exc}"
             ) from None

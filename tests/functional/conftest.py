@@ -292,10 +292,16 @@ def rewrite() -> Callable[[Project, Callable[[dict[str, Any]], None]], Project]:
 
 
 @pytest.fixture
-def shardkit_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+def shardkit_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, str, str]]:
     """``shardkit_cli(*args)``: run ``shardkit ARGS`` in-process (as its console entry point
-    does); its exit code, stdout and stderr."""
+    does); its exit code, stdout and stderr. Tables are never wrapped, whatever the terminal
+    (or $COLUMNS) of the test run, as when the output is piped."""
     from shardkit.cli.main import main
+    from shardkit.cli.output import console
+
+    monkeypatch.setattr(console, "width", 10_000)
 
     def run(*args: str | Path) -> tuple[int, str, str]:
         try:

@@ -857,7 +857,7 @@ def test_a_log_line_never_carries_the_previous_requests_key_hash(
 
     first, second = (json.loads(line) for line in proxy_logs.getvalue().splitlines())
     assert first["key_hash"] == f"{hash_key(key):016x}"
-    assert second["message"] == "request failed" and "key_hash" not in second
+    assert second["message"] == "the registry cannot be read" and "key_hash" not in second
 
 
 def test_the_lambda_handler_prints_emf_metrics_per_shard(

@@ -218,7 +218,7 @@ def test_an_edge_module_that_is_not_there_or_does_not_import_is_an_error(
     (line,) = err.splitlines()
     assert line.startswith(
         f"error: edge module 'app.nothere' of {tmp_path} failed while importing it: "
-        "ModuleNotFoundError: No module named 'app'"
+        "ModuleNotFoundError: No module named 'app"  # 'app', or 'app.nothere' if app is loaded
     )
     (tmp_path / "traffic_cli_broken_edge.py").write_text("import no_such_dependency\n")
     code, _, err = shardkit_cli(

@@ -321,8 +321,9 @@ def test_edge_runtime_for_loads_the_projects_hooks(
 def test_edge_runtime_for_without_hooks_and_with_a_bad_region(
     holder_factory: Callable[[], MapHolder], tmp_path: Path
 ) -> None:
+    (tmp_path / "edge_module_without_hooks.py").write_text('"""No hooks: both are optional."""\n')
     client = client_over(holder_factory(), answer)
-    runtime = edge_runtime_for(client, tmp_path, module="no_such_edge_module")
+    runtime = edge_runtime_for(client, tmp_path, module="edge_module_without_hooks")
     try:
         first = next(iter(holder_factory().require().regions))
         assert runtime.location.region == first  # the map's first region
@@ -331,3 +332,7 @@ def test_edge_runtime_for_without_hooks_and_with_a_bad_region(
         runtime.close()
     with pytest.raises(EdgePolicyError, match="'mars-1' is not a region of the map"):
         edge_runtime_for(client_over(holder_factory(), answer), tmp_path, region="mars-1")
+    with pytest.raises(EdgePolicyError, match="edge module 'no_such_edge_module' of "):
+        edge_runtime_for(
+            client_over(holder_factory(), answer), tmp_path, module="no_such_edge_module"
+        )
