@@ -1,0 +1,86 @@
+"""The shell examples of README.md and docs/*.md, and the Python examples marked
+``<!-- doc-test: local-cloud -->``, run as written against a deployed copy of the quickstart.
+
+The copy is deployed once (``shardkit.testing``'s ``shardkit_deploy``, its own local cloud) and
+appears as ``examples/quickstart`` in a working directory that also holds ``examples/autoshard``
+and, for the README's quickstart line, ``.venv/bin/shardkit`` and ``.venv/bin/python`` (this
+interpreter); ``shardkit`` is on the PATH. The README's install steps need the network: their
+syntax is checked (``bash -n``), they are not run. Examples run in document order, each after
+``shardkit local up`` (an example may stop the local cloud; up restores the deployment).
+tests/unit/test_docs_examples.py says how blocks are classified and runs the offline ones.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from doc_examples import ALL, ROOT, SHELL, Example, runnable_script
+
+pytestmark = pytest.mark.integration
+
+RUN = [e for e in ALL if (e.lang in SHELL and e.kind != "parse-only") or e.kind == "local-cloud"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, shardkit_deploy: Callable[..., Any]) -> Path:
+    deployed = shardkit_deploy(ROOT / "examples" / "quickstart", fresh=True)
+    work = tmp_path_factory.mktemp("docs")
+    (work / "examples").mkdir()
+    (work / "examples" / "quickstart").symlink_to(deployed.root, target_is_directory=True)
+    _copy(ROOT / "examples" / "autoshard", work / "examples" / "autoshard")
+    (work / "docs" / "img").mkdir(parents=True)
+    bin_dir = work / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    shim = bin_dir / "shardkit"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m shardkit.cli.main "$@"\n')
+    shim.chmod(0o755)
+    return work
+
+
+def _copy(source: Path, target: Path) -> None:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".shardkit", "__pycache__"))
+
+
+def _env(work: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{work / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SHARDKIT_LOCAL_IDLE_TIMEOUT": "900",  # a crashed run cannot leave a server for long
+        "SHARDKIT_LOCAL_MAX_LIFETIME": "1800",
+    }
+
+
+def _bash(script: str, work: Path, *, check_only: bool = False) -> None:
+    flags = ["-n"] if check_only else ["-e", "-o", "pipefail"]
+    done = subprocess.run(
+        ["bash", *flags, "-c", script],
+        cwd=work,
+        env=_env(work),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.mark.parametrize("example", RUN, ids=lambda e: e.where)
+def test_the_example_runs_as_written(
+    example: Example, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _bash("shardkit local up examples/quickstart", workdir)
+    if example.lang in SHELL:
+        if example.lang == "sh":
+            _bash(example.body, workdir, check_only=True)  # install steps included
+        _bash(runnable_script(example), workdir)
+        return
+    monkeypatch.chdir(workdir)
+    exec(compile(example.body, example.where, "exec"), {"__name__": f"docs_{example.line}"})
