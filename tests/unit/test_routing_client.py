@@ -825,6 +825,8 @@ def test_a_map_source_that_cannot_be_read_is_unreachable_a_bad_one_a_map_error(
 
 
 def test_a_file_uri_is_read_as_its_path(maps: Maps, tmp_path: Path) -> None:
+    """A source is read by its scheme: ``file:///path`` is that path (never a file named
+    ``file:/path``), and a scheme shardkit does not read is named in the error."""
     folder = tmp_path / "a map dir"  # a space: %20 in the URI
     folder.mkdir()
     path = folder / "map.skm"
@@ -833,6 +835,7 @@ def test_a_file_uri_is_read_as_its_path(maps: Maps, tmp_path: Path) -> None:
         assert "%20" in source
         client = RoutingClient.from_source(source, maps.trusted, MockTransport(Shards(served)))
         assert client.holder.version == 1
+        assert client.infer("eu:anna").shard == maps.v1.route("eu:anna").id
     missing = (tmp_path / "none.skm").as_uri()
     with pytest.raises(RegistryUnreachableError, match=f"cannot read the map at {tmp_path}/none"):
         RoutingClient.from_source(missing, maps.trusted, MockTransport(Shards(served)))
@@ -842,7 +845,7 @@ def test_a_file_uri_is_read_as_its_path(maps: Maps, tmp_path: Path) -> None:
     ]:
         with pytest.raises(MapError, match=problem) as err:
             RoutingClient.from_source(bad, maps.trusted, MockTransport(Shards(served)))
-        assert err.value.hint
+        assert "file://" in err.value.hint
 
 
 def test_an_s3_source_reports_what_s3_said_as_unreachable(maps: Maps) -> None:
