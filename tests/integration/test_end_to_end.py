@@ -584,6 +584,23 @@ def test_a_worker_sees_its_functions_environment(probe: Deployed) -> None:
     assert us.answer["SHARDKIT_TABLE"] == "shardkit-probe-state"
 
 
+def test_an_invoke_names_the_version_that_ran_and_ps_names_the_worker(probe: Deployed) -> None:
+    """As real Lambda: ExecutedVersion is the version the alias resolved to, never the alias;
+    and a worker's command line is the worker file and its function, not the worker's source."""
+    response, reply = invoke(probe, "us-0", "us-east-1", "user-9", {"op": "env"})
+    alias = server.client("lambda", "us-east-1", probe.endpoint()).get_alias(
+        FunctionName=probe.function("us-0"), Name="live"
+    )
+    assert response["ExecutedVersion"] == alias["FunctionVersion"]
+    assert alias["FunctionVersion"].isdigit()
+    cmdline = Path(f"/proc/{reply['answer']['pid']}/cmdline").read_bytes().decode().split("\0")
+    assert cmdline[1:-1] == [
+        "-P",
+        str(Path(server.__file__).with_name("worker.py")),
+        f"us-east-1/{probe.function('us-0')}:{alias['FunctionVersion']}",
+    ]
+
+
 def test_a_timed_out_worker_is_replaced(probe: Deployed) -> None:
     _, warm = invoke(probe, "us-0", "us-east-1", "user-1", {"op": "env"})
     response, error = invoke(probe, "us-0", "us-east-1", "user-1", {"op": "sleep", "s": 20})
