@@ -16,7 +16,7 @@ Per request (docs/architecture.md §4.3-4.4):
    a write.
 
 Errors are replies (``shardkit.protocol.ERRORS``), classed by whether a retry can help: only an
-outage - no map yet, an epoch changing, contention, the state table or registry unreachable - is
+outage - no map yet, a slot moving, contention, the state table or registry unreachable - is
 a 503 that clients retry; a bad request, a failing model, a state or answer that cannot be
 encoded, or a defect of the proxy fails the same way every time (4xx/500), so it is not retried.
 

@@ -1,21 +1,19 @@
-"""The CLI's inputs and its reports of them, in-process (and, for bytes a shell passes on the
-command line, as a real process): keys, errors under ``--json`` for every command, help texts,
+"""The CLI's inputs and its reports of them, in-process (bytes a shell passes on a real command
+line: tests/integration/test_cli.py): keys, errors under ``--json`` for every command, help texts,
 ``blueprint render``'s map, and what deploy and destroy say while and after they work (on moto).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
+from cli_tree import leaf_commands
 
 from shardkit.cli.main import COMMANDS, cli
 
@@ -33,49 +31,7 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-# -- keys: one rule, exit 2, on a real command line -------------------------------------------------
-
-
-def test_map_route_refuses_keys_the_shards_refuse_and_undecodable_bytes(project: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "SHARDKIT_KEYS_DIR"}
-    built = subprocess.run(
-        [sys.executable, "-m", "shardkit.cli.main", "map", "build", str(project)],
-        capture_output=True,
-        env=env,
-        timeout=120,
-    )
-    assert built.returncode == 0, built.stderr
-    cases = {
-        b"": b"error: key '' is empty",
-        b"k" * 2000: b"is 2,000 bytes in UTF-8, over the limit of 1,024",
-        b"bad\xffkey": b"error: key 'bad\\xffkey' is not valid UTF-8",  # $'bad\xffkey'
-    }
-    for key, expected in cases.items():
-        proc = subprocess.run(
-            [sys.executable, "-m", "shardkit.cli.main", "map", "route", str(project), key],
-            capture_output=True,
-            env=env,
-            timeout=60,
-        )
-        assert proc.returncode == 2, proc.stderr
-        (line,) = proc.stderr.splitlines()
-        assert expected in line and b"Traceback" not in proc.stderr
-        assert b"at most 1,024 bytes" in line and proc.stdout == b""
-
-
 # -- --json: errors are JSON too, for every command ----------------------------------------------
-
-
-def leaf_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    ctx = click.Context(group)
-    out = []
-    for name in group.list_commands(ctx):
-        command = group.get_command(ctx, name)
-        if isinstance(command, click.Group):
-            out += leaf_commands(command, (*prefix, name))
-        else:
-            out.append((*prefix, name))
-    return out
 
 
 #: For each command, arguments that make it fail with a user error (a ShardkitError) before it
@@ -166,8 +122,8 @@ def test_a_json_error_names_its_kind_and_a_key_named_json_is_not_json(
     assert code == 2
     assert _json_error(err) == {
         "error": "key '' is empty",
-        "hint": "a key is a non-empty UTF-8 string of at most 1,024 bytes; make a longer or "
-        "binary identifier into a key by hashing it (e.g. hashlib.sha256(data).hexdigest())",
+        "hint": "a key is a non-empty UTF-8 string of at most 1,024 bytes, not beginning with "
+        "U+0000; make a longer or binary identifier into a key by hashing it (e.g. hashlib.sha256(data).hexdigest())",
         "code": "InvalidKeyError",
     }
     code, _, err = shardkit_cli("map", "show", project, "--", "--json")

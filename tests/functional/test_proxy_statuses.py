@@ -27,8 +27,10 @@ import shardkit
 import shardkit.proxy.handler as handler_module
 from shardkit.errors import InferenceError
 from shardkit.keys import format_trusted_keys
+from shardkit.migrate import initialise
 from shardkit.protocol import ERRORS, MAX_PAYLOAD, ErrorReply, decode_reply, is_transient
-from shardkit.proxy.state import StateStore, fence_item
+from shardkit.proxy.state import FENCED, SlotRecord, StateStore, partition
+from shardkit.proxy.table import DynamoTable
 from shardkit.routing import MockTransport, RetryPolicy, RoutingClient
 from shardkit.sharding.codec import encode_map
 from shardkit.sharding.holder import MapHolder
@@ -161,8 +163,7 @@ def world(
             {"AttributeName": "sk", "KeyType": "RANGE"},
         ],
     )
-    for shard in shard_map.shards:
-        ddb.put_item(TableName=TABLE, Item=fence_item(shard.id, shard.epoch))
+    initialise({REGION: DynamoTable(ddb, TABLE)}, shard_map, groups=["us"])  # a first deploy's
     (tmp_path / "statuses_model.py").write_text(MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
     env = {
@@ -194,7 +195,7 @@ def _with(**fields: Any) -> Callable[[dict[str, Any]], Any]:
 
 def _fail_store(exc: Exception) -> Callable[[World, pytest.MonkeyPatch], None]:
     def arrange(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-        def load(self: StateStore, key: str) -> Any:
+        def load(self: StateStore, *args: Any) -> Any:
             raise exc
 
         monkeypatch.setattr(StateStore, "load", load)
@@ -214,11 +215,11 @@ def _no_registry(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     boto3.client("s3", region_name=REGION).delete_object(Bucket=BUCKET, Key="registry/map.skm")
 
 
-def _fence_ahead(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The shard's epoch record is ahead of every map: its writes are fenced, and the map it
-    refreshes to does not move the key - the epoch is changing."""
-    epoch = world.shard_map.shard(SHARD).epoch + 1
-    world.ddb.put_item(TableName=TABLE, Item=fence_item(SHARD, epoch))
+def _slot_moving(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key's slot is fenced for a move to another region: the shard may not write it."""
+    slot = world.shard_map.slot("user-1")
+    record = SlotRecord(SHARD, world.shard_map.version, FENCED)
+    DynamoTable(world.ddb, TABLE).put_batch([record.item(partition("us", slot))])
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ SCENARIOS = {
     "state-int-beyond-64-bits": Scenario("bad_state", {"kind": "huge-int-state"}),
     "proxy-defect": Scenario("internal", arrange=_fail_store(ValueError("damaged state"))),
     "registry-unreachable": Scenario("no_map", arrange=_no_registry),
-    "epoch-changing": Scenario("resharding", {"kind": "count"}, arrange=_fence_ahead),
+    "slot-moving": Scenario("moving", {"kind": "count"}, arrange=_slot_moving),
     "written-concurrently": Scenario("contended", {"kind": "race"}, writes=True),
     "table-unreachable": Scenario("unavailable", arrange=_fail_store(ConnectionError("down"))),
     "table-missing": Scenario("unavailable", {"kind": "count"}, arrange=_no_table),

@@ -419,3 +419,36 @@ def test_usage_errors(
     assert line.startswith(start)
     assert named in line
     assert line.endswith(f"— see `shardkit {command} --help`")
+
+
+# -- keys: one rule, exit 2, on a real command line -------------------------------------------------
+
+
+def test_map_route_refuses_keys_the_shards_refuse_and_undecodable_bytes(tmp_path: Path) -> None:
+    project = tmp_path / "qs"
+    project.mkdir()
+    shutil.copy(QUICKSTART, project / "shardkit.toml")
+    env = {k: v for k, v in os.environ.items() if k != "SHARDKIT_KEYS_DIR"}
+    built = subprocess.run(
+        [sys.executable, "-m", "shardkit.cli.main", "map", "build", str(project)],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    cases = {
+        b"": b"error: key '' is empty",
+        b"k" * 2000: b"is 2,000 bytes in UTF-8, over the limit of 1,024",
+        b"bad\xffkey": b"error: key 'bad\\xffkey' is not valid UTF-8",  # $'bad\xffkey'
+    }
+    for key, expected in cases.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "shardkit.cli.main", "map", "route", str(project), key],
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert expected in line and b"Traceback" not in proc.stderr
+        assert b"at most 1,024 bytes" in line and proc.stdout == b""

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import click
 import pytest
+from cli_tree import leaf_commands
 from doc_examples import (
     ALL,
     DOCS,
@@ -129,23 +130,11 @@ def test_the_python_examples_of_each_document_run(doc: Path, workdir: Path) -> N
 # -- the README's command table -------------------------------------------------------------------
 
 
-def _leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    ctx = click.Context(group)
-    for name in group.list_commands(ctx):
-        sub = group.get_command(ctx, name)
-        if isinstance(sub, click.Group):
-            yield from _leaf_commands(sub, (*path, name))
-        elif sub is not None and not sub.hidden:
-            yield (*path, name)
-
-
 def test_the_readme_command_table_lists_every_command() -> None:
     """A command added to the CLI is added to the README's table too."""
     text = (ROOT / "README.md").read_text("utf-8")
     table = text.split("| command | what it does |", 1)[1].split("\n\n", 1)[0]
     cells = [row.split(" | ", 1)[0] for row in table.splitlines() if row.startswith("| `")]
     words = [set(re.findall(r"[\w-]+", cell)) for cell in cells]
-    missing = [
-        " ".join(path) for path in _leaf_commands(cli) if not any(set(path) <= w for w in words)
-    ]
+    missing = [" ".join(path) for path in leaf_commands() if not any(set(path) <= w for w in words)]
     assert not missing, f"README.md's command table lacks {missing}"

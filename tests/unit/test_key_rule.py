@@ -29,7 +29,7 @@ BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[Healt
 
 def valid(key: Any) -> bool:
     """The rule, written out independently of the code under test."""
-    if not isinstance(key, str) or key == "":
+    if not isinstance(key, str) or key == "" or key[0] == "\x00":
         return False
     try:
         return len(key.encode("utf-8")) <= MAX_KEY_BYTES
@@ -50,6 +50,8 @@ EDGES: list[Any] = [
     "\U0001f600" * (MAX_KEY_BYTES // 4),
     "\U0001f600" * (MAX_KEY_BYTES // 4) + "x",
     "bad\udcffkey",
+    "\x00slot",  # the reserved prefix: a state table's own records
+    "slot\x00",
     "\ud800",
     b"bytes-key",
     17,
