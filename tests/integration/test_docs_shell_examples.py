@@ -5,9 +5,11 @@ The copy is deployed once (``shardkit.testing``'s ``shardkit_deploy``, its own l
 appears as ``examples/quickstart`` in a working directory that also holds ``examples/autoshard``
 and, for the README's quickstart line, ``.venv/bin/shardkit`` and ``.venv/bin/python`` (this
 interpreter); ``shardkit`` is on the PATH. The README's install steps need the network: their
-syntax is checked (``bash -n``), they are not run. Examples run in document order, each after
-``shardkit local up`` (an example may stop the local cloud; up restores the deployment).
-tests/unit/test_docs_examples.py says how blocks are classified and runs the offline ones.
+syntax is checked (``bash -n``), they are not run. Examples run in document order in one test,
+so the quickstart is deployed once however the tests are spread over processes; every failing
+example is reported. Before each, ``shardkit local up`` restores the local cloud if an example
+stopped it. tests/unit/test_docs_examples.py says how blocks are classified and runs the offline
+ones.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 import pytest
 from doc_examples import ALL, ROOT, SHELL, Example, runnable_script
+
+from shardkit.local import server
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +62,8 @@ def _env(work: Path) -> dict[str, str]:
     }
 
 
-def _bash(script: str, work: Path, *, check_only: bool = False) -> None:
+def _bash(script: str, work: Path, *, check_only: bool = False) -> str | None:
+    """None if the script succeeds, else what it printed."""
     flags = ["-n"] if check_only else ["-e", "-o", "pipefail"]
     done = subprocess.run(
         ["bash", *flags, "-c", script],
@@ -69,18 +74,33 @@ def _bash(script: str, work: Path, *, check_only: bool = False) -> None:
         timeout=600,
         check=False,
     )
-    assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
+    return None if done.returncode == 0 else f"{script}\n{done.stdout}\n{done.stderr}"
 
 
-@pytest.mark.parametrize("example", RUN, ids=lambda e: e.where)
-def test_the_example_runs_as_written(
-    example: Example, workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _bash("shardkit local up examples/quickstart", workdir)
+def _run(example: Example, work: Path) -> str | None:
+    """None if the example runs as written, else why not."""
     if example.lang in SHELL:
-        if example.lang == "sh":
-            _bash(example.body, workdir, check_only=True)  # install steps included
-        _bash(runnable_script(example), workdir)
-        return
-    monkeypatch.chdir(workdir)
-    exec(compile(example.body, example.where, "exec"), {"__name__": f"docs_{example.line}"})
+        syntax = _bash(example.body, work, check_only=True) if example.lang == "sh" else None
+        return syntax or _bash(runnable_script(example), work)
+    cwd = Path.cwd()
+    os.chdir(work)
+    try:
+        exec(compile(example.body, example.where, "exec"), {"__name__": f"docs_{example.line}"})
+    except Exception as exc:  # reported with the example it came from
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        os.chdir(cwd)
+    return None
+
+
+def test_the_examples_run_as_written(workdir: Path) -> None:
+    assert RUN, "the docs have examples to run"
+    failed = {}
+    for example in RUN:
+        if server.status(workdir / "examples" / "quickstart")["state"] != "running":
+            up = _bash("shardkit local up examples/quickstart --timeout 120", workdir)
+            assert up is None, up
+        problem = _run(example, workdir)
+        if problem is not None:
+            failed[example.where] = problem
+    assert not failed, "\n\n".join(f"{where}:\n{why}" for where, why in failed.items())
