@@ -18,3 +18,13 @@ def leaf_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> lis
         elif command is not None and not command.hidden:
             out.append((*prefix, name))
     return out
+
+
+def params(command: tuple[str, ...]) -> set[str]:
+    """The names of the parameters of the command at ``command`` (its path of names)."""
+    found: click.Command | None = cli
+    for name in command:
+        assert isinstance(found, click.Group), command
+        found = found.get_command(click.Context(found), name)
+    assert found is not None, command
+    return {p.name for p in found.params if p.name}

@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
-from cli_tree import leaf_commands
+from cli_tree import leaf_commands, params
 
-from shardkit.cli.main import COMMANDS, cli
+from shardkit.cli.main import COMMANDS
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "shardkit.toml"
 
@@ -70,17 +69,8 @@ def test_the_table_names_every_command() -> None:
     commands = leaf_commands()
     assert {c[0] for c in commands} == set(COMMANDS)
     assert set(FAILING) == set(commands)
-    without_json = {c for c in commands if "json_" not in _params(c)}
+    without_json = {c for c in commands if "json_" not in params(c)}
     assert without_json == {("dev",)}
-
-
-def _params(command: tuple[str, ...]) -> set[str]:
-    found: click.Command | None = cli
-    for name in command:
-        assert isinstance(found, click.Group)
-        found = found.get_command(click.Context(found), name)
-    assert found is not None
-    return {p.name for p in found.params if p.name}
 
 
 def _json_error(err: str) -> dict[str, Any]:

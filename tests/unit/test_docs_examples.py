@@ -20,6 +20,7 @@ TOML blocks must be valid TOML. Blocks without a language are diagrams and outpu
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import shutil
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import click
 import pytest
-from cli_tree import leaf_commands
+from cli_tree import leaf_commands, params
 from doc_examples import (
     ALL,
     DOCS,
@@ -138,3 +139,20 @@ def test_the_readme_command_table_lists_every_command() -> None:
     words = [set(re.findall(r"[\w-]+", cell)) for cell in cells]
     missing = [" ".join(path) for path in leaf_commands() if not any(set(path) <= w for w in words)]
     assert not missing, f"README.md's command table lacks {missing}"
+
+
+def _command_of(row: str) -> tuple[str, ...]:
+    """The command a table row names: ``| `shardkit apply plan.json` |`` -> ``("apply",)``."""
+    words = row.split("`")[1].split()[1:]
+    return tuple(itertools.takewhile(lambda w: w.isalpha() and w.islower(), words))
+
+
+def test_deploy_md_says_which_of_its_commands_take_local_and_aws() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text("utf-8")
+    table = text.split("| command | what it does |", 1)[1].split("\n\n", 1)[0]
+    commands = [_command_of(row) for row in table.splitlines() if row.startswith("| `shardkit ")]
+    assert ("deploy",) in commands and ("apply",) in commands
+    said = re.search(r"All but (.+?) take `--local`/`--aws`", " ".join(text.split()))
+    assert said, "deploy.md says which commands take --local/--aws"
+    exceptions = set(re.findall(r"`([a-z ]+)`", said.group(1)))
+    assert exceptions == {" ".join(c) for c in commands if "local" not in params(c)}
