@@ -62,6 +62,7 @@ FAILING = {
     ("simulate",): [NOWHERE, "--workload", "square"],
     ("status",): [NOWHERE],
     ("traffic",): [NOWHERE],
+    ("unlock",): [NOWHERE, "lock-id"],
 }
 
 
@@ -132,6 +133,7 @@ def test_a_json_error_names_its_kind_and_a_key_named_json_is_not_json(
         ("destroy", "Delete what is deployed on the local cloud"),
         ("rollback", "Roll back on the local cloud"),
         ("bootstrap", "Create the foundation on the local cloud"),
+        ("unlock", "Break the lock on the local cloud"),
         ("invoke", "Send requests to the local cloud"),
         ("traffic", "Send the workload to the local cloud"),
     ],
