@@ -138,9 +138,9 @@ _PLANNED = "planned in memory"
 def _current_map(project: Project) -> tuple[ShardMap, str]:
     """The project's newest map (built or deployed) and the file it came from; a fresh
     in-memory plan if there is none."""
-    path = newest_map(project)
-    if path.exists():
-        return open_map(path, project.keys_dir, allow_expired=True), str(path)
+    where, data = newest_map(project)
+    if data is not None:
+        return open_map(project.root, None, allow_expired=True), where
     return build_map(project.config), _PLANNED
 
 

@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ..errors import MapError, ResidencyError
+from ..errors import MapError, RegistryUnreachableError, ResidencyError
 from ..protocol import (
     MAX_PAYLOAD,
     Answer,
@@ -232,7 +232,8 @@ class Proxy:
         except MapError as exc:
             raise ProxyError("no_map", exc.message) from None
         except Exception as exc:
-            if not _is_io_error(exc):
+            # RegistryUnreachableError: the map source's own report of an unreadable registry
+            if not isinstance(exc, RegistryUnreachableError) and not _is_io_error(exc):
                 raise
             _powertools().logger.exception("the registry cannot be read")
             raise ProxyError(

@@ -223,7 +223,11 @@ def test_deploy_and_destroy_show_their_phases_and_destroy_says_destroy(
         "destroy: planning (map, code package, what is deployed)",
     ]
     why = [row.split("│")[-2].strip() for row in out.splitlines() if row.startswith("│")]
-    assert why and set(why) == {"destroy", "holds data: kept (use --delete-data to delete)"}
+    assert why and set(why) == {
+        "destroy",
+        "holds data: kept (use --delete-data to delete)",
+        "holds the deployment record: kept (use --delete-data to delete)",
+    }
 
     code, out, err = shardkit_cli("deploy", aws_project, "--aws", "--yes", "--json")
     assert code == 0 and err == ""
