@@ -15,6 +15,8 @@ import pytest
 from cli_tree import leaf_commands, params
 
 from shardkit.cli.main import COMMANDS
+from shardkit.deploy.record import Record
+from shardkit.deploy.state import LocalCache
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "shardkit.toml"
 
@@ -158,18 +160,28 @@ def test_the_edge_module_help_says_its_functions_are_optional(
 # -- blueprint render: the project's newest map, named ------------------------------------------
 
 
+def _publish(project: Path, envelope: Path) -> None:
+    """Record ``envelope`` as the map a deploy to the local target published, as a deploy
+    caches its record on this machine."""
+    record = Record.empty("quickstart", "local").model_copy(
+        update={"status": "ok", "deployment": 1, "map_envelope": envelope.read_bytes()}
+    )
+    LocalCache(project / ".shardkit", "local").save(record.written())
+
+
 def test_blueprint_render_uses_and_names_the_newest_map_built_or_deployed(
     project: Path, tmp_path: Path, shardkit_cli: CLI
 ) -> None:
-    built, deployed = project / ".shardkit" / "map.skm", project / ".shardkit" / "deploy" / "local"
-    deployed.mkdir(parents=True)
-    assert shardkit_cli("map", "build", project, "--out", deployed / "map.skm")[0] == 0
+    built, published = project / ".shardkit" / "map.skm", tmp_path / "published.skm"
+    deployed = "the map deployed to local"
+    assert shardkit_cli("map", "build", project, "--out", published)[0] == 0
+    _publish(project, published)
     out = tmp_path / "cfn"
 
     # a deployed project without a local build: the deployed map, not a plan in memory
     code, text, _ = shardkit_cli("blueprint", "render", project, "--out", out)
     assert code == 0
-    assert f"for map version 1 (from {deployed / 'map.skm'})" in " ".join(text.split())
+    assert f"for map version 1 (from {deployed})" in " ".join(text.split())
 
     for _ in range(2):  # map.skm: versions 2 and 3, newer than the deployed version 1
         assert shardkit_cli("map", "build", project)[0] == 0
@@ -177,10 +189,10 @@ def test_blueprint_render_uses_and_names_the_newest_map_built_or_deployed(
     assert data["map"] == {"version": 3, "source": str(built)}
 
     # a deploy publishes version 4, past the local build's 3
-    deploy = ("map", "build", project, "--out", deployed / "map.skm", "--previous", built)
-    assert shardkit_cli(*deploy)[0] == 0
+    assert shardkit_cli("map", "build", project, "--out", published, "--previous", built)[0] == 0
+    _publish(project, published)
     data = json.loads(shardkit_cli("blueprint", "render", project, "--out", out, "--json")[1])
-    assert data["map"] == {"version": 4, "source": str(deployed / "map.skm")}
+    assert data["map"] == {"version": 4, "source": deployed}
 
 
 # -- deploy and destroy on moto: progress while they work, and what destroy says -----------------
