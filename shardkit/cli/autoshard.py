@@ -12,6 +12,7 @@ from ..autoshard.controller import Controller, Round
 from ..errors import AutoshardError
 from .deploy import _deployer, local_option
 from .output import console, iso, json_option
+from .progress import Phases
 
 _PATH = click.Path(path_type=Path)
 
@@ -28,7 +29,7 @@ _PATH = click.Path(path_type=Path)
     help="Seconds between rounds with --watch [default: the shortest policy window_s].",
 )
 @click.option("--rounds", type=click.IntRange(min=1), help="With --watch: stop after N rounds.")
-@local_option
+@local_option("Read the load of and reshard on")
 @json_option
 def autoshard_cmd(
     project_dir: Path,
@@ -43,7 +44,7 @@ def autoshard_cmd(
     say: read the proxies' load records, decide, and apply each change with a deploy."""
     if mode is None:
         raise click.UsageError("say --once (one round) or --watch (a round every --every s)")
-    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    deployer = _deployer(project_dir, local, start=False, phases=Phases("autoshard", json_=json_))
     controller = Controller(deployer, dry_run=dry_run, log=_json_line if json_ else _show)
     if not controller.policies():
         raise AutoshardError(

@@ -40,6 +40,7 @@ def project(tmp_path: Path) -> Path:
 NOWHERE = "no-such-dir"
 FAILING = {
     ("apply",): ["no-such-plan.json"],
+    ("autoshard",): [NOWHERE, "--once"],
     ("blueprint", "kinds"): None,  # cannot fail but by its options: see the usage errors
     ("blueprint", "list"): None,
     ("blueprint", "render"): [NOWHERE, "--out", "cfn"],
@@ -207,6 +208,7 @@ def aws_project(moto: None, tmp_path: Path) -> Iterator[Path]:
     root.mkdir()
     # no dependency wheels to download for AWS: the test is offline
     (root / "shardkit.toml").write_text(SOLO.read_text() + "\n[proxy]\nvendor = false\n")
+    shutil.copytree(QUICKSTART.parent / "app", root / "app")  # plan imports the handler
     yield root
 
 
@@ -236,6 +238,7 @@ def test_deploy_and_destroy_show_their_phases_and_destroy_says_destroy(
     ]
     why = [row.split("│")[-2].strip() for row in out.splitlines() if row.startswith("│")]
     assert why and set(why) == {
+        "no shards here any more: clients must not read a map naming them",  # unpublish, first
         "destroy",
         "holds data: kept (use --delete-data to delete)",
         "holds the deployment record: kept (use --delete-data to delete)",

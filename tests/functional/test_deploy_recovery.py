@@ -108,7 +108,7 @@ Run = Callable[..., Any]
 @pytest.fixture
 def sk(capsys: pytest.CaptureFixture[str]) -> Run:
     """``sk(*args, code=0, json_=True)``: ``shardkit ARGS [--json]`` in-process, as the console
-    entry point runs it; its JSON output - or, when ``code`` is not 0, its one error line."""
+    entry point runs it; its JSON output - or, when ``code`` is not 0, its error as one line."""
 
     def run(*args: str, code: int = 0, json_: bool = True) -> Any:
         try:
@@ -118,6 +118,9 @@ def sk(capsys: pytest.CaptureFixture[str]) -> Run:
             exit_code = int(exc.code or 0)
         out = capsys.readouterr()
         assert exit_code == code, f"shardkit {' '.join(args)}: {out.out}{out.err}"
+        if code and json_:  # under --json an error is one JSON object on stderr
+            error = json.loads(out.err)
+            return f"error: {error['error']} — {error['hint']}"
         if code:
             lines = out.err.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("error: "), out.err
