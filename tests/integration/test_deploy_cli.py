@@ -227,11 +227,14 @@ def test_two_concurrent_deploys_exactly_one_proceeds(project: Path) -> None:
     for (stdout, stderr), code in outs:
         if code == 0:
             changed.append(json.loads(stdout)["changed"])
-        else:  # refused at once: one line naming the holder and the way out
+        else:  # refused at once: one JSON error naming the holder and the way out
             assert code == 2, stderr
-            line = stderr.strip().splitlines()
-            assert len(line) == 1 and line[0].startswith("error: the deployment is locked: held by")
-            assert "lock id " in line[0] and "shardkit unlock PROJECT_DIR LOCK_ID" in line[0]
+            (line,) = stderr.strip().splitlines()
+            error = json.loads(line)
+            assert error["code"] == "StateLockedError", error
+            assert error["error"].startswith("the deployment is locked: held by")
+            assert "lock id " in error["error"]
+            assert "shardkit unlock PROJECT_DIR LOCK_ID" in error["hint"]
     assert changed.count(True) == 1  # the other failed, or found nothing left to do
 
     status = as_json("status", root)
