@@ -57,6 +57,13 @@ def test_errors_exported_by_shardkit_are_the_same_classes() -> None:
         assert getattr(shardkit, name) is getattr(errors, name)
 
 
+def test_every_error_a_caller_can_meet_is_exported_by_shardkit() -> None:
+    """A user catches what shardkit raises as ``shardkit.XError``, without knowing which module
+    defines it: every class of the hierarchy is exported by the package."""
+    exported = {n for n in shardkit.__all__ if n.endswith("Error")}
+    assert set(errors.__all__) - exported == set()
+
+
 def _instance(cls: type[errors.ShardkitError], hint: str | None = None) -> errors.ShardkitError:
     if issubclass(cls, errors.ConfigError):
         return cls("shardkit.toml", ["a.b = 1: must be 2"], hint=hint)
