@@ -8,9 +8,9 @@ Applying takes the deployment's lock (:mod:`shardkit.deploy.lock`) and loads the
 - except for a plan with nothing to do, which makes no mutating call at all (docs/architecture.md
 §4.6). A restarted local cloud has lost what the record lists but DynamoDB, whose tables and
 items come back with the server (:mod:`shardkit.local.journal`): every apply first re-creates the
-recorded deployment - adopting the tables with their items and slot records, writing slot records
-only into a table that did not come back - and uploads the record again (a *restore*); ``plan``
-shows a deploy that does so (``Plan.restores``) without doing it.
+recorded deployment - adopting the tables with their items and slot records, writing the slot
+records they lack (all of a table that did not come back) - and uploads the record again (a
+*restore*); ``plan`` shows a deploy that does so (``Plan.restores``) without doing it.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ from ..errors import AwsNotFoundError, DeployError, MapError, PlanFileError, Pla
 from ..keys import format_trusted_keys, load_trusted_keys
 from ..kinds import Context
 from ..migrate.deploy import SlotBatch, slot_batches
+from ..migrate.plan import placements
 from ..sharding.codec import decode_map, encode_map
 from ..sharding.layout import LayoutChange, apply_layout
 from ..sharding.shardmap import ShardMap
 from .executor import ApplyResult, Executor, Progress, check_base
+from .fence import unrecorded
 from .handler import check_handler
 from .health import Observed, assess
 from .lock import Lease, LockInfo
@@ -234,7 +236,7 @@ class Deployer:
             map_version=shard_map.version,
             publish_to=publish_to,
             slots=slot_batches(
-                deployed, shard_map, self._fresh_tables(blueprint, record, probe=restoring)
+                deployed, shard_map, *self._unrecorded(blueprint, record, deployed, probe=restoring)
             ),
         )
         plan = replace(plan, base=record.fingerprint())  # what is recorded is what it replaces
@@ -348,7 +350,7 @@ class Deployer:
             old = self._decode(entry.map)
             shard_map = rebase_map(old, current, ttl_s=self._ttl())
             envelope, version = self._sign(shard_map), shard_map.version
-            slots = slot_batches(current, shard_map, self._fresh_tables(blueprint, record))
+            slots = slot_batches(current, shard_map, *self._unrecorded(blueprint, record, current))
         return make_plan(
             blueprint,
             record,
@@ -653,25 +655,50 @@ class Deployer:
             partition=self.target.partition,
         )
 
-    def _fresh_tables(
-        self, blueprint: Blueprint, record: Record, *, probe: bool = False
-    ) -> set[str]:
-        """Regions whose state table the plan creates: empty, so their slots' records are new.
-        ``probe``: on a restarted local cloud, whose tables come back with their items (the
-        server journals DynamoDB) unless its data was removed, ask which tables exist."""
+    def _unrecorded(
+        self,
+        blueprint: Blueprint,
+        record: Record,
+        deployed: ShardMap | None,
+        *,
+        probe: bool = False,
+    ) -> tuple[set[str], set[tuple[str, int]]]:
+        """Where the records of ``deployed``'s slots are not: the regions whose state table the
+        plan creates (empty), and the slots (group, slot) whose record their owner's table lacks.
+
+        ``probe``: on a restarted local cloud, ask. Its tables come back with their items (the
+        server journals DynamoDB) unless its data was removed; and a table that exists is no
+        proof of its records: taking the deploy lock re-creates the home region's table (the lock
+        lives there) empty, and a command killed after that leaves it so for the next one.
+        """
         tables = blueprint.of_kind("dynamodb_table")
-        if probe:
-            return {r.region for r in tables if not self._exists(r.kind, r.region, r.name, r.props)}
-        return {r.region for r in tables if r.key not in record.resources}
+        if not probe:
+            return {r.region for r in tables if r.key not in record.resources}, set()
+        fresh = {r.region for r in tables if not self._exists(r.kind, r.region, r.name, r.props)}
+        if deployed is None:
+            return fresh, set()
+        names = {r.region: r.name for r in tables if r.region not in fresh}
+        owned: dict[str, list[tuple[str, int]]] = {}
+        for group in sorted(deployed.groups):
+            for slot, place in enumerate(placements(deployed, group)):
+                owned.setdefault(place.region, []).append((group, slot))
+        missing = [
+            unrecorded(self.target.aws, region, names[region], slots)
+            for region, slots in sorted(owned.items())
+            if region in names
+        ]
+        return fresh, set().union(*missing)
 
     def _restored_slots(
         self, blueprint: Blueprint, record: Record, current: ShardMap | None
     ) -> list[SlotBatch]:
-        """The slot records a restore writes: those of the state tables that did not come back
-        (the others still hold theirs, and the items they fence)."""
+        """The slot records a restore writes: every one the state tables lack (a table that
+        came back holds its records, and the items they fence: those stay as they are)."""
         if current is None:
             return []
-        return slot_batches(current, current, self._fresh_tables(blueprint, record, probe=True))
+        return slot_batches(
+            current, current, *self._unrecorded(blueprint, record, current, probe=True)
+        )
 
     def _home(self, region: str) -> Home:
         names = {r.kind: r.name for r in self._home_resources(region)}

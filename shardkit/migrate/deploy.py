@@ -40,21 +40,31 @@ class SlotBatch:
     reason: str
 
 
-def slot_batches(old: ShardMap | None, new: ShardMap, fresh: Iterable[str] = ()) -> list[SlotBatch]:
+def slot_batches(
+    old: ShardMap | None,
+    new: ShardMap,
+    fresh: Iterable[str] = (),
+    unrecorded: Iterable[tuple[str, int]] = (),
+) -> list[SlotBatch]:
     """The slot-record steps that deploying ``new`` over ``old`` (None: nothing yet) needs.
 
-    ``fresh``: regions whose state table the deploy creates (empty: no records, no state). A slot
-    whose state was in one starts anew under its owner in ``new``, like every slot of a first
-    deploy or of a new group; the other slots whose owner changes move.
+    ``fresh``: regions whose state table the deploy creates (empty: no records, no state);
+    ``unrecorded``: (group, slot) pairs of ``old`` whose record its owner's table lacks. Such a
+    slot starts anew under its owner in ``new``, like every slot of a first deploy or of a new
+    group; the other slots whose owner changes move.
     """
-    fresh = set(fresh)
+    fresh, unrecorded = set(fresh), set(unrecorded)
     starting: dict[str, list[int]] = {}
     for group in sorted(new.groups):
         if old is None or group not in old.groups:
             starting[group] = list(range(new.slot_count))
         else:
             before = placements(old, group)
-            starting[group] = [slot for slot, place in enumerate(before) if place.region in fresh]
+            starting[group] = [
+                slot
+                for slot, place in enumerate(before)
+                if place.region in fresh or (group, slot) in unrecorded
+            ]
     moves: list[Move] = []
     if old is not None and new.version > old.version:
         skip = {(g, slot) for g, slots in starting.items() for slot in slots}

@@ -3,10 +3,11 @@ leave unroutable or unreachable, and a ``status`` that tells the truth about the
 
 On moto, in-process, through the public API (``Deployer``) and the CLI (its entry point). The local
 cloud is played in-process by :class:`LocalCloud`: moto behind a target named ``local`` whose
-``kill()`` makes every call fail to connect and, on ``restart()``, loses everything but DynamoDB
-(the real server journals its tables and items) under a new instance id - what a ``kill -9`` of
-the real server does. What was deployed is checked with plain boto3 calls (:func:`truth`), never
-with shardkit's own records.
+``kill()`` makes every call fail to connect and whose ``restart()`` comes back, under a new
+instance id, with nothing - what a ``kill -9`` of the real server followed by ``local down
+--no-save`` does - or, with ``tables_kept``, with DynamoDB as it was (the real server journals
+its tables and items: a ``kill -9`` alone). What was deployed is checked with plain boto3 calls
+(:func:`truth`), never with shardkit's own records.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ MakeProject = Callable[..., Project]
 Rewrite = Callable[[Project, Callable[[dict[str, Any]], None]], Project]
 P = "shardkit-quickstart"
 REGIONS = ("eu-west-1", "us-east-1")
-#: What the local cloud loses when it is killed: all but DynamoDB.
+#: What the local cloud loses when it is killed: all but DynamoDB (which it journals).
 VOLATILE = ("lambda", "s3", "iam", "logs", "cloudwatch", "events")
 
 
@@ -191,9 +192,11 @@ class LocalCloud:
     def kill(self) -> None:
         self.down = True
 
-    def restart(self) -> None:
-        for service in VOLATILE:
-            get_backend(service).reset()  # type: ignore[attr-defined]
+    def restart(self, *, tables_kept: bool = False) -> None:
+        # per account: `BackendDict.reset` is a classmethod that resets every service
+        for service in VOLATILE if tables_kept else (*VOLATILE, "dynamodb"):
+            for backend in get_backend(service).values():  # type: ignore[attr-defined]
+                backend.reset()
         self.down = False
         self.starts += 1
 
@@ -585,30 +588,19 @@ def _tiny(config: dict[str, Any]) -> None:
     config["groups"] = {"us": {**config["groups"]["us"], "shards": 1}}
 
 
-def _known(scenario: str, crash: str) -> list[Any]:
-    """Cases known not to converge yet, kept visible (strict: they must fail until fixed)."""
-    if (scenario, crash) == ("rollback", "local cloud"):
-        reason = (
-            "the re-run rollback restores the deployment first, then its fence step finds the "
-            "moved slots' records missing in the state table that came back"
-        )
-        return [pytest.mark.xfail(reason=reason, strict=True)]
-    return []
+@pytest.fixture
+def tiny(make_project: MakeProject, small_config: dict[str, Any]) -> Project:
+    """A project of :func:`_tiny`'s shape, on the (in-process) local cloud."""
+    _tiny(small_config)
+    return make_project(small_config)
 
 
-CASES = [
-    pytest.param(scenario, action, crash, marks=_known(scenario, crash))
-    for scenario, action in MATRIX
-    for crash in ("deploy process", "local cloud")
-]
-
-
-@pytest.mark.parametrize(("scenario", "action", "crash"), CASES)
+@pytest.mark.parametrize("crash", ["deploy process", "local cloud"])
+@pytest.mark.parametrize(("scenario", "action"), MATRIX)
 def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
     sk: Run,
     cloud: LocalCloud,
-    make_project: MakeProject,
-    small_config: dict[str, Any],
+    tiny: Project,
     rewrite: Rewrite,
     recorder: Recorder,
     scenario: str,
@@ -618,8 +610,7 @@ def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
     """Kill the deploy process, or the local cloud, as the first step of a kind starts; run
     the same command again: it converges, status is true, the registries name only shards
     that exist, and a deploy after it makes no mutating call."""
-    _tiny(small_config)
-    project = make_project(small_config)
+    project = tiny
     root = str(project.root)
     if scenario != "first deploy":
         sk("deploy", root, "--yes")
@@ -651,3 +642,63 @@ def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
     if scenario == "rollback":
         project = rewrite(project, lambda c: c["groups"]["us"].update(shards=1))
     assert_converged(sk, project, recorder, destroyed=scenario == "destroy")
+
+
+# -- slot records across a restart (docs/architecture.md §4.4) -------------------------------------
+
+
+def slot_records(project: Project) -> dict[int, tuple[str, int, str]]:
+    """slot -> (owner, epoch, state) of group ``us``'s records in the state table (plain boto3)."""
+    items = aws("dynamodb", "us-east-1").scan(TableName=f"{P}-state")["Items"]
+    return {
+        int(item["pk"]["S"].removeprefix("us#"), 16): (
+            item["owner"]["S"],
+            int(item["epoch"]["N"]),
+            item["state"]["S"],
+        )
+        for item in items
+        if item["sk"]["S"] == "\x00slot"
+    }
+
+
+@pytest.mark.parametrize("tables_kept", [False, True], ids=["tables deleted", "tables kept"])
+def test_a_restart_gives_back_every_slot_record_of_the_live_layout(
+    sk: Run,
+    cloud: LocalCloud,
+    tiny: Project,
+    rewrite: Rewrite,
+    recorder: Recorder,
+    tables_kept: bool,
+) -> None:
+    """After a restart of the local cloud, and a command killed as its first step starts (it
+    had taken the lock, which lives in the home region's state table: a table that did not come
+    back is there again, empty), the next deploy starts from every slot record of the deployed
+    map: active under the slot's owner. A record that came back is kept as it was (its epoch is
+    the version that last changed it); only missing ones are written, at the map's version."""
+    project = tiny
+    root = str(project.root)
+    sk("deploy", root, "--yes")
+    project = rewrite(project, lambda c: c["groups"]["us"].update(shards=2))
+    sk("deploy", root, "--yes")
+    before = slot_records(project)
+    assert {epoch for _, epoch, _ in before.values()} == {1, 2}  # us-1's slots moved at v2
+
+    cloud.kill()
+    cloud.restart(tables_kept=tables_kept)
+    d = Deployer(project, cloud.target())
+
+    def killed(step: Step, event: str) -> None:
+        raise Killed
+
+    d.progress = killed
+    with pytest.raises(Killed):
+        d.apply(d.plan())
+    sk("deploy", root, "--yes")
+
+    live = registry_map(project, "us-east-1")
+    assert live is not None and live.version == 2
+    owners = {slot: (shard.id, "active") for slot, shard in enumerate(live.groups["us"].primary)}
+    after = slot_records(project)
+    assert {slot: (owner, state) for slot, (owner, _, state) in after.items()} == owners
+    assert after == before if tables_kept else {e for _, e, _ in after.values()} == {2}
+    assert_converged(sk, project, recorder)

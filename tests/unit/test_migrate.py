@@ -343,6 +343,28 @@ def test_slots_whose_table_is_new_start_anew_instead_of_moving() -> None:
     assert slot_batches(V1, V1) == []
 
 
+def test_slots_whose_record_is_missing_start_anew_and_the_others_move() -> None:
+    """A table that came back without some records (a restored local cloud): those slots get
+    records as on a first deploy, under their owner in the new map; the rest move as usual."""
+    v2 = build(config(("a", WEST), ("b", CENTRAL), ("c", CENTRAL)), V1)  # b moves to central
+    moving = [m.slot for m in plan_migration(V1, v2).moves]
+    lost, kept = moving[0], moving[1:]
+    batches = slot_batches(V1, v2, unrecorded={("g", lost), ("g", 0)})
+    started = {
+        slot
+        for b in batches
+        for text in b.props.get("owners", {}).values()
+        for slot in parse_slots(text)
+    }
+    moved = {
+        slot for b in batches for m in b.props.get("moves", ()) for slot in parse_slots(m["slots"])
+    }
+    assert (started, moved) == ({0, lost}, set(kept))
+    # the same map again: only the missing records, under their owners
+    (again,) = slot_batches(V1, V1, unrecorded={("g", lost)})
+    assert again.props["owners"] == {V1.groups["g"].primary[lost].id: format_slots([lost])}
+
+
 def test_a_failed_cross_region_deploy_step_leaves_nothing_fenced() -> None:
     t = tables()
     initialise(t, V1)
