@@ -72,6 +72,7 @@ _CONFLICT = {
     "OperationAbortedException",
     "ConflictException",
     "ResourceAlreadyExistsException",
+    "ResourceExistsException",
     "TableAlreadyExistsException",
     "ConcurrentModificationException",
 }

@@ -80,8 +80,14 @@ def blueprint_for_render(
         code=code,
         partition=PARTITION,
         trusted_keys=trusted_keys_value(project),
-        project_root=str(project.root.resolve()),
+        signing_key_sha256=_signing_key_sha256(project),
     )
+
+
+def _signing_key_sha256(project: Project) -> str:
+    """The hash of the project's signing key, if it has one yet (the secret's properties)."""
+    path = project.keys_dir / f"{project.config.signing.key_id}.key"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def trusted_keys_value(project: Project) -> str:

@@ -11,6 +11,7 @@ placed only in the shard's own region, and that region must belong to the shard'
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import re
 import tomllib
@@ -105,21 +106,25 @@ def expand(
     partition: str = "aws",
     trusted_keys: str = "",
     project_root: str = "",
+    signing_key_sha256: str = "",
 ) -> Blueprint:
     """Every resource of the definition for this project, map and account.
 
     ``trusted_keys`` (``id=base64,...``) tells the shard functions which map signers to trust.
     ``[[control]]`` resources (the auto-shard controller) are made once, in the home region
     (:func:`home_region`), and only when a group has an autoshard policy; ``project_root`` is
-    where the controller finds the project.
+    where the controller finds the project on the local cloud (on AWS it carries the project in
+    its code package) and ``signing_key_sha256`` the hash of the signing key its secret holds
+    (by default that of nothing: a secret no apply can write).
     """
     source = f"blueprint {definition['name']}"
     resources: list[Resource] = []
     regions = sorted({s.region for s in shard_map.shards})
-    home = home_region(config, regions) if _autoshard(config) else None
+    home = home_region(config, regions) if config.autoshards else None
     for region in regions:
         values = _region_values(definition, config, region, account, partition)
         values.update(_control_values(definition, values, code, project_root, region == home))
+        values["signing_key_sha256"] = signing_key_sha256 or hashlib.sha256(b"").hexdigest()
         resources += [
             _resource(source, item, values, region, None) for item in definition.get("region", [])
         ]
@@ -180,10 +185,6 @@ def home_region(config: ProjectConfig, regions: list[str]) -> str:
     return home if home in regions else next(r for r in config.regions if r in regions)
 
 
-def _autoshard(config: ProjectConfig) -> bool:
-    return any(g.autoshard is not None for g in config.groups.values())
-
-
 def _control_values(
     definition: Mapping[str, Any],
     values: dict[str, Any],
@@ -198,6 +199,9 @@ def _control_values(
     )
     return {
         "control_function": control,
+        "signing_secret": _fill(
+            definition["names"].get("secret", "shardkit/{project}/signing-key"), values, "secret"
+        ),
         "autoshard_state": "ENABLED" if home else "DISABLED",
         "autoshard_target": control if home else None,
         "project_root": project_root,

@@ -278,6 +278,11 @@ class ProjectConfig(_Model):
         """The region that holds the deployment record and lock."""
         return self.project.home_region or _hosting_regions(self)[0]
 
+    @property
+    def autoshards(self) -> bool:
+        """Whether a group has an autoshard policy: the project deploys the controller."""
+        return any(g.autoshard is not None for g in self.groups.values())
+
 
 def _hosting_regions(config: ProjectConfig) -> list[str]:
     """The regions of [regions], in declared order, that some group puts shards in."""

@@ -87,17 +87,21 @@ class Deployer:
         progress: Progress | None = None,
         notify: Notify | None = None,
         vendor: bool = False,
+        dependencies: Mapping[str, bytes] | None = None,
         lock_timeout: float = 0.0,
     ) -> None:
         """``vendor``: put the data plane's dependency wheels in the code package (what real
         AWS needs; the local cloud runs functions with this machine's packages).
         ``progress`` hears of every step, ``notify`` of what happens besides (a restore, a
-        wait for the lock). ``lock_timeout``: seconds to wait for another command's lock."""
+        wait for the lock). ``lock_timeout``: seconds to wait for another command's lock.
+        ``dependencies``: the dependency files to package as they are, instead of fetching
+        wheels (the controller function passes those of its own package)."""
         self.project = project
         self.target = target
         self.progress = progress
         self.notify = notify or (lambda message: None)
         self.vendor = vendor
+        self.dependencies = dependencies
         # The last map built, by what it was built from: a long-lived deployer (`shardkit dev`)
         # re-plans after every save, and a code change leaves the map's inputs as they were.
         self._built: tuple[tuple[Any, ...], ShardMap] | None = None
@@ -271,14 +275,17 @@ class Deployer:
         return plan
 
     def _dependencies(self) -> dict[str, bytes] | None:
+        if self.dependencies is not None:
+            return dict(self.dependencies)
         if not self.vendor:
             return None
-        from .vendor import fetch_wheels, wheel_files
+        from .vendor import fetch_wheels, requirements, wheel_files
 
         props = next(
             item["props"] for item in self.definition["shard"] if item["kind"] == "lambda_function"
         )
-        return wheel_files(fetch_wheels(props["runtime"], props["architecture"]))
+        names = requirements(control=self.project.config.autoshards)
+        return wheel_files(fetch_wheels(props["runtime"], props["architecture"], names=names))
 
     def _missing(self, record: Record) -> list[str]:
         """Recorded resources that are gone (each kind's probe: one read call each)."""
@@ -450,13 +457,28 @@ class Deployer:
             self.target.aws, self.state, partition=self.target.partition, progress=self.progress
         )
         result = executor.apply(
-            plan, record, lease=lease, artifact_data=data, local_instance=self.target.instance
+            plan,
+            record,
+            lease=lease,
+            artifact_data=data,
+            local_instance=self.target.instance,
+            secrets=self._secrets(plan),
         )
         if plan.restores:
             # The record itself went up with the steps (every save writes the home bucket);
             # the history of earlier deployments, which no step writes, follows it.
             self.state.upload_history()
         return result
+
+    def _secrets(self, plan: Plan) -> dict[str, bytes]:
+        """The values the plan's secrets are made with (read only when it writes one)."""
+        if not any(s.kind == "secret" and s.action in ("create", "update") for s in plan.steps):
+            return {}
+        return {"signing_key": self._signing_key_pem()}
+
+    def _signing_key_pem(self) -> bytes:
+        key = signing_key_for(self.project)  # made first when the project says so
+        return (self.project.keys_dir / f"{key.key_id}.key").read_bytes()
 
     def _plan_is_stale(self, plan: Plan, record: Record) -> bool:
         try:
@@ -601,7 +623,13 @@ class Deployer:
             code=artifact,
             partition=self.target.partition,
             trusted_keys=keys,
-            project_root=str(self.project.root.resolve()),
+            # only the local cloud's controller runs beside the project; on AWS it carries it
+            project_root=str(self.project.root.resolve()) if self.target.name == "local" else "",
+            signing_key_sha256=(
+                hashlib.sha256(self._signing_key_pem()).hexdigest()
+                if self.project.config.autoshards
+                else ""
+            ),
         )
 
     def _check_plan(self, plan: Plan) -> None:

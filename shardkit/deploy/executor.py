@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +82,10 @@ class Executor:
         lease: Lease | None = None,
         artifact_data: bytes | None = None,
         local_instance: str = "",
+        secrets: Mapping[str, bytes] | None = None,
     ) -> ApplyResult:
-        """Apply ``plan`` to the deployment ``record`` describes (loaded under the lock)."""
+        """Apply ``plan`` to the deployment ``record`` describes (loaded under the lock);
+        ``secrets``: the values of the secrets it writes (never recorded)."""
         done = self.state.read_journal(plan.plan_id)
         skipped = len(done)
         resumed = bool(done)
@@ -94,7 +96,9 @@ class Executor:
             record = record.emptied()
         if not resumed:
             self._supersede_unfinished()
-        ctx = Context(self.aws, plan.account, self.partition, artifact_data, plan.map_envelope)
+        ctx = Context(
+            self.aws, plan.account, self.partition, artifact_data, plan.map_envelope, secrets or {}
+        )
         before = self.aws.mutating_calls
         instance = local_instance or record.local_instance
         self._latest = record

@@ -26,7 +26,14 @@ from typing import Any
 
 from ..errors import DeployError
 
-__all__ = ["RUNTIME_REQUIREMENTS", "fetch_wheels", "platform_for", "wheel_files"]
+__all__ = [
+    "CONTROL_REQUIREMENTS",
+    "RUNTIME_REQUIREMENTS",
+    "fetch_wheels",
+    "platform_for",
+    "requirements",
+    "wheel_files",
+]
 
 #: What the proxy imports that the Lambda runtime does not provide.
 RUNTIME_REQUIREMENTS = (
@@ -36,6 +43,10 @@ RUNTIME_REQUIREMENTS = (
     "cryptography",
     "aws-lambda-powertools",
 )
+#: What the auto-shard controller function imports besides (docs/autoshard.md): the project's
+#: configuration is pydantic models and the decisions are numpy. pip brings their own
+#: dependencies (pydantic-core, annotated-types, ...).
+CONTROL_REQUIREMENTS = ("pydantic", "numpy")
 _PLATFORMS = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}
 
 Runner = Callable[..., Any]
@@ -51,10 +62,15 @@ def platform_for(architecture: str) -> str:
         ) from None
 
 
-def pinned_requirements() -> list[str]:
-    """``name==version`` of each runtime requirement, as installed here."""
+def requirements(control: bool = False) -> tuple[str, ...]:
+    """What a code package needs: the data plane's, and the controller's when it carries one."""
+    return RUNTIME_REQUIREMENTS + (CONTROL_REQUIREMENTS if control else ())
+
+
+def pinned_requirements(names: tuple[str, ...] = RUNTIME_REQUIREMENTS) -> list[str]:
+    """``name==version`` of each requirement, as installed here."""
     pins = []
-    for name in RUNTIME_REQUIREMENTS:
+    for name in names:
         try:
             pins.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
@@ -71,12 +87,18 @@ def default_cache() -> Path:
 
 
 def fetch_wheels(
-    runtime: str, architecture: str, *, cache: Path | None = None, run: Runner = subprocess.run
+    runtime: str,
+    architecture: str,
+    *,
+    cache: Path | None = None,
+    run: Runner = subprocess.run,
+    names: tuple[str, ...] = RUNTIME_REQUIREMENTS,
 ) -> list[Path]:
-    """The wheels for ``runtime`` (e.g. ``python3.12``) and ``architecture``, downloaded once."""
+    """The wheels of ``names`` (pinned as installed here, with their dependencies) for
+    ``runtime`` (e.g. ``python3.12``) and ``architecture``, downloaded once."""
     python_version = runtime.removeprefix("python")
     platform = platform_for(architecture)
-    pins = pinned_requirements()
+    pins = pinned_requirements(names)
     digest = hashlib.sha256(json.dumps([python_version, platform, pins]).encode()).hexdigest()
     target = (cache or default_cache()) / digest[:24]
     if (target / "COMPLETE").exists():

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -110,13 +110,15 @@ class Probe:
 
 @dataclass(frozen=True)
 class Context:
-    """What an apply handler needs besides the resource: the facade, account and payloads."""
+    """What an apply handler needs besides the resource: the facade, account and payloads
+    (never recorded: the code package, the map, secret values)."""
 
     aws: Aws
     account: str
     partition: str
     artifact_data: bytes | None = None
     map_envelope: bytes | None = None
+    secrets: Mapping[str, bytes] = field(default_factory=dict)  # a secret kind's ``value_from``
 
 
 class RenderContext(Protocol):

@@ -9,6 +9,7 @@ per-slot counts, so the controller reads, aggregates and decides exactly as it w
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -204,3 +205,118 @@ def test_the_autoshard_command_refuses_bad_use(
     assert err.startswith("error: say --once (one round) or --watch")
     _, err = cli(capsys, "autoshard", fixed.root, "--once", code=2)
     assert "no group of quickstart has an autoshard policy" in err and " — " in err
+
+
+# -- the scheduled function, as AWS runs it --------------------------------------------------------
+
+CONTROL = "shardkit-quickstart-autoshard"
+
+
+class LambdaContext:
+    """What Lambda hands the handler: little time left, so the tick runs one round."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 6_000
+
+
+@pytest.fixture
+def as_lambda(
+    project: Project, deployer: Deploy, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Deployer, shardkit.ShardMap, Any]:
+    """The project deployed, hot load written in windows the real clock has closed, and the
+    process made to look like the controller function: its configuration's environment, its
+    code package unpacked as the task root, a working directory with no project in it."""
+    import io
+    import zipfile
+
+    from shardkit.autoshard import carried
+
+    d = deployer(project)
+    deploy(d)
+    before = d.deployed_map()
+    assert before is not None
+    for w in range(3):
+        write_load(project, before, (int(time.time() / WINDOW) - 4 + w) * WINDOW, {"eu-0": 30.0})
+    conf = boto3.client("lambda", "eu-west-1").get_function_configuration(FunctionName=CONTROL)
+    _, bucket, key = d.record().code_locations()[("eu-west-1", CONTROL)]
+    package = boto3.client("s3", "eu-west-1").get_object(Bucket=bucket, Key=key)["Body"].read()
+    task = tmp_path / "task"
+    zipfile.ZipFile(io.BytesIO(package)).extractall(task)
+    for name in [k for k in os.environ if k.startswith("SHARDKIT_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**conf["Environment"]["Variables"], "LAMBDA_TASK_ROOT": str(task)}.items():
+        monkeypatch.setenv(name, value)
+    assert not os.environ.get("SHARDKIT_PROJECT_ROOT")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "lambda-tmp"))
+    (tmp_path / "lambda-tmp").mkdir()
+    monkeypatch.setattr(carried, "_made", {})  # a cold start
+    return d, before, task
+
+
+def published(d: Deployer) -> shardkit.ShardMap:
+    """The map the home registry serves, verified with the project's keys."""
+    from shardkit.keys import load_trusted_keys
+
+    bucket = d.record().buckets()["eu-west-1"]
+    body = boto3.client("s3", "eu-west-1").get_object(Bucket=bucket, Key="registry/map.skm")
+    trusted = load_trusted_keys(d.project.keys_dir)
+    return shardkit.decode_map(body["Body"].read(), trusted, now=float("-inf"))
+
+
+def test_the_scheduled_function_splits_on_aws_without_the_project_directory(
+    as_lambda: tuple[Deployer, shardkit.ShardMap, Any],
+) -> None:
+    from shardkit.autoshard.function import handler
+
+    d, before, _ = as_lambda
+    result = handler({}, LambdaContext())
+
+    (r,) = result["rounds"]
+    assert r["outcome"] == "applied" and "split" in r["actions"], r
+    after = published(d)
+    assert after.version == r["map_version"] == before.version + 1
+    new = sorted(set(r["change"]["added"]))
+    assert new and set(new) <= {s.id for s in after.groups["eu"].shards()}
+    assert eu_shards(d) == [s.id for s in after.groups["eu"].shards()]
+    # it deployed with the package it runs from: the code of the existing functions is as it was
+    assert d.plan().is_noop
+
+
+def test_the_scheduled_function_refuses_a_project_it_cannot_trust(
+    as_lambda: tuple[Deployer, shardkit.ShardMap, Any],
+) -> None:
+    from shardkit.autoshard.function import handler
+    from shardkit.keys import create_key
+
+    d, before, task = as_lambda
+    secrets = boto3.client("secretsmanager", "eu-west-1")
+    secret = os.environ["SHARDKIT_SIGNING_SECRET"]
+    stored = secrets.get_secret_value(SecretId=secret)["SecretBinary"]
+
+    handler_file = task / "app" / "model.py"
+    original = handler_file.read_bytes()
+    handler_file.write_bytes(original + b"\n# altered\n")
+    with pytest.raises(AutoshardError, match=r"does not match its manifest: app/model.py") as e:
+        handler({}, LambdaContext())
+    assert "deploy the project again" in e.value.hint
+    handler_file.write_bytes(original)
+
+    create_key("other", d.project.root / "other-keys")
+    pem = (d.project.root / "other-keys" / "other.key").read_bytes()
+    secrets.put_secret_value(SecretId=secret, SecretBinary=pem)
+    with pytest.raises(AutoshardError, match="holds another key than"):
+        handler({}, LambdaContext())
+
+    secrets.delete_secret(SecretId=secret, ForceDeleteWithoutRecovery=True)
+    with pytest.raises(AutoshardError, match=rf"secret {secret} in eu-west-1, .* does not exist"):
+        handler({}, LambdaContext())
+
+    assert published(d).version == before.version  # nothing was applied
+    assert eu_shards(d) == ["eu-0", "eu-1"]
+    # a refreshing deploy stores the project's key again
+    d.apply(d.plan(refresh=True))
+    assert secrets.get_secret_value(SecretId=secret)["SecretBinary"] == stored
+    key_id = d.project.config.signing.key_id
+    assert stored == (d.project.keys_dir / f"{key_id}.key").read_bytes()

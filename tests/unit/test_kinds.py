@@ -55,14 +55,18 @@ def _label(cls: type) -> str:
 
 @pytest.fixture(scope="module")
 def blueprint(quickstart_like: Callable[..., dict[str, Any]], config_from: Any) -> Blueprint:
-    """The shipped blueprint, expanded for a quickstart-shaped project."""
-    config = config_from(quickstart_like("kinds"))
+    """The shipped blueprint, expanded for a quickstart-shaped project with an autoshard policy
+    (so its controller's resources are there too)."""
+    data = quickstart_like("kinds")
+    data["groups"]["eu"]["autoshard"] = {"target_rps": 10.0}
+    config = config_from(data)
     return expand(
         load_definition("stateful-inference-proxy"),
         config=config,
         shard_map=build_map(config, now=1_700_000_000),
         account="123456789012",
         code=CODE,
+        signing_key_sha256="ab" * 32,
     )
 
 
@@ -129,6 +133,7 @@ def test_the_apply_order_is_derived_and_stable() -> None:
         "iam_role",
         "log_group",
         "s3_bucket",
+        "secret",
         "lambda_function",
         "alarm",
         "lambda_alias",

@@ -17,6 +17,7 @@ fresh interpreter really loads.)
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,3 +351,67 @@ def test_type_only_imports_count_for_the_planes_not_for_cycles(
     assert "shardkit/routing/client.py:3:" in problem
     graph = subpackage_graph(known, {**sources, "shardkit.routing.client": source})
     assert "shardkit.deploy" not in graph["shardkit.routing"]
+
+
+#: What Lambda's Python runtime provides besides the standard library.
+LAMBDA_RUNTIME = frozenset({"boto3", "botocore"})
+
+
+def third_party_roots(
+    modules_: set[str], known: dict[str, Path], sources: dict[str, str]
+) -> set[str]:
+    """The top-level non-shardkit, non-standard-library packages ``modules_`` import (run-time
+    imports only)."""
+    import sys
+
+    return {
+        imp.target.split(".")[0]
+        for module in modules_
+        for imp in imports_of(module, sources[module], known[module], known)
+        if not imp.typing_only
+        and not imp.target.startswith("shardkit")
+        and imp.target.split(".")[0] not in (*sys.stdlib_module_names, "__future__")
+    }
+
+
+def test_the_controller_package_carries_every_module_and_dependency_it_imports(
+    tree: tuple[dict[str, Path], dict[str, str]],
+) -> None:
+    """The auto-shard controller function runs from an autoshard project's package: all of
+    shardkit, and the vendored dependencies of the data plane and the controller. Its imports on
+    AWS (the local cloud's modules run only beside the project, with this machine's packages)
+    must all be in it, or be what Lambda's runtime provides."""
+    from importlib.metadata import packages_distributions, requires
+
+    from shardkit.deploy.package import _shardkit_files
+    from shardkit.deploy.vendor import requirements
+
+    known, sources = tree
+    needed = runtime_closure("shardkit.autoshard.function", known, sources)
+    assert {"shardkit.autoshard.carried", "shardkit.deploy.engine"} <= needed
+    packaged = {name for name, _ in _shardkit_files(control=True)}
+    files = {known[m].relative_to(PACKAGE.parent).as_posix() for m in needed}
+    assert sorted(files - packaged) == []
+
+    on_aws = {m for m in needed if not _within(m, ("shardkit.local",))}
+    roots = third_party_roots(on_aws, known, sources)
+    assert {"pydantic", "numpy", "msgpack"} <= roots  # the check sees real imports
+
+    def norm(name: str) -> str:  # a distribution name as PEP 503 compares them
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    distributions = packages_distributions()
+    vendored = {norm(n) for n in requirements(control=True)}
+    # pip fetches what the vendored distributions require along with them
+    brought = {
+        norm(re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0])
+        for n in vendored
+        for r in requires(n) or ()
+        if "extra ==" not in r
+    }
+    allowed = vendored | brought | LAMBDA_RUNTIME
+    found = {root: distributions.get(root, [root]) for root in roots}
+    missing = {
+        root: dists for root, dists in found.items() if not {norm(d) for d in dists} & allowed
+    }
+    assert missing == {}, f"imported on AWS, but neither vendored nor in Lambda: {missing}"

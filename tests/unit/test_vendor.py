@@ -85,3 +85,65 @@ def test_the_package_with_dependencies_is_reproducible(tmp_path: Path) -> None:
     with zipfile.ZipFile(io.BytesIO(first.data)) as zf:
         assert zf.getinfo("msgpack/_ext.so").external_attr >> 16 == 0o755
         assert zf.getinfo("shardkit/errors.py").external_attr >> 16 == 0o644
+
+
+def _autoshard_project(tmp_path: Path) -> Any:
+    """A copy of the quickstart with an autoshard policy and a key pair."""
+    import shutil
+
+    from shardkit.keys import create_key
+
+    root = tmp_path / "proj"
+    shutil.copytree(ROOT / "examples" / "quickstart", root)
+    with (root / "shardkit.toml").open("a") as f:
+        f.write("\n[groups.eu.autoshard]\ntarget_rps = 10.0\n")
+    project = load_project(root)
+    create_key(project.config.signing.key_id, project.keys_dir)
+    return project
+
+
+def test_an_autoshard_package_carries_the_project_but_no_private_key(tmp_path: Path) -> None:
+    import json
+
+    project = _autoshard_project(tmp_path)
+    package = build_package(project)
+    key_id = project.config.signing.key_id
+    project_files = sorted(f for f in package.files if f.startswith("_project/"))
+    assert project_files == [
+        f"_project/.shardkit/keys/{key_id}.pub",
+        "_project/manifest.json",
+        "_project/shardkit.toml",
+    ]
+    assert not [f for f in package.files if f.endswith(".key")]
+    with zipfile.ZipFile(io.BytesIO(package.data)) as zf:
+        manifest = json.loads(zf.read("_project/manifest.json"))
+    assert manifest["key_id"] == key_id and manifest["code"] == "app"
+    assert set(manifest["files"]) == {
+        "shardkit.toml",
+        f".shardkit/keys/{key_id}.pub",
+        *(f for f in package.files if f.startswith("app/")),
+    }
+
+
+def test_a_package_built_again_from_its_unpacked_self_is_the_same(tmp_path: Path) -> None:
+    """The controller function deploys with the package it runs from: its task root's vendored
+    files, the project it carries, the same shardkit - so its deploys change no code."""
+    from shardkit.deploy.package import installed_dependencies
+
+    project = _autoshard_project(tmp_path)
+    deps = wheel_files(fetch_wheels("python3.12", "arm64", cache=tmp_path / "w", run=FakePip()))
+    package = build_package(project, deps)
+    task = tmp_path / "task"
+    zipfile.ZipFile(io.BytesIO(package.data)).extractall(task)
+    found = installed_dependencies(task, "app")
+    assert found == deps
+    assert build_package(project, found).sha256 == package.sha256
+
+
+def test_an_autoshard_package_vendors_what_the_controller_imports(tmp_path: Path) -> None:
+    from shardkit.deploy.vendor import CONTROL_REQUIREMENTS, requirements
+
+    pip = FakePip()
+    fetch_wheels("python3.12", "arm64", cache=tmp_path, run=pip, names=requirements(True))
+    pins = {c.split("==")[0] for c in pip.calls[0] if "==" in c}
+    assert pins == set(RUNTIME_REQUIREMENTS) | set(CONTROL_REQUIREMENTS) >= {"pydantic", "numpy"}
