@@ -12,8 +12,9 @@ policy:
    of the next window), each with the slot table of the map its records were counted under;
 3. **decide** (:func:`~.decide.decide`, pure) with the deployed map, the windows, the policy and
    this group's recent decisions;
-4. **record** the decision with its reasons (the decision log, ``autoshard.json`` in the
-   target's state directory; ``shardkit status`` shows the last ones) and hand it to ``log``;
+4. **record** the decision with its reasons (the decision log, ``shardkit-state/autoshard.json``
+   in the home bucket beside the deployment record, so ``shardkit status`` on any machine shows
+   the last ones, whoever ran the round) and hand it to ``log``;
 5. **apply** a layout change - unless the policy's mode is ``dry-run`` or the controller runs
    with ``dry_run`` - through the deploy engine (:meth:`Deployer.plan` with the change, then
    :meth:`Deployer.apply`), so new shards are created, the migration moves exactly the changed
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._files import write_json_atomic
+from .._files import write_bytes_atomic
 from ..errors import AutoshardError, DeployError, ShardkitError
 from ..proxy.load import LOAD_PARTITION, LoadRecord, decode_record, load_sort_key
 from ..sharding.shardmap import ShardMap
@@ -41,9 +42,18 @@ from .decide import Decision, decide
 from .load import LoadAggregator, LoadWindow
 from .policy import Policy, policy_for
 
-__all__ = ["Controller", "DecisionLog", "Round", "read_records", "windows_of"]
+__all__ = [
+    "Controller",
+    "DecisionLog",
+    "HomeObject",
+    "LocalFile",
+    "Round",
+    "read_records",
+    "windows_of",
+]
 
 _KEEP_DECISIONS = 200  # decisions kept in the log, all groups together
+DECISIONS_KEY = "shardkit-state/autoshard.json"  # beside the record, in the home bucket
 
 
 @dataclass(frozen=True)
@@ -78,26 +88,32 @@ class Round:
 
 
 class DecisionLog:
-    """The last decisions of every group (``autoshard.json``): what the next rounds' cooldown and
-    draining read, and what ``shardkit status`` shows."""
+    """The last decisions of every group: what the next rounds' cooldown and draining read, and
+    what ``shardkit status`` shows - from any machine, as it lives where the deployment record
+    does (:meth:`of`: ``shardkit-state/autoshard.json`` in the home bucket). One JSON object,
+    ``{"decisions": [...]}``, the last ``_KEEP_DECISIONS`` rounds of all groups together.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    ``store``: where the JSON is kept - anything with ``get() -> bytes | None``, ``put(bytes)``
+    and a ``where`` for messages (:class:`HomeObject`, :class:`LocalFile`)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
 
     @classmethod
     def of(cls, deployer: Any) -> DecisionLog:
-        """The log of a deployer's project and target (in its state directory)."""
-        return cls(deployer.project.state_dir / "deploy" / deployer.target.name / "autoshard.json")
+        """The log of a deployer's deployment, in its home bucket."""
+        return cls(HomeObject(deployer.state.remote, DECISIONS_KEY))
 
     def entries(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        body = self.store.get()
+        if body is None:
             return []
         try:
-            return list(json.loads(self.path.read_text())["decisions"])
+            return list(json.loads(body)["decisions"])
         except (ValueError, KeyError, TypeError) as exc:
             raise AutoshardError(
-                f"the auto-shard decision log {self.path} cannot be read: {exc}",
-                hint="move it away; the controller starts a new one (cooldowns restart)",
+                f"the auto-shard decision log {self.store.where} cannot be read: {exc}",
+                hint="delete it; the controller starts a new one (cooldowns restart)",
             ) from None
 
     def history(self, group: str) -> list[Decision]:
@@ -107,7 +123,45 @@ class DecisionLog:
         added = [r.to_dict() for r in rounds]
         if added:
             kept = [*self.entries(), *added][-_KEEP_DECISIONS:]
-            write_json_atomic(self.path, {"decisions": kept})
+            body = json.dumps({"decisions": kept}, indent=1, sort_keys=True).encode() + b"\n"
+            self.store.put(body)
+
+
+@dataclass(frozen=True)
+class HomeObject:
+    """An object of the home bucket's ``shardkit-state/`` (through the deployment state's
+    remote copy, :class:`shardkit.deploy.state.DeploymentState`)."""
+
+    remote: Any
+    key: str
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.remote.home.bucket}/{self.key}"
+
+    def get(self) -> bytes | None:
+        body: bytes | None = self.remote.get(self.key)
+        return body
+
+    def put(self, body: bytes) -> None:
+        self.remote.put(self.key, body)
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file (a decision log kept on this machine only: tests, tools)."""
+
+    path: Path
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def get(self) -> bytes | None:
+        return self.path.read_bytes() if self.path.exists() else None
+
+    def put(self, body: bytes) -> None:
+        write_bytes_atomic(self.path, body)
 
 
 def _decision(entry: Mapping[str, Any]) -> Decision:

@@ -127,7 +127,8 @@ def test_a_hot_shard_splits_by_deploy_and_a_later_deploy_keeps_the_layout(
     bigger = deployer(rewrite(project, lambda data: data["groups"]["eu"].update(memory_mb=1024)))
     plan = bigger.plan()
     assert plan.map_envelope is None
-    assert {s.action for s in plan.steps} == {"update"}
+    # the package carries the configuration the controller acts on: a new one is uploaded
+    assert {s.action for s in plan.steps} == {"upload", "update"}
     bigger.apply(plan)
     assert eu_shards(bigger) == eu_shards(d)
     # the fixed group still follows its configured count, exactly as without a policy
@@ -266,12 +267,13 @@ def published(d: Deployer) -> shardkit.ShardMap:
 
 
 def test_the_scheduled_function_splits_on_aws_without_the_project_directory(
-    as_lambda: tuple[Deployer, shardkit.ShardMap, Any],
+    as_lambda: tuple[Deployer, shardkit.ShardMap, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from shardkit.autoshard.function import handler
 
     d, before, _ = as_lambda
     result = handler({}, LambdaContext())
+    capsys.readouterr()  # its log lines
 
     (r,) = result["rounds"]
     assert r["outcome"] == "applied" and "split" in r["actions"], r
@@ -282,6 +284,13 @@ def test_the_scheduled_function_splits_on_aws_without_the_project_directory(
     assert eu_shards(d) == [s.id for s in after.groups["eu"].shards()]
     # it deployed with the package it runs from: the code of the existing functions is as it was
     assert d.plan().is_noop
+    # `shardkit status` from the project directory (which never ran a round) shows the decision
+    assert not list(d.project.state_dir.rglob("autoshard.json"))
+    status = json.loads(cli(capsys, "status", d.project.root, "--json")[0])
+    (shown,) = status["autoshard"]
+    assert (shown["outcome"], shown["map_version"]) == ("applied", after.version)
+    out, _ = cli(capsys, "status", d.project.root)
+    assert "auto-shard: last 1 decision" in out and "split" in out
 
 
 def test_the_scheduled_function_refuses_a_project_it_cannot_trust(

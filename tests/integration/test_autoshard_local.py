@@ -24,8 +24,11 @@ import msgpack
 import pytest
 
 from shardkit.autoshard.controller import DecisionLog
+from shardkit.config import load_project
 from shardkit.deploy.client import client_for_project
+from shardkit.deploy.engine import Deployer
 from shardkit.deploy.state import cached_record
+from shardkit.deploy.targets import open_target
 from shardkit.errors import ShardkitError
 from shardkit.local import server
 from shardkit.routing import InferenceError, RetryPolicy
@@ -198,6 +201,11 @@ def stored(root: Path) -> dict[str, int]:
     return out
 
 
+def local_deployer(project: Path) -> Deployer:
+    loaded = load_project(project)
+    return Deployer(loaded, open_target(loaded, local=True))
+
+
 def test_a_burst_splits_its_shard_and_the_calm_after_merges_back(project: Path) -> None:
     writer = Writer(project)
     try:
@@ -215,7 +223,7 @@ def test_a_burst_splits_its_shard_and_the_calm_after_merges_back(project: Path) 
 
     assert writer.errors == []
     shown = json.loads(cli(project, "status", "--json").stdout)["autoshard"]
-    decisions = DecisionLog(project / ".shardkit" / "deploy" / "local" / "autoshard.json").entries()
+    decisions = DecisionLog.of(local_deployer(project)).entries()  # in the home bucket
     start = decisions.index(shown[0])  # the controller may have gone on since
     assert shown == decisions[start : start + len(shown)]  # `shardkit status`: the last ones
     applied = [set(d["actions"]) for d in decisions if d["outcome"] == "applied"]

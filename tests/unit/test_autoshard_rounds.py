@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shardkit.autoshard.controller import DecisionLog, Round, windows_of
+from shardkit.autoshard.controller import DecisionLog, LocalFile, Round, windows_of
 from shardkit.autoshard.decide import Decision
 from shardkit.errors import AutoshardError
 from shardkit.local.schedule import Scheduler, period_s
@@ -47,7 +47,7 @@ def round_(
 
 
 def test_only_applied_decisions_count_as_history(tmp_path: Path) -> None:
-    log = DecisionLog(tmp_path / "autoshard.json")
+    log = DecisionLog(LocalFile(tmp_path / "autoshard.json"))
     assert log.entries() == [] and log.history("a") == []
     log.append(
         [
@@ -72,13 +72,13 @@ def test_only_applied_decisions_count_as_history(tmp_path: Path) -> None:
 
 
 def test_the_log_keeps_the_last_rounds_and_names_a_damaged_file(tmp_path: Path) -> None:
-    log = DecisionLog(tmp_path / "autoshard.json")
+    log = DecisionLog(LocalFile(tmp_path / "autoshard.json"))
     log.append(round_(float(i), (), "no change") for i in range(205))
     assert [e["at"] for e in log.entries()] == [float(i) for i in range(5, 205)]
-    log.path.write_text("{not json")
+    log.store.path.write_text("{not json")
     with pytest.raises(AutoshardError, match=r"autoshard\.json cannot be read") as err:
         log.entries()
-    assert "move it away" in err.value.hint
+    assert "delete it" in err.value.hint
 
 
 # -- the local scheduler ---------------------------------------------------------------------------
