@@ -36,7 +36,13 @@ from typing import Any
 
 from .._files import write_bytes_atomic
 from ..errors import AutoshardError, DeployError, ShardkitError
-from ..proxy.load import LOAD_PARTITION, LoadRecord, decode_record, load_sort_key
+from ..proxy.load import (
+    LOAD_PARTITION,
+    TTL_ATTRIBUTE,
+    LoadRecord,
+    decode_record,
+    load_sort_key,
+)
 from ..sharding.shardmap import ShardMap
 from .decide import Decision, decide
 from .load import LoadAggregator, LoadWindow
@@ -181,14 +187,20 @@ def _decision(entry: Mapping[str, Any]) -> Decision:
 # -- reading load --------------------------------------------------------------------------------
 
 
-def read_records(table: Any, group: str, since: float) -> list[LoadRecord]:
+def read_records(table: Any, group: str, since: float, now: float) -> list[LoadRecord]:
     """The load records of ``group`` in one state table (a :class:`~shardkit.proxy.table.Table`)
-    for windows starting at ``since`` or later: one Query, paged."""
+    for windows starting at ``since`` or later: one Query, paged. A record whose TTL attribute
+    has passed is left out: DynamoDB's TTL deletes expired items lazily (within days), so the
+    table may still hold it."""
     from ..proxy.table import query_all
 
     pk = LOAD_PARTITION.format(group=group)
     after = load_sort_key(since)[:-1]  # the digits alone sort before every "digits#instance"
-    return [decode_record(bytes(item["data"])) for item in query_all(table, pk, after)]
+    return [
+        decode_record(bytes(item["data"]))
+        for item in query_all(table, pk, after)
+        if float(item.get(TTL_ATTRIBUTE, math.inf)) > now
+    ]
 
 
 def windows_of(
@@ -295,7 +307,7 @@ class Controller:
         since = math.floor((now - lookback) / policy.window_s) * policy.window_s
         records: list[LoadRecord] = []
         for table in self._tables(current, policy.group):
-            records += read_records(table, policy.group, since)
+            records += read_records(table, policy.group, since, now)
 
         def owners(version: int) -> Sequence[str]:
             shard_map = self._map(version) or current

@@ -1,6 +1,8 @@
 """``dynamodb_table``: a region's state table (per-key state and the slots' records).
 
-The key schema comes from the properties, for apply and template alike. A table's keys cannot
+The key schema comes from the properties, for apply and template alike, and so does the TTL
+attribute (the shipped blueprint's ``ttl``: load records carry it; slot records, state and the
+deploy lock never do). A table's keys cannot
 change in place, so applying a blueprint whose keys differ from the existing table's is refused
 (it holds data) instead of leaving the two silently different. ``retain``: destroy keeps it
 unless asked to delete the data, and the template retains it too.
@@ -33,6 +35,13 @@ class TableProps(Props):
     )
     sse: bool = Field(True, description="server-side encryption with a KMS key")
     point_in_time_recovery: bool = Field(True, description="continuous backups")
+    ttl_attribute: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="the number attribute (Unix seconds) after which DynamoDB deletes an item "
+        "(TTL); none: items never expire",
+    )
 
 
 def _keys(p: TableProps) -> list[tuple[str, str]]:
@@ -52,6 +61,27 @@ def _key_schema(p: TableProps) -> dict[str, Any]:
 
 def _pitr(p: TableProps) -> dict[str, bool]:
     return {"PointInTimeRecoveryEnabled": p.point_in_time_recovery}
+
+
+def _ttl(ctx: Context, region: str, name: str, attribute: str | None) -> None:
+    """Make the table's TTL ``attribute`` (or none); a call only when it differs, as DynamoDB
+    refuses to set what is set already."""
+    have = ctx.aws.call("dynamodb", region, "describe_time_to_live", resource=name, TableName=name)[
+        "TimeToLiveDescription"
+    ]
+    on = have.get("TimeToLiveStatus") in ("ENABLED", "ENABLING")
+    current = have.get("AttributeName") if on else None
+    if current == attribute:
+        return
+    spec = {"AttributeName": attribute or current, "Enabled": attribute is not None}
+    ctx.aws.call(
+        "dynamodb",
+        region,
+        "update_time_to_live",
+        resource=name,
+        TableName=name,
+        TimeToLiveSpecification=spec,
+    )
 
 
 class DynamodbTable(KindSpec[TableProps]):
@@ -96,6 +126,7 @@ class DynamodbTable(KindSpec[TableProps]):
             TableName=name,
             PointInTimeRecoverySpecification=_pitr(props),
         )
+        _ttl(ctx, region, name, props.ttl_attribute)
         return {"arn": f"arn:{ctx.partition}:dynamodb:{region}:{ctx.account}:table/{name}"}
 
     def delete(self, ctx: Context, region: str, name: str, props: TableProps) -> None:
@@ -105,7 +136,7 @@ class DynamodbTable(KindSpec[TableProps]):
         return Probe("dynamodb", "describe_table", {"TableName": name})
 
     def render(self, r: Resource, props: TableProps, ctx: RenderContext) -> Rendered:
-        body = {
+        body: dict[str, Any] = {
             "TableName": r.name,
             "BillingMode": props.billing_mode,
             **_key_schema(props),
@@ -113,6 +144,11 @@ class DynamodbTable(KindSpec[TableProps]):
             "PointInTimeRecoverySpecification": _pitr(props),
             "Tags": ctx.tags(r),
         }
+        if props.ttl_attribute:
+            body["TimeToLiveSpecification"] = {
+                "AttributeName": props.ttl_attribute,
+                "Enabled": True,
+            }
         # shard state lives here: a stack deletion or replacement must never drop it
         yield ctx.id(r), {"Type": self.cfn_type, **RETAIN, "Properties": body}
 

@@ -19,7 +19,7 @@ production), so records of all instances for the same window share the same ``st
 **Where records go** (:class:`LoadSink`): one item per instance, group and window in the
 group's regional state table - ``pk = "{group}#load"`` (never a slot partition, which is
 ``{group}#{slot:05x}``), ``sk = "{start in ms, 16 digits}#{instance}"``, ``data`` = the encoded
-record, ``expires`` = Unix seconds after which it is of no use. The proxy role may already write
+record, ``ttl`` = Unix seconds after which it is of no use (the table's TTL attribute). The proxy role may already write
 its group's partitions, every region has the table (the local cloud too), and the controller
 reads a group's last windows with one Query per region, in window order. It is written once per
 window by the request that closes it: one small put per instance per window, never per request.
@@ -58,7 +58,13 @@ __all__ = [
 
 RECORD_FORMAT = 1
 LOAD_PARTITION = "{group}#load"
-_KEEP_WINDOWS = 360  # how long a stored record stays of use, in windows (an hour at 10 s)
+#: How long a stored record stays of use, in windows: longer than the controller's longest look
+#: back (``max(split_windows, merge_windows) + 2``, at most 1,002 windows). The state table's TTL
+#: deletes it some time after that.
+KEEP_WINDOWS = 1024
+#: The item attribute DynamoDB's TTL deletes by (the blueprint's ``ttl_attribute``). Not the
+#: deploy lock's ``expires``: a lapsed lock must stay until it is broken on purpose.
+TTL_ATTRIBUTE = "ttl"
 _KEYS = ("floor", "hot", "instance", "length", "map_version", "shards", "start", "v")
 
 
@@ -263,7 +269,7 @@ def load_item(group: str, record: LoadRecord) -> dict[str, Any]:
         "pk": LOAD_PARTITION.format(group=group),
         "sk": load_sort_key(record.start, record.instance),
         "data": encode_record(part),
-        "expires": int(record.start + record.length * _KEEP_WINDOWS),
+        TTL_ATTRIBUTE: int(record.start + record.length * KEEP_WINDOWS),
     }
 
 

@@ -147,7 +147,14 @@ def _table(live: Live, r: Resource, lid: str) -> dict[str, Any]:
     table = ddb.describe_table(TableName=r.name)["Table"]
     backups = ddb.describe_continuous_backups(TableName=r.name)["ContinuousBackupsDescription"]
     pitr = backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+    ttl = ddb.describe_time_to_live(TableName=r.name)["TimeToLiveDescription"]
+    expiry = (
+        {"TimeToLiveSpecification": {"AttributeName": ttl["AttributeName"], "Enabled": True}}
+        if ttl.get("TimeToLiveStatus") == "ENABLED"
+        else {}
+    )
     return {
+        **expiry,
         "TableName": table["TableName"],
         "BillingMode": table["BillingModeSummary"]["BillingMode"],
         "AttributeDefinitions": table["AttributeDefinitions"],

@@ -157,3 +157,37 @@ def test_enabled_rate_rules_fire_their_lambda_targets_once_per_period(tmp_path: 
     events.rules = [rule("on", state="DISABLED")]
     tick(2000.0)
     assert len(fired) == 2  # disabled (by anyone): it stops firing
+
+
+# -- expired load records ------------------------------------------------------------------------
+
+
+def test_expired_records_are_skipped_though_the_table_still_holds_them() -> None:
+    """DynamoDB's TTL deletes lazily: a record past its ``ttl`` may still be read."""
+    from shardkit.autoshard.controller import read_records
+    from shardkit.proxy.load import TTL_ATTRIBUTE, load_item
+    from shardkit.proxy.table import MemoryTable, Put
+
+    table = MemoryTable()
+    for start in (0.0, 10.0, 20.0):
+        record = summarize("a-0/i", start, 10.0, 1, {("a-0", "a"): ({1: 5}, {1: 50.0})}, 4)
+        table.write(Put(load_item("a", record)))
+    items = sorted(table.items.values(), key=lambda i: i["sk"])
+    assert [i[TTL_ATTRIBUTE] for i in items] == [10_240, 10_250, 10_260]  # 1,024 windows on
+
+    assert [r.start for r in read_records(table, "a", 0.0, now=10_249.0)] == [10.0, 20.0]
+    assert [r.start for r in read_records(table, "a", 0.0, now=10_250.0)] == [20.0]
+    assert [r.start for r in read_records(table, "a", 10.0, now=100.0)] == [10.0, 20.0]
+
+
+def test_records_outlive_the_longest_look_back_a_policy_may_take() -> None:
+    """A round reads ``max(split_windows, merge_windows) + 2`` windows back: records expiring
+    sooner would be missing from the longest policies' rounds."""
+    from shardkit.config.models import AutoshardConfig
+    from shardkit.proxy.load import KEEP_WINDOWS
+
+    def most(name: str) -> int:
+        (le,) = [m.le for m in AutoshardConfig.model_fields[name].metadata if hasattr(m, "le")]
+        return int(le)
+
+    assert max(most("split_windows"), most("merge_windows")) + 2 < KEEP_WINDOWS

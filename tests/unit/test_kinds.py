@@ -328,3 +328,42 @@ def test_cli_lists_the_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {"name": "architecture", "type": 'one of `"arm64"`, `"x86_64"`', "required": False,
             "default": "arm64", "description": "instruction set"} in function["props"]  # fmt: skip
     assert CliRunner().invoke(group, ["kinds", "--markdown"]).output == kinds.markdown()
+
+
+class TtlAws:
+    """Plays DynamoDB's TTL calls: ``have`` is the table's TTL description."""
+
+    def __init__(self, have: dict[str, Any]) -> None:
+        self.have = have
+        self.updates: list[dict[str, Any]] = []
+
+    def call(self, service: str, region: str, operation: str, **params: Any) -> Any:
+        if operation == "describe_time_to_live":
+            return {"TimeToLiveDescription": self.have}
+        assert operation == "update_time_to_live"
+        self.updates.append(params["TimeToLiveSpecification"])
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("have", "wanted", "updates"),
+    [
+        ({"TimeToLiveStatus": "DISABLED"}, "ttl", [{"AttributeName": "ttl", "Enabled": True}]),
+        ({"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}, "ttl", []),  # set already
+        ({"TimeToLiveStatus": "DISABLED"}, None, []),
+        (
+            {"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"},
+            None,
+            [{"AttributeName": "ttl", "Enabled": False}],
+        ),
+    ],
+)
+def test_a_table_ttl_is_set_only_when_it_differs(
+    have: dict[str, Any], wanted: str | None, updates: list[dict[str, Any]]
+) -> None:
+    """DynamoDB refuses to enable TTL that is enabled: the handler asks first."""
+    from shardkit.kinds.dynamodb_table import _ttl
+
+    aws = TtlAws(have)
+    _ttl(kinds.Context(aws, "123456789012", "aws"), "eu-west-1", "t", wanted)  # type: ignore[arg-type]
+    assert aws.updates == updates
