@@ -9,7 +9,8 @@ policy:
    regions' state tables (:mod:`shardkit.proxy.load`), from ``lookback`` windows ago;
 2. **aggregate** them into windows (:class:`~.load.LoadAggregator`); a window is used once it has
    been closed for a whole window length (instances write their record with the first request
-   of the next window), each with the slot table of the map its records were counted under;
+   of the next window), each with the slot table of the map its records were counted under; a
+   window nobody reported, after the first that someone did, is a window of no load;
 3. **decide** (:func:`~.decide.decide`, pure) with the deployed map, the windows, the policy and
    this group's recent decisions;
 4. **record** the decision with its reasons (the decision log, ``shardkit-state/autoshard.json``
@@ -210,20 +211,53 @@ def windows_of(
     *,
     closed_before: float,
 ) -> list[LoadWindow]:
-    """The windows of ``group`` that ended before ``closed_before``, oldest first; each window's
-    slot table is that of the newest map version its records were counted under."""
+    """The windows of ``group`` that ended before ``closed_before``, oldest first, from the first
+    one with records on; each window's slot table is that of the newest map version its records
+    were counted under.
+
+    A window without any record after the first is a window of **no load** (``instances`` 0),
+    not a window skipped: an instance writes a window's record with its next request, so when
+    no record came for a window that has been closed a whole window length, no instance that
+    counted something then has served a request since - the load stopped. (The one window such
+    an instance counted last is the residual: it is never reported; see docs/autoshard.md.)
+    Skipping those windows instead would let a round read a burst that ended as the last
+    windows, and split on it, and would never see the quiet that lets shards merge."""
     aggregator = LoadAggregator()
     versions: dict[float, int] = {}
     for record in records:
         if record.start + record.length <= closed_before:
             aggregator.add(record)
             versions[record.start] = max(versions.get(record.start, 0), record.map_version)
-    out = []
+    found = []
     for g, start in aggregator.pending():
         window = aggregator.close(g, start, owners_of(versions[start])) if g == group else None
         if window is not None:
-            out.append(window)
-    return out
+            found.append(window)
+    return _with_quiet_windows(found, closed_before)
+
+
+def _with_quiet_windows(found: list[LoadWindow], closed_before: float) -> list[LoadWindow]:
+    """``found`` with a no-load window in every gap and after the last, for every window that
+    ended before ``closed_before`` (each with the slot table of the window before it)."""
+    if not found:
+        return []
+    out: list[LoadWindow] = []
+    for window in found:
+        if out:
+            out += _quiet(out[-1], round((window.start - out[-1].end) / window.length))
+        out.append(window)
+    last = out[-1]
+    return out + _quiet(last, math.floor((closed_before - last.end) / last.length + 1e-9))
+
+
+def _quiet(before: LoadWindow, count: int) -> list[LoadWindow]:
+    """``count`` no-load windows after ``before``."""
+    return [
+        LoadWindow(
+            before.group, before.end + i * before.length, before.length, {}, {}, before.owners
+        )
+        for i in range(max(0, count))
+    ]
 
 
 def _history_maps(deployer: Any) -> dict[int, ShardMap]:

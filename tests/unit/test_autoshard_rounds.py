@@ -191,3 +191,49 @@ def test_records_outlive_the_longest_look_back_a_policy_may_take() -> None:
         return int(le)
 
     assert max(most("split_windows"), most("merge_windows")) + 2 < KEEP_WINDOWS
+
+
+# -- windows nobody reported ------------------------------------------------------------------
+
+
+def test_windows_without_records_after_the_first_are_windows_of_no_load() -> None:
+    owners = {1: ["a-0"] * 4}
+    records = [record(0, 1), record(30, 1)]
+    windows = windows_of(records, "a", owners.__getitem__, closed_before=60)
+    assert [(w.start, w.instances, dict(w.shards)) for w in windows] == [
+        (0.0, 1, {"a-0": (10.0, 200.0)}),
+        (10.0, 0, {}),  # the gap: nobody served a request then
+        (20.0, 0, {}),
+        (30.0, 1, {"a-0": (10.0, 200.0)}),
+        (40.0, 0, {}),  # after the last record, up to the last closed window
+        (50.0, 0, {}),
+    ]
+    assert all(w.owners == owners[1] for w in windows)
+    assert [w.slot_rates()[0].sum() for w in windows[1:3]] == [0.0, 0.0]
+    assert windows_of([], "a", owners.__getitem__, closed_before=60) == []  # no load yet
+
+
+def test_a_burst_that_stopped_is_not_split_on_and_the_quiet_lets_shards_merge() -> None:
+    """Instances that went idle after a burst report nothing more: the round must read the
+    quiet since, not the burst as if it were the last windows."""
+    from test_autoshard_decide import base_map, policy
+
+    from shardkit.autoshard.decide import decide
+
+    m = base_map(2)
+    table = m.groups["eu"].primary
+    mine = [i for i, s in enumerate(table) if s.id == "eu-0"]
+    burst = {slot: 3 * 1000 // len(mine) for slot in mine}  # 3 x target (100/s) on eu-0
+    records = [
+        summarize("eu-0/i", start, 10.0, m.version, {("eu-0", "eu"): (burst, {})}, 32)
+        for start in (0.0, 10.0, 20.0)
+    ]
+    owners = [s.id for s in table]
+    p = policy(split_windows=2, merge_windows=2, cooldown_s=0.0)
+
+    def round_at(closed_before: float) -> tuple[str, ...]:
+        found = windows_of(records, "eu", lambda v: owners, closed_before=closed_before)
+        return decide(m, found, p, now=closed_before + 10).actions
+
+    assert "split" in round_at(30.0)  # the burst, while it lasts
+    assert round_at(50.0)[0] == "merge"  # two windows of quiet since: no split on the burst
