@@ -100,6 +100,7 @@ _OP_KIND = {
     "delete_bucket": "s3_bucket",
     "create_table": "dynamodb_table",
     "update_continuous_backups": "dynamodb_table",
+    "update_time_to_live": "dynamodb_table",
     "delete_table": "dynamodb_table",
     "create_log_group": "log_group",
     "put_retention_policy": "log_group",
@@ -127,6 +128,9 @@ _OP_KIND = {
     "delete_alarms": "alarm",
     "put_rule": "schedule_rule",
     "delete_rule": "schedule_rule",
+    "create_secret": "secret",
+    "update_secret": "secret",
+    "delete_secret": "secret",
 }
 _NAME_PARAM = {
     "s3_bucket": "Bucket",
