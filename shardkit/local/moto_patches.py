@@ -29,6 +29,13 @@
    call; a slot migration queries slot partitions one by one (3,000 of them for one added shard
    of the quickstart). A query of the table itself (not of an index) is given a view of the
    table whose ``all_items`` is the queried partition, in sort-key order.
+6. **Writes in bulk.** A first deploy writes every slot record (16,384 per group and region) by
+   ``BatchWriteItem`` of 25. moto sized an item again after each attribute it set (O(n^2) per
+   item): an item is sized once, against the same 400 KB limit (:func:`_item_init`). A batch
+   runs under the lock as one operation, so its changes are one journal record (one write)
+   instead of one per item. Each put in it is still checked and applied as before, and
+   ``BatchWriteItem`` was never atomic in DynamoDB: a batch that stops half-way journals what it
+   wrote, like any other operation.
 
 :func:`install` applies all of it, once per process; ``tests/functional/test_moto_patches.py``
 fails if a moto upgrade changes what these patches rely on.
@@ -113,6 +120,10 @@ def install() -> None:
     from moto.dynamodb.responses import DynamoHandler
 
     DynamoHandler.transact_get_items = _locked(DynamoHandler.transact_get_items)
+    DynamoHandler.batch_write_item = _serialised(DynamoHandler.batch_write_item)
+    from moto.dynamodb.models.dynamo_type import Item
+
+    Item.__init__ = _item_init
     modules = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: modules
     from moto.core import responses
@@ -331,6 +342,27 @@ def _put_back(table: Any, hash_key: Any, range_key: Any, item: Any, streamed: in
             bucket[range_key] = item
     if table.stream_shard is not None:
         del table.stream_shard.items[streamed:]
+
+
+# -- 6: writes in bulk ---------------------------------------------------------------------------
+
+#: moto's item size limit (``LimitedSizeDict``): 400 KB, measured as somewhere near 405,000 bytes.
+ITEM_SIZE_LIMIT = 405_000
+
+
+def _item_init(self: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
+    """moto's ``Item.__init__``, sizing the item once instead of after every attribute (the
+    last of moto's checks, the whole item against the limit, is the one that can fail)."""
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models.dynamo_type import DynamoType, LimitedSizeDict
+    from moto.dynamodb.models.utilities import bytesize
+
+    self.hash_key = hash_key
+    self.range_key = range_key
+    values = {key: DynamoType(value) for key, value in attrs.items()}
+    if sum(bytesize(key) + value.size() for key, value in values.items()) > ITEM_SIZE_LIMIT:
+        raise ItemSizeTooLarge
+    self.attrs = LimitedSizeDict(values)  # its constructor does not check; later sets do
 
 
 # -- 5: a query reads its partition -------------------------------------------------------------

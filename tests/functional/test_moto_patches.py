@@ -151,6 +151,38 @@ def test_changes_reach_the_sink_once_per_operation(dynamodb: Any) -> None:
     assert sink.tables == [(account, region, "delete_table", {"name": TABLE})]
 
 
+def test_a_batch_is_one_change_and_its_items_are_sized_once(dynamodb: Any) -> None:
+    sink = Recorder()
+    moto_patches.set_sink(sink)
+    client = dynamodb
+    puts = [{"PutRequest": {"Item": {"pk": {"S": f"b{i}"}, "sk": {"S": "s"}}}} for i in range(25)]
+    client.batch_write_item(RequestItems={TABLE: puts})
+    account, region = "123456789012", "eu-west-1"
+    assert sink.changes == [
+        [(account, region, TABLE, r["PutRequest"]["Item"], r["PutRequest"]["Item"]) for r in puts]
+    ]
+    # the limit is moto's own, for a put alone or in a batch, and for an update that grows one
+    near = moto_patches.ITEM_SIZE_LIMIT - len("pksk") - len("big") - len("s") - 2
+    big = {"pk": {"S": "b0"}, "sk": {"S": "s"}, "big": {"S": "x" * near}}
+    client.put_item(TableName=TABLE, Item=big)
+    for write in (
+        lambda item: client.put_item(TableName=TABLE, Item=item),
+        lambda item: client.batch_write_item(
+            RequestItems={TABLE: [{"PutRequest": {"Item": item}}]}
+        ),
+    ):
+        with pytest.raises(client.exceptions.ClientError, match="Item size has exceeded"):
+            write({**big, "pk": {"S": "b1"}, "big": {"S": "x" * (near + 1)}})
+    with pytest.raises(client.exceptions.ClientError, match=r"Item size .*exceeded"):
+        client.update_item(
+            TableName=TABLE,
+            Key={"pk": {"S": "b0"}, "sk": {"S": "s"}},
+            UpdateExpression="SET n = :n",
+            ExpressionAttributeValues={":n": {"N": "5"}},
+        )
+    assert _items(client)["b1"] == puts[1]["PutRequest"]["Item"]
+
+
 def test_moto_lists_its_modules_once() -> None:
     moto_patches.install()
     from moto import backends
