@@ -63,6 +63,9 @@ Key = tuple[str, str]  # (pk, sk)
 #: takes 100, emulators (moto) 25.
 MAX_TRANSACTION = 100
 MAX_READ = 25
+#: DynamoDB's limit on one BatchWriteItem, and how many of them one ``put_batch`` keeps in flight.
+MAX_BATCH = 25
+BATCH_WRITERS = 4
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 MAX_ITEM_BYTES = 400 * 1024
 _CONFLICT = "TransactionConflict"
@@ -478,19 +481,35 @@ class DynamoTable(Table):
             raise _refusal(exc, self.name, single=False) from None
 
     def put_batch(self, items: Sequence[Mapping[str, Value]]) -> None:
-        for start in range(0, len(items), 25):
-            requests = [{"PutRequest": {"Item": _marshal(i)}} for i in items[start : start + 25]]
-            for attempt in range(8):
-                out = self.client.batch_write_item(RequestItems={self.name: requests})
-                requests = out.get("UnprocessedItems", {}).get(self.name, [])
-                if not requests:
-                    break
-                time.sleep(min(1.0, 0.05 * 2**attempt))  # throttled: back off, then the rest
-            else:
-                raise TableWriteError(
-                    f"{self.name}: {len(requests)} item(s) stayed unprocessed by batch_write_item",
-                    hint="DynamoDB is throttling the table; run the command again",
-                )
+        """BatchWriteItem of :data:`MAX_BATCH`, up to :data:`BATCH_WRITERS` in flight: a first
+        deploy writes thousands of slot records, and each call waits a round trip. Returns once
+        every item is written; the first failure cancels the batches not yet sent."""
+        chunks = [items[i : i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
+        if len(chunks) <= 1:
+            for chunk in chunks:
+                self._put_chunk(chunk)
+            return
+        from concurrent.futures import ThreadPoolExecutor  # not on a proxy's cold start
+
+        pool = ThreadPoolExecutor(min(BATCH_WRITERS, len(chunks)), thread_name_prefix="put_batch")
+        try:
+            for _ in pool.map(self._put_chunk, chunks):
+                pass
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+    def _put_chunk(self, items: Sequence[Mapping[str, Value]]) -> None:
+        requests = [{"PutRequest": {"Item": _marshal(i)}} for i in items]
+        for attempt in range(8):
+            out = self.client.batch_write_item(RequestItems={self.name: requests})
+            requests = out.get("UnprocessedItems", {}).get(self.name, [])
+            if not requests:
+                return
+            time.sleep(min(1.0, 0.05 * 2**attempt))  # throttled: back off, then the rest
+        raise TableWriteError(
+            f"{self.name}: {len(requests)} item(s) stayed unprocessed by batch_write_item",
+            hint="DynamoDB is throttling the table; run the command again",
+        )
 
 
 def _request(table: str, op: Op) -> tuple[str, dict[str, Any]]:

@@ -8,6 +8,8 @@ and the limits DynamoDB enforces on a transaction.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from moto import mock_aws
 from shardkit.errors import TableWriteError
 from shardkit.local import moto_patches
 from shardkit.proxy.table import (
+    BATCH_WRITERS,
     MAX_READ,
     MAX_TRANSACTION,
     Check,
@@ -190,3 +193,41 @@ def test_a_refusal_without_reasons_is_still_a_refusal() -> None:
 def test_values_are_str_int_or_bytes() -> None:
     with pytest.raises(TypeError, match="str, int or bytes, not float"):
         DynamoTable(None, "t").write(Put(item("a", x=1.5)))
+
+
+def test_a_large_batch_is_written_in_calls_of_25_a_few_at_once() -> None:
+    """Every item once, in BatchWriteItem calls of at most 25, at most BATCH_WRITERS in flight;
+    a call that keeps failing stops the batches not yet sent."""
+
+    class Client:
+        def __init__(self, fail_at: int | None = None) -> None:
+            self.sizes: list[int] = []
+            self.written: list[str] = []
+            self.in_flight = self.most = 0
+            self.fail_at = fail_at
+            self.lock = threading.Lock()
+
+        def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+            ((requests,),) = [list(RequestItems.values())]
+            with self.lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                failing = self.fail_at is not None and len(self.sizes) >= self.fail_at
+                self.sizes.append(len(requests))
+            time.sleep(0.01)
+            with self.lock:
+                self.in_flight -= 1
+                if failing:
+                    raise OSError("connection reset")
+                self.written += [r["PutRequest"]["Item"]["sk"]["S"] for r in requests]
+            return {}
+
+    client = Client()
+    DynamoTable(client, "t").put_batch([item(f"k{i:04}") for i in range(1001)])
+    assert sorted(client.written) == [f"k{i:04}" for i in range(1001)]
+    assert sorted(client.sizes) == [1] + [25] * 40
+    assert 1 < client.most <= BATCH_WRITERS
+    failing = Client(fail_at=2)
+    with pytest.raises(OSError, match="connection reset"):
+        DynamoTable(failing, "t").put_batch([item(f"k{i:04}") for i in range(1001)])
+    assert len(failing.sizes) < 41  # the rest was never sent
