@@ -5,9 +5,10 @@ The copy is deployed once (``shardkit.testing``'s ``shardkit_deploy``, its own l
 appears as ``examples/quickstart`` in a working directory that also holds ``examples/autoshard``
 and, for the README's quickstart line, ``.venv/bin/shardkit`` and ``.venv/bin/python`` (this
 interpreter); ``shardkit`` is on the PATH. The README's install steps need the network: their
-syntax is checked (``bash -n``), they are not run. Examples run in document order in one test,
-so the quickstart is deployed once however the tests are spread over processes; every failing
-example is reported. Before each, ``shardkit local up`` restores the local cloud if an example
+syntax is checked (``bash -n``), they are not run. Examples that use the quickstart run in
+document order in one test, so it is deployed once however the tests are spread over processes;
+every failing example is reported. A shell example that names no quickstart (the simulator's)
+runs as a test of its own in a working directory without it, so another process can take it. Before each, ``shardkit local up`` restores the local cloud if an example
 stopped it. tests/unit/test_docs_examples.py says how blocks are classified and runs the offline
 ones.
 """
@@ -30,14 +31,21 @@ from shardkit.local import server
 pytestmark = pytest.mark.integration
 
 RUN = [e for e in ALL if (e.lang in SHELL and e.kind != "parse-only") or e.kind == "local-cloud"]
+OFFLINE = [e for e in RUN if e.kind == "run" and "quickstart" not in e.body]
+DEPLOYED = [e for e in RUN if e not in OFFLINE]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory, shardkit_deploy: Callable[..., Any]) -> Path:
     deployed = shardkit_deploy(ROOT / "examples" / "quickstart", fresh=True)
-    work = tmp_path_factory.mktemp("docs")
-    (work / "examples").mkdir()
+    work = _workdir(tmp_path_factory.mktemp("docs"))
     (work / "examples" / "quickstart").symlink_to(deployed.root, target_is_directory=True)
+    return work
+
+
+def _workdir(work: Path) -> Path:
+    """``work`` with ``examples/autoshard``, ``docs/img`` and the ``.venv/bin`` shims."""
+    (work / "examples").mkdir()
     _copy(ROOT / "examples" / "autoshard", work / "examples" / "autoshard")
     (work / "docs" / "img").mkdir(parents=True)
     bin_dir = work / ".venv" / "bin"
@@ -94,9 +102,9 @@ def _run(example: Example, work: Path) -> str | None:
 
 
 def test_the_examples_run_as_written(workdir: Path) -> None:
-    assert RUN, "the docs have examples to run"
+    assert DEPLOYED, "the docs have examples to run"
     failed = {}
-    for example in RUN:
+    for example in DEPLOYED:
         if server.status(workdir / "examples" / "quickstart")["state"] != "running":
             up = _bash("shardkit local up examples/quickstart --timeout 120", workdir)
             assert up is None, up
@@ -104,3 +112,16 @@ def test_the_examples_run_as_written(workdir: Path) -> None:
         if problem is not None:
             failed[example.where] = problem
     assert not failed, "\n\n".join(f"{where}:\n{why}" for where, why in failed.items())
+
+
+@pytest.mark.parametrize("example", OFFLINE, ids=lambda e: e.where)
+def test_an_example_without_the_quickstart_runs_as_written(
+    example: Example, tmp_path: Path
+) -> None:
+    problem = _run(example, _workdir(tmp_path))
+    assert problem is None, f"{example.where}:\n{problem}"
+
+
+def test_every_example_runs_in_one_of_the_tests() -> None:
+    assert OFFLINE, "the simulator's examples run without the quickstart"
+    assert sorted(OFFLINE + DEPLOYED, key=lambda e: e.where) == sorted(RUN, key=lambda e: e.where)
