@@ -25,6 +25,7 @@
     │   ├── PlanStaleError        the deployed state changed since the plan was made
     │   ├── ApplyFailedError      a step failed; the journal records what was done
     │   ├── MigrationError        the state tables are not as a migration step expects
+    │   │   └── MigrationAbortedError  the SLO guard stopped a migration (error budget exceeded)
     │   ├── StateLockedError      another command holds the deployment's lock
     │   ├── RecordFormatError     a deployment record is unreadable or of a newer format
     │   └── HandlerError          the code package cannot import proxy.handler
@@ -71,6 +72,7 @@ __all__ = [
     "MapExpiredError",
     "MapRollbackError",
     "MapSignatureError",
+    "MigrationAbortedError",
     "MigrationError",
     "NoEligibleShardError",
     "PlanFileError",
@@ -291,6 +293,13 @@ class MigrationError(DeployError):
         "run `shardkit status` to see what is deployed; a migration step is safe to run again, "
         "and a stopped migration is undone by aborting it"
     )
+
+
+class MigrationAbortedError(MigrationError):
+    """The SLO guard stopped a migration: the moving shards' error rate exceeded the budget. The
+    slots that had not switched were given back to their old owners before this was raised."""
+
+    hint = "fix the failing shards, then deploy again; `shardkit status` shows what moved"
 
 
 class TableWriteError(ShardkitError):

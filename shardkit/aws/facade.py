@@ -26,7 +26,7 @@ from ..errors import (
     AwsUnreachableError,
 )
 
-__all__ = ["READ_PREFIXES", "Aws", "ClientFactory", "boto3_factory", "is_mutating"]
+__all__ = ["INVOKE", "READ_PREFIXES", "Aws", "ClientFactory", "boto3_factory", "is_mutating"]
 
 ClientFactory = Callable[[str, str], Any]
 
@@ -91,6 +91,11 @@ def is_mutating(operation: str) -> bool:
     return not operation.startswith(READ_PREFIXES)
 
 
+#: Lambda's Invoke API, as a service of its own: on AWS the ``lambda`` endpoint, on the local cloud
+#: its gateway (where the local executor runs functions) rather than moto.
+INVOKE = "lambda.invoke"
+
+
 def boto3_factory(
     endpoint: str | None = None, credentials: dict[str, str] | None = None, max_attempts: int = 8
 ) -> ClientFactory:
@@ -108,7 +113,8 @@ def boto3_factory(
     )
 
     def make(service: str, region: str) -> Any:
-        return session.client(service, region_name=region, endpoint_url=endpoint, config=config)
+        name = "lambda" if service == INVOKE else service
+        return session.client(name, region_name=region, endpoint_url=endpoint, config=config)
 
     return make
 

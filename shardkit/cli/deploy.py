@@ -20,6 +20,7 @@ from ..deploy.plan import Plan, Step
 from ..deploy.state import cached_record
 from ..deploy.targets import open_target, target_name
 from ..errors import DeployError, LocalCloudError
+from .migration import event_printer, has_migration, show_status, show_summary
 from .output import console, emit_json, err_console, json_option
 from .progress import Phases
 
@@ -71,6 +72,7 @@ def _deployer(
         vendor=_vendor(project, target.name),
         notify=_notify(phases.json),
         lock_timeout=lock_timeout,
+        events=event_printer(phases.json),
     )
 
 
@@ -119,12 +121,20 @@ def plan_cmd(
     plan = _planned(deployer, phases, lambda: deployer.plan(refresh=refresh))
     if out:
         write_bytes_atomic(out, plan.to_json().encode())
+    migration = deployer.migration_summary(plan) if has_migration(plan) else []
     if json_:
-        emit_json({**_plan_dict(plan, out), "mutating_calls": deployer.target.aws.mutating_calls})
+        emit_json(
+            {
+                **_plan_dict(plan, out),
+                "mutating_calls": deployer.target.aws.mutating_calls,
+                "migration": migration,
+            }
+        )
         return
     if plan.restores:
         console.print("the local cloud restarted: this plan restores the recorded deployment")
     _show_plan(plan)
+    show_summary(migration, False)
     if out:
         console.print(
             f"saved plan [bold]{plan.plan_id}[/] to {out}; apply it with `shardkit apply {out}`"
@@ -212,6 +222,7 @@ def status_cmd(project_dir: Path, local: bool | None, json_: bool) -> None:
             f"[yellow]unfinished apply: plan {', '.join(info['pending_applies'])}[/] "
             "(run the same apply or `shardkit deploy` to resume)"
         )
+    show_status(info)
     _shard_table(info["shards"])
     if info["autoshard"]:
         from .autoshard import show_decisions
@@ -320,6 +331,19 @@ def unlock_cmd(project_dir: Path, lock_id: str, local: bool | None, json_: bool)
     )
 
 
+@click.command("cleanup")
+@project_arg
+@click.option("--now", is_flag=True, help="Also delete copies whose rollback window is not over.")
+@local_option
+@yes_option
+@json_option
+def cleanup_cmd(project_dir: Path, now: bool, local: bool | None, yes: bool, json_: bool) -> None:
+    """Delete the source copies of slots moved across regions once their rollback window is over
+    (`shardkit deploy` also does it when they are due)."""
+    deployer = _deployer(project_dir, local, start=False, json_=json_)
+    _carry_out(deployer, deployer.plan_cleanup(now=now), yes, json_)
+
+
 COMMANDS = (
     plan_cmd,
     apply_cmd,
@@ -329,6 +353,7 @@ COMMANDS = (
     rollback_cmd,
     bootstrap_cmd,
     unlock_cmd,
+    cleanup_cmd,
 )
 
 
@@ -349,6 +374,8 @@ def _carry_out(
         return
     if not json_:
         _show_plan(plan)
+    if has_migration(plan):
+        show_summary(deployer.migration_summary(plan), json_)
     _confirm(plan, yes, json_)
     result = _apply(deployer, plan, phases, replan)
     if result.steps_done == 0 and result.steps_skipped == 0:

@@ -24,6 +24,7 @@ COMMANDS = {
     "autoshard": "autoshard:autoshard_cmd",
     "blueprint": "blueprint:group",
     "bootstrap": "deploy:bootstrap_cmd",
+    "cleanup": "deploy:cleanup_cmd",
     "deploy": "deploy:deploy_cmd",
     "destroy": "deploy:destroy_cmd",
     "dev": "dev:dev_cmd",

@@ -33,6 +33,7 @@ __all__ = [
     "AutoshardConfig",
     "GroupConfig",
     "HashingConfig",
+    "MigrationConfig",
     "ProjectConfig",
     "ProjectSection",
     "ProxyConfig",
@@ -231,6 +232,19 @@ class ProxyConfig(_Model):
     vendor: bool = Field(default=True, strict=True)
 
 
+class MigrationConfig(_Model):
+    """How a reshard moves slots: the rollback window and the error budget (docs/migration.md)."""
+
+    # Source copies of slots moved across regions are deleted this long after their switch.
+    rollback_window_h: Float = Field(default=1.0, ge=0, le=24 * 30)
+    # The SLO guard: the share of the involved shards' requests that may fail while slots move.
+    error_budget: Float = Field(default=0.05, gt=0, le=1)
+    min_requests: Int = Field(default=20, ge=1, le=1_000_000)  # fewer: too few to judge
+    window_s: Int = Field(default=120, ge=10, le=3600)  # the errors counted: this recent
+    on_breach: Literal["abort", "pause"] = "abort"
+    pause_s: Int = Field(default=120, ge=0, le=3600)  # pause: wait this long for a recovery
+
+
 class ProjectConfig(_Model):
     project: ProjectSection
     hashing: HashingConfig = HashingConfig()
@@ -239,6 +253,7 @@ class ProjectConfig(_Model):
     residency: ResidencyConfig = ResidencyConfig()
     groups: dict[Name, GroupConfig] = Field(min_length=1)
     proxy: ProxyConfig = ProxyConfig()
+    migration: MigrationConfig = MigrationConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ProjectConfig:

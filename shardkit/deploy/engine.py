@@ -38,16 +38,19 @@ from ..config.loader import Project
 from ..errors import AwsNotFoundError, DeployError, MapError, PlanFileError, PlanStaleError
 from ..keys import format_trusted_keys, load_trusted_keys
 from ..kinds import Context
-from ..migrate.deploy import SlotBatch, slot_batches
+from ..migrate.deploy import SlotBatch, cleanup_batches, slot_batches
+from ..migrate.ledger import Ledger
 from ..migrate.plan import placements
 from ..sharding.codec import decode_map, encode_map
 from ..sharding.layout import LayoutChange, apply_layout
 from ..sharding.shardmap import ShardMap
 from .executor import ApplyResult, Executor, Progress, check_base
-from .fence import unrecorded
+from .fence import Events, unrecorded
 from .handler import check_handler
 from .health import Observed, assess
 from .lock import Lease, LockInfo
+from .migration import only_cleanup, plan_slots, summarize
+from .migration import status as migration_status
 from .package import build_package
 from .plan import REGISTRY_KEY, Plan, make_plan
 from .record import Record
@@ -89,19 +92,25 @@ class Deployer:
         vendor: bool = False,
         dependencies: Mapping[str, bytes] | None = None,
         lock_timeout: float = 0.0,
+        events: Events | None = None,
+        warm: bool = True,
     ) -> None:
         """``vendor``: put the data plane's dependency wheels in the code package (what real
         AWS needs; the local cloud runs functions with this machine's packages).
         ``progress`` hears of every step, ``notify`` of what happens besides (a restore, a
         wait for the lock). ``lock_timeout``: seconds to wait for another command's lock.
         ``dependencies``: the dependency files to package as they are, instead of fetching
-        wheels (the controller function passes those of its own package)."""
+        wheels (the controller function passes those of its own package). ``events``: a live
+        migration's progress. ``warm``: a migration's prepare step invokes the destination
+        shards (off where nothing can run a function, such as moto in-process)."""
         self.project = project
         self.target = target
         self.progress = progress
         self.notify = notify or (lambda message: None)
         self.vendor = vendor
         self.dependencies = dependencies
+        self.events = events  # a live migration's progress (shardkit.migrate.live)
+        self.warm = warm
         # The last map built, by what it was built from: a long-lived deployer (`shardkit dev`)
         # re-plans after every save, and a code change leaves the map's inputs as they were.
         self._built: tuple[tuple[Any, ...], ShardMap] | None = None
@@ -117,6 +126,7 @@ class Deployer:
             elsewhere=[self._home(r) for r in project.config.regions if r != self.home.region],
             on_save=self._publish_local if target.name == "local" else None,
         )
+        self.ledger = Ledger(self.state.cache.root)  # migrations: running, cleanups due
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -239,14 +249,20 @@ class Deployer:
             map_envelope=envelope,
             map_version=shard_map.version,
             publish_to=publish_to,
-            slots=slot_batches(
-                deployed, shard_map, *self._unrecorded(blueprint, record, deployed, probe=restoring)
+            slots=plan_slots(
+                self.project,
+                blueprint,
+                self.ledger,
+                deployed,
+                shard_map,
+                *self._unrecorded(blueprint, record, deployed, probe=restoring),
+                warm=self.warm,
             ),
         )
         plan = replace(plan, base=record.fingerprint())  # what is recorded is what it replaces
         if restoring:
             plan = self._as_restore(plan, record)
-        return plan
+        return only_cleanup(plan, record.deployment)
 
     def _registries_to_fix(
         self, blueprint: Blueprint, record: Record, envelope: bytes | None
@@ -322,6 +338,38 @@ class Deployer:
         )
         return replace(plan, steps=steps, deployment=record.deployment)
 
+    def plan_cleanup(self, *, now: bool = False) -> Plan:
+        """Only the cleanup of source copies whose rollback window is over (every pending one
+        with ``now``): what ``shardkit cleanup`` applies. The deployment stays as it is."""
+        record = self.record()
+        if not record.deployment or record.deployment not in self.state.history():
+            raise DeployError(
+                "nothing is deployed, so there is nothing to clean up",
+                hint="`shardkit status` shows what is deployed",
+            )
+        blueprint = Blueprint.from_dict(self.state.load_history(record.deployment).blueprint)
+        plan = make_plan(
+            blueprint,
+            record,
+            project_root=str(self.project.root),
+            artifact=None,
+            map_envelope=None,
+            map_version=record.map_version,
+            slots=cleanup_batches(self.ledger.due(time.time(), all_=now)),
+            kind="cleanup",
+        )
+        steps = tuple(
+            replace(s, id=i) for i, s in enumerate(s for s in plan.steps if s.action == "migrate")
+        )
+        return replace(plan, steps=steps, deployment=record.deployment)
+
+    def migration_summary(self, plan: Plan) -> list[dict[str, Any]]:
+        """What the plan's migration moves, per jurisdiction and region (reads the tables)."""
+        from .fence import state_table
+
+        jurisdiction = {r: c.jurisdiction for r, c in self.project.config.regions.items()}
+        return summarize(plan, jurisdiction, lambda r, name: state_table(self.target.aws, r, name))
+
     def plan_destroy(self, *, delete_data: bool = False) -> Plan:
         """Everything deleted, except - unless ``delete_data`` - the state tables (they hold
         the shards' data) and the home region's bucket (it holds the deployment record, which
@@ -357,7 +405,10 @@ class Deployer:
             old = self._decode(entry.map)
             shard_map = rebase_map(old, current, ttl_s=self._ttl())
             envelope, version = self._sign(shard_map), shard_map.version
-            slots = slot_batches(current, shard_map, *self._unrecorded(blueprint, record, current))
+            missing = self._unrecorded(blueprint, record, current)
+            slots = plan_slots(
+                self.project, blueprint, self.ledger, current, shard_map, *missing, warm=self.warm
+            )
         return make_plan(
             blueprint,
             record,
@@ -454,7 +505,11 @@ class Deployer:
             )
         data = self._load_artifact(plan.artifact) if _uploads(plan) else None
         executor = Executor(
-            self.target.aws, self.state, partition=self.target.partition, progress=self.progress
+            self.target.aws,
+            self.state,
+            partition=self.target.partition,
+            progress=self.progress,
+            events=self.events,
         )
         result = executor.apply(
             plan,
@@ -522,16 +577,20 @@ class Deployer:
         holder = self.lock_holder()
         missing = self._missing(record)
         status, problems = assess(self._observe(record, missing))
-        return _status_dict(
-            record.model_copy(update={"home_region": self.home.region}),
-            self.target.name,
-            status,
-            problems,
-            missing=missing,
-            pending=self.state.pending(),
-            history=self.state.history(),
-            lock=None if holder is None else vars(holder),
-        )
+        pending = self.state.pending()
+        return {
+            **_status_dict(
+                record.model_copy(update={"home_region": self.home.region}),
+                self.target.name,
+                status,
+                problems,
+                missing=missing,
+                pending=pending,
+                history=self.state.history(),
+                lock=None if holder is None else vars(holder),
+            ),
+            **migration_status(self.ledger, pending),
+        }
 
     def _observe(self, record: Record, missing: list[str]) -> Observed:
         """Everything :func:`assess` judges, looked at now: the registries, the map, what

@@ -5,11 +5,12 @@ Deployer`) holds the deployment's lock and has loaded the record under it:
 
 1. the plan's ``base`` must be the fingerprint of the deployed record - or, when this same plan
    failed earlier, the fingerprint of the record that failure left behind (a resume);
-2. the steps run in three global phases - make (create, update, upload, fence), publish the
-   map, delete - each across every region in parallel (steps within a region in plan order),
-   and a phase starts only once the one before it is done everywhere; before the map goes out
-   the record is saved with what now exists (status ``applying``), so no registry names a
-   shard before every region has it and its function is on record, and no shard is deleted
+2. the steps run in three global phases - make (create, update, upload, fence, and a live
+   migration's steps), publish the map, delete - each across every region in parallel (steps
+   within a region in plan order), and a phase starts only once the one before it is done
+   everywhere; before the map goes out the record is saved with what now exists (status
+   ``applying``), so no registry names a shard before every region has it and its function is
+   on record, no map goes out before every region has moved its slots, and no shard is deleted
    while a registry still names it;
 3. every completed step is appended (and fsynced) to the plan's journal before the next starts;
    the journal is checkpointed to the home bucket every ``CHECKPOINT_STEPS`` steps or
@@ -34,7 +35,7 @@ from .. import kinds
 from ..aws.facade import Aws
 from ..errors import ApplyFailedError, DeployError, PlanStaleError, ShardkitError
 from ..kinds import Context
-from .fence import slot_records
+from .fence import Events, migrate_step, slot_records
 from .lock import Lease
 from .plan import Plan, Step
 from .record import HistoryEntry, Record, RecordBuilder, ResourceRecord
@@ -68,11 +69,15 @@ class Executor:
         *,
         partition: str = "aws",
         progress: Progress | None = None,
+        events: Events | None = None,
     ) -> None:
+        """``events``: the progress events of ``migrate`` steps (shardkit.migrate.live)."""
         self.aws = aws
         self.state = state
         self.partition = partition
         self.progress = progress or (lambda step, event: None)
+        self.events = events
+        self.plan_id = ""
 
     def apply(
         self,
@@ -96,6 +101,7 @@ class Executor:
             record = record.emptied()
         if not resumed:
             self._supersede_unfinished()
+        self.plan_id = plan.plan_id
         ctx = Context(
             self.aws, plan.account, self.partition, artifact_data, plan.map_envelope, secrets or {}
         )
@@ -235,6 +241,9 @@ class Executor:
             return {}
         if step.action == "fence":
             return slot_records(self.aws, step.region, step.props)
+        if step.action == "migrate":
+            root, plan_id = self.state.cache.root, self.plan_id
+            return migrate_step(self.aws, root, plan_id, step.region, step.props, self.events)
         return kinds.get(step.kind).apply(step.action, ctx, step.region, step.name, step.props)
 
     def _put(self, step: Step, body: bytes | None, content_type: str) -> dict[str, Any]:
@@ -252,7 +261,7 @@ class Executor:
 
     def _finish(self, plan: Plan, builder: RecordBuilder) -> Record:
         builder.set(status="destroyed" if plan.kind == "destroy" else "ok")
-        if plan.kind == "bootstrap":  # the foundation only: not a deployment to roll back to
+        if plan.kind in ("bootstrap", "cleanup"):  # not a deployment to roll back to
             record = self.state.save(builder.build())
             self.state.finish_journal(plan.plan_id)
             return record
@@ -304,9 +313,10 @@ class _Checkpoint:
 
 def phases(plan: Plan) -> list[list[Step]]:
     """The plan's steps as global phases: first everything that makes or changes resources,
-    uploads code or writes slot records; then the map, in every region; then deletions. So no
-    registry names a shard before it exists in every region, and a shard is deleted only once
-    no registry names it any more - it keeps answering (with redirects) until then."""
+    uploads code or writes slot records (a live migration's steps among them); then the map, in
+    every region; then deletions. So no registry names a shard before it exists in every region
+    or before every region has moved its slots, and a shard is deleted only once no registry
+    names it any more - it keeps answering (with redirects) until then."""
     order = {"publish": 1, "unpublish": 1, "delete": 2, "retain": 2}
     grouped: list[list[Step]] = [[], [], []]
     for step in plan.steps:
@@ -358,6 +368,7 @@ _RECORD: dict[str, Callable[[RecordBuilder, Step, dict[str, Any]], None]] = {
     "upload": lambda b, step, out: b.uploaded(step.region, step.name),
     # the slot records are in the state tables, and the map says which: nothing to record
     "fence": lambda b, step, out: None,
+    "migrate": lambda b, step, out: None,
     "publish": lambda b, step, out: b.published(step.region, step.props["version"]),
     "unpublish": lambda b, step, out: b.unpublished(step.region),
 }

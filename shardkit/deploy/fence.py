@@ -1,9 +1,10 @@
-"""The fence step: the slot records of a map, written before the map goes out.
+"""The slot-record steps: the records of a map, written before the map goes out.
 
-A plan's ``fence`` steps carry slot batches (see :mod:`shardkit.migrate.deploy`): the records of
-a first deploy, or the switch of the slots a reshard moves. Once a slot's record names its new
-owner, a shard still routing with the old map cannot write it (docs/architecture.md §4.4). The
-state tables are reached through the facade, like every other AWS call of the control plane.
+A plan's ``fence`` steps carry the initial records of a first deploy; its ``migrate`` steps the
+phases of a live migration (see :mod:`shardkit.migrate.live`). Once a slot's record names its
+new owner, a shard still routing with the old map cannot write it (docs/architecture.md §4.4).
+The state tables, the warm-up invocations and the SLO guard's CloudWatch reads go through the
+facade, like every other AWS call of the control plane.
 
 A restore must know which records a state table lacks: a table that exists is no proof that its
 records do (:func:`unrecorded`). The fence steps themselves never write a record that is missing:
@@ -12,12 +13,17 @@ a move refuses it, so no slot gets an owner that nobody gave it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from ..aws.facade import Aws
+from ..aws.facade import INVOKE, Aws
+from ..errors import MigrationError
 
-__all__ = ["slot_records", "state_table", "unrecorded"]
+__all__ = ["Events", "migrate_step", "slot_records", "state_table", "unrecorded"]
+
+Events = Callable[[dict[str, Any]], None]
 
 
 def slot_records(aws: Aws, region: str, props: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,6 +56,60 @@ def state_table(aws: Aws, region: str, name: str) -> Any:
     from ..proxy.table import DynamoTable
 
     return DynamoTable(_Dynamo(aws, region, name), name)
+
+
+def migrate_step(
+    aws: Aws,
+    state_dir: Path,
+    plan_id: str,
+    region: str,
+    props: Mapping[str, Any],
+    events: Events | None = None,
+) -> dict[str, Any]:
+    """Run one ``migrate`` step (a phase of a live migration); returns what it did."""
+    from ..migrate.guard import cloudwatch_reader
+    from ..migrate.ledger import Ledger
+    from ..migrate.live import LiveContext, run_phase
+
+    service = str(props.get("guard", {}).get("service", ""))
+    ctx = LiveContext(
+        table_for=lambda r, name: state_table(aws, r, name),
+        region=region,
+        plan_id=plan_id,
+        ledger=Ledger(state_dir),
+        report=events or (lambda event: None),
+        invoke=lambda r, function, qualifier: _warm(aws, r, function, qualifier),
+        read_metrics=cloudwatch_reader(
+            lambda r, op, **params: aws.call("cloudwatch", r, op, resource="metrics", **params),
+            service,
+        )
+        if service
+        else None,
+    )
+    return run_phase(ctx, props)
+
+
+def _warm(aws: Aws, region: str, function: str, qualifier: str) -> dict[str, Any]:
+    """Invoke a shard with the warm-up event; what its handler says (``cold``: it started)."""
+    from ..migrate.live import WARM_EVENT
+
+    out = aws.call(
+        INVOKE,
+        region,
+        "invoke",
+        resource=function,
+        FunctionName=function,
+        Qualifier=qualifier,
+        Payload=json.dumps(WARM_EVENT).encode(),
+    )
+    body = out["Payload"].read() if hasattr(out.get("Payload"), "read") else out.get("Payload")
+    answer = json.loads(body or b"null")
+    if out.get("FunctionError") or not isinstance(answer, dict) or "warm" not in answer:
+        raise MigrationError(
+            f"shard function {function}:{qualifier} in {region} failed its warm-up: {answer!r}",
+            hint="the new shard cannot serve; nothing was fenced. Fix it and deploy again",
+        )
+    return answer
 
 
 class _Dynamo:

@@ -39,8 +39,8 @@ REGISTRY_KEY = "registry/map.skm"
 
 @dataclass(frozen=True)
 class Step:
-    """One change: ``action`` is create, update, delete, retain, upload, fence, publish or
-    unpublish."""
+    """One change: ``action`` is create, update, delete, retain, upload, fence, migrate, publish
+    or unpublish."""
 
     id: int
     action: str
@@ -206,9 +206,10 @@ def make_plan(
 ) -> Plan:
     """The steps that turn ``deployed`` into ``desired``. Pure: reads and writes nothing.
 
-    ``slots`` (see :func:`shardkit.migrate.deploy.slot_batches`) become ``fence`` steps: the slot
-    records of the map being deployed are written to the state tables - initialised, or switched
-    to the slots' new owners - before the map is published, so a shard still routing with the
+    ``slots`` (see :func:`shardkit.migrate.deploy.slot_batches`) become ``fence`` steps (the
+    initial slot records) and ``migrate`` steps (prepare, copy, cutover, cleanup of a live
+    migration: :mod:`shardkit.migrate.live`): the slot records of the map being deployed are
+    written to the state tables before the map is published, so a shard still routing with the
     old map cannot write a slot it lost (docs/architecture.md §4.4). ``keep``: keys of resources
     that are retained rather than deleted unless ``delete_data`` (the home region's bucket,
     which holds the deployment record). ``publish_to``: the regions whose registry needs
@@ -331,7 +332,9 @@ def _fences(desired: Blueprint, deployed: Record, slots: Sequence[SlotBatch]) ->
                 hint="the blueprint must declare a dynamodb_table in every region with shards",
             )
         props = {**batch.props, "tables": {r: tables[r] for r in sorted(regions)}}
-        steps.append(_step(0, "fence", "slots", batch.region, batch.group, props, batch.reason))
+        phase = batch.props.get("phase")  # a live migration's step (shardkit.migrate.live)
+        action, name = ("migrate", f"{batch.group}:{phase}") if phase else ("fence", batch.group)
+        steps.append(_step(0, action, "slots", batch.region, name, props, batch.reason))
     return steps
 
 
@@ -342,7 +345,7 @@ def _phase(step: Step) -> tuple[int, int]:
     count = len(kinds.names())
     if step.action == "upload":
         return (2 * kinds.rank("s3_bucket") + 1, step.id)
-    if step.action == "fence":
+    if step.action in ("fence", "migrate"):
         return (2 * count, step.id)
     if step.action in ("publish", "unpublish"):
         return (2 * count + 1, step.id)

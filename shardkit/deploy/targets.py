@@ -3,7 +3,7 @@ credentials differ (docs/architecture.md §4.7)."""
 
 from __future__ import annotations
 
-from ..aws.facade import Aws, boto3_factory
+from ..aws.facade import INVOKE, Aws, boto3_factory
 from ..config.loader import Project
 from .engine import Target
 
@@ -28,6 +28,8 @@ def open_target(project: Project, *, local: bool | None = None, start: bool = Fa
     instance = str(server.status(project.root).get("instance") or "")
 
     def factory(service: str, region: str) -> object:
+        if service == INVOKE:  # functions run in the local executor, behind the gateway
+            return server.client("lambda", region, server.status(project.root)["gateway"])
         return server.client(service, region, endpoint)
 
     target = identify(Aws(factory, target="local"), "local")

@@ -2,17 +2,16 @@
 it publishes a map (docs/migration.md).
 
 * A map with no map before it (a first deploy), or a group the deployed map lacks: the records of
-  every slot are written, ``active`` under the slot's owner - one step per region and group.
-* A reshard or a rollback: one step per group and destination region. Its same-region slots are
-  switched (one conditional update each: they keep their state and never stop serving); its
-  cross-region slots are fenced, copied (catch-up) and switched, so they keep their state too but
-  answer 503 ``moving`` while the step runs. The live protocol - bulk copy while the old owner
-  serves, warm-up, progress, an error budget, deferred cleanup of the source copies - is not
-  part of the deploy yet.
+  every slot are written, ``active`` under the slot's owner - one ``fence`` step per region and
+  group.
+* A reshard or a rollback: per group and destination region, the ``migrate`` steps of
+  :mod:`shardkit.migrate.live` - ``prepare`` (warm the destination shards), ``copy`` (bulk copy
+  of the cross-region slots while their old owners serve) and ``cutover`` (the SLO guard, fence,
+  catch-up and switch). Same-region slots are switched in place, never fenced.
+* Source copies of switched cross-region slots: a ``cleanup`` step once the rollback window has
+  passed (:func:`cleanup_batches`, from the ledger).
 
 A step's props say exactly which slots (hex ranges, :func:`~shardkit.migrate.plan.format_slots`).
-A cross-region step that fails gives the slots it fenced back to their old owners (abort) before
-the error goes up, so nothing stays fenced; running the step again starts it over.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from ..errors import PlanFileError
 from ..proxy.table import Table
 from ..sharding.shardmap import ShardMap
 from .plan import Move, Place, format_slots, parse_slots, placements, plan_migration
-from .steps import Progress, abort, catch_up, fence, initialise_slots, switch
+from .steps import initialise_slots
 
-__all__ = ["SlotBatch", "run_batch", "slot_batches"]
+__all__ = ["SlotBatch", "cleanup_batches", "configure", "run_batch", "slot_batches"]
 
 
 @dataclass(frozen=True)
@@ -100,28 +99,73 @@ def _moves(moves: list[Move], version: int) -> list[SlotBatch]:
     for m in sorted(moves):
         pairs = steps.setdefault((m.destination.region, m.group), {})
         pairs.setdefault((m.source, m.destination), []).append(m.slot)
+    batches = []
+    for (region, group), pairs in sorted(steps.items()):
+        listed = [(s, d, slots) for (s, d), slots in sorted(pairs.items())]
+        props = {
+            "group": group,
+            "version": version,
+            "moves": [
+                {
+                    "source": s.shard,
+                    "source_region": s.region,
+                    "destination": d.shard,
+                    "slots": format_slots(slots),
+                }
+                for s, d, slots in listed
+            ],
+        }
+        what = _describe(group, region, listed, version)
+        cross = any(s.region != region for s, _, _ in listed)
+        for phase in ("prepare", "copy", "cutover") if cross else ("prepare", "cutover"):
+            batches.append(SlotBatch(region, group, {**props, "phase": phase}, f"{phase}: {what}"))
+    return batches
+
+
+def configure(
+    batches: Iterable[SlotBatch],
+    *,
+    guard: Mapping[str, Any],
+    rollback_window_s: float,
+    warm: Mapping[str, tuple[str, str]],
+) -> list[SlotBatch]:
+    """The batches with the deploy's settings: the SLO guard and the rollback window on each
+    cutover, and on each prepare the destination shards to warm (``warm``: shard -> (function,
+    qualifier))."""
+    out = []
+    for b in batches:
+        phase = b.props.get("phase")
+        extra: dict[str, Any] = {}
+        if phase == "cutover":
+            extra = {"guard": dict(guard), "rollback_window_s": rollback_window_s}
+        elif phase == "prepare":
+            shards = sorted({m["destination"] for m in b.props["moves"]} & set(warm))
+            extra = {
+                "warm": [
+                    {"shard": s, "function": warm[s][0], "qualifier": warm[s][1]} for s in shards
+                ]
+            }
+        out.append(SlotBatch(b.region, b.group, {**b.props, **extra}, b.reason))
+    return out
+
+
+def cleanup_batches(entries: Iterable[Mapping[str, Any]]) -> list[SlotBatch]:
+    """A ``cleanup`` step per ledger entry (:class:`~shardkit.migrate.ledger.Ledger`)."""
     return [
         SlotBatch(
-            region,
-            group,
+            e["region"],
+            e["group"],
             {
-                "group": group,
-                "version": version,
-                "moves": [
-                    {
-                        "source": s.shard,
-                        "source_region": s.region,
-                        "destination": d.shard,
-                        "slots": format_slots(slots),
-                    }
-                    for (s, d), slots in sorted(pairs.items())
-                ],
+                "group": e["group"],
+                "version": e["version"],
+                "moves": e["moves"],
+                "phase": "cleanup",
+                "cleanup_id": e["id"],
             },
-            _describe(
-                group, region, [(s, d, slots) for (s, d), slots in sorted(pairs.items())], version
-            ),
+            f"cleanup: delete the source copies of slots {e['slots']} of group {e['group']} "
+            f"(moved to {e['region']} by map version {e['version']}; rollback window over)",
         )
-        for (region, group), pairs in sorted(steps.items())
+        for e in entries
     ]
 
 
@@ -138,40 +182,18 @@ def _describe(group: str, region: str, pairs: list[tuple[Place, Place, list[int]
 def run_batch(
     table_for: Callable[[str, str], Table], region: str, props: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Apply the slot records of one step that runs in ``region`` (the region of the owners it
-    initialises, or the destination of the slots it moves); ``table_for(region, table name)``
-    opens a state table. Returns the step's progress (slots, skipped, items, bytes)."""
+    """Write the initial slot records of one ``fence`` step that runs in ``region`` (the owners'
+    region); ``table_for(region, table name)`` opens a state table. Returns the step's progress
+    (slots, skipped, items, bytes). Moves are ``migrate`` steps (:func:`shardkit.migrate.live.
+    run_phase`)."""
     try:
         tables = {region: table_for(region, name) for region, name in props["tables"].items()}
         group, version = str(props["group"]), int(props["version"])
-        if "owners" in props:
-            slots = [
-                (group, slot, Place(shard, region))
-                for shard, text in props["owners"].items()
-                for slot in parse_slots(text)
-            ]
-            return initialise_slots(tables, version, slots).to_dict()
-        moves = [
-            Move(
-                group, slot, Place(m["source"], m["source_region"]), Place(m["destination"], region)
-            )
-            for m in props["moves"]
-            for slot in parse_slots(m["slots"])
+        slots = [
+            (group, slot, Place(shard, region))
+            for shard, text in props["owners"].items()
+            for slot in parse_slots(text)
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise PlanFileError(f"a slot-record step's props are malformed: {exc!r}") from None
-    return _move(tables, moves, version).to_dict()
-
-
-def _move(tables: Mapping[str, Table], moves: list[Move], version: int) -> Progress:
-    progress = switch(tables, [m for m in moves if not m.cross_region], version)
-    cross = [m for m in moves if m.cross_region]
-    if not cross:
-        return progress
-    try:
-        progress += fence(tables, cross)
-        progress += catch_up(tables, cross, version)
-        return progress + switch(tables, cross, version)
-    except Exception:
-        abort(tables, cross)  # nothing stays fenced; the step starts over when run again
-        raise
+    return initialise_slots(tables, version, slots).to_dict()

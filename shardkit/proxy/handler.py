@@ -32,7 +32,8 @@ The Lambda entry point turns this on when ``SHARDKIT_LOAD_WINDOW_S`` is above 0 
 sets it from the group's autoshard policy).
 
 Logs carry the key's hash, never the key. Metrics go out as EMF per shard (requests, errors,
-latency, state size). Powertools' Tracer is off unless ``SHARDKIT_TRACING=1`` (cold starts).
+latency, state size, cold starts, and ``moving`` for 503s of slots a migration fenced, which are
+not errors). Powertools' Tracer is off unless ``SHARDKIT_TRACING=1`` (cold starts).
 
 Import cost: importing Powertools costs ~120-180 ms without bytecode (its top-level package loads
 Logger, ``inspect`` and jmespath), three times everything else here. Logger and Metrics are
@@ -58,6 +59,7 @@ from ..protocol import (
     MAX_PAYLOAD,
     Answer,
     Encoding,
+    ErrorReply,
     ProxyError,
     Redirect,
     Reply,
@@ -346,13 +348,19 @@ def _record_metrics(reply: Reply, latency_ms: float) -> None:
     metrics = _powertools().metrics
     metrics.add_metric(name="requests", unit="Count", value=1)
     metrics.add_metric(name="latency", unit="Milliseconds", value=latency_ms)
-    if reply.status >= 500:
+    if isinstance(reply, ErrorReply) and reply.code == "moving":
+        # a slot fenced by a migration: expected, bounded and retried - not a failure of the
+        # shard (the SLO guard that watches "errors" would otherwise count its own fence)
+        metrics.add_metric(name="moving", unit="Count", value=1)
+    elif reply.status >= 500:
         metrics.add_metric(name="errors", unit="Count", value=1)
     elif isinstance(reply, Redirect):
         metrics.add_metric(name="redirects", unit="Count", value=1)
 
 
 # -- the Lambda entry point ---------------------------------------------------------------------
+
+WARM_EVENT = {"shardkit": "warm"}  # = shardkit.migrate.live.WARM_EVENT (tested)
 
 _proxy: Proxy | None = None
 
@@ -417,12 +425,19 @@ def load_infer(spec: str) -> InferFn:
 
 def handler(event: Any, context: Any) -> Any:
     """The Lambda handler (``shardkit.proxy.handler.handler``). Its metrics go out as one EMF
-    document per invocation, as Powertools' ``log_metrics`` does."""
+    document per invocation, as Powertools' ``log_metrics`` does; the first request a process
+    serves counts a ``cold_starts``. :data:`WARM_EVENT` (what a migration's prepare step sends)
+    only builds the proxy and says whether it had to."""
     global _proxy
     tools = _powertools()
+    cold = _proxy is None
+    if cold:
+        _proxy = _build()
+    if event == WARM_EVENT:  # a migration's prepare step: start, serve no key, count nothing
+        return {"warm": _proxy.shard, "cold": cold}
     try:
-        if _proxy is None:
-            _proxy = _build()
+        if cold:  # a request that paid for the start (not one a warm-up or a pre-warm took)
+            tools.metrics.add_metric(name="cold_starts", unit="Count", value=1)
         return _proxy.handle(event)
     finally:
         tools.metrics.flush_metrics()

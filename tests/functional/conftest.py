@@ -204,8 +204,9 @@ def target(moto: None, recorder: Recorder) -> Target:
 
 @pytest.fixture
 def deployer(target: Target) -> Callable[[Project], Deployer]:
-    """``deployer(project)``: a Deployer on this test's moto target."""
-    return lambda project: Deployer(project, target)
+    """``deployer(project)``: a Deployer on this test's moto target (moto in-process runs no
+    function, so a migration's prepare step warms none)."""
+    return lambda project: Deployer(project, target, warm=False)
 
 
 # -- projects --------------------------------------------------------------------------------

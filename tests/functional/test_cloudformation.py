@@ -301,7 +301,7 @@ def _keys(region: str, project: str, shard: str) -> list[str]:
     return sorted(
         [
             f"{region}/log_group//aws/lambda/{fn}",
-            f"{region}/iam_role/{fn}",
+            f"{region}/iam_role/{fn}-{region}",
             f"{region}/lambda_function/{fn}",
             f"{region}/lambda_alias/{fn}:live",
             f"{region}/function_url/{fn}",

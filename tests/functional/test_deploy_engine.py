@@ -87,6 +87,8 @@ def alias_version(region: str, function: str) -> str:
 def step_ident(step: Step) -> tuple[str, str, str]:
     """What a step changes: (kind, region, name); uploads and publications are S3 objects."""
     kind = {"upload": "artifact", "publish": "map"}.get(step.action, step.kind)
+    if step.action == "migrate":  # a phase of a migration: the slot records of its group
+        return (kind, step.region, step.props["group"])
     return (kind, step.region, step.name)
 
 
@@ -327,7 +329,7 @@ def _check_shard(
 ) -> None:
     lam, name = aws("lambda", region), f"{P}-{shard}"
     conf = lam.get_function_configuration(FunctionName=name)
-    assert conf["Role"] == f"arn:aws:iam::123456789012:role/{name}"
+    assert conf["Role"] == f"arn:aws:iam::123456789012:role/{name}-{region}"
     assert (conf["Runtime"], conf["MemorySize"], conf["Timeout"]) == ("python3.12", 512, 30)
     assert conf["CodeSha256"] == code_sha
     assert conf["Environment"]["Variables"]["SHARDKIT_SHARD"] == shard
@@ -357,7 +359,9 @@ def test_deployed_functions_stay_in_their_jurisdiction(
             assert env["SHARDKIT_JURISDICTION"] == jurisdiction[region], fn["FunctionName"]
             shard = shard_map.shard(env["SHARDKIT_SHARD"])
             assert (shard.region, shard.jurisdiction) == (region, jurisdiction[region])
-            policy = iam.get_role_policy(RoleName=fn["FunctionName"], PolicyName="shardkit")
+            policy = iam.get_role_policy(
+                RoleName=f"{fn['FunctionName']}-{region}", PolicyName="shardkit"
+            )
             (state,) = [
                 s for s in policy["PolicyDocument"]["Statement"] if s["Sid"] == "OwnStateItems"
             ]
@@ -468,18 +472,19 @@ def test_adding_a_shard_creates_only_its_resources_and_moves_slots_only_to_it(
     new = f"{P}-eu-2"
     assert keys_of(plan) == {
         ("create", f"eu-west-1/log_group//aws/lambda/{new}"),
-        ("create", f"eu-west-1/iam_role/{new}"),
+        ("create", f"eu-west-1/iam_role/{new}-eu-west-1"),
         ("create", f"eu-west-1/lambda_function/{new}"),
         ("create", f"eu-west-1/lambda_alias/{new}:live"),
         ("create", f"eu-west-1/function_url/{new}"),
         ("create", f"eu-west-1/alarm/{new}-errors"),
         ("create", f"eu-west-1/alarm/{new}-throttles"),
-        ("fence", "eu-west-1/slots/eu"),  # the eu slots that move switch to eu-2
+        ("migrate", "eu-west-1/slots/eu:prepare"),  # the eu slots that move, in place:
+        ("migrate", "eu-west-1/slots/eu:cutover"),  # they switch to eu-2, never fenced
         ("publish", "eu-west-1/map/registry/map.skm"),
         ("publish", "us-east-1/map/registry/map.skm"),
     }
     last_create = max(s.id for s in plan.steps if s.action == "create")
-    last_fence = max(s.id for s in plan.steps if s.action == "fence")
+    last_fence = max(s.id for s in plan.steps if s.action == "migrate")
     assert all(s.id > last_fence > last_create for s in plan.steps if s.action == "publish")
 
     mark = recorder.mark()
@@ -622,7 +627,7 @@ def test_a_failed_apply_records_exactly_the_done_steps_and_resumes(
 
     fresh = d.plan()  # a new plan after the failure: only the remaining work
     remaining = [s for s in plan.steps if s.id not in done]
-    map_steps = ("publish", "fence")
+    map_steps = ("publish", "fence", "migrate")
     assert {k for k in keys_of(fresh) if k[0] not in map_steps} == {
         (s.action, s.key) for s in remaining if s.action not in map_steps
     }
@@ -803,7 +808,7 @@ def test_a_function_that_already_exists_is_adopted_not_failed(
         "python3.12",
         "shardkit.proxy.handler.handler",
     )
-    assert conf["Role"].endswith(f"role/{name}")
+    assert conf["Role"].endswith(f"role/{name}-us-east-1")
     assert conf["Environment"]["Variables"]["SHARDKIT_SHARD"] == "us-0"
     assert d.record().status == "ok" and d.status()["missing"] == []
 

@@ -34,7 +34,7 @@ from shardkit.keys import format_trusted_keys
 from shardkit.local import moto_patches
 from shardkit.migrate import Move, Place, catch_up, fence, initialise, plan_migration, switch
 from shardkit.protocol import MAX_PAYLOAD, Answer, Redirect, decode_reply
-from shardkit.proxy.handler import Proxy
+from shardkit.proxy.handler import WARM_EVENT, Proxy
 from shardkit.proxy.state import RESERVED_PREFIX, StateStore, partition
 from shardkit.proxy.table import DynamoTable
 from shardkit.sharding.codec import encode_map
@@ -897,6 +897,16 @@ def test_the_lambda_handler_prints_emf_metrics_per_shard(
         assert doc["shard"] == owner.id
         assert doc["requests"] in (1, [1])  # this invocation's request, and only it
     assert world.item(key)["state"] == {"count": 2}  # type: ignore[index]
+    assert [doc.get("cold_starts") for doc in docs] == [[1.0], None]  # only the first paid a start
+
+    # a migration's warm-up: the proxy is there already (not cold), nothing served or counted
+    assert handler_module.handler(WARM_EVENT, None) == {"warm": owner.id, "cold": False}
+    assert '"_aws"' not in capsys.readouterr().out
+    # a slot a migration has fenced answers 503 moving: counted as "moving", never as errors
+    world.fence_slot(key)
+    assert handler_module.handler({"key": key, "payload": {"n": 3}}, None)["error"] == "moving"
+    (doc,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"_aws"' in x]
+    assert doc["moving"] in (1, [1]) and "errors" not in doc
 
 
 def test_the_lambda_handler_reports_a_missing_model_cleanly(

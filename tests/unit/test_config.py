@@ -94,7 +94,7 @@ BAD = [
         "[extras]\nx = 1\n\n[project]",
         [
             "extras: unknown field",
-            "allowed here: groups, hashing, project, proxy, regions, residency, signing",
+            "allowed here: groups, hashing, migration, project, proxy, regions, residency, signing",
         ],
     ),
     (

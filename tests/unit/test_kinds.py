@@ -271,7 +271,7 @@ BAD = {
     "a role without its service": (
         "iam_role",
         _drop("assume_service"),
-        r"iam_role 'shardkit-kinds-eu-0' in eu-west-1: props\.assume_service: required, missing",
+        r"iam_role 'shardkit-kinds-eu-0-eu-west-1' in eu-west-1: props\.assume_service: required, missing",
     ),
 }
 

@@ -8,6 +8,7 @@ slot named - to run out of order or on records they do not expect.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,8 @@ from shardkit.migrate import (
     switch,
 )
 from shardkit.migrate.deploy import run_batch, slot_batches
+from shardkit.migrate.ledger import Ledger
+from shardkit.migrate.live import LiveContext, run_phase
 from shardkit.proxy.state import ACTIVE, FENCED, MOVED, READY, SlotRecord, partition
 from shardkit.proxy.table import MemoryTable, Put
 
@@ -289,7 +292,11 @@ def test_a_copy_makes_the_destination_exact_whatever_it_held_before() -> None:
 # -- the deploy's slot-record steps ----------------------------------------------------------
 
 
-def test_a_first_deploy_and_a_reshard_as_deploy_steps() -> None:
+def live(t: dict[str, MemoryTable], region: str, root: Path) -> LiveContext:
+    return LiveContext(lambda r, name: t[r], region, "plan", Ledger(root))
+
+
+def test_a_first_deploy_and_a_reshard_as_deploy_steps(tmp_path: Path) -> None:
     t = tables()
     first = slot_batches(None, V1)
     assert [(b.region, b.group) for b in first] == [(CENTRAL, "g"), (WEST, "g")]
@@ -302,12 +309,17 @@ def test_a_first_deploy_and_a_reshard_as_deploy_steps() -> None:
 
     v2 = build(config(("a", WEST), ("b", WEST), ("c", CENTRAL), ("d", WEST)), V1)
     state(t[CENTRAL], plan_migration(V1, v2).cross_region[0].slot, "k", 2)
-    (batch,) = slot_batches(V1, v2)
-    assert batch.region == WEST and "switch within eu-west-1" in batch.reason
-    assert "move from eu-central-1 (fence, copy, switch)" in batch.reason
+    batches = slot_batches(V1, v2)
+    assert [(b.region, b.props["phase"]) for b in batches] == [
+        (WEST, "prepare"),
+        (WEST, "copy"),
+        (WEST, "cutover"),
+    ]
+    assert "switch within eu-west-1" in batches[2].reason
+    assert "move from eu-central-1 (fence, copy, switch)" in batches[2].reason
     tables_used = {WEST: "tw", CENTRAL: "tc"}
-    out = run_batch(lambda r, name: t[r], WEST, {**batch.props, "tables": tables_used})
-    assert out["items"] == 1
+    out = [run_phase(live(t, WEST, tmp_path), {**b.props, "tables": tables_used}) for b in batches]
+    assert out[1]["items"] == 1 and out[2]["caught_up_items"] == 0
     for m in plan_migration(V1, v2).moves:
         assert slot_records(t, "g", m.slot)[WEST] == SlotRecord("d", 2, ACTIVE)
     assert (
@@ -320,8 +332,8 @@ def test_slots_whose_table_is_new_start_anew_instead_of_moving() -> None:
     """A state table the deploy creates (deleted with its data, or never there) holds no
     records: its slots get records as on a first deploy, and nothing moves out of it."""
     v2 = build(config(("a", WEST), ("b", CENTRAL), ("c", CENTRAL)), V1)  # b moves to central
-    (moving,) = slot_batches(V1, v2)
-    assert moving.region == CENTRAL and "moves" in moving.props
+    moving = slot_batches(V1, v2)
+    assert {b.region for b in moving} == {CENTRAL} and all("moves" in b.props for b in moving)
     batches = slot_batches(V1, v2, fresh={WEST})
     assert [(b.region, sorted(b.props)) for b in batches] == [
         (CENTRAL, ["group", "owners", "version"]),
@@ -365,20 +377,18 @@ def test_slots_whose_record_is_missing_start_anew_and_the_others_move() -> None:
     assert again.props["owners"] == {V1.groups["g"].primary[lost].id: format_slots([lost])}
 
 
-def test_a_failed_cross_region_deploy_step_leaves_nothing_fenced() -> None:
+def test_a_failed_cross_region_deploy_step_leaves_nothing_fenced(tmp_path: Path) -> None:
     t = tables()
     initialise(t, V1)
     v2 = build(config(("a", WEST), ("b", CENTRAL), ("c", CENTRAL)), V1)
-    (batch,) = slot_batches(V1, v2)
+    (batch,) = [b for b in slot_batches(V1, v2) if b.props["phase"] == "cutover"]
     broken = MemoryTable(CENTRAL)
     broken.write(
         Put(SlotRecord("z", 1, ACTIVE).item(partition("g", plan_migration(V1, v2).moves[3].slot)))
     )
     t[CENTRAL] = broken
     with pytest.raises(MigrationError, match="owner z"):
-        run_batch(
-            lambda r, name: t[r], CENTRAL, {**batch.props, "tables": {WEST: "w", CENTRAL: "c"}}
-        )
+        run_phase(live(t, CENTRAL, tmp_path), {**batch.props, "tables": {WEST: "w", CENTRAL: "c"}})
     assert all(
         slot_records(t, "g", m.slot)[WEST] == SlotRecord("b", 1, ACTIVE)
         for m in plan_migration(V1, v2).moves
