@@ -9,7 +9,6 @@ failing new shard.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -195,11 +194,10 @@ def test_the_slo_guard_aborts_a_migration_whose_new_shards_fail(
     d = deployer(rewrite(project, move_eu1))
     d.progress, d.events = fail_new_shard, events.append
     plan = d.plan()
-    started = time.time()
     with pytest.raises(ApplyFailedError, match="error budget was exceeded before fence") as failed:
         d.apply(plan)
     assert isinstance(failed.value.__cause__, MigrationAbortedError)
-    assert time.time() - started < 60  # "abort": no pause (pause_s is for on_breach = "pause")
+    assert not [e for e in events if e.get("event") == "paused"]  # "abort" does not pause
     aborted = events[-1]
     assert aborted["phase"] == "aborted" and aborted["switched"] == 0
     assert published(project).version == v1.version  # the new map never went out
