@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -334,14 +335,22 @@ def unlock_cmd(project_dir: Path, lock_id: str, local: bool | None, json_: bool)
 @click.command("cleanup")
 @project_arg
 @click.option("--now", is_flag=True, help="Also delete copies whose rollback window is not over.")
-@local_option
+@local_option("Clean up on")
 @yes_option
+@lock_timeout_option
 @json_option
-def cleanup_cmd(project_dir: Path, now: bool, local: bool | None, yes: bool, json_: bool) -> None:
+def cleanup_cmd(
+    project_dir: Path, now: bool, local: bool | None, yes: bool, lock_timeout: float, json_: bool
+) -> None:
     """Delete the source copies of slots moved across regions once their rollback window is over
     (`shardkit deploy` also does it when they are due)."""
-    deployer = _deployer(project_dir, local, start=False, json_=json_)
-    _carry_out(deployer, deployer.plan_cleanup(now=now), yes, json_)
+    phases = Phases("cleanup", json_=json_)
+    deployer = _deployer(project_dir, local, start=False, phases=phases, lock_timeout=lock_timeout)
+    make = functools.partial(deployer.plan_cleanup, now=now)
+    # With --yes, a cleanup after a restore (a restarted local cloud) is planned from it.
+    _carry_out(
+        deployer, _planned(deployer, phases, make), yes, phases, replan=make if yes else None
+    )
 
 
 COMMANDS = (

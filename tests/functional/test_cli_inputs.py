@@ -45,6 +45,7 @@ FAILING = {
     ("blueprint", "list"): None,
     ("blueprint", "render"): [NOWHERE, "--out", "cfn"],
     ("bootstrap",): [NOWHERE],
+    ("cleanup",): [NOWHERE, "--yes"],
     ("deploy",): [NOWHERE, "--yes"],
     ("destroy",): [NOWHERE, "--yes"],
     ("dev",): None,  # interactive (it watches and prints logs): it has no --json
