@@ -5,13 +5,13 @@ Deployer`) holds the deployment's lock and has loaded the record under it:
 
 1. the plan's ``base`` must be the fingerprint of the deployed record - or, when this same plan
    failed earlier, the fingerprint of the record that failure left behind (a resume);
-2. the steps run in three global phases - make (create, update, upload, fence, and a live
-   migration's steps), publish the map, delete - each across every region in parallel (steps
-   within a region in plan order), and a phase starts only once the one before it is done
-   everywhere; before the map goes out the record is saved with what now exists (status
-   ``applying``), so no registry names a shard before every region has it and its function is
-   on record, no map goes out before every region has moved its slots, and no shard is deleted
-   while a registry still names it;
+2. the steps run in four global phases - make (create, update, upload, fence), migrate (a
+   live migration's steps), publish the map, delete - each across every region in parallel
+   (steps within a region in plan order), and a phase starts only once the one before it is
+   done everywhere; before a migration starts and before the map goes out the record is saved
+   with what now exists (status ``applying``), so no slot moves to a shard and no registry
+   names one before every region has it and its function is on record, no map goes out before
+   every region has moved its slots, and no shard is deleted while a registry still names it;
 3. every completed step is appended (and fsynced) to the plan's journal before the next starts;
    the journal is checkpointed to the home bucket every ``CHECKPOINT_STEPS`` steps or
    ``CHECKPOINT_S`` seconds, and when the apply fails, so another machine can resume it;
@@ -193,10 +193,10 @@ class Executor:
             for phase in phases(plan):
                 if stop.is_set():
                     break
-                if phase[0].action in ("publish", "unpublish") and any(
+                if phase[0].action in ("migrate", "publish", "unpublish") and any(
                     s.id not in done for s in phase
                 ):
-                    self._before_publishing(plan, done, local_instance)
+                    self._record_what_exists(plan, done, local_instance)
                 by_region: dict[str, list[Step]] = {}
                 for step in phase:
                     by_region.setdefault(step.region, []).append(step)
@@ -204,12 +204,14 @@ class Executor:
                     list(pool.map(run_region, by_region.values()))
         return errors
 
-    def _before_publishing(
+    def _record_what_exists(
         self, plan: Plan, done: dict[int, dict[str, Any]], local_instance: str
     ) -> None:
-        """Record what exists before any registry names it: a client that meets a new shard
-        in the map finds its function in the record; and a version about to be published is
-        never signed again with other content, even if this process dies mid-way."""
+        """Record what exists before a migration moves slots to it or any registry names it:
+        a client that meets a new shard in the map finds its function in the record (the local
+        cloud finds its code there, so a migration can warm it); and a version about to be
+        published is never signed again with other content, even if this process dies
+        mid-way."""
         builder = RecordBuilder(self._latest)
         _apply_steps(builder, plan, done)
         builder.set(
@@ -313,12 +315,13 @@ class _Checkpoint:
 
 def phases(plan: Plan) -> list[list[Step]]:
     """The plan's steps as global phases: first everything that makes or changes resources,
-    uploads code or writes slot records (a live migration's steps among them); then the map, in
-    every region; then deletions. So no registry names a shard before it exists in every region
-    or before every region has moved its slots, and a shard is deleted only once no registry
+    uploads code or writes initial slot records; then a live migration's steps (they warm the
+    new shards and move slots to them); then the map, in every region; then deletions. So no
+    slot moves to a shard before it exists in every region, no registry names a shard before
+    every region has it and has moved its slots, and a shard is deleted only once no registry
     names it any more - it keeps answering (with redirects) until then."""
-    order = {"publish": 1, "unpublish": 1, "delete": 2, "retain": 2}
-    grouped: list[list[Step]] = [[], [], []]
+    order = {"migrate": 1, "publish": 2, "unpublish": 2, "delete": 3, "retain": 3}
+    grouped: list[list[Step]] = [[], [], [], []]
     for step in plan.steps:
         grouped[order.get(step.action, 0)].append(step)
     return [phase for phase in grouped if phase]

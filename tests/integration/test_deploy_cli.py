@@ -89,7 +89,9 @@ def project(tmp_path: Path) -> Any:
 
 
 def resource_steps(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for s in plan["steps"] if s["action"] not in ("fence", "publish", "upload")]
+    return [
+        s for s in plan["steps"] if s["action"] not in ("fence", "migrate", "publish", "upload")
+    ]
 
 
 def test_deploy_status_change_rollback_destroy(project: Path) -> None:
@@ -107,7 +109,7 @@ def test_deploy_status_change_rollback_destroy(project: Path) -> None:
     noop = as_json("deploy", root, "--yes")
     assert (noop["changed"], noop["mutating_calls"]) == (False, 0)
 
-    # one more shard: the plan touches only its resources (and fences, and the new map)
+    # one more shard: the plan touches only its resources (and migrates slots, and the new map)
     toml = project / "shardkit.toml"
     toml.write_text(
         PROJECT.replace(
