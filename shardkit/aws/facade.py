@@ -164,6 +164,7 @@ class Aws:
         except BotoCoreError as exc:
             raise AwsUnreachableError(
                 f"{service}:{operation} in {region}{_on(resource)}: {exc}",
+                code=type(exc).__name__,  # EndpointConnectionError: nothing answered at all
                 operation=operation,
                 region=region,
             ) from None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..aws.facade import INVOKE, Aws
-from ..errors import MigrationError
+from ..errors import AwsUnreachableError, MigrationError
 
 __all__ = ["Events", "migrate_step", "slot_records", "state_table", "unrecorded"]
 
@@ -102,14 +102,37 @@ def _warm(aws: Aws, region: str, function: str, qualifier: str) -> dict[str, Any
         Qualifier=qualifier,
         Payload=json.dumps(WARM_EVENT).encode(),
     )
-    body = out["Payload"].read() if hasattr(out.get("Payload"), "read") else out.get("Payload")
-    answer = json.loads(body or b"null")
+    answer = _answer(out, f"{function}:{qualifier}", region)
     if out.get("FunctionError") or not isinstance(answer, dict) or "warm" not in answer:
         raise MigrationError(
             f"shard function {function}:{qualifier} in {region} failed its warm-up: {answer!r}",
             hint="the new shard cannot serve; nothing was fenced. Fix it and deploy again",
         )
     return answer
+
+
+def _answer(out: Mapping[str, Any], function: str, region: str) -> Any:
+    """The JSON an invocation returned; a reply cut short is an unreachable shard (the warm-up
+    tries again), one that is not JSON a failed warm-up."""
+    from botocore.exceptions import BotoCoreError
+
+    payload = out.get("Payload")
+    try:
+        body = payload.read() if hasattr(payload, "read") else payload
+    except BotoCoreError as exc:
+        raise AwsUnreachableError(
+            f"lambda:invoke in {region} on {function}: the reply was cut short: {exc}",
+            operation="invoke",
+            region=region,
+        ) from None
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        raise MigrationError(
+            f"shard function {function} in {region} answered its warm-up with no JSON: "
+            f"{body[:200]!r}",
+            hint="the new shard cannot serve; nothing was fenced. Fix it and deploy again",
+        ) from None
 
 
 class _Dynamo:

@@ -6,8 +6,9 @@ in order in the destination region's thread of the executor, and a later ``clean
 
 * **prepare** - record the migration's start (the ledger), then invoke each destination shard
   once with a warm-up event, so the first requests after the switch find a warm proxy, and
-  report how many of those invocations were cold starts. A shard that cannot answer stops the
-  deploy here, before any slot is touched.
+  report how many of those invocations were cold starts. A shard that cannot be reached yet
+  (a worker still starting) is tried again with a bounded backoff; one that cannot answer
+  stops the deploy here, before any slot is touched.
 * **copy** (cross-region slots only) - the bulk copy, while the old owners keep serving.
 * **cutover** - the SLO guard, then fence the cross-region slots, catch up, the guard again,
   switch every slot of the batch (same-region slots in place: they are never fenced), and record
@@ -30,7 +31,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MigrationError, PlanFileError
+from ..errors import (
+    AwsError,
+    AwsThrottledError,
+    AwsUnreachableError,
+    MigrationError,
+    PlanFileError,
+)
 from ..proxy.state import RESERVED_PREFIX, partition
 from ..proxy.table import Table, query_all
 from .guard import Budget, Guard, ReadMetrics
@@ -38,10 +45,13 @@ from .ledger import Ledger
 from .plan import Move, Place, format_slots, parse_slots
 from .steps import Progress, abort, bulk_copy, catch_up, cleanup, fence, switch
 
-__all__ = ["PHASES", "WARM_EVENT", "LiveContext", "parse_batch", "run_phase"]
+__all__ = ["PHASES", "WARM_BACKOFF_S", "WARM_EVENT", "LiveContext", "parse_batch", "run_phase"]
 
 PHASES = ("prepare", "copy", "cutover", "cleanup")
 WARM_EVENT = {"shardkit": "warm"}  # what the proxy's handler answers without serving a key
+#: The waits between warm-up tries of a shard that cannot be reached yet (about half a minute).
+WARM_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+REFUSED = "EndpointConnectionError"  # the code of an AwsUnreachableError nothing answered
 
 Report = Callable[[dict[str, Any]], None]
 # (region, function, qualifier) -> {"cold": bool}; raises if the function does not answer
@@ -124,11 +134,41 @@ def _prepare(ctx: LiveContext, batch: Batch, props: Mapping[str, Any]) -> dict[s
     for target in warm:
         if ctx.invoke is None:
             break
-        answer = ctx.invoke(ctx.region, target["function"], target["qualifier"])
+        answer = _warm(ctx, target["function"], target["qualifier"])
         cold += bool(answer.get("cold"))
     warmed = len(warm) if ctx.invoke is not None else 0
     _event(ctx, batch, "prepare", shards=warmed, cold_starts=cold, slots=len(batch.moves))
     return {"warmed": warmed, "cold_starts": cold}
+
+
+def _warm(ctx: LiveContext, function: str, qualifier: str) -> Mapping[str, Any]:
+    """One warm-up invocation, tried again while the shard's reply is cut short or throttled (a
+    worker still starting, a function still becoming active) after each wait of
+    ``WARM_BACKOFF_S``; then a MigrationError - before any slot of the batch is touched. An
+    endpoint that refuses the connection is down, not starting: that fails at once."""
+    assert ctx.invoke is not None
+    last: AwsError | None = None
+    for wait in (0.0, *WARM_BACKOFF_S):
+        if wait:
+            ctx.sleep(wait)
+        try:
+            return ctx.invoke(ctx.region, function, qualifier)
+        except (AwsUnreachableError, AwsThrottledError) as exc:
+            if exc.code == REFUSED:
+                raise MigrationError(
+                    f"shard function {function}:{qualifier} in {ctx.region} cannot be warmed: "
+                    f"{exc.message}",
+                    hint="nothing was fenced; check that the endpoint is up (for the local "
+                    "cloud: `shardkit local up PROJECT_DIR`), then deploy again (it resumes)",
+                ) from None
+            last = exc
+    raise MigrationError(
+        f"shard function {function}:{qualifier} in {ctx.region} did not answer its warm-up in "
+        f"{len(WARM_BACKOFF_S) + 1} tries over {sum(WARM_BACKOFF_S):g}s: "
+        f"{last.message if last else ''}",
+        hint="nothing was fenced; check that the function can start (`shardkit logs`) and that "
+        "its endpoint is up, then deploy again (it resumes)",
+    )
 
 
 def _copy(ctx: LiveContext, batch: Batch, props: Mapping[str, Any]) -> dict[str, Any]:

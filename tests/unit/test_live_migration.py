@@ -16,12 +16,18 @@ import pytest
 from test_migrate import CENTRAL, T0, V1, WEST, build, config
 
 import shardkit
-from shardkit.errors import MigrationAbortedError, MigrationError, PlanFileError
+from shardkit.errors import (
+    AwsThrottledError,
+    AwsUnreachableError,
+    MigrationAbortedError,
+    MigrationError,
+    PlanFileError,
+)
 from shardkit.migrate import initialise, plan_migration, slot_records
 from shardkit.migrate.deploy import cleanup_batches, configure, slot_batches
 from shardkit.migrate.guard import Budget, Guard, Reading, verdict
 from shardkit.migrate.ledger import Ledger
-from shardkit.migrate.live import WARM_EVENT, LiveContext, run_phase
+from shardkit.migrate.live import WARM_BACKOFF_S, WARM_EVENT, LiveContext, run_phase
 from shardkit.proxy.handler import WARM_EVENT as HANDLER_WARM_EVENT
 from shardkit.proxy.state import ACTIVE, FENCED, MOVED, SlotNotLive, SlotRecord, StateStore
 from shardkit.proxy.table import MemoryTable
@@ -173,6 +179,44 @@ def test_writes_to_slots_that_do_not_move_are_never_blocked(tmp_path: Path) -> N
     assert blocked == ["fence", "catch-up"]
     for k in still:
         assert w.store(V1.route(k).id).load("g", V1.slot(k), k).seq == 2
+
+
+def test_a_warm_up_is_retried_while_the_shard_is_unreachable_then_fails_clearly(
+    tmp_path: Path,
+) -> None:
+    w = World(tmp_path)
+    prepare = w.steps()[0][1]
+    down = AwsUnreachableError("lambda.invoke:invoke in eu-west-1: Connection was closed")
+    failures = [down, AwsThrottledError("Rate Exceeded.")]  # a worker still starting, then busy
+
+    def flaky(region: str, function: str, qualifier: str) -> dict[str, Any]:
+        if failures:
+            raise failures.pop(0)
+        return w._invoke(region, function, qualifier)
+
+    ctx = w.context(WEST)
+    ctx.invoke = flaky
+    started = w.clock.now
+    assert run_phase(ctx, prepare) == {"warmed": 1, "cold_starts": 1}
+    assert w.clock.now - started == WARM_BACKOFF_S[0] + WARM_BACKOFF_S[1]
+
+    def unreachable(region: str, function: str, qualifier: str) -> dict[str, Any]:
+        raise down
+
+    ctx.invoke, started = unreachable, w.clock.now
+    tries = len(WARM_BACKOFF_S) + 1
+    with pytest.raises(
+        MigrationError, match=rf"fn-d:live in {WEST} did not answer .* {tries} tries"
+    ):
+        run_phase(ctx, prepare)
+    assert w.clock.now - started == sum(WARM_BACKOFF_S)  # bounded
+    down = AwsUnreachableError("Could not connect", code="EndpointConnectionError")
+    ctx.invoke, started = unreachable, w.clock.now  # the endpoint itself is down: at once
+    with pytest.raises(MigrationError, match=r"fn-d:live in .* cannot be warmed: Could not"):
+        run_phase(ctx, prepare)
+    assert w.clock.now == started
+    for m in plan_migration(V1, V2).moves:  # nothing was fenced or switched
+        assert slot_records(w.tables, "g", m.slot)[m.source.region].state == ACTIVE
 
 
 def test_the_slo_guard_aborts_and_gives_every_unswitched_slot_back(tmp_path: Path) -> None:
