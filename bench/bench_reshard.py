@@ -189,12 +189,14 @@ def stored(root: Path, regions: Sequence[str]) -> dict[tuple[str, str, str], int
 @dataclass
 class Probes:
     """Threads writing the probe keys in turn; each write retried (same request id) until
-    acknowledged. Records each write's (key, attempts, redirected, seconds)."""
+    acknowledged. Records each write's (key, blocked, started, seconds): blocked when the client
+    backed off at least once (a ``503 moving`` or another retryable answer) or gave up and the
+    write was sent again - a redirect followed at once is not a block."""
 
     root: Path
     keys: list[str]
     acked: dict[str, int] = field(default_factory=dict)
-    writes: list[tuple[str, int, bool, float, float]] = field(default_factory=list)
+    writes: list[tuple[str, bool, float, float]] = field(default_factory=list)
     failed: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -210,19 +212,19 @@ class Probes:
     def write(self, client: Any, key: str) -> None:
         n = self.acked.get(key, 0) + 1
         started = time.monotonic()
-        attempts, redirected = 0, False
+        retries = client.stats()["counters"]["retries"]
+        blocked = False
         while time.monotonic() - started < 120:
             try:
-                r = client.infer(key, {"n": n}, request_id=f"{key}#{n}")
+                client.infer(key, {"n": n}, request_id=f"{key}#{n}")
             except (InferenceError, ShardkitError):
-                attempts += RETRY.attempts
+                blocked = True
                 with contextlib.suppress(ShardkitError):
                     client.holder.refresh()
                 continue
             self.acked[key] = n
-            attempts += r.attempts
-            redirected = redirected or r.redirected
-            self.writes.append((key, attempts, redirected, started, time.monotonic() - started))
+            blocked = blocked or client.stats()["counters"]["retries"] > retries
+            self.writes.append((key, blocked, started, time.monotonic() - started))
             return
         self.failed += 1
 
@@ -293,12 +295,8 @@ def scenario(
         e["items"] for e in phases if e["phase"] in ("copy", "catch-up") and _last(e, phases)
     )
     copied, span = _copy_rate(events)
-    blocked_moving = sorted(
-        s for k, a, redir, _, s in probes.writes if k in moving and a > 1 and not redir
-    )
-    blocked_still = sum(
-        1 for k, a, redir, _, s in probes.writes if k not in moving and a > 1 and not redir
-    )
+    blocked_moving = sorted(s for k, blocked, _, s in probes.writes if k in moving and blocked)
+    blocked_still = sum(1 for k, blocked, _, s in probes.writes if k not in moving and blocked)
     destinations = {
         s.id: s.region for s in new.shards if any(new.route(k).id == s.id for k in moving)
     }
@@ -425,8 +423,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"differs from their acknowledged writes (lost or duplicated): {wrong}; probe writes "
             f"never acknowledged: {probes.failed}",
             "items copied: bulk copy + catch-up; items/s: the bulk copy's items over its time "
-            "(per batch, from its prepare event to its last copy event); blocked: a write answered 'moving' and retried, first attempt "
-            "to acknowledgement (redirects after the switch are not blocks)",
+            "(per batch, from its prepare event to its last copy event); blocked: a write the client "
+            "backed off for ('503 moving' or another retryable answer), first attempt to "
+            "acknowledgement (a redirect followed at once is not a block)",
             f"load average at the end: {load_average()} (a shared machine: timings are noisy)",
         ],
     )
