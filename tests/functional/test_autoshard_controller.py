@@ -8,6 +8,7 @@ per-slot counts, so the controller reads, aggregates and decides exactly as it w
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -256,6 +257,11 @@ def as_lambda(
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "lambda-tmp"))
     (tmp_path / "lambda-tmp").mkdir()
     monkeypatch.setattr(carried, "_made", {})  # a cold start
+    # moto in-process runs no function, so the migration the round deploys warms none (as the
+    # `deployer` fixture's do); on AWS its prepare step invokes the new shards
+    monkeypatch.setattr(
+        Deployer, "__init__", functools.partialmethod(Deployer.__init__, warm=False)
+    )
     return d, before, task
 
 
