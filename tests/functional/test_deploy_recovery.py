@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+from moto.awslambda_simple.models import lambda_simple_backends
 from moto.backends import get_backend
 
 import shardkit
@@ -198,6 +199,9 @@ class LocalCloud:
         for service in VOLATILE if tables_kept else (*VOLATILE, "dynamodb"):
             for backend in get_backend(service).values():  # type: ignore[attr-defined]
                 backend.reset()
+        # without Docker moto serves Lambda from its "simple" backend, not from `lambda`'s
+        for backend in lambda_simple_backends.values():
+            backend.reset()
         self.down = False
         self.starts += 1
 
@@ -625,19 +629,8 @@ def _kind(step: Step) -> str:
     return f"migrate:{step.props['phase']}" if step.action == "migrate" else step.action
 
 
-def _known(scenario: str, crash: str) -> list[Any]:
-    """Cases known not to converge yet, kept visible (strict: they must fail until fixed)."""
-    if (scenario, crash) == ("cross-region move", "local cloud"):
-        reason = (
-            "after a restart mid cross-region migration the re-run deploy leaves the moved "
-            "shard's function in its old region as well"
-        )
-        return [pytest.mark.xfail(reason=reason, strict=True)]
-    return []
-
-
 CASES = [
-    pytest.param(scenario, action, crash, marks=_known(scenario, crash))
+    (scenario, action, crash)
     for scenario, action in MATRIX
     for crash in ("deploy process", "local cloud")
 ]
@@ -693,6 +686,7 @@ def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
         d.apply(plan)
     if crash == "local cloud":
         cloud.restart()
+        assert truth(project)["shards"] == []  # no function outlives a restart
         unlock_dead_holder(sk, project)
     assert sk("status", root)["status"] in ("failed", "drifted")  # never ok after a crash
 
@@ -700,6 +694,34 @@ def test_a_crash_at_any_kind_of_step_converges_on_the_next_run(
     if scenario == "rollback":
         project = rewrite(project, lambda c: c["groups"]["us"].update(shards=1))
     assert_converged(sk, project, recorder, destroyed=scenario == "destroy")
+
+
+def test_a_shard_local_up_restores_in_its_old_region_is_deleted_there_by_the_next_deploy(
+    sk: Run, cloud: LocalCloud, tiny: Project, rewrite: Rewrite, recorder: Recorder
+) -> None:
+    """The local cloud is killed mid cross-region move (its tables come back); ``local up``
+    restores the last deployment - the moved shard in its old region - and the next deploy
+    moves it again and deletes it there: only the configured shards are left."""
+    project = rewrite(tiny, _two_regions)
+    root = str(project.root)
+    sk("deploy", root, "--yes")
+    project = rewrite(project, _to_west)
+    d = Deployer(project, cloud.target(), warm=False)
+    plan = d.plan()
+    d.progress = kill_at(cloud, next(s.id for s in plan.steps if _kind(s) == "migrate:cutover"))
+    with pytest.raises(ShardkitError):
+        d.apply(plan)
+    cloud.restart(tables_kept=True)
+    assert truth(project)["shards"] == []  # no function outlives a restart
+    unlock_dead_holder(sk, project)
+
+    assert Deployer(project, cloud.target(), warm=False).restore() is not None  # `local up`
+    assert live_functions("us-east-1") == {f"{P}-us-0", f"{P}-us-1"}  # the old placement
+    assert live_functions("us-west-2") == set()
+    sk("deploy", root, "--yes")
+    assert live_functions("us-east-1") == {f"{P}-us-0"}
+    assert live_functions("us-west-2") == {f"{P}-us-1"}
+    assert_converged(sk, project, recorder)
 
 
 # -- slot records across a restart (docs/architecture.md §4.4) -------------------------------------
