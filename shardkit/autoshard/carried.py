@@ -65,8 +65,9 @@ def materialise(task_root: Path, secret: str, aws: Any, *, base: Path | None = N
     check_key(pem, (keys / f"{key_id}.pub").read_bytes(), secret=secret, key_id=key_id)
     keys.mkdir(parents=True, exist_ok=True)
     key_path = keys / f"{key_id}.key"
-    key_path.write_bytes(pem)
-    os.chmod(key_path, 0o600)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
     shutil.rmtree(root, ignore_errors=True)
     work.rename(root)
     _made[digest] = root

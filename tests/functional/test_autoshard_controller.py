@@ -280,9 +280,11 @@ def test_the_scheduled_function_splits_on_aws_without_the_project_directory(
 ) -> None:
     from shardkit.autoshard.function import handler
 
-    d, before, _ = as_lambda
+    d, before, task = as_lambda
     result = handler({}, LambdaContext())
     capsys.readouterr()  # its log lines
+    (key,) = (task.parent / "lambda-tmp").rglob("*.key")  # the project it made in /tmp
+    assert key.stat().st_mode & 0o777 == 0o600  # the signing key: this user's only
 
     (r,) = result["rounds"]
     assert r["outcome"] == "applied" and "split" in r["actions"], r
