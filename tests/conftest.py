@@ -6,12 +6,20 @@ Kept small and generic on purpose; a test module that needs more builds it local
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import shardkit
+
+# A test run killed midway (a CI timeout, Ctrl-C twice) skips the fixtures that stop the local
+# clouds it started: every server the suite starts stops by itself after 15 idle minutes or an
+# hour in all, not the 8 hours and 2 days a developer's own `shardkit local up` gets. Set before
+# shardkit.local.server is first imported (it reads them once); a test may still pass its own.
+os.environ.setdefault("SHARDKIT_LOCAL_IDLE_TIMEOUT", "900")
+os.environ.setdefault("SHARDKIT_LOCAL_MAX_LIFETIME", "3600")
 
 #: A fixed build time (2023-11-14T22:13:20Z), so maps built in tests are reproducible.
 T0 = 1_700_000_000
